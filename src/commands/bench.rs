@@ -1,0 +1,29 @@
+//! `lorafleet bench`: measure a workload and print its figures.
+
+use crate::cli::{BenchArgs, BenchForwardArgs, BenchWorkload};
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.workload {
+        BenchWorkload::Forward(a) => forward(a),
+    }
+}
+
+fn forward(args: BenchForwardArgs) -> anyhow::Result<()> {
+    trainer::device::set_cpu_threads(args.threads);
+    let device = trainer::device::default_device();
+    let preset = args.preset.preset();
+    let r = trainer::bench::forward(preset, trainer::device::cpu_threads(), args.runs, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "forward  {} threads={} batch {}x{}: {:.0} tokens/s ({:.1} ms per pass, median of {})",
+            r.preset, r.threads, r.batch, r.seq_len, r.tokens_per_s, r.forward_ms, r.timed_runs
+        );
+        println!(
+            "decode   {} threads={} batch 1: {:.1} tokens/s ({} new tokens, KV cache)",
+            r.preset, r.threads, r.decode_tokens_per_s, r.decode_tokens
+        );
+    }
+    Ok(())
+}

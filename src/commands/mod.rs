@@ -1,0 +1,31 @@
+//! One module per subcommand; each exposes `run(args) -> anyhow::Result<()>`.
+
+pub mod bench;
+pub mod generate;
+pub mod init_model;
+
+use crate::exit;
+
+/// Bad input (a model file, a prompt, an argument) is a usage error (2);
+/// anything else is a failure (1).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|cause| {
+        cause.is::<trainer::model::ModelError>()
+            || cause.is::<trainer::tokenizer::TokenizerError>()
+            || cause.is::<trainer::generate::GenerateError>()
+            || cause.is::<UsageError>()
+    });
+    if bad_input { exit::USAGE } else { exit::FAILED }
+}
+
+/// A request the command cannot serve as asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Sizes the CPU pool before any tensor work.
+pub fn init_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        trainer::device::set_cpu_threads(n);
+    }
+}

@@ -1,0 +1,41 @@
+//! The `lorafleet` binary: parse the command line, run one command, turn the
+//! outcome into an exit code. Commands live in [`commands`], one module each;
+//! this file knows nothing about tensors or jobs.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// Exit codes shared by every command (DESIGN.md §5).
+pub mod exit {
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::InitModel(args) => commands::init_model::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed stdout (`lorafleet ... | head`) is not a failure.
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("lorafleet: {err:#}");
+            ExitCode::from(commands::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! `LlamaConfig`: the shape of a Llama model, read from and written as a
+//! Hugging Face `config.json`.
+//!
+//! Both spellings of the RoPE settings are understood: the classic top-level
+//! `rope_theta` + `rope_scaling`, and the `rope_parameters` object newer
+//! transformers releases write. What this module does not do: load weights
+//! (see `hf` and `gguf`) or build tensors (see `llama`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ModelError;
+
+/// The architecture hyper-parameters of a Llama decoder, in HF naming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The `llama3` RoPE frequency scaling (Llama 3.1 and later).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// Named model sizes that `init-model` and `preset:` specs create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// hidden 256, 4 layers, 4 heads, intermediate 688, vocab 1024.
+    Tiny,
+    /// hidden 512, 8 layers, 8 heads, intermediate 1376, vocab 32000.
+    Small,
+    /// `tiny` with grouped-query attention: 4 query heads share 2 KV heads.
+    TinyGqa,
+}
+
+impl Preset {
+    pub const NAMES: &'static [&'static str] = &["tiny", "small", "tiny-gqa"];
+
+    pub fn parse(name: &str) -> Option<Preset> {
+        match name {
+            "tiny" => Some(Preset::Tiny),
+            "small" => Some(Preset::Small),
+            "tiny-gqa" => Some(Preset::TinyGqa),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Small => "small",
+            Preset::TinyGqa => "tiny-gqa",
+        }
+    }
+
+    pub fn config(self) -> LlamaConfig {
+        let (hidden, layers, heads, kv_heads, inter, vocab) = match self {
+            Preset::Tiny => (256, 4, 4, 4, 688, 1024),
+            Preset::Small => (512, 8, 8, 8, 1376, 32000),
+            Preset::TinyGqa => (256, 4, 4, 2, 688, 1024),
+        };
+        LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hidden / heads,
+            max_position_embeddings: 2048,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            bos_token_id: Some(crate::tokenizer::BOS_ID),
+            eos_token_ids: vec![crate::tokenizer::EOS_ID],
+        }
+    }
+}
+
+impl LlamaConfig {
+    /// Reads a HF `config.json` document. `source` names the file in errors.
+    pub fn from_hf_json(text: &str, source: &str) -> Result<LlamaConfig, ModelError> {
+        let bad = |message: String| ModelError::Config {
+            file: source.to_string(),
+            message,
+        };
+        let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("expected a JSON object".into()))?;
+
+        if let Some(t) = obj.get("model_type").and_then(Value::as_str)
+            && !matches!(t, "llama" | "mistral" | "smollm" | "smollm2")
+        {
+            return Err(bad(format!(
+                "model_type {t:?} is not supported (expected \"llama\")"
+            )));
+        }
+        let req = |key: &str| -> Result<usize, ModelError> {
+            obj.get(key)
+                .ok_or_else(|| bad(format!("missing field `{key}`")))?
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(format!("field `{key}` must be a non-negative integer")))
+        };
+        let opt_usize = |key: &str| obj.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        let opt_f64 = |key: &str| obj.get(key).and_then(Value::as_f64);
+        let flag = |key: &str| obj.get(key).and_then(Value::as_bool).unwrap_or(false);
+
+        for unsupported in ["attention_bias", "mlp_bias"] {
+            if flag(unsupported) {
+                return Err(bad(format!("`{unsupported}: true` is not supported")));
+            }
+        }
+        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(bad(format!(
+                "hidden_act {act:?} is not supported (expected \"silu\")"
+            )));
+        }
+
+        let hidden_size = req("hidden_size")?;
+        let num_attention_heads = req("num_attention_heads")?;
+        let num_key_value_heads = opt_usize("num_key_value_heads").unwrap_or(num_attention_heads);
+        let head_dim = opt_usize("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+
+        // Newer transformers write `rope_parameters`; older ones `rope_theta` + `rope_scaling`.
+        let rope_params = obj.get("rope_parameters").and_then(Value::as_object);
+        let rope_theta = rope_params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .or_else(|| opt_f64("rope_theta"))
+            .unwrap_or(10000.0);
+        let scaling_obj = match obj.get("rope_scaling") {
+            Some(Value::Object(m)) => Some(m),
+            _ => rope_params,
+        };
+        let rope_scaling = match scaling_obj {
+            None => None,
+            Some(m) => {
+                let kind = m
+                    .get("rope_type")
+                    .or_else(|| m.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let num = |k: &str| {
+                            m.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                                bad(format!("rope_scaling: missing number `{k}` for type llama3"))
+                            })
+                        };
+                        Some(RopeScaling {
+                            factor: num("factor")?,
+                            low_freq_factor: num("low_freq_factor")?,
+                            high_freq_factor: num("high_freq_factor")?,
+                            original_max_position_embeddings: num(
+                                "original_max_position_embeddings",
+                            )? as usize,
+                        })
+                    }
+                    other => {
+                        return Err(bad(format!(
+                            "rope_scaling type {other:?} is not supported (expected \"llama3\" or none)"
+                        )));
+                    }
+                }
+            }
+        };
+
+        let eos_token_ids = match obj.get("eos_token_id") {
+            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+            _ => Vec::new(),
+        };
+
+        let config = LlamaConfig {
+            vocab_size: req("vocab_size")?,
+            hidden_size,
+            intermediate_size: req("intermediate_size")?,
+            num_hidden_layers: req("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(2048),
+            rms_norm_eps: opt_f64("rms_norm_eps").unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: flag("tie_word_embeddings"),
+            bos_token_id: obj
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|n| n as u32),
+            eos_token_ids,
+        };
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Checks the relations between sizes that the model relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+        }
+        Ok(())
+    }
+
+    /// The `config.json` that transformers' `LlamaForCausalLM` reads.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": null,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": match self.eos_token_ids.as_slice() {
+                [one] => serde_json::json!(one),
+                many => serde_json::json!(many),
+            },
+        });
+        if let Some(s) = &self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        v
+    }
+
+    /// Number of parameters of the full model.
+    pub fn num_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        self.vocab_size * h + self.num_hidden_layers * per_layer + h + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_classic_and_v5_rope_spellings() {
+        let classic = r#"{"vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0,
+            "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let c = LlamaConfig::from_hf_json(classic, "config.json").unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
+        assert_eq!(c.num_key_value_heads, 2);
+        assert_eq!(c.head_dim, 4);
+
+        let v5 = r#"{"vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+            "rope_parameters":{"rope_type":"default","rope_theta":1234.0}}"#;
+        let c = LlamaConfig::from_hf_json(v5, "config.json").unwrap();
+        assert_eq!(c.rope_theta, 1234.0);
+        assert!(c.rope_scaling.is_none());
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = r#"{"vocab_size":10,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#;
+        let err = LlamaConfig::from_hf_json(text, "m/config.json").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m/config.json: missing field `hidden_size`"
+        );
+    }
+
+    #[test]
+    fn round_trips_through_hf_json() {
+        let mut c = Preset::TinyGqa.config();
+        c.rope_scaling = Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 1024,
+        });
+        let text = c.to_hf_json().to_string();
+        assert_eq!(LlamaConfig::from_hf_json(&text, "x").unwrap(), c);
+    }
+}
