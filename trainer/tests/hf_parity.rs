@@ -61,6 +61,7 @@ fn check(dir: &Path, model_path: &Path) {
         .zip(&want)
         .map(|(&a, &b)| (a as f64 - b).abs())
         .fold(0.0, f64::max);
+    eprintln!("{}: max abs logit difference {max_diff:e}", dir.display());
     assert!(
         max_diff <= LOGIT_TOLERANCE as f64,
         "{}: max |logit difference| {max_diff:e} exceeds {LOGIT_TOLERANCE:e}",

@@ -87,12 +87,10 @@ impl ModelSource {
 /// Why a model could not be read or built. Every message names its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The io error is part of the message, not a separate cause, so that
+    /// it is printed once.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{file}: {message}")]
     Config { file: String, message: String },
     #[error("{file}: missing tensor `{name}`")]
@@ -116,10 +114,10 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> ModelError {
+    pub fn io(path: impl AsRef<std::path::Path>, error: std::io::Error) -> ModelError {
         ModelError::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            error,
         }
     }
 }
