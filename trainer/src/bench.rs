@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::generate::{GenerateOptions, generate};
-use crate::model::{ModelSource, ModelError, Preset};
+use crate::model::{ModelError, ModelSource, Preset};
 
 /// The batch shape each preset is measured at (REFERENCE workloads).
 pub fn batch_shape(preset: Preset) -> (usize, usize) {

@@ -188,7 +188,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20).map(|_| pick(&logits, &options, &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| pick(&logits, &options, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

@@ -10,5 +10,7 @@
 pub mod bench;
 pub mod device;
 pub mod generate;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
+pub mod train;

@@ -167,7 +167,9 @@ impl LlamaConfig {
                     "llama3" => {
                         let num = |k: &str| {
                             m.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                                bad(format!("rope_scaling: missing number `{k}` for type llama3"))
+                                bad(format!(
+                                    "rope_scaling: missing number `{k}` for type llama3"
+                                ))
                             })
                         };
                         Some(RopeScaling {
@@ -176,7 +178,8 @@ impl LlamaConfig {
                             high_freq_factor: num("high_freq_factor")?,
                             original_max_position_embeddings: num(
                                 "original_max_position_embeddings",
-                            )? as usize,
+                            )?
+                                as usize,
                         })
                     }
                     other => {
@@ -190,7 +193,11 @@ impl LlamaConfig {
 
         let eos_token_ids = match obj.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as u32)
+                .collect(),
             _ => Vec::new(),
         };
 
@@ -233,14 +240,17 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         Ok(())
     }

@@ -268,17 +268,35 @@ impl GgufFile {
                 .ok_or_else(|| r.error(format!("general.alignment {v:?} is not a power of two")))?,
         };
         let data_start = (r.pos as u64).next_multiple_of(alignment);
-        if let Some(t) = tensors.iter().find(|t| t.offset % alignment != 0) {
+        if let Some(t) = tensors.iter().find(|t| !t.offset.is_multiple_of(alignment)) {
             return Err(r.error(format!(
                 "tensor `{}` offset {} is not a multiple of the alignment {alignment}",
                 t.name, t.offset
             )));
         }
-        Ok(GgufFile {
+        let gguf = GgufFile {
             metadata,
             tensors,
             data_start,
-        })
+        };
+        // Catch a truncated file now, even in tensors that may never be read;
+        // tensors of types without a known size must at least start in it.
+        for info in &gguf.tensors {
+            match gguf.data_range(info, bytes.len(), source) {
+                Ok(_) => {}
+                Err(ModelError::UnsupportedDtype { .. })
+                    if data_start.saturating_add(info.offset) < bytes.len() as u64 => {}
+                Err(ModelError::UnsupportedDtype { .. }) => {
+                    return Err(r.error(format!(
+                        "file is truncated: tensor `{}` starts at offset {} of the data section, \
+                         past the end of the file",
+                        info.name, info.offset
+                    )));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(gguf)
     }
 
     pub(super) fn meta(&self, key: &str) -> Option<&MetaValue> {
@@ -297,12 +315,27 @@ impl GgufFile {
     }
 
     /// Dequantizes one tensor to f32, in ggml element order.
+    /// Dequantizes one tensor to f32, in ggml element order.
     pub(super) fn read_f32(
         &self,
         info: &TensorInfo,
         bytes: &[u8],
         source: &str,
     ) -> Result<Vec<f32>, ModelError> {
+        let range = self.data_range(info, bytes.len(), source)?;
+        quant::dequantize(info.type_id, &bytes[range]).ok_or_else(|| ModelError::Format {
+            file: source.to_string(),
+            message: format!("tensor `{}` could not be decoded", info.name),
+        })
+    }
+
+    /// Where a tensor's data lies in a file of `file_len` bytes, checked.
+    fn data_range(
+        &self,
+        info: &TensorInfo,
+        file_len: usize,
+        source: &str,
+    ) -> Result<std::ops::Range<usize>, ModelError> {
         let format_error = |message: String| ModelError::Format {
             file: source.to_string(),
             message,
@@ -317,7 +350,7 @@ impl GgufFile {
                     quant::SUPPORTED_TYPES
                 ),
             })?;
-        if info.dims[0] % block_elems as u64 != 0 {
+        if !info.dims[0].is_multiple_of(block_elems as u64) {
             return Err(format_error(format!(
                 "tensor `{}` rows of {} elements are not whole {} blocks of {block_elems}",
                 info.name,
@@ -327,20 +360,165 @@ impl GgufFile {
         }
         let size = info.elements / block_elems as u64 * block_bytes as u64;
         let start = self.data_start.checked_add(info.offset);
-        let end = start.and_then(|s| s.checked_add(size));
-        let (start, end) = match (start, end) {
-            (Some(s), Some(e)) if e <= bytes.len() as u64 => (s as usize, e as usize),
-            _ => {
-                return Err(format_error(format!(
-                    "file is truncated: tensor `{}` needs {size} bytes at offset {} of the data \
-                     section but the file has {} bytes",
-                    info.name,
-                    info.offset,
-                    bytes.len()
-                )));
+        match (start, start.and_then(|s| s.checked_add(size))) {
+            (Some(start), Some(end)) if end <= file_len as u64 => Ok(start as usize..end as usize),
+            _ => Err(format_error(format!(
+                "file is truncated: tensor `{}` needs {size} bytes at offset {} of the data \
+                 section but the file has {file_len} bytes",
+                info.name, info.offset
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{GgufWriter, Meta, tiny_llama};
+    use super::*;
+
+    fn parse_error(bytes: &[u8]) -> String {
+        match GgufFile::parse(bytes, "bad.gguf") {
+            Ok(_) => panic!("the file should be refused"),
+            Err(e @ ModelError::Format { .. }) => e.to_string(),
+            Err(other) => panic!("expected a Format error, got {other}"),
+        }
+    }
+
+    /// Parses `bytes` and decodes every tensor a supported type stores.
+    fn parse_and_read_all(bytes: &[u8]) -> Result<usize, ModelError> {
+        let gguf = GgufFile::parse(bytes, "t.gguf")?;
+        for info in gguf.tensors.iter().filter(|t| t.type_id != 13) {
+            gguf.read_f32(info, bytes, "t.gguf")?;
+        }
+        Ok(gguf.tensors.len())
+    }
+
+    #[test]
+    fn reads_typed_metadata_and_tensor_infos() {
+        let (mut w, _) = tiny_llama();
+        w.version = 2;
+        w.alignment = 64;
+        w.meta("general.alignment", Meta::U32(64));
+        let bytes = w.bytes();
+        let gguf = GgufFile::parse(&bytes, "t.gguf").unwrap();
+        assert_eq!(gguf.meta_str("general.architecture"), Some("llama"));
+        let eps = gguf.meta("llama.attention.layer_norm_rms_epsilon").unwrap();
+        assert_eq!(eps.as_f64(), Some(1e-6));
+        assert_eq!(gguf.meta("llama.vocab_size").unwrap().as_u64(), Some(16));
+        assert_eq!(gguf.data_start % 64, 0);
+        let q = gguf.tensor("blk.0.attn_q.weight").unwrap();
+        assert_eq!(
+            (q.dims.as_slice(), q.elements, q.type_id),
+            (&[32, 32][..], 1024, 1)
+        );
+        assert_eq!(parse_and_read_all(&bytes).unwrap(), w.tensors.len());
+    }
+
+    #[test]
+    fn every_truncation_is_a_format_error() {
+        let (mut w, _) = tiny_llama();
+        // Without the trailing Q5_K tensor, whose size is not known here.
+        w.tensors.retain(|t| t.2 != 13);
+        let bytes = w.bytes();
+        for len in 0..bytes.len() {
+            match parse_and_read_all(&bytes[..len]) {
+                Err(ModelError::Format { message, .. }) => {
+                    assert!(message.contains("truncated"), "at {len}: {message}")
+                }
+                Err(other) => panic!("at {len}: {other}"),
+                Ok(_) => panic!("a file cut at {len} of {} bytes was accepted", bytes.len()),
             }
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_versions_are_named() {
+        let (w, _) = tiny_llama();
+        let mut bytes = w.bytes();
+        bytes[..4].copy_from_slice(b"PK\x03\x04");
+        assert_eq!(
+            parse_error(&bytes),
+            "bad.gguf: not a GGUF file: magic bytes are [50, 4b, 03, 04], expected \"GGUF\""
+        );
+        bytes[..4].copy_from_slice(b"FUGG");
+        assert!(parse_error(&bytes).contains("big-endian"));
+        let mut w = GgufWriter::new();
+        w.version = 1;
+        assert_eq!(
+            parse_error(&w.bytes()),
+            "bad.gguf: GGUF version 1 is not supported (expected 2 or 3)"
+        );
+    }
+
+    #[test]
+    fn absurd_counts_and_lengths_are_refused_before_allocating() {
+        let mut header = b"GGUF".to_vec();
+        header.extend(3u32.to_le_bytes());
+        let with = |tensors: u64, kvs: u64, rest: &[u8]| {
+            let mut b = header.clone();
+            b.extend(tensors.to_le_bytes());
+            b.extend(kvs.to_le_bytes());
+            b.extend(rest);
+            b
         };
-        quant::dequantize(info.type_id, &bytes[start..end])
-            .ok_or_else(|| format_error(format!("tensor `{}` could not be decoded", info.name)))
+        let err = parse_error(&with(u64::MAX, 0, &[0; 64]));
+        assert!(
+            err.contains("tensor count 18446744073709551615 cannot fit"),
+            "{err}"
+        );
+        let err = parse_error(&with(0, 1 << 40, &[0; 64]));
+        assert!(err.contains("metadata count"), "{err}");
+        // A key whose length is 2^60 bytes.
+        let err = parse_error(&with(
+            0,
+            1,
+            &[&(1u64 << 60).to_le_bytes()[..], &[0; 16]].concat(),
+        ));
+        assert!(err.contains("truncated: a metadata key"), "{err}");
+        // An array of 2^50 u32s.
+        let mut kv = 1u64.to_le_bytes().to_vec();
+        kv.extend(b"k");
+        kv.extend(9u32.to_le_bytes());
+        kv.extend(4u32.to_le_bytes());
+        kv.extend((1u64 << 50).to_le_bytes());
+        let err = parse_error(&with(0, 1, &kv));
+        assert!(err.contains("metadata `k` array count"), "{err}");
+        // An unknown value type.
+        let mut kv = 1u64.to_le_bytes().to_vec();
+        kv.extend(b"k");
+        kv.extend(77u32.to_le_bytes());
+        assert!(parse_error(&with(0, 1, &kv)).contains("unknown value type 77"));
+    }
+
+    #[test]
+    fn bad_tensor_infos_are_refused() {
+        let (mut w, _) = tiny_llama();
+        w.tensors[0].1 = vec![1 << 40, 1 << 40];
+        assert!(
+            parse_error(&w.bytes())
+                .contains("dimensions [1099511627776, 1099511627776] are absurd")
+        );
+        let (mut w, _) = tiny_llama();
+        w.tensors[0].1 = vec![1, 1, 1, 1, 1];
+        assert!(parse_error(&w.bytes()).contains("has 5 dimensions"));
+        let (mut w, _) = tiny_llama();
+        let first = w.tensors[0].clone();
+        w.tensors.push(first);
+        assert!(parse_error(&w.bytes()).contains("`token_embd.weight` appears twice"));
+        let (mut w, _) = tiny_llama();
+        w.meta("general.architecture", Meta::Str("again".into()));
+        assert!(parse_error(&w.bytes()).contains("key `general.architecture` appears twice"));
+        let (mut w, _) = tiny_llama();
+        w.meta("general.alignment", Meta::U32(48));
+        assert!(parse_error(&w.bytes()).contains("general.alignment"));
+        // A row length that is not whole blocks.
+        let (mut w, _) = tiny_llama();
+        w.tensor("blk.0.odd.weight", &[16, 1], quant::GGML_Q8_0, vec![0; 34]);
+        let bytes = w.bytes();
+        let err = parse_and_read_all(&bytes).err().unwrap().to_string();
+        assert!(
+            err.contains("rows of 16 elements are not whole Q8_0 blocks of 32"),
+            "{err}"
+        );
     }
 }

@@ -78,7 +78,7 @@ pub fn block_layout(type_id: u32) -> Option<(usize, usize)> {
 /// count that is not a whole number of blocks.
 pub fn dequantize(type_id: u32, bytes: &[u8]) -> Option<Vec<f32>> {
     let (block_elems, block_bytes) = block_layout(type_id)?;
-    if bytes.len() % block_bytes != 0 {
+    if !bytes.len().is_multiple_of(block_bytes) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / block_bytes * block_elems);

@@ -70,6 +70,13 @@ fn shard_files(index: &Path) -> Result<BTreeSet<String>, ModelError> {
         .collect()
 }
 
+/// Reads one safetensors file, as f32.
+pub fn read_safetensors_file(path: &Path) -> Result<WeightMap, ModelError> {
+    let mut weights = WeightMap::new(path.display().to_string());
+    read_file_into(path, &mut weights)?;
+    Ok(weights)
+}
+
 fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelError> {
     let name = path.display().to_string();
     let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
@@ -136,7 +143,11 @@ pub fn write_safetensors<'a>(
 }
 
 /// Writes `config.json` and `model.safetensors` for `config` and `weights` into `dir`.
-pub fn write_model(dir: &Path, config: &LlamaConfig, weights: &WeightMap) -> Result<(), ModelError> {
+pub fn write_model(
+    dir: &Path,
+    config: &LlamaConfig,
+    weights: &WeightMap,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let cfg_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config.to_hf_json()).expect("config serializes");
@@ -144,7 +155,9 @@ pub fn write_model(dir: &Path, config: &LlamaConfig, weights: &WeightMap) -> Res
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(
         &dir.join("model.safetensors"),
-        weights.names().map(|n| (n, weights.get(n).expect("listed"))),
+        weights
+            .names()
+            .map(|n| (n, weights.get(n).expect("listed"))),
         Some(metadata),
     )
 }

@@ -17,7 +17,9 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut normal = |shape: Vec<usize>| {
         let n: usize = shape.iter().product();
-        let data = (0..n).map(|_| gaussian(&mut rng) * INITIALIZER_RANGE).collect();
+        let data = (0..n)
+            .map(|_| gaussian(&mut rng) * INITIALIZER_RANGE)
+            .collect();
         HostTensor::new(shape, data)
     };
     let h = config.hidden_size;
@@ -27,7 +29,10 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
 
     let mut w = WeightMap::new("random init");
-    w.insert("model.embed_tokens.weight", normal(vec![config.vocab_size, h]));
+    w.insert(
+        "model.embed_tokens.weight",
+        normal(vec![config.vocab_size, h]),
+    );
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
         w.insert(format!("{p}.self_attn.q_proj.weight"), normal(vec![q, h]));

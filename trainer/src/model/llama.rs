@@ -5,11 +5,13 @@
 //! layout) so that a forward pass is `x · W`. The forward pass follows
 //! transformers' `LlamaForCausalLM` operation for operation: RMSNorm,
 //! rotate-half RoPE, grouped-query attention with a causal mask, SwiGLU MLP.
-//! [`KvCache`] carries keys and values between decoding steps. No backend is
-//! named here: the device passed in picks it.
+//! [`KvCache`] carries keys and values between decoding steps; a
+//! [`Projection`] may carry a LoRA adapter (`crate::lora`), and a
+//! [`DropoutSeeds`] makes the adapters' dropout a function of the sample, not
+//! of the batch it lands in. No backend is named here: the device passed in
+//! picks it.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -17,6 +19,69 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::rope::{self, Rope};
 use super::{HostTensor, LlamaConfig, ModelError, WeightMap};
+use crate::lora::LoraAdapter;
+
+/// Per-sample seeds for LoRA dropout: row `i` of a batch draws its masks
+/// from `seeds[i]`, mixed with the layer and the projection.
+#[derive(Debug, Clone)]
+pub struct DropoutSeeds {
+    pub seeds: Vec<u64>,
+}
+
+impl DropoutSeeds {
+    fn mixed(&self, salt: u64) -> DropoutSeeds {
+        DropoutSeeds {
+            seeds: self.seeds.iter().map(|&s| splitmix(s ^ salt)).collect(),
+        }
+    }
+}
+
+/// SplitMix64: a well-spread 64-bit mixing function.
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A bias-free linear layer with a frozen weight (`[in, out]`) and an
+/// optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct Projection {
+    pub weight: Param<Tensor<2>>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Projection {
+    /// `[b, s, in]` → `[b, s, out]`; `salt` tells projections apart for dropout.
+    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutSeeds>, salt: u64) -> Tensor<3> {
+        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), None);
+        let Some(lora) = &self.lora else {
+            return base;
+        };
+        let x = match dropout {
+            Some(seeds) if lora.dropout > 0.0 => dropout_mask(&x, lora.dropout, &seeds.mixed(salt)) * x,
+            _ => x,
+        };
+        let low = burn::tensor::module::linear(x, lora.a.val(), None);
+        let delta = burn::tensor::module::linear(low, lora.b.val(), None);
+        base + delta * lora.scale
+    }
+}
+
+/// An inverted-dropout mask for `x` (`[b, s, d]`): each element kept with
+/// probability `1 - p` and then scaled by `1 / (1 - p)`; row `i` from `seeds[i]`.
+fn dropout_mask(x: &Tensor<3>, p: f64, seeds: &DropoutSeeds) -> Tensor<3> {
+    use rand::{Rng, SeedableRng};
+    let [b, s, d] = x.dims();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut mask = Vec::with_capacity(b * s * d);
+    for row in 0..b {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seeds.seeds[row]);
+        mask.extend((0..s * d).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }));
+    }
+    Tensor::from_data(TensorData::new(mask, [b, s, d]), &x.device())
+}
 
 /// Root-mean-square layer norm, computed as transformers does.
 #[derive(Module, Debug)]
@@ -37,10 +102,10 @@ impl RmsNorm {
 /// Multi-head self-attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    pub o_proj: Projection,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -54,12 +119,16 @@ impl Attention {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<&mut LayerCache>,
+        dropout: Option<&DropoutSeeds>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope::apply(heads(self.q_proj.forward(x.clone()), self.num_heads), cos, sin);
-        let mut k = rope::apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), cos, sin);
-        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let q = self.q_proj.forward(x.clone(), dropout, 1);
+        let k = self.k_proj.forward(x.clone(), dropout, 2);
+        let v = self.v_proj.forward(x, dropout, 3);
+        let q = rope::apply(heads(q, self.num_heads), cos, sin);
+        let mut k = rope::apply(heads(k, self.num_kv_heads), cos, sin);
+        let mut v = heads(v, self.num_kv_heads);
 
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.kv.take() {
@@ -81,7 +150,7 @@ impl Attention {
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.num_heads * self.head_dim]);
-        self.o_proj.forward(out)
+        self.o_proj.forward(out, dropout, 4)
     }
 }
 
@@ -100,15 +169,16 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 /// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    pub down_proj: Projection,
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutSeeds>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone(), dropout, 5));
+        let up = self.up_proj.forward(x, dropout, 6);
+        self.down_proj.forward(gate * up, dropout, 7)
     }
 }
 
@@ -128,12 +198,16 @@ impl DecoderLayer {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<&mut LayerCache>,
+        dropout: Option<&DropoutSeeds>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), cos, sin, cache, dropout);
+        let h = x + attn;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(h.clone()), dropout);
+        h + mlp
     }
 }
 
@@ -204,7 +278,7 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut linear = |name: &str, out: usize, inp: usize| -> Result<Linear, ModelError> {
+            let mut linear = |name: &str, out: usize, inp: usize| -> Result<Projection, ModelError> {
                 let t = weights.take(&format!("{p}.{name}.weight"), &[out, inp])?;
                 Ok(linear_from_hf(t, device))
             };
@@ -243,32 +317,39 @@ impl Llama {
             transpose(&weights.take("lm_head.weight", &[config.vocab_size, h])?)
         };
         Ok(Llama {
-            embed_tokens: Param::from_tensor(to_device(embed, device)),
+            embed_tokens: frozen(to_device(embed, device)),
             layers,
             norm: norm(weights, "model.norm", config, device)?,
-            lm_head: Param::from_tensor(to_device(head, device)),
+            lm_head: frozen(to_device(head, device)),
             config: config.clone(),
             rope: Rope::new(config),
         })
     }
 
     /// Hidden states after the final norm: `[batch, seq]` → `[batch, seq, hidden]`.
-    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+    /// With `dropout`, LoRA dropout is applied (training); without, it is not.
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+        dropout: Option<&DropoutSeeds>,
+    ) -> Tensor<3> {
         let [_, s] = input_ids.dims();
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let (cos, sin) = self.rope.tables(start, s, &device);
         let mut x = embedding(self.embed_tokens.val(), input_ids);
+        let layer_dropout = |i: usize| dropout.map(|d| d.mixed((i as u64 + 1) << 8));
         match cache {
             Some(cache) => {
-                for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, &cos, &sin, Some(lc));
+                for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+                    x = layer.forward(x, &cos, &sin, Some(lc), layer_dropout(i).as_ref());
                 }
                 cache.len += s;
             }
             None => {
-                for layer in &self.layers {
-                    x = layer.forward(x, &cos, &sin, None);
+                for (i, layer) in self.layers.iter().enumerate() {
+                    x = layer.forward(x, &cos, &sin, None, layer_dropout(i).as_ref());
                 }
             }
         }
@@ -277,14 +358,21 @@ impl Llama {
 
     /// Logits for every position: `[batch, seq]` → `[batch, seq, vocab]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        let x = self.hidden_states(input_ids, None);
-        x.matmul(self.lm_head.val().unsqueeze())
+        self.forward_train(input_ids, None)
+    }
+
+    /// [`Self::forward`] with LoRA dropout drawn from `dropout`'s per-sample seeds.
+    pub fn forward_train(&self, input_ids: Tensor<2, Int>, dropout: Option<&DropoutSeeds>) -> Tensor<3> {
+        let x = self.hidden_states(input_ids, None, dropout);
+        let [b, s, h] = x.dims();
+        let logits = x.reshape([b * s, h]).matmul(self.lm_head.val());
+        logits.reshape([b, s, self.config.vocab_size])
     }
 
     /// Logits of the last position only, advancing `cache`:
     /// `[batch, seq]` → `[batch, vocab]`.
     pub fn forward_last(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
-        let x = self.hidden_states(input_ids, Some(cache));
+        let x = self.hidden_states(input_ids, Some(cache), None);
         let [b, s, h] = x.dims();
         let last = x.narrow(1, s - 1, 1).reshape([b, h]);
         last.matmul(self.lm_head.val())
@@ -303,17 +391,22 @@ fn norm(
 ) -> Result<RmsNorm, ModelError> {
     let t = weights.take(&format!("{prefix}.weight"), &[config.hidden_size])?;
     Ok(RmsNorm {
-        weight: Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device)),
+        weight: frozen(Tensor::from_data(TensorData::new(t.data, t.shape), device)),
         eps: config.rms_norm_eps,
     })
 }
 
-/// A HF `[out, in]` weight as a burn `Linear` (`[in, out]`, no bias).
-fn linear_from_hf(t: HostTensor, device: &Device) -> Linear {
-    Linear {
-        weight: Param::from_tensor(to_device(transpose(&t), device)),
-        bias: None,
+/// A HF `[out, in]` weight as a frozen [`Projection`] (`[in, out]`).
+fn linear_from_hf(t: HostTensor, device: &Device) -> Projection {
+    Projection {
+        weight: frozen(to_device(transpose(&t), device)),
+        lora: None,
     }
+}
+
+/// A parameter that never receives a gradient (base weights).
+fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
 }
 
 fn to_device(t: HostTensor, device: &Device) -> Tensor<2> {

@@ -38,14 +38,20 @@ impl ModelSource {
             let config = hf::read_config(path)?;
             let weights = hf::read_weights(path)?;
             let tokenizer = if path.join("tokenizer.json").exists() {
-                Some(TextTokenizer::from_hf_dir(path).map_err(|e| ModelError::Format {
-                    file: path.join("tokenizer.json").display().to_string(),
-                    message: e.to_string(),
-                })?)
+                Some(
+                    TextTokenizer::from_hf_dir(path).map_err(|e| ModelError::Format {
+                        file: path.join("tokenizer.json").display().to_string(),
+                        message: e.to_string(),
+                    })?,
+                )
             } else {
                 None
             };
-            Ok(ModelSource { config, weights, tokenizer })
+            Ok(ModelSource {
+                config,
+                weights,
+                tokenizer,
+            })
         } else if path.extension().is_some_and(|e| e == "gguf") {
             let g = gguf::load_gguf(path)?;
             Ok(ModelSource {
@@ -78,7 +84,10 @@ impl ModelSource {
     }
 
     /// Builds the burn model on `device`.
-    pub fn into_model(mut self, device: &burn::tensor::Device) -> Result<(Llama, Option<TextTokenizer>), ModelError> {
+    pub fn into_model(
+        mut self,
+        device: &burn::tensor::Device,
+    ) -> Result<(Llama, Option<TextTokenizer>), ModelError> {
         let model = Llama::from_weights(&self.config, &mut self.weights, device)?;
         Ok((model, self.tokenizer))
     }

@@ -162,7 +162,10 @@ pub fn parts_from_gguf(vocab: &GgufVocab, file: &str) -> Result<TokenizerParts, 
         .collect::<Result<Vec<_>, _>>()?;
 
     let bpe = BPE::builder()
-        .vocab_and_merges(ids.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+        .vocab_and_merges(
+            ids.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+            merges,
+        )
         .ignore_merges(pre_kind == PreTokenizerKind::Llama3)
         .build()
         .map_err(|e| bad(format!("byte-level BPE: {e}")))?;
@@ -183,7 +186,9 @@ pub fn parts_from_gguf(vocab: &GgufVocab, file: &str) -> Result<TokenizerParts, 
             is_added.then(|| AddedToken::from(token.clone(), is_special))
         })
         .collect();
-    tokenizer.add_special_tokens(specials);
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| bad(format!("special tokens: {e}")))?;
 
     let add_bos = vocab
         .add_bos
@@ -219,11 +224,9 @@ mod tests {
             .map(String::from)
             .to_vec();
         let mut token_types = vec![TOKEN_TYPE_CONTROL; 3];
-        tokens.extend(
-            ByteLevel::alphabet_sorted()
-                .into_iter()
-                .map(|c| c.to_string()),
-        );
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        tokens.extend(alphabet.iter().map(char::to_string));
         let merges = ["Ġ t", "h e", "Ġt he", "1 2"].map(String::from).to_vec();
         tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
         token_types.resize(tokens.len(), TOKEN_TYPE_NORMAL);

@@ -162,8 +162,9 @@ impl TextTokenizer {
 
     /// The tokenizer `init-model` writes: ChatML specials, byte-level symbols.
     pub fn init_model_default() -> TextTokenizer {
-        let mut t = TextTokenizer::byte_level(&["<|endoftext|>", "<|im_start|>", "<|im_end|>"], &[])
-            .expect("the built-in byte-level tokenizer is valid");
+        let mut t =
+            TextTokenizer::byte_level(&["<|endoftext|>", "<|im_start|>", "<|im_end|>"], &[])
+                .expect("the built-in byte-level tokenizer is valid");
         t.bos = Some(BOS_ID);
         t.eos = Some(EOS_ID);
         t.chat_template = Some(CHATML_TEMPLATE.to_string());
@@ -286,7 +287,12 @@ pub fn byte_level_parts(
     specials: &[&str],
 ) -> Result<TokenizerParts, TokenizerError> {
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+        .vocab_and_merges(
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
+            merges,
+        )
         .build()
         .map_err(|e| TokenizerError::Load {
             file: "byte-level BPE".into(),

@@ -1,0 +1,10 @@
+//! Training LoRA adapters: loss, gradients, optimizer, schedule.
+//!
+//! [`grad`] computes the loss and the LoRA gradients of micro-batches;
+//! [`optim`] applies AdamW and gradient clipping on flat vectors;
+//! [`schedule`] gives the learning rate of each step. Base weights are
+//! frozen: they get neither gradients nor optimizer state.
+
+pub mod grad;
+pub mod optim;
+pub mod schedule;
