@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "lorafleet", version, about = "LoRA fine-tuning of Llama-family models on a fleet of workers")]
+#[command(
+    name = "lorafleet",
+    version,
+    about = "LoRA fine-tuning of Llama-family models on a fleet of workers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -23,7 +23,11 @@ fn init_tiny(dir: &Path, seed: &str) {
         "-o",
         dir.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `generate` and returns its parsed `--json` object.
@@ -31,7 +35,11 @@ fn generate_json(model: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--json"];
     args.extend_from_slice(extra);
     let out = lorafleet(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
@@ -52,7 +60,11 @@ fn assert_clear_error(out: &Output, needles: &[&str]) {
 #[test]
 fn init_model_is_deterministic_per_seed_and_loads_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     init_tiny(&a, "7");
     init_tiny(&b, "7");
     init_tiny(&c, "8");
@@ -75,7 +87,13 @@ fn init_model_is_deterministic_per_seed_and_loads_back() {
 fn generate_json_has_the_documented_keys_and_is_greedy_by_default() {
     let tmp = tempfile::tempdir().unwrap();
     init_tiny(tmp.path(), "1");
-    let args = ["--prompt-ids", "5,6,7", "--max-new-tokens", "6", "--ignore-eos"];
+    let args = [
+        "--prompt-ids",
+        "5,6,7",
+        "--max-new-tokens",
+        "6",
+        "--ignore-eos",
+    ];
     let first = generate_json(tmp.path(), &args);
     assert_eq!(first["prompt_ids"], serde_json::json!([5, 6, 7]));
     assert_eq!(first["output_ids"].as_array().unwrap().len(), 6);
@@ -101,8 +119,17 @@ fn sampling_is_reproducible_with_a_seed() {
         generate_json(
             tmp.path(),
             &[
-                "--prompt-ids", "5,6,7", "--max-new-tokens", "12", "--ignore-eos",
-                "--temperature", "1.5", "--top-p", "0.95", "--seed", seed,
+                "--prompt-ids",
+                "5,6,7",
+                "--max-new-tokens",
+                "12",
+                "--ignore-eos",
+                "--temperature",
+                "1.5",
+                "--top-p",
+                "0.95",
+                "--seed",
+                seed,
             ],
         )["output_ids"]
             .clone()
@@ -118,7 +145,13 @@ fn truncated_safetensors_is_a_clear_error() {
     let file = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let out = lorafleet(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt-ids", "1"]);
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     assert_clear_error(&out, &["model.safetensors", "not a valid safetensors file"]);
 }
 
@@ -131,7 +164,13 @@ fn config_with_a_missing_field_is_a_clear_error() {
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config.as_object_mut().unwrap().remove("num_hidden_layers");
     std::fs::write(&path, config.to_string()).unwrap();
-    let out = lorafleet(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt-ids", "1"]);
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     assert_clear_error(&out, &["config.json", "missing field `num_hidden_layers`"]);
 }
 
@@ -145,7 +184,13 @@ fn missing_tensor_is_named() {
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["num_hidden_layers"] = 5.into();
     std::fs::write(&path, config.to_string()).unwrap();
-    let out = lorafleet(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt-ids", "1"]);
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     assert_clear_error(&out, &["missing tensor `model.layers.4."]);
 }
 
@@ -159,7 +204,13 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
     config["max_position_embeddings"] = 8.into();
     std::fs::write(&path, config.to_string()).unwrap();
     let ids = (1..=9).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    let out = lorafleet(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt-ids", &ids]);
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        &ids,
+    ]);
     assert_clear_error(&out, &["9 tokens", "context is 8 tokens"]);
 }
 
@@ -206,14 +257,34 @@ fn gguf_with_an_unsupported_tensor_type_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("q5k.gguf");
     std::fs::write(&path, gguf_with_q5_k()).unwrap();
-    let out = lorafleet(&["generate", "--model", path.to_str().unwrap(), "--prompt-ids", "1"]);
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     assert_clear_error(&out, &["q5k.gguf", "token_embd.weight", "Q5_K"]);
 }
 
 #[test]
 fn bench_forward_json_has_the_documented_keys() {
-    let out = lorafleet(&["bench", "forward", "--preset", "tiny", "--threads", "1", "--runs", "1", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lorafleet(&[
+        "bench",
+        "forward",
+        "--preset",
+        "tiny",
+        "--threads",
+        "1",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["preset"], "tiny");
     assert_eq!(v["threads"], 1);

@@ -53,7 +53,11 @@ fn answers_the_capital_of_france_like_transformers() {
         .args(["--chat", "What is the capital of France?", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         got["text"].as_str().unwrap().contains("Paris"),
@@ -72,9 +76,14 @@ fn last_position_logits_match_transformers() {
     let Some(path) = model_path() else { return };
     let want = expected();
     let device = Device::flex();
-    let (model, tokenizer) = ModelSource::open(&path).unwrap().into_model(&device).unwrap();
+    let (model, tokenizer) = ModelSource::open(&path)
+        .unwrap()
+        .into_model(&device)
+        .unwrap();
     let tokenizer = tokenizer.expect("the GGUF carries a tokenizer");
-    let plain = tokenizer.encode_prompt(want["plain_text"].as_str().unwrap()).unwrap();
+    let plain = tokenizer
+        .encode_prompt(want["plain_text"].as_str().unwrap())
+        .unwrap();
     assert_eq!(plain, ids(&want["plain_ids"]));
 
     let chat = ids(&want["chat_ids"]);
