@@ -24,6 +24,25 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure a workload and print its figures.
     Bench(BenchArgs),
+    /// Write a full HF model folder with a LoRA adapter merged into the base weights.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The PEFT adapter folder.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The base model (HF folder or .gguf file) the adapter was trained on.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Merge the adapter into the weights (the only export there is: an
+    /// adapter folder is already in PEFT's format).
+    #[arg(long)]
+    pub merged: bool,
+    /// Output folder.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
 }
 
 /// Model sizes of `init-model` and `bench`.
@@ -111,6 +130,23 @@ pub struct BenchArgs {
 pub enum BenchWorkload {
     /// Inference: full forward pass tokens/s and greedy decode tokens/s.
     Forward(BenchForwardArgs),
+    /// Training: LoRA step tokens/s and peak memory on the reference workload.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: PresetArg,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup_steps: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::InitModel(args) => commands::init_model::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,34 @@
 //! `lorafleet bench`: measure a workload and print its figures.
 
-use crate::cli::{BenchArgs, BenchForwardArgs, BenchWorkload};
+use crate::cli::{BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.workload {
         BenchWorkload::Forward(a) => forward(a),
+        BenchWorkload::Train(a) => train(a),
     }
+}
+
+fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    trainer::device::set_cpu_threads(args.threads);
+    let device = trainer::device::default_device();
+    let preset = args.preset.preset();
+    let r = trainer::bench::train(
+        preset,
+        trainer::device::cpu_threads(),
+        args.warmup_steps,
+        args.steps,
+        &device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "train  {} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB",
+            r.preset, r.threads, r.batch, r.seq_len, r.lora_parameters, r.tokens_per_s, r.step_ms, r.timed_steps, r.peak_rss_mib
+        );
+    }
+    Ok(())
 }
 
 fn forward(args: BenchForwardArgs) -> anyhow::Result<()> {

@@ -12,16 +12,15 @@ use crate::cli::GenerateArgs;
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     init_threads(args.threads);
-    if args.adapter.is_some() {
-        return Err(UsageError(
-            "--adapter: loading LoRA adapters is not supported by this build yet".into(),
-        )
-        .into());
-    }
     let device = trainer::device::default_device();
     let source = ModelSource::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let (model, tokenizer) = source.into_model(&device)?;
+    let (mut model, tokenizer) = source.into_model(&device)?;
+    if let Some(dir) = &args.adapter {
+        let adapter = trainer::lora::peft::load(dir, &model.config)
+            .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+        trainer::lora::attach(&mut model, &adapter, &device, false);
+    }
 
     let needs_tokenizer = || {
         tokenizer.as_ref().ok_or_else(|| {

@@ -4,7 +4,8 @@
 //! position) on the preset's batch of random tokens, and greedy decoding
 //! with the KV cache. Figures are medians over timed runs after warm-up;
 //! every timed run ends by reading the result back, so queued device work
-//! is counted. Not here: training speed (it comes with the training loop).
+//! is counted. [`train`] measures one LoRA training step (forward, backward,
+//! AdamW) on the same batches.
 
 use std::time::Instant;
 
@@ -14,7 +15,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::generate::{GenerateOptions, generate};
+use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
+use crate::train::grad::{MicroBatch, lora_gradients};
+use crate::train::optim::{AdamWConfig, AdamWState};
 
 /// The batch shape each preset is measured at (REFERENCE workloads).
 pub fn batch_shape(preset: Preset) -> (usize, usize) {
@@ -103,6 +107,92 @@ pub fn forward(
         warmup_runs,
         timed_runs: timed_runs.max(1),
     })
+}
+
+/// Results of [`train`] (the `bench train --json` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub preset: String,
+    pub world: usize,
+    pub threads: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Tokens per second of the median step (aggregate over ranks).
+    pub tokens_per_s: f64,
+    pub step_ms: f64,
+    /// Peak resident memory of the process (the largest rank).
+    pub peak_rss_mib: f64,
+    pub warmup_steps: usize,
+    pub timed_steps: usize,
+    pub lora_parameters: usize,
+}
+
+/// Measures LoRA training steps on the reference workload: r = 8, alpha 16,
+/// no dropout, adapters on q_proj and v_proj, AdamW at lr 1e-4, random
+/// tokens, every token a target.
+pub fn train(
+    preset: Preset,
+    threads: usize,
+    warmup_steps: usize,
+    timed_steps: usize,
+    device: &Device,
+) -> Result<TrainReport, ModelError> {
+    let device = device.clone().autodiff();
+    let (mut model, _) = ModelSource::random(preset, 0).into_model(&device)?;
+    let config = LoraConfig::new(8, 16.0, &[TargetModule::QProj, TargetModule::VProj]);
+    let mut lora = LoraWeights::init(&config, &model.config, 0);
+    let mut params = lora.to_flat();
+    let mut adam = AdamWState::new(params.len());
+    let adam_config = AdamWConfig::default();
+    let (batch, seq) = batch_shape(preset);
+    let vocab = model.config.vocab_size as i64;
+    let mut rng = StdRng::seed_from_u64(2);
+
+    let mut times = Vec::with_capacity(timed_steps);
+    for step in 0..warmup_steps + timed_steps.max(1) {
+        let micro = MicroBatch {
+            input_ids: (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect(),
+            target_mask: vec![1.0; batch * seq],
+            rows: batch,
+            seq_len: seq,
+            dropout_seeds: vec![0; batch],
+        };
+        let denominator = micro.num_targets() as f64;
+        let start = Instant::now();
+        let g = lora_gradients(&mut model, &lora, std::slice::from_ref(&micro), denominator, &device);
+        adam.update(&adam_config, &mut params, &g.grads, 1e-4);
+        lora.set_flat(&params);
+        if step >= warmup_steps {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(&mut times);
+    Ok(TrainReport {
+        preset: preset.name().to_string(),
+        world: 1,
+        threads,
+        batch,
+        seq_len: seq,
+        tokens_per_s: (batch * seq) as f64 / step_s,
+        step_ms: step_s * 1e3,
+        peak_rss_mib: peak_rss_mib(),
+        warmup_steps,
+        timed_steps: times.len(),
+        lora_parameters: lora.num_parameters(),
+    })
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn median(xs: &mut [f64]) -> f64 {
