@@ -156,6 +156,7 @@ pub fn train(
             rows: batch,
             seq_len: seq,
             dropout_seeds: vec![0; batch],
+            tokens: batch * seq,
         };
         let denominator = micro.num_targets() as f64;
         let start = Instant::now();

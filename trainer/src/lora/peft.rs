@@ -25,12 +25,18 @@ pub fn peft_key(site: &AdapterSite, matrix: &str) -> String {
 /// The `adapter_config.json` document PEFT writes for `config`.
 pub fn adapter_config_json(config: &LoraConfig, base_model: &str) -> Value {
     let targets: Vec<&str> = config.target_modules.iter().map(|m| m.name()).collect();
+    // PEFT types `lora_alpha` as an int; write whole numbers as one.
+    let alpha = if config.alpha.fract() == 0.0 && config.alpha.abs() < 1e15 {
+        serde_json::json!(config.alpha as i64)
+    } else {
+        serde_json::json!(config.alpha)
+    };
     serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
         "r": config.r,
-        "lora_alpha": config.alpha,
+        "lora_alpha": alpha,
         "lora_dropout": config.dropout,
         "target_modules": targets,
         "use_rslora": config.use_rslora,

@@ -25,6 +25,8 @@ pub struct MicroBatch {
     pub seq_len: usize,
     /// One dropout seed per row, derived from the sample's global identity.
     pub dropout_seeds: Vec<u64>,
+    /// Tokens that are not padding.
+    pub tokens: usize,
 }
 
 impl MicroBatch {
@@ -44,11 +46,10 @@ impl MicroBatch {
 /// Sum over target tokens of `−log p(token | previous positions)`:
 /// logits `[b, s, vocab]`, ids and mask `[b, s]` → `[1]`.
 pub fn target_loss_sum(logits: Tensor<3>, input_ids: Tensor<2, Int>, target_mask: Tensor<2>) -> Tensor<1> {
-    let [b, s, v] = logits.dims();
+    let [b, s, _] = logits.dims();
     let logp = log_softmax(logits.narrow(1, 0, s - 1), 2);
     let next = input_ids.narrow(1, 1, s - 1).reshape([b, s - 1, 1]);
     let picked = logp.gather(2, next).reshape([b, s - 1]);
-    let _ = v;
     (picked * target_mask.narrow(1, 1, s - 1)).sum().neg()
 }
 

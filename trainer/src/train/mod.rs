@@ -2,9 +2,15 @@
 //!
 //! [`grad`] computes the loss and the LoRA gradients of micro-batches;
 //! [`optim`] applies AdamW and gradient clipping on flat vectors;
-//! [`schedule`] gives the learning rate of each step. Base weights are
+//! [`schedule`] gives the learning rate of each step; [`run`] is the loop
+//! and [`state`] what it needs to resume. Base weights are
 //! frozen: they get neither gradients nor optimizer state.
 
 pub mod grad;
 pub mod optim;
+pub mod run;
 pub mod schedule;
+pub mod state;
+
+pub use run::{StepBatches, StepData, TrainConfig, TrainObserver, run};
+pub use state::{EvalMetrics, StepMetrics, TrainState};

@@ -1,0 +1,135 @@
+//! The training loop: steps, evaluation, metrics.
+//!
+//! [`run`] advances a [`TrainState`] one optimizer step at a time: it asks a
+//! [`StepData`] for this rank's micro-batches of the step, accumulates their
+//! LoRA gradients (the loss of each is divided by the target count of the
+//! whole global batch), clips the global gradient norm, sets the learning
+//! rate from the schedule, and applies AdamW. Validation runs before the
+//! first step, every `eval_every` steps and after the last. Everything it
+//! does is a function of the state and the step number, so stopping and
+//! resuming changes nothing. Not here: where batches come from (`data`),
+//! saving state (`state`, and checkpoints later).
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+use super::grad::{MicroBatch, eval_loss_sum, lora_gradients};
+use super::optim::{AdamWConfig, clip_grad_norm};
+use super::schedule::Schedule;
+use super::state::{EvalMetrics, StepMetrics, TrainState};
+use crate::model::Llama;
+
+/// The optimisation settings of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub max_steps: usize,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub adam: AdamWConfig,
+    /// 0 turns clipping off.
+    pub max_grad_norm: f64,
+    /// 0 evaluates only before the first and after the last step.
+    pub eval_every: usize,
+}
+
+/// One global step's share of data for this rank.
+#[derive(Debug, Clone)]
+pub struct StepBatches {
+    pub micro_batches: Vec<MicroBatch>,
+    /// Target tokens in the whole global batch (all ranks): the loss divisor.
+    pub global_targets: usize,
+    pub epoch: usize,
+}
+
+/// Where a run's batches come from.
+pub trait StepData {
+    /// This rank's micro-batches of optimizer step `step` (0-based).
+    fn step_batches(&self, step: usize) -> StepBatches;
+    /// The validation set in micro-batches (empty: no validation).
+    fn eval_batches(&self) -> Vec<MicroBatch>;
+}
+
+/// Told about progress as it happens (progress bars, metrics files, events).
+pub trait TrainObserver {
+    fn on_step(&mut self, _metrics: &StepMetrics, _max_steps: usize) {}
+    fn on_eval(&mut self, _metrics: &EvalMetrics) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl TrainObserver for Silent {}
+
+/// Trains until `state.step` reaches `config.max_steps`, or `stop_at` if
+/// that comes first (to pause a run and resume it later).
+pub fn run(
+    model: &mut Llama,
+    device: &Device,
+    config: &TrainConfig,
+    data: &dyn StepData,
+    state: &mut TrainState,
+    observer: &mut dyn TrainObserver,
+    stop_at: Option<usize>,
+) {
+    let eval_batches = data.eval_batches();
+    if state.step == 0 && state.evals.is_empty() && !eval_batches.is_empty() {
+        evaluate(model, device, state, &eval_batches, observer);
+    }
+    let end = stop_at.map_or(config.max_steps, |s| s.min(config.max_steps));
+    while state.step < end {
+        let started = Instant::now();
+        let batches = data.step_batches(state.step);
+        let denominator = batches.global_targets.max(1) as f64;
+        let mut g = lora_gradients(model, &state.lora, &batches.micro_batches, denominator, device);
+        let grad_norm = clip_grad_norm(&mut g.grads, config.max_grad_norm);
+        let lr = config.learning_rate
+            * config
+                .schedule
+                .factor(state.step, config.warmup_steps, config.max_steps);
+        let mut params = state.lora.to_flat();
+        state.adam.update(&config.adam, &mut params, &g.grads, lr);
+        state.lora.set_flat(&params);
+        state.step += 1;
+
+        let elapsed = started.elapsed().as_secs_f64();
+        let tokens: usize = batches.micro_batches.iter().map(|b| b.tokens).sum();
+        let metrics = StepMetrics {
+            step: state.step,
+            epoch: batches.epoch,
+            loss: g.loss_sum / denominator,
+            learning_rate: lr,
+            grad_norm,
+            target_tokens: batches.global_targets,
+            tokens_per_s: tokens as f64 / elapsed,
+            step_time_s: elapsed,
+        };
+        observer.on_step(&metrics, config.max_steps);
+        state.log.push(metrics);
+
+        let due = config.eval_every > 0 && state.step.is_multiple_of(config.eval_every);
+        if !eval_batches.is_empty() && (due || state.step == config.max_steps) {
+            evaluate(model, device, state, &eval_batches, observer);
+        }
+    }
+}
+
+fn evaluate(
+    model: &mut Llama,
+    device: &Device,
+    state: &mut TrainState,
+    batches: &[MicroBatch],
+    observer: &mut dyn TrainObserver,
+) {
+    if state.evals.last().is_some_and(|e| e.step == state.step) {
+        return;
+    }
+    let (sum, targets) = eval_loss_sum(model, &state.lora, batches, device);
+    let metrics = EvalMetrics {
+        step: state.step,
+        eval_loss: sum / targets.max(1) as f64,
+        target_tokens: targets,
+    };
+    observer.on_eval(&metrics);
+    state.evals.push(metrics);
+}
