@@ -1,15 +1,17 @@
 //! lorafleet's control plane.
 //!
-//! This crate will own everything between a user's job spec and the workers
-//! that train it: the YAML job spec and its validation (`spec`), the gRPC API
-//! (`api`), the SQLite store (`store`), gang scheduling (`scheduler`), the
-//! server that wires them together (`server`) and the worker agent that
-//! drives the trainer (`agent`); see docs/ARCHITECTURE.md. None of these
-//! exist yet: today the binary's local commands use `trainer` directly.
+//! Today it holds the YAML job spec ([`spec`]): its shape, defaults,
+//! validation and error locations. The rest of the control plane (the gRPC
+//! API, the SQLite store, gang scheduling, the server and the worker agent)
+//! will live here too; see docs/ARCHITECTURE.md.
 //!
 //! **Architecture invariant:** dependencies point one way,
 //! `lorafleet → coordinator → trainer`; no tensor type crosses into this
 //! crate's public API.
+
+pub mod spec;
+
+pub use spec::{JobSpec, SpecError, SpecProblem};
 
 /// The version workers and clients must share with the coordinator.
 pub const PROTOCOL_VERSION: &str = env!("CARGO_PKG_VERSION");

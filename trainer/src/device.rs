@@ -12,9 +12,15 @@ pub fn default_device() -> Device {
     {
         Device::cuda(0)
     }
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(all(feature = "flex", not(feature = "cuda")))]
     {
         Device::flex()
+    }
+    // Built without a backend feature (e.g. as a dependency that only needs
+    // the types): burn's default panics with guidance if it is ever used.
+    #[cfg(not(any(feature = "flex", feature = "cuda")))]
+    {
+        Device::default()
     }
 }
 

@@ -1,0 +1,248 @@
+//! [`RawSample`] → [`TokenizedSample`]: token ids with their loss mask,
+//! truncated to `max_seq_len`.
+//!
+//! Owns: how each shape is tokenized and which tokens are targets (the
+//! convention is in the [module doc](super)). Not here: parsing lines
+//! ([`super::jsonl`]), packing ([`super::packing`]) or batches.
+//!
+//! # Locating assistant turns in a chat
+//!
+//! The chat template is a black box (any HF Jinja template), so assistant
+//! turns are found by rendering, the way TRL and axolotl do it: for each
+//! assistant message `i`, render the conversation before it with
+//! `add_generation_prompt = true` (text `P_i`, ending where the assistant's
+//! reply begins) and the conversation up to and including it (text `Q_i`).
+//! Both must be prefixes of the whole rendered conversation (a template that
+//! rewrites earlier turns depending on later ones is reported as not
+//! incremental); the text between `P_i` and `Q_i` is the assistant turn.
+//! The conversation text is cut at these offsets, each piece is tokenized on
+//! its own (`add_special = false`, as `apply_chat_template` does), and the
+//! pieces' ids are concatenated, so the mask boundaries are exact. (This
+//! equals tokenizing the whole text whenever the template puts a special
+//! token or a pre-tokenizer boundary at the cut, as ChatML and Llama 3 do.)
+//! Within an assistant piece the targets end at its last EOS token when it
+//! has one: for ChatML, `content<|im_end|>` are targets and the newline the
+//! template writes after `<|im_end|>` is not.
+
+use super::jsonl::RawSample;
+use super::{DataOptions, Shape};
+use crate::tokenizer::{ChatMessage, TextTokenizer, TokenizerError};
+
+/// One training row: ids and which of them are targets (see the
+/// [module doc](super) for the convention).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenizedSample {
+    pub input_ids: Vec<u32>,
+    /// `target_mask[t]`: token `t` is predicted from position `t - 1` and
+    /// counts in the loss. `target_mask[0]` is always false.
+    pub target_mask: Vec<bool>,
+    /// Where each original sample starts in this row: `[0]` for an unpacked
+    /// sample, one offset per sample for a packed row. A backend that resets
+    /// positions or blocks attention between packed samples uses these.
+    pub segment_starts: Vec<u32>,
+}
+
+impl TokenizedSample {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    pub fn num_targets(&self) -> usize {
+        self.target_mask.iter().filter(|&&t| t).count()
+    }
+}
+
+/// A tokenized line and whether truncation shortened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub sample: TokenizedSample,
+    pub truncated: bool,
+}
+
+/// Ids and mask being assembled piece by piece.
+#[derive(Default)]
+struct Builder {
+    ids: Vec<u32>,
+    mask: Vec<bool>,
+}
+
+impl Builder {
+    fn push(&mut self, ids: &[u32], target: bool) {
+        self.ids.extend_from_slice(ids);
+        self.mask.extend(std::iter::repeat_n(target, ids.len()));
+    }
+
+    fn finish(mut self, max_seq_len: usize) -> Encoded {
+        let truncated = self.ids.len() > max_seq_len;
+        self.ids.truncate(max_seq_len);
+        self.mask.truncate(max_seq_len);
+        if let Some(first) = self.mask.first_mut() {
+            *first = false;
+        }
+        Encoded {
+            sample: TokenizedSample {
+                input_ids: self.ids,
+                target_mask: self.mask,
+                segment_starts: vec![0],
+            },
+            truncated,
+        }
+    }
+}
+
+/// Tokenizes `raw` with its loss mask. The error is the message part of
+/// `FILE:LINE: message`.
+pub fn encode_sample(
+    raw: &RawSample,
+    tokenizer: &TextTokenizer,
+    options: &DataOptions,
+) -> Result<Encoded, String> {
+    let tok_err = |e: TokenizerError| e.to_string();
+    let eos: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+    let mut b = Builder::default();
+    match raw {
+        RawSample::Text(text) => {
+            b.push(&tokenizer.encode_prompt(text).map_err(tok_err)?, true);
+            b.push(&eos, true);
+        }
+        RawSample::Completion { prompt, completion } => {
+            let prompt_ids = tokenizer.encode_prompt(prompt).map_err(tok_err)?;
+            b.push(&prompt_ids, options.train_on_inputs);
+            b.push(&tokenizer.encode(completion, false).map_err(tok_err)?, true);
+            b.push(&eos, true);
+        }
+        RawSample::Chat(messages) => {
+            for (piece, is_assistant) in chat_pieces(messages, tokenizer)? {
+                let ids = tokenizer.encode(&piece, false).map_err(tok_err)?;
+                if !is_assistant {
+                    b.push(&ids, options.train_on_inputs);
+                    continue;
+                }
+                // Targets end at the turn's last EOS; template text after it
+                // (ChatML's newline) is not something to learn.
+                let end = match tokenizer.eos_id() {
+                    Some(e) => ids
+                        .iter()
+                        .rposition(|&t| t == e)
+                        .map_or(ids.len(), |p| p + 1),
+                    None => ids.len(),
+                };
+                b.push(&ids[..end], true);
+                b.push(&ids[end..], options.train_on_inputs);
+            }
+        }
+    }
+    if b.ids.is_empty() {
+        return Err(format!("{} sample has no tokens", raw.shape()));
+    }
+    Ok(b.finish(options.max_seq_len))
+}
+
+/// The rendered conversation cut into pieces, each flagged when it is an
+/// assistant turn (see the module doc).
+pub fn chat_pieces(
+    messages: &[ChatMessage],
+    tokenizer: &TextTokenizer,
+) -> Result<Vec<(String, bool)>, String> {
+    let render = |msgs: &[ChatMessage], gen_prompt: bool| {
+        tokenizer
+            .render_chat(msgs, gen_prompt)
+            .map_err(|e| e.to_string())
+    };
+    let full = render(messages, false)?;
+    let mut pieces = Vec::new();
+    let mut done = 0; // bytes of `full` already cut into pieces
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let before = render(&messages[..i], true)?;
+        let through = render(&messages[..=i], false)?;
+        let incremental = full.starts_with(&before)
+            && full.starts_with(&through)
+            && before.len() >= done
+            && through.len() >= before.len();
+        if !incremental {
+            return Err(format!(
+                "chat template is not incremental: the conversation rendered up to messages[{i}] is not a prefix of the whole one, so the assistant turn cannot be located"
+            ));
+        }
+        if before.len() > done {
+            pieces.push((full[done..before.len()].to_string(), false));
+        }
+        if through.len() > before.len() {
+            pieces.push((full[before.len()..through.len()].to_string(), true));
+        }
+        done = through.len();
+    }
+    if full.len() > done {
+        pieces.push((full[done..].to_string(), false));
+    }
+    Ok(pieces)
+}
+
+/// Whether `tokenizer` can encode samples of `shape` (a chat needs a template).
+pub fn can_encode(shape: Shape, tokenizer: &TextTokenizer) -> bool {
+    shape != Shape::Chat || tokenizer.chat_template().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &str) -> Vec<u32> {
+        s.bytes().map(|b| b as u32 + 3).collect()
+    }
+
+    fn opts() -> DataOptions {
+        DataOptions {
+            max_seq_len: 1000,
+            ..DataOptions::default()
+        }
+    }
+
+    #[test]
+    fn text_targets_everything_after_the_first_token() {
+        let t = TextTokenizer::init_model_default();
+        let e = encode_sample(&RawSample::Text("hi".into()), &t, &opts()).unwrap();
+        assert_eq!(e.sample.input_ids, [bytes("hi"), vec![2]].concat());
+        assert_eq!(e.sample.target_mask, [false, true, true]);
+        assert!(!e.truncated);
+    }
+
+    #[test]
+    fn chatml_pieces_split_at_turns() {
+        let t = TextTokenizer::init_model_default();
+        let msgs = [
+            ChatMessage::new("user", "q"),
+            ChatMessage::new("assistant", "a"),
+        ];
+        let pieces = chat_pieces(&msgs, &t).unwrap();
+        assert_eq!(
+            pieces,
+            [
+                (
+                    "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n".to_string(),
+                    false
+                ),
+                ("a<|im_end|>\n".to_string(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_the_head() {
+        let t = TextTokenizer::init_model_default();
+        let o = DataOptions {
+            max_seq_len: 3,
+            ..opts()
+        };
+        let e = encode_sample(&RawSample::Text("hello".into()), &t, &o).unwrap();
+        assert_eq!(e.sample.input_ids, bytes("hel"));
+        assert!(e.truncated);
+    }
+}

@@ -1,0 +1,326 @@
+//! Where a dataset's bytes come from: any `object_store` store, streamed
+//! line by line.
+//!
+//! Owns: turning a location (a local path, or a URL `file://`, `memory://`,
+//! and with object_store's cloud features `s3://`, `gs://`, `az://`) into a
+//! store and a path ([`DataSource`]), and streaming an object's lines
+//! ([`LineReader`]) without holding the whole file. Not here: what the lines
+//! mean ([`super::jsonl`]).
+//!
+//! object_store is async and the trainer is synchronous: the reader runs a
+//! small current-thread tokio runtime on a thread of its own, which sends
+//! chunks over a bounded channel. Being on its own thread, it works the same
+//! whether or not the caller is itself inside a tokio runtime, and reading
+//! overlaps with tokenizing.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::DataError;
+
+/// Chunks in flight between the reading thread and the parser.
+const CHANNEL_CHUNKS: usize = 16;
+
+/// Environment variables handed to `parse_url_opts` (object_store picks the
+/// keys it knows: `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
+const ENV_PREFIXES: [&str; 3] = ["AWS_", "GOOGLE_", "AZURE_"];
+
+/// A dataset object: a store, a path in it, and the name errors use.
+#[derive(Clone)]
+pub struct DataSource {
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    name: String,
+}
+
+impl std::fmt::Debug for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSource")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl DataSource {
+    /// A local path (relative to the working directory) or a URL with a
+    /// scheme. Errors name `location` as given.
+    pub fn parse(location: &str) -> Result<DataSource, DataError> {
+        let fail = |message: String| DataError::Read {
+            file: location.to_string(),
+            message,
+        };
+        if location.contains("://") {
+            let url =
+                url::Url::parse(location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+            let env =
+                std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+            let (store, path) = object_store::parse_url_opts(&url, env)
+                .map_err(|e| fail(format!("cannot open this store: {e}")))?;
+            return Ok(DataSource {
+                store: Arc::from(store),
+                path,
+                name: location.to_string(),
+            });
+        }
+        // Resolve symlinks and `..` (object_store paths may not hold `..`).
+        let absolute = match std::fs::canonicalize(location) {
+            Ok(p) => p,
+            Err(_) => lexically_absolute(location).map_err(|e| fail(e.to_string()))?,
+        };
+        let path = StorePath::from_absolute_path(&absolute).map_err(|e| fail(e.to_string()))?;
+        Ok(DataSource {
+            store: Arc::new(LocalFileSystem::new()),
+            path,
+            name: location.to_string(),
+        })
+    }
+
+    /// An object in a store the caller already has (a `memory://` store
+    /// filled by a test, an S3 store built with credentials, ...).
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        path: StorePath,
+        name: impl Into<String>,
+    ) -> DataSource {
+        DataSource {
+            store,
+            path,
+            name: name.into(),
+        }
+    }
+
+    /// The name errors use: the location as the user wrote it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &StorePath {
+        &self.path
+    }
+
+    /// Starts streaming the object's lines.
+    pub fn lines(&self) -> LineReader {
+        let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+        let store = self.store.clone();
+        let path = self.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("lorafleet-data-read".into())
+            .spawn(move || stream_object(store, path, tx))
+            .expect("spawning the dataset reader thread");
+        LineReader {
+            name: self.name.clone(),
+            chunks: Some(rx),
+            thread: Some(thread),
+            pending: Vec::new(),
+            start: 0,
+            scanned: 0,
+            next_line: 1,
+            finished: false,
+        }
+    }
+}
+
+/// `location` made absolute with `.` and `..` resolved by hand (for a path
+/// that does not exist, so that reading it says "not found").
+fn lexically_absolute(location: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in std::path::absolute(location)?.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+type Chunk = Result<Vec<u8>, ReadFailure>;
+
+enum ReadFailure {
+    NotFound,
+    Other(String),
+}
+
+/// Runs on the reader thread: sends the object's chunks until the end, an
+/// error, or the receiver hanging up.
+fn stream_object(store: Arc<dyn ObjectStore>, path: StorePath, tx: SyncSender<Chunk>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = tx.send(Err(ReadFailure::Other(format!(
+                "starting an I/O runtime: {e}"
+            ))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let result = match store.get(&path).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(failure(e)));
+                return;
+            }
+        };
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let item = chunk.map(|b| b.to_vec()).map_err(failure);
+            let stop = item.is_err();
+            if tx.send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+}
+
+fn failure(e: object_store::Error) -> ReadFailure {
+    match e {
+        object_store::Error::NotFound { .. } => ReadFailure::NotFound,
+        e => ReadFailure::Other(e.to_string()),
+    }
+}
+
+/// The lines of an object, in order, numbered from 1, without their
+/// line terminator (`\n` or `\r\n`). The last line need not end with `\n`.
+pub struct LineReader {
+    name: String,
+    chunks: Option<Receiver<Chunk>>,
+    thread: Option<JoinHandle<()>>,
+    /// Received bytes; those before `start` were already handed out.
+    pending: Vec<u8>,
+    start: usize,
+    /// `pending[start..scanned]` holds no `\n`.
+    scanned: usize,
+    next_line: usize,
+    finished: bool,
+}
+
+/// One line's number (1-based) and bytes.
+pub type Line = (usize, Vec<u8>);
+
+impl LineReader {
+    /// Hands out `pending[start..end]` as the next line.
+    fn take_line(&mut self, end: usize) -> Line {
+        let mut line = self.pending[self.start..end].to_vec();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        self.start = (end + 1).min(self.pending.len());
+        self.scanned = self.start;
+        let number = self.next_line;
+        self.next_line += 1;
+        (number, line)
+    }
+}
+
+impl Iterator for LineReader {
+    type Item = Result<Line, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(i) = self.pending[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                return Some(Ok(self.take_line(self.scanned + i)));
+            }
+            self.scanned = self.pending.len();
+            if self.finished {
+                if self.start == self.pending.len() {
+                    return None;
+                }
+                return Some(Ok(self.take_line(self.pending.len())));
+            }
+            // Drop what was handed out before taking more.
+            self.pending.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+            let received = self.chunks.as_ref().and_then(|rx| rx.recv().ok());
+            match received {
+                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
+                None => self.finished = true,
+                Some(Err(failure)) => {
+                    self.finished = true;
+                    self.pending.clear();
+                    self.scanned = 0;
+                    let message = match failure {
+                        ReadFailure::NotFound => "not found".to_string(),
+                        ReadFailure::Other(m) => format!("cannot read: {m}"),
+                    };
+                    return Some(Err(DataError::Read {
+                        file: self.name.clone(),
+                        message,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        // Hanging up makes the reader thread stop at its next send.
+        drop(self.chunks.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn lines_of(bytes: &'static [u8]) -> Vec<(usize, String)> {
+        let store = Arc::new(InMemory::new());
+        let path = StorePath::from("d.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.put(&path, bytes.into())).unwrap();
+        DataSource::from_store(store, path, "mem")
+            .lines()
+            .map(|l| {
+                let (n, b) = l.unwrap();
+                (n, String::from_utf8(b).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn splits_lines_with_any_ending() {
+        assert_eq!(
+            lines_of(b"a\r\nb\n\nc"),
+            [
+                (1, "a".into()),
+                (2, "b".into()),
+                (3, String::new()),
+                (4, "c".into())
+            ]
+        );
+        assert_eq!(lines_of(b"a\n"), [(1, "a".into())]);
+        assert!(lines_of(b"").is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.jsonl");
+        let src = DataSource::parse(missing.to_str().unwrap()).unwrap();
+        let err = src.lines().next().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), format!("{}: not found", missing.display()));
+    }
+}
