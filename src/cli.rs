@@ -18,6 +18,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a job spec's fine-tune in this process.
+    Train(TrainArgs),
+    /// Check a job spec and its datasets without training.
+    Validate(ValidateArgs),
     /// Write a randomly initialised Llama as a Hugging Face model folder.
     InitModel(InitModelArgs),
     /// Generate text with a model (a HF folder or a .gguf file).
@@ -43,6 +47,26 @@ pub struct ExportArgs {
     /// Output folder.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The YAML job spec.
+    pub file: PathBuf,
+    /// Continue from the state saved in the output folder, if there is one.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the final summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The YAML job spec.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Model sizes of `init-model` and `bench`.

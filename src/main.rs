@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ pub mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => commands::train::run(args),
+        Command::Validate(args) => commands::validate::run(args),
         Command::InitModel(args) => commands::init_model::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -4,6 +4,9 @@ pub mod bench;
 pub mod export;
 pub mod generate;
 pub mod init_model;
+pub mod local_job;
+pub mod train;
+pub mod validate;
 
 use crate::exit;
 
@@ -14,6 +17,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         cause.is::<trainer::model::ModelError>()
             || cause.is::<trainer::tokenizer::TokenizerError>()
             || cause.is::<trainer::generate::GenerateError>()
+            || cause.is::<trainer::data::DataError>()
+            || cause.is::<coordinator::SpecError>()
             || cause.is::<UsageError>()
     });
     if bad_input { exit::USAGE } else { exit::FAILED }

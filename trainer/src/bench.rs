@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
-use crate::train::grad::{MicroBatch, lora_gradients};
+use crate::data::{Batch, SampleRef};
+use crate::train::grad::lora_gradients;
 use crate::train::optim::{AdamWConfig, AdamWState};
 
 /// The batch shape each preset is measured at (REFERENCE workloads).
@@ -150,17 +151,26 @@ pub fn train(
 
     let mut times = Vec::with_capacity(timed_steps);
     for step in 0..warmup_steps + timed_steps.max(1) {
-        let micro = MicroBatch {
+        let micro = Batch {
             input_ids: (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect(),
             target_mask: vec![1.0; batch * seq],
             rows: batch,
             seq_len: seq,
-            dropout_seeds: vec![0; batch],
-            tokens: batch * seq,
+            lengths: vec![seq; batch],
+            sample_ids: (0..batch)
+                .map(|i| SampleRef { epoch: 0, index: i, position: i })
+                .collect(),
         };
         let denominator = micro.num_targets() as f64;
         let start = Instant::now();
-        let g = lora_gradients(&mut model, &lora, std::slice::from_ref(&micro), denominator, &device);
+        let g = lora_gradients(
+            &mut model,
+            &lora,
+            std::slice::from_ref(&micro),
+            denominator,
+            0,
+            &device,
+        );
         adam.update(&adam_config, &mut params, &g.grads, 1e-4);
         lora.set_flat(&params);
         if step >= warmup_steps {

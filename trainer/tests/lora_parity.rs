@@ -15,7 +15,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Reference, fixture, max_abs_diff};
 use trainer::lora::{self, LoraWeights, merge_into, peft};
 use trainer::model::{ModelSource, hf};
-use trainer::train::grad::{MicroBatch, lora_gradients};
+use trainer::data::{Batch, SampleRef};
+use trainer::train::grad::lora_gradients;
 
 struct Case {
     model: trainer::model::Llama,
@@ -60,16 +61,18 @@ fn gradients_match(variant: &str) {
     let (shape, ids) = case.expected.ids("input_ids");
     let (_, labels) = case.expected.ids("labels");
     let (rows, seq_len) = (shape[0], shape[1]);
-    let batch = MicroBatch {
+    let batch = Batch {
         target_mask: labels.iter().map(|&l| if l == -100 { 0.0 } else { 1.0 }).collect(),
         input_ids: ids,
         rows,
         seq_len,
-        dropout_seeds: vec![0; rows],
-        tokens: rows * seq_len,
+        lengths: vec![seq_len; rows],
+        sample_ids: (0..rows)
+            .map(|i| SampleRef { epoch: 0, index: i, position: i })
+            .collect(),
     };
     let targets = batch.num_targets() as f64;
-    let step = lora_gradients(&mut case.model, &case.adapter, &[batch], targets, &case.device);
+    let step = lora_gradients(&mut case.model, &case.adapter, &[batch], targets, 0, &case.device);
 
     let loss = step.loss_sum / targets;
     let want_loss = case.expected.get("loss").1[0];

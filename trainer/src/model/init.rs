@@ -1,25 +1,26 @@
 //! Randomly initialised Llama weights, for the models `init-model` writes.
 //!
-//! Initialisation follows transformers' `LlamaPreTrainedModel`: every linear
-//! and embedding weight from N(0, 0.02²), norms at one. The generator is
-//! seeded, so a `(preset, seed)` pair always gives the same model.
+//! Weights are scaled so that a random model is a useful base to adapt:
+//! embeddings from N(0, 1) (unit-RMS residual stream) and every linear
+//! weight from N(0, 1/in_features), so activations and logits keep unit
+//! scale through the layers; norms start at one. (transformers'
+//! `initializer_range` of 0.02 everywhere gives near-uniform logits that a
+//! frozen output head cannot sharpen, so LoRA on such a model barely
+//! learns.) The generator is seeded: a `(preset, seed)` pair always gives
+//! the same model.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{HostTensor, LlamaConfig, WeightMap};
 
-/// Standard deviation of the initial weights (HF's `initializer_range`).
-pub const INITIALIZER_RANGE: f32 = 0.02;
 
 /// All tensors of a `LlamaForCausalLM` with `config`, HF names and layout.
 pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut normal = |shape: Vec<usize>| {
+    let mut normal = |shape: Vec<usize>, std: f32| {
         let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|_| gaussian(&mut rng) * INITIALIZER_RANGE)
-            .collect();
+        let data = (0..n).map(|_| gaussian(&mut rng) * std).collect();
         HostTensor::new(shape, data)
     };
     let h = config.hidden_size;
@@ -29,25 +30,30 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
 
     let mut w = WeightMap::new("random init");
-    w.insert(
-        "model.embed_tokens.weight",
-        normal(vec![config.vocab_size, h]),
-    );
+    w.insert("model.embed_tokens.weight", normal(vec![config.vocab_size, h], 1.0));
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        w.insert(format!("{p}.self_attn.q_proj.weight"), normal(vec![q, h]));
-        w.insert(format!("{p}.self_attn.k_proj.weight"), normal(vec![kv, h]));
-        w.insert(format!("{p}.self_attn.v_proj.weight"), normal(vec![kv, h]));
-        w.insert(format!("{p}.self_attn.o_proj.weight"), normal(vec![h, q]));
-        w.insert(format!("{p}.mlp.gate_proj.weight"), normal(vec![inter, h]));
-        w.insert(format!("{p}.mlp.up_proj.weight"), normal(vec![inter, h]));
-        w.insert(format!("{p}.mlp.down_proj.weight"), normal(vec![h, inter]));
+        // `[out, in]` linear weights: N(0, 1/in).
+        let shapes = [
+            ("self_attn.q_proj", q, h),
+            ("self_attn.k_proj", kv, h),
+            ("self_attn.v_proj", kv, h),
+            ("self_attn.o_proj", h, q),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ];
+        for (name, out, inp) in shapes {
+            let t = normal(vec![out, inp], 1.0 / (inp as f32).sqrt());
+            w.insert(format!("{p}.{name}.weight"), t);
+        }
         w.insert(format!("{p}.input_layernorm.weight"), ones(h));
         w.insert(format!("{p}.post_attention_layernorm.weight"), ones(h));
     }
     w.insert("model.norm.weight", ones(h));
     if !config.tie_word_embeddings {
-        w.insert("lm_head.weight", normal(vec![config.vocab_size, h]));
+        let head = normal(vec![config.vocab_size, h], 1.0 / (h as f32).sqrt());
+        w.insert("lm_head.weight", head);
     }
     w
 }

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::rope::{self, Rope};
 use super::{HostTensor, LlamaConfig, ModelError, WeightMap};
+use crate::data::sampler::splitmix64;
 use crate::lora::LoraAdapter;
 
 /// Per-sample seeds for LoRA dropout: row `i` of a batch draws its masks
@@ -31,17 +32,9 @@ pub struct DropoutSeeds {
 impl DropoutSeeds {
     fn mixed(&self, salt: u64) -> DropoutSeeds {
         DropoutSeeds {
-            seeds: self.seeds.iter().map(|&s| splitmix(s ^ salt)).collect(),
+            seeds: self.seeds.iter().map(|&s| splitmix64(s ^ salt)).collect(),
         }
     }
-}
-
-/// SplitMix64: a well-spread 64-bit mixing function.
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// A bias-free linear layer with a frozen weight (`[in, out]`) and an

@@ -10,38 +10,10 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::data::Batch;
 use crate::lora::{self, LoraWeights};
 use crate::model::Llama;
 use crate::model::llama::{DropoutSeeds, transpose};
-
-/// One micro-batch on the host, rows padded to a common length.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MicroBatch {
-    /// Row-major `[rows, seq_len]`.
-    pub input_ids: Vec<i64>,
-    /// Row-major `[rows, seq_len]`; 1.0 where the token is a target.
-    pub target_mask: Vec<f32>,
-    pub rows: usize,
-    pub seq_len: usize,
-    /// One dropout seed per row, derived from the sample's global identity.
-    pub dropout_seeds: Vec<u64>,
-    /// Tokens that are not padding.
-    pub tokens: usize,
-}
-
-impl MicroBatch {
-    /// Number of target tokens (position 0 never is one).
-    pub fn num_targets(&self) -> usize {
-        (0..self.rows)
-            .map(|r| {
-                self.target_mask[r * self.seq_len + 1..(r + 1) * self.seq_len]
-                    .iter()
-                    .filter(|&&m| m > 0.0)
-                    .count()
-            })
-            .sum()
-    }
-}
 
 /// Sum over target tokens of `−log p(token | previous positions)`:
 /// logits `[b, s, vocab]`, ids and mask `[b, s]` → `[1]`.
@@ -63,7 +35,7 @@ pub struct StepGradients {
     pub grads: Vec<f32>,
 }
 
-fn tensors(batch: &MicroBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
     let shape = [batch.rows, batch.seq_len];
     (
         Tensor::from_data(TensorData::new(batch.input_ids.clone(), shape), device),
@@ -73,11 +45,14 @@ fn tensors(batch: &MicroBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
 
 /// Gradients of `Σ loss_sum(batch) / denominator` with respect to every
 /// LoRA value, with `lora` attached to `model` (on an autodiff `device`).
+/// Dropout masks (if the adapter has dropout) come from each row's sample
+/// identity and `seed`.
 pub fn lora_gradients(
     model: &mut Llama,
     lora: &LoraWeights,
-    batches: &[MicroBatch],
+    batches: &[Batch],
     denominator: f64,
+    seed: u64,
     device: &Device,
 ) -> StepGradients {
     lora::attach(model, lora, device, true);
@@ -88,7 +63,7 @@ pub fn lora_gradients(
     for batch in batches {
         let (ids, mask) = tensors(batch, device);
         let seeds = DropoutSeeds {
-            seeds: batch.dropout_seeds.clone(),
+            seeds: batch.sample_ids.iter().map(|r| r.dropout_seed(seed)).collect(),
         };
         let logits = model.forward_train(ids.clone(), use_dropout.then_some(&seeds));
         let sum = target_loss_sum(logits, ids, mask);
@@ -124,7 +99,7 @@ pub fn lora_gradients(
 
 /// Sum of target cross-entropy and target count over `batches`, without
 /// gradients and without dropout (evaluation).
-pub fn eval_loss_sum(model: &mut Llama, lora: &LoraWeights, batches: &[MicroBatch], device: &Device) -> (f64, usize) {
+pub fn eval_loss_sum(model: &mut Llama, lora: &LoraWeights, batches: &[Batch], device: &Device) -> (f64, usize) {
     lora::attach(model, lora, device, false);
     let mut loss_sum = 0.0;
     let mut targets = 0;

@@ -9,8 +9,10 @@
 pub mod grad;
 pub mod optim;
 pub mod run;
+pub mod sampled;
 pub mod schedule;
 pub mod state;
 
 pub use run::{StepBatches, StepData, TrainConfig, TrainObserver, run};
+pub use sampled::SampledSteps;
 pub use state::{EvalMetrics, StepMetrics, TrainState};

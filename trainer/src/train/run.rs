@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use super::grad::{MicroBatch, eval_loss_sum, lora_gradients};
+use super::grad::{eval_loss_sum, lora_gradients};
+use crate::data::Batch;
 use super::optim::{AdamWConfig, clip_grad_norm};
 use super::schedule::Schedule;
 use super::state::{EvalMetrics, StepMetrics, TrainState};
@@ -32,12 +33,14 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// 0 evaluates only before the first and after the last step.
     pub eval_every: usize,
+    /// Seeds the adapters' dropout masks (with each sample's identity).
+    pub seed: u64,
 }
 
 /// One global step's share of data for this rank.
 #[derive(Debug, Clone)]
 pub struct StepBatches {
-    pub micro_batches: Vec<MicroBatch>,
+    pub micro_batches: Vec<Batch>,
     /// Target tokens in the whole global batch (all ranks): the loss divisor.
     pub global_targets: usize,
     pub epoch: usize,
@@ -48,7 +51,7 @@ pub trait StepData {
     /// This rank's micro-batches of optimizer step `step` (0-based).
     fn step_batches(&self, step: usize) -> StepBatches;
     /// The validation set in micro-batches (empty: no validation).
-    fn eval_batches(&self) -> Vec<MicroBatch>;
+    fn eval_batches(&self) -> Vec<Batch>;
 }
 
 /// Told about progress as it happens (progress bars, metrics files, events).
@@ -81,7 +84,14 @@ pub fn run(
         let started = Instant::now();
         let batches = data.step_batches(state.step);
         let denominator = batches.global_targets.max(1) as f64;
-        let mut g = lora_gradients(model, &state.lora, &batches.micro_batches, denominator, device);
+        let mut g = lora_gradients(
+            model,
+            &state.lora,
+            &batches.micro_batches,
+            denominator,
+            config.seed,
+            device,
+        );
         let grad_norm = clip_grad_norm(&mut g.grads, config.max_grad_norm);
         let lr = config.learning_rate
             * config
@@ -93,7 +103,11 @@ pub fn run(
         state.step += 1;
 
         let elapsed = started.elapsed().as_secs_f64();
-        let tokens: usize = batches.micro_batches.iter().map(|b| b.tokens).sum();
+        let tokens: usize = batches
+            .micro_batches
+            .iter()
+            .map(|b| b.lengths.iter().sum::<usize>())
+            .sum();
         let metrics = StepMetrics {
             step: state.step,
             epoch: batches.epoch,
@@ -118,7 +132,7 @@ fn evaluate(
     model: &mut Llama,
     device: &Device,
     state: &mut TrainState,
-    batches: &[MicroBatch],
+    batches: &[Batch],
     observer: &mut dyn TrainObserver,
 ) {
     if state.evals.last().is_some_and(|e| e.step == state.step) {

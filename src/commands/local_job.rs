@@ -1,0 +1,138 @@
+//! A job spec turned into what the trainer runs in this process: the model
+//! source, tokenized datasets, the sampler and the optimisation settings.
+//! The one place where spec words (`coordinator::spec`) become trainer types.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use coordinator::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
+use coordinator::JobSpec;
+use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Format, Sampler};
+use trainer::lora::{LoraConfig, TargetModule};
+use trainer::model::ModelSource;
+use trainer::train::optim::AdamWConfig;
+use trainer::train::schedule::Schedule;
+use trainer::train::TrainConfig;
+
+use super::UsageError;
+
+/// Everything a single-process run of a spec needs, loaded and checked.
+pub struct LocalJob {
+    pub spec: JobSpec,
+    pub source: ModelSource,
+    pub data: Datasets,
+    pub sampler: Sampler,
+    pub lora: LoraConfig,
+    pub train: TrainConfig,
+    /// Where the final adapter and state go.
+    pub output_dir: PathBuf,
+    /// How the base model is named in `adapter_config.json`.
+    pub base_model: String,
+}
+
+impl LocalJob {
+    /// Loads the model and the datasets of `spec`.
+    pub fn load(spec: JobSpec) -> anyhow::Result<LocalJob> {
+        let seed = spec.training.seed;
+        let (source, base_model) = match &spec.model {
+            ModelSpec::Preset(preset) => {
+                (ModelSource::random(*preset, seed), format!("preset:{}", preset.name()))
+            }
+            ModelSpec::Path(PathOrUrl::Path(p)) => (
+                ModelSource::open(p).with_context(|| format!("cannot load model {}", p.display()))?,
+                p.display().to_string(),
+            ),
+            ModelSpec::Path(PathOrUrl::Url(url)) => {
+                return Err(UsageError(format!(
+                    "model.path: {url}: models are read from local paths for now; download it first"
+                ))
+                .into());
+            }
+        };
+        let Some(tokenizer) = &source.tokenizer else {
+            bail!(UsageError(format!("{base_model}: the model has no tokenizer, so its dataset cannot be tokenized")));
+        };
+
+        let location = |p: &PathOrUrl| -> anyhow::Result<DataSource> {
+            Ok(DataSource::parse(&p.to_string())?)
+        };
+        let ds = &spec.dataset;
+        let options = DataOptions {
+            format: ds.format.name().parse::<Format>().map_err(|e| UsageError(e.to_string()))?,
+            max_seq_len: ds.max_seq_len as usize,
+            packing: ds.packing,
+            train_on_inputs: ds.train_on_inputs,
+        };
+        let validation = match &ds.validation {
+            None => trainer::data::Validation::None,
+            Some(Validation::Data(p)) => trainer::data::Validation::Source(location(p)?),
+            Some(Validation::Fraction(f)) => trainer::data::Validation::Fraction(*f),
+        };
+        let config = DatasetConfig {
+            train: location(&ds.train)?,
+            validation,
+            options,
+            seed,
+        };
+        let data = trainer::data::load_datasets(&config, tokenizer)?;
+
+        let t = &spec.training;
+        let sampler = Sampler::new(data.train.len(), t.global_batch_size as usize, seed)?;
+        let max_steps = match t.length {
+            TrainingLength::MaxSteps(n) => n as usize,
+            TrainingLength::Epochs(e) => e as usize * sampler.steps_per_epoch() as usize,
+        };
+        let warmup_steps = match t.warmup {
+            Warmup::Steps(n) => n as usize,
+            Warmup::Ratio(r) => (r * max_steps as f64).ceil() as usize,
+        };
+        let targets: Vec<TargetModule> = spec
+            .lora
+            .target_modules
+            .modules()
+            .iter()
+            .map(|m| TargetModule::parse(m.name()).expect("spec and trainer name the same modules"))
+            .collect();
+        let mut lora = LoraConfig::new(spec.lora.r as usize, spec.lora.alpha, &targets);
+        lora.dropout = spec.lora.dropout;
+        lora.use_rslora = spec.lora.use_rslora;
+        let train = TrainConfig {
+            max_steps,
+            learning_rate: t.learning_rate,
+            schedule: Schedule::parse(t.schedule.name()).expect("spec and trainer name the same schedules"),
+            warmup_steps,
+            adam: AdamWConfig {
+                beta1: t.adam_beta1,
+                beta2: t.adam_beta2,
+                eps: t.adam_epsilon,
+                weight_decay: t.weight_decay,
+            },
+            max_grad_norm: t.max_grad_norm,
+            eval_every: t.eval_every as usize,
+            seed,
+        };
+        let output_dir = match &spec.output.dir {
+            Some(PathOrUrl::Path(p)) => p.clone(),
+            Some(PathOrUrl::Url(url)) => {
+                return Err(UsageError(format!(
+                    "output.dir: {url}: the final adapter is written to a local folder; object storage is for checkpoint.storage"
+                ))
+                .into());
+            }
+            None => match &spec.checkpoint.storage {
+                PathOrUrl::Path(p) => p.join(&spec.name).join("final"),
+                PathOrUrl::Url(_) => PathBuf::from("runs").join(&spec.name).join("final"),
+            },
+        };
+        Ok(LocalJob {
+            spec,
+            source,
+            data,
+            sampler,
+            lora,
+            train,
+            output_dir,
+            base_model,
+        })
+    }
+}

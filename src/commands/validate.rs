@@ -1,0 +1,48 @@
+//! `lorafleet validate FILE`: check a spec and its datasets without training.
+
+use coordinator::JobSpec;
+
+use super::local_job::LocalJob;
+use crate::cli::ValidateArgs;
+
+pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
+    let spec = JobSpec::from_file(&args.file)?;
+    let job = LocalJob::load(spec)?;
+    let g = job.spec.training.global_batch_size as usize;
+    let train = job.data.train.stats();
+    let validation = job.data.validation.as_ref().map(|v| v.stats());
+    let report = serde_json::json!({
+        "name": job.spec.name,
+        "model": job.base_model,
+        "train": train,
+        "validation": validation,
+        "global_batch_size": g,
+        "steps_per_epoch": train.steps_per_epoch(g),
+        "max_steps": job.train.max_steps,
+        "warmup_steps": job.train.warmup_steps,
+        "lora_scale": job.lora.scale(),
+        "output_dir": job.output_dir.display().to_string(),
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("{}: valid", args.file.display());
+    let line = |what: &str, s: &trainer::data::DatasetStats| {
+        println!(
+            "  {what}: {} samples, {} tokens ({} targets), {} truncated to {} tokens, {} dropped without targets",
+            s.samples, s.tokens, s.target_tokens, s.truncated, job.spec.dataset.max_seq_len, s.dropped_without_targets
+        );
+    };
+    line("train", &train);
+    if let Some(v) = &validation {
+        line("validation", v);
+    }
+    println!(
+        "  {} steps per epoch at global batch {g}; {} steps ({} warmup)",
+        train.steps_per_epoch(g),
+        job.train.max_steps,
+        job.train.warmup_steps
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Progress of a training run on the terminal: an indicatif bar with the
+//! step, loss, tokens/s and ETA, plus one line per validation pass. When
+//! stderr is not a terminal the bar hides itself and the lines remain.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use trainer::train::{EvalMetrics, StepMetrics, TrainObserver};
+
+/// Shows training progress.
+pub struct TrainProgress {
+    bar: ProgressBar,
+}
+
+impl TrainProgress {
+    pub fn new(max_steps: usize, done: usize) -> TrainProgress {
+        let bar = ProgressBar::new(max_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {msg} · {elapsed_precise} elapsed, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_position(done as u64);
+        TrainProgress { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// Prints a line above the bar (or plainly when there is no bar).
+    pub fn println(&self, line: impl AsRef<str>) {
+        if self.bar.is_hidden() {
+            eprintln!("{}", line.as_ref());
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+impl TrainObserver for TrainProgress {
+    fn on_step(&mut self, m: &StepMetrics, _max_steps: usize) {
+        self.bar.set_position(m.step as u64);
+        self.bar.set_message(format!(
+            "loss {:.4} · lr {:.2e} · {:.0} tok/s",
+            m.loss, m.learning_rate, m.tokens_per_s
+        ));
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        self.println(format!(
+            "step {:>5}: validation loss {:.4} ({} target tokens)",
+            m.step, m.eval_loss, m.target_tokens
+        ));
+    }
+}
