@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// Continue from the state saved in the output folder, if there is one.
     #[arg(long)]
     pub resume: bool,
+    /// Stop once this many steps are done, saving the state (continue later
+    /// with --resume).
+    #[arg(long, value_name = "STEP")]
+    pub stop_after: Option<usize>,
     /// Print the final summary as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -70,8 +70,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut progress = TrainProgress::new(train.max_steps, state.step);
     let every = (spec.checkpoint.every_steps as usize).max(1);
-    while state.step < train.max_steps {
-        let next = (state.step / every + 1) * every;
+    let end = args.stop_after.map_or(train.max_steps, |s| s.min(train.max_steps));
+    while state.step < end {
+        let next = ((state.step / every + 1) * every).min(end);
         trainer::train::run(&mut model, &device, &train, &steps, &mut state, &mut progress, Some(next));
         save(&output_dir, &state, &spec, &base_model)?;
     }
