@@ -245,7 +245,7 @@ fn gguf_with_q5_k() -> Vec<u8> {
     out.extend(4u64.to_le_bytes());
     out.extend(13u32.to_le_bytes()); // Q5_K
     out.extend(0u64.to_le_bytes()); // offset
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     out.extend(vec![0u8; 4 * 176]); // 4 rows of one 256-element Q5_K block

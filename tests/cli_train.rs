@@ -45,7 +45,10 @@ fn quickstart_learns_and_leaves_a_peft_adapter() {
     let first = summary["eval_loss_initial"].as_f64().unwrap();
     let last = summary["eval_loss_final"].as_f64().unwrap();
     println!("quickstart validation loss: {first:.4} at step 0, {last:.4} at the end");
-    assert!(last < 0.6 * first, "validation loss {first} → {last}: not below 60%");
+    assert!(
+        last < 0.6 * first,
+        "validation loss {first} → {last}: not below 60%"
+    );
     assert_eq!(summary["steps"], 150);
 
     let final_dir = tmp.path().join("runs/quickstart/final");
@@ -63,18 +66,35 @@ fn quickstart_learns_and_leaves_a_peft_adapter() {
     let metrics = std::fs::read_to_string(final_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 150, "one line per step");
     let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(final_dir.join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(final_dir.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 16);
     assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
 
     // The adapter applies to the same random base written as a folder.
     let base = tmp.path().join("base");
-    let init = lorafleet(&["init-model", "--preset", "tiny", "--seed", "42", "-o", base.to_str().unwrap()]);
+    let init = lorafleet(&[
+        "init-model",
+        "--preset",
+        "tiny",
+        "--seed",
+        "42",
+        "-o",
+        base.to_str().unwrap(),
+    ]);
     assert!(init.status.success());
     let generated = lorafleet(&[
-        "generate", "--model", base.to_str().unwrap(), "--adapter", final_dir.to_str().unwrap(),
-        "--prompt", "Uppercase: dog\n", "--max-new-tokens", "8", "--json",
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        final_dir.to_str().unwrap(),
+        "--prompt",
+        "Uppercase: dog\n",
+        "--max-new-tokens",
+        "8",
+        "--json",
     ]);
     assert!(generated.status.success(), "{}", stderr(&generated));
 }
@@ -93,7 +113,8 @@ fn resume_continues_from_the_saved_state() {
     let first = lorafleet(&["train", spec.to_str().unwrap(), "--stop-after", "3"]);
     assert!(first.status.success(), "{}", stderr(&first));
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("trainer_state.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out_dir.join("trainer_state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["global_step"], 3);
     let resumed = lorafleet(&["train", spec.to_str().unwrap(), "--resume"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
@@ -131,21 +152,33 @@ fn assert_rejected(spec: &Path, needles: &[&str]) {
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
-    assert!(!spec.parent().unwrap().join("runs").exists(), "nothing trained");
+    assert!(
+        !spec.parent().unwrap().join("runs").exists(),
+        "nothing trained"
+    );
 }
 
 #[test]
 fn spec_mistakes_point_at_file_line_and_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let unknown = spec_in(tmp.path(), "ci-tiny.yaml", |t| t.replace("  alpha: 32", "  alpha: 32\n  rank: 4"));
-    assert_rejected(&unknown, &["ci-tiny.yaml:", "lora.rank: unknown key; did you mean r?"]);
+    let unknown = spec_in(tmp.path(), "ci-tiny.yaml", |t| {
+        t.replace("  alpha: 32", "  alpha: 32\n  rank: 4")
+    });
+    assert_rejected(
+        &unknown,
+        &["ci-tiny.yaml:", "lora.rank: unknown key; did you mean r?"],
+    );
 
     let tmp = tempfile::tempdir().unwrap();
-    let zero = spec_in(tmp.path(), "ci-tiny.yaml", |t| t.replace("  r: 16", "  r: 0"));
+    let zero = spec_in(tmp.path(), "ci-tiny.yaml", |t| {
+        t.replace("  r: 16", "  r: 0")
+    });
     assert_rejected(&zero, &["lora.r: must be between 1 and 1024, got 0"]);
 
     let tmp = tempfile::tempdir().unwrap();
-    let wrong = spec_in(tmp.path(), "ci-tiny.yaml", |t| t.replace("  r: 16", "  r: eight"));
+    let wrong = spec_in(tmp.path(), "ci-tiny.yaml", |t| {
+        t.replace("  r: 16", "  r: eight")
+    });
     assert_rejected(&wrong, &["lora.r:", "\"eight\""]);
 
     let tmp = tempfile::tempdir().unwrap();

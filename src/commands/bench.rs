@@ -25,7 +25,15 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "train  {} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB",
-            r.preset, r.threads, r.batch, r.seq_len, r.lora_parameters, r.tokens_per_s, r.step_ms, r.timed_steps, r.peak_rss_mib
+            r.preset,
+            r.threads,
+            r.batch,
+            r.seq_len,
+            r.lora_parameters,
+            r.tokens_per_s,
+            r.step_ms,
+            r.timed_steps,
+            r.peak_rss_mib
         );
     }
     Ok(())

@@ -31,7 +31,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         args.output.display(),
         adapter.pairs.len(),
         source.config.num_hidden_layers,
-        adapter.config.target_modules.iter().map(|m| m.name()).collect::<Vec<_>>()
+        adapter
+            .config
+            .target_modules
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
     );
     Ok(())
 }

@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use coordinator::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 use coordinator::JobSpec;
+use coordinator::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Format, Sampler};
 use trainer::lora::{LoraConfig, TargetModule};
 use trainer::model::ModelSource;
+use trainer::train::TrainConfig;
 use trainer::train::optim::AdamWConfig;
 use trainer::train::schedule::Schedule;
-use trainer::train::TrainConfig;
 
 use super::UsageError;
 
@@ -35,11 +35,13 @@ impl LocalJob {
     pub fn load(spec: JobSpec) -> anyhow::Result<LocalJob> {
         let seed = spec.training.seed;
         let (source, base_model) = match &spec.model {
-            ModelSpec::Preset(preset) => {
-                (ModelSource::random(*preset, seed), format!("preset:{}", preset.name()))
-            }
+            ModelSpec::Preset(preset) => (
+                ModelSource::random(*preset, seed),
+                format!("preset:{}", preset.name()),
+            ),
             ModelSpec::Path(PathOrUrl::Path(p)) => (
-                ModelSource::open(p).with_context(|| format!("cannot load model {}", p.display()))?,
+                ModelSource::open(p)
+                    .with_context(|| format!("cannot load model {}", p.display()))?,
                 p.display().to_string(),
             ),
             ModelSpec::Path(PathOrUrl::Url(url)) => {
@@ -50,7 +52,9 @@ impl LocalJob {
             }
         };
         let Some(tokenizer) = &source.tokenizer else {
-            bail!(UsageError(format!("{base_model}: the model has no tokenizer, so its dataset cannot be tokenized")));
+            bail!(UsageError(format!(
+                "{base_model}: the model has no tokenizer, so its dataset cannot be tokenized"
+            )));
         };
 
         let location = |p: &PathOrUrl| -> anyhow::Result<DataSource> {
@@ -58,7 +62,11 @@ impl LocalJob {
         };
         let ds = &spec.dataset;
         let options = DataOptions {
-            format: ds.format.name().parse::<Format>().map_err(|e| UsageError(e.to_string()))?,
+            format: ds
+                .format
+                .name()
+                .parse::<Format>()
+                .map_err(|e| UsageError(e.to_string()))?,
             max_seq_len: ds.max_seq_len as usize,
             packing: ds.packing,
             train_on_inputs: ds.train_on_inputs,
@@ -99,7 +107,8 @@ impl LocalJob {
         let train = TrainConfig {
             max_steps,
             learning_rate: t.learning_rate,
-            schedule: Schedule::parse(t.schedule.name()).expect("spec and trainer name the same schedules"),
+            schedule: Schedule::parse(t.schedule.name())
+                .expect("spec and trainer name the same schedules"),
             warmup_steps,
             adam: AdamWConfig {
                 beta1: t.adam_beta1,

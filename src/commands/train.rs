@@ -24,7 +24,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let job = LocalJob::load(spec)?;
     let device = trainer::device::default_device().autodiff();
-    let LocalJob { spec, source, data, sampler, lora, train, output_dir, base_model } = job;
+    let LocalJob {
+        spec,
+        source,
+        data,
+        sampler,
+        lora,
+        train,
+        output_dir,
+        base_model,
+    } = job;
     let (mut model, tokenizer) = source.into_model(&device)?;
     let tokenizer = tokenizer.expect("LocalJob checks the tokenizer");
 
@@ -35,7 +44,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!("resuming {} from step {}", spec.name, state.step);
         state
     } else if let Some(init) = &spec.lora.init_adapter {
-        let path = init.as_path().context("lora.init_adapter: only local folders for now")?;
+        let path = init
+            .as_path()
+            .context("lora.init_adapter: only local folders for now")?;
         let weights = peft::load(path, &model.config)
             .with_context(|| format!("cannot load lora.init_adapter {}", path.display()))?;
         TrainState::new(weights)
@@ -45,8 +56,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if state.lora.config != lora && !args.resume {
         anyhow::bail!(
             "lora.init_adapter has r={} alpha={} targets {:?}, but the spec asks for r={} alpha={} targets {:?}",
-            state.lora.config.r, state.lora.config.alpha, state.lora.config.target_modules,
-            lora.r, lora.alpha, lora.target_modules
+            state.lora.config.r,
+            state.lora.config.alpha,
+            state.lora.config.target_modules,
+            lora.r,
+            lora.alpha,
+            lora.target_modules
         );
     }
 
@@ -70,10 +85,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut progress = TrainProgress::new(train.max_steps, state.step);
     let every = (spec.checkpoint.every_steps as usize).max(1);
-    let end = args.stop_after.map_or(train.max_steps, |s| s.min(train.max_steps));
+    let end = args
+        .stop_after
+        .map_or(train.max_steps, |s| s.min(train.max_steps));
     while state.step < end {
         let next = ((state.step / every + 1) * every).min(end);
-        trainer::train::run(&mut model, &device, &train, &steps, &mut state, &mut progress, Some(next));
+        trainer::train::run(
+            &mut model,
+            &device,
+            &train,
+            &steps,
+            &mut state,
+            &mut progress,
+            Some(next),
+        );
         save(&output_dir, &state, &spec, &base_model)?;
     }
     progress.finish();
@@ -88,8 +113,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "elapsed_s": started.elapsed().as_secs_f64(),
         "output_dir": output_dir.display().to_string(),
     });
-    std::fs::write(output_dir.join("final_metrics.json"), serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("cannot write {}", output_dir.display()))?;
+    std::fs::write(
+        output_dir.join("final_metrics.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )
+    .with_context(|| format!("cannot write {}", output_dir.display()))?;
     if args.json {
         println!("{summary}");
     } else {
@@ -113,7 +141,8 @@ fn fmt_loss(v: &serde_json::Value) -> String {
 /// new folder in, so `dir` never holds half a state.
 fn save(dir: &Path, state: &TrainState, spec: &JobSpec, base_model: &str) -> anyhow::Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("final");
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));

@@ -31,7 +31,12 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let line = |what: &str, s: &trainer::data::DatasetStats| {
         println!(
             "  {what}: {} samples, {} tokens ({} targets), {} truncated to {} tokens, {} dropped without targets",
-            s.samples, s.tokens, s.target_tokens, s.truncated, job.spec.dataset.max_seq_len, s.dropped_without_targets
+            s.samples,
+            s.tokens,
+            s.target_tokens,
+            s.truncated,
+            job.spec.dataset.max_seq_len,
+            s.dropped_without_targets
         );
     };
     line("train", &train);

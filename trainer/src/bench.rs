@@ -14,10 +14,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::data::{Batch, SampleRef};
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
-use crate::data::{Batch, SampleRef};
 use crate::train::grad::lora_gradients;
 use crate::train::optim::{AdamWConfig, AdamWState};
 
@@ -152,13 +152,19 @@ pub fn train(
     let mut times = Vec::with_capacity(timed_steps);
     for step in 0..warmup_steps + timed_steps.max(1) {
         let micro = Batch {
-            input_ids: (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect(),
+            input_ids: (0..batch * seq)
+                .map(|_| rng.random_range(0..vocab))
+                .collect(),
             target_mask: vec![1.0; batch * seq],
             rows: batch,
             seq_len: seq,
             lengths: vec![seq; batch],
             sample_ids: (0..batch)
-                .map(|i| SampleRef { epoch: 0, index: i, position: i })
+                .map(|i| SampleRef {
+                    epoch: 0,
+                    index: i,
+                    position: i,
+                })
                 .collect(),
         };
         let denominator = micro.num_targets() as f64;

@@ -39,8 +39,18 @@ fn check(dir: &Path, model_path: &Path) {
         dir.display()
     );
 
-    let prompt: Vec<u32> = expected.ids("prompt_ids").1.iter().map(|&x| x as u32).collect();
-    let want_ids: Vec<u32> = expected.ids("greedy_ids").1.iter().map(|&x| x as u32).collect();
+    let prompt: Vec<u32> = expected
+        .ids("prompt_ids")
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let want_ids: Vec<u32> = expected
+        .ids("greedy_ids")
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     let options = GenerateOptions {
         max_new_tokens: want_ids.len(),
         ignore_eos: true,

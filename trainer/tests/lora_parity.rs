@@ -13,9 +13,9 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Reference, fixture, max_abs_diff};
+use trainer::data::{Batch, SampleRef};
 use trainer::lora::{self, LoraWeights, merge_into, peft};
 use trainer::model::{ModelSource, hf};
-use trainer::data::{Batch, SampleRef};
 use trainer::train::grad::lora_gradients;
 
 struct Case {
@@ -49,11 +49,20 @@ fn logits_match(variant: &str) {
     let mut case = open(variant, false);
     lora::attach(&mut case.model, &case.adapter, &case.device, false);
     let (shape, ids) = case.expected.ids("input_ids");
-    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &case.device);
-    let logits: Vec<f32> = case.model.forward(input).into_data().try_into_vec().unwrap();
+    let input =
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &case.device);
+    let logits: Vec<f32> = case
+        .model
+        .forward(input)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
     let diff = max_abs_diff(&logits, &case.expected.get("logits").1);
     eprintln!("{variant}: max abs logit difference {diff:e}");
-    assert!(diff <= 1e-4, "{variant}: logits differ from PEFT by {diff:e}");
+    assert!(
+        diff <= 1e-4,
+        "{variant}: logits differ from PEFT by {diff:e}"
+    );
 }
 
 fn gradients_match(variant: &str) {
@@ -62,17 +71,31 @@ fn gradients_match(variant: &str) {
     let (_, labels) = case.expected.ids("labels");
     let (rows, seq_len) = (shape[0], shape[1]);
     let batch = Batch {
-        target_mask: labels.iter().map(|&l| if l == -100 { 0.0 } else { 1.0 }).collect(),
+        target_mask: labels
+            .iter()
+            .map(|&l| if l == -100 { 0.0 } else { 1.0 })
+            .collect(),
         input_ids: ids,
         rows,
         seq_len,
         lengths: vec![seq_len; rows],
         sample_ids: (0..rows)
-            .map(|i| SampleRef { epoch: 0, index: i, position: i })
+            .map(|i| SampleRef {
+                epoch: 0,
+                index: i,
+                position: i,
+            })
             .collect(),
     };
     let targets = batch.num_targets() as f64;
-    let step = lora_gradients(&mut case.model, &case.adapter, &[batch], targets, 0, &case.device);
+    let step = lora_gradients(
+        &mut case.model,
+        &case.adapter,
+        &[batch],
+        targets,
+        0,
+        &case.device,
+    );
 
     let loss = step.loss_sum / targets;
     let want_loss = case.expected.get("loss").1[0];
@@ -92,7 +115,10 @@ fn gradients_match(variant: &str) {
             assert_eq!(got.shape, want_shape, "{name}");
             let scale = want.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
             let rel = max_abs_diff(&got.data, &want) / scale.max(1e-12);
-            assert!(rel <= 1e-4, "{variant}: {name}: relative difference {rel:e}");
+            assert!(
+                rel <= 1e-4,
+                "{variant}: {name}: relative difference {rel:e}"
+            );
             checked += 1;
         }
     }
@@ -145,15 +171,31 @@ fn saving_reproduces_the_file_peft_wrote() {
         serde_json::from_slice(&std::fs::read(p.join("adapter_config.json")).unwrap()).unwrap()
     };
     let (ours, theirs) = (read(out.path()), read(&dir.join("adapter")));
-    for key in ["peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "bias", "task_type"] {
+    for key in [
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "use_dora",
+        "bias",
+        "task_type",
+    ] {
         assert_eq!(ours[key], theirs[key], "adapter_config.json: {key}");
     }
     let sorted = |v: &serde_json::Value| {
-        let mut t: Vec<String> = v.as_array().unwrap().iter().map(|x| x.to_string()).collect();
+        let mut t: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
         t.sort();
         t
     };
-    assert_eq!(sorted(&ours["target_modules"]), sorted(&theirs["target_modules"]));
+    assert_eq!(
+        sorted(&ours["target_modules"]),
+        sorted(&theirs["target_modules"])
+    );
 }
 
 #[test]
@@ -165,7 +207,10 @@ fn merging_matches_peft_merge_and_unload() {
     let merged = hf::read_weights(&dir.join("merged")).unwrap();
     for name in merged.names() {
         let want = merged.get(name).unwrap();
-        let got = base.weights.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        let got = base
+            .weights
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
         let want64: Vec<f64> = want.data.iter().map(|&x| x as f64).collect();
         let diff = max_abs_diff(&got.data, &want64);
         assert!(diff <= 1e-6, "{name}: merged weights differ by {diff:e}");

@@ -45,7 +45,9 @@ fn config() -> TrainConfig {
 
 fn setup() -> (Llama, Device, TrainState) {
     let device = Device::flex().autodiff();
-    let (model, _) = ModelSource::random(Preset::TinyGqa, 3).into_model(&device).unwrap();
+    let (model, _) = ModelSource::random(Preset::TinyGqa, 3)
+        .into_model(&device)
+        .unwrap();
     let mut lora = LoraConfig::new(4, 8.0, &[TargetModule::QProj, TargetModule::DownProj]);
     // Dropout on, so that its per-sample seeding is part of what must repeat.
     lora.dropout = 0.1;
@@ -75,12 +77,28 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
     let config = config();
 
     let (mut model, device, mut straight) = setup();
-    run(&mut model, &device, &config, &steps(&data), &mut straight, &mut Silent, None);
+    run(
+        &mut model,
+        &device,
+        &config,
+        &steps(&data),
+        &mut straight,
+        &mut Silent,
+        None,
+    );
     assert_eq!(straight.step, 6);
     assert_eq!(straight.log.len(), 6);
 
     let (mut model, device, mut first) = setup();
-    run(&mut model, &device, &config, &steps(&data), &mut first, &mut Silent, Some(3));
+    run(
+        &mut model,
+        &device,
+        &config,
+        &steps(&data),
+        &mut first,
+        &mut Silent,
+        Some(3),
+    );
     assert_eq!(first.step, 3);
     let dir = tempfile::tempdir().unwrap();
     first.save(dir.path(), "preset:tiny-gqa").unwrap();
@@ -89,12 +107,25 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
     let (mut model, device, _) = setup();
     let mut resumed = TrainState::load(dir.path(), &model.config).unwrap();
     assert_eq!(resumed.step, 3);
-    run(&mut model, &device, &config, &steps(&data), &mut resumed, &mut Silent, None);
+    run(
+        &mut model,
+        &device,
+        &config,
+        &steps(&data),
+        &mut resumed,
+        &mut Silent,
+        None,
+    );
 
     assert_eq!(losses(&resumed), losses(&straight), "step losses");
     assert_eq!(resumed.lora, straight.lora, "final adapter");
     assert_eq!(resumed.adam, straight.adam, "optimizer moments");
-    let evals = |s: &TrainState| s.evals.iter().map(|e| (e.step, e.eval_loss.to_bits())).collect::<Vec<_>>();
+    let evals = |s: &TrainState| {
+        s.evals
+            .iter()
+            .map(|e| (e.step, e.eval_loss.to_bits()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(evals(&resumed), evals(&straight), "validation losses");
 }
 
@@ -105,12 +136,26 @@ fn training_lowers_the_loss_and_only_moves_the_adapter() {
     config.max_steps = 12;
     let (mut model, device, mut state) = setup();
     let before = state.lora.clone();
-    run(&mut model, &device, &config, &steps(&data), &mut state, &mut Silent, None);
+    run(
+        &mut model,
+        &device,
+        &config,
+        &steps(&data),
+        &mut state,
+        &mut Silent,
+        None,
+    );
     let first = state.evals.first().unwrap().eval_loss;
     let last = state.evals.last().unwrap().eval_loss;
     assert!(last < first, "validation loss {first} → {last}");
     assert_ne!(state.lora, before, "the adapter was trained");
     // B started at zero and moved; the base model has no trainable parameter.
-    assert!(state.lora.pairs.values().all(|p| p.b.data.iter().any(|&x| x != 0.0)));
+    assert!(
+        state
+            .lora
+            .pairs
+            .values()
+            .all(|p| p.b.data.iter().any(|&x| x != 0.0))
+    );
     assert_eq!(state.adam.exp_avg.len(), state.lora.num_parameters());
 }

@@ -68,9 +68,10 @@ impl TargetModule {
     /// `self_attn` or `mlp`: the block the module lives in.
     pub fn block(self) -> &'static str {
         match self {
-            TargetModule::QProj | TargetModule::KProj | TargetModule::VProj | TargetModule::OProj => {
-                "self_attn"
-            }
+            TargetModule::QProj
+            | TargetModule::KProj
+            | TargetModule::VProj
+            | TargetModule::OProj => "self_attn",
             _ => "mlp",
         }
     }
@@ -266,7 +267,8 @@ pub fn attach(model: &mut Llama, weights: &LoraWeights, device: &Device, trainab
         let proj = projection_mut(model, *site);
         let to_tensor = |t: &HostTensor| {
             let t = crate::model::llama::transpose(t);
-            let tensor = Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device);
+            let tensor =
+                Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device);
             if trainable {
                 Param::from_tensor(tensor.require_grad())
             } else {
@@ -285,7 +287,10 @@ pub fn attach(model: &mut Llama, weights: &LoraWeights, device: &Device, trainab
 /// Adds `scale · Bᵀ… ` of each adapter into the HF-layout base weights of
 /// `weights` (`W[out, in] += s · B[out, r] · A[r, in]`), as PEFT's
 /// `merge_and_unload`.
-pub fn merge_into(base: &mut WeightMap, lora: &LoraWeights) -> Result<(), crate::model::ModelError> {
+pub fn merge_into(
+    base: &mut WeightMap,
+    lora: &LoraWeights,
+) -> Result<(), crate::model::ModelError> {
     let scale = lora.config.scale() as f32;
     for (site, pair) in &lora.pairs {
         let name = format!("{}.weight", site.hf_name());

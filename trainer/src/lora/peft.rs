@@ -113,14 +113,23 @@ pub fn load(dir: &Path, model: &LlamaConfig) -> Result<LoraWeights, ModelError> 
         Some(Value::String(s)) if s == "all-linear" => TargetModule::ALL.to_vec(),
         _ => return Err(bad("`target_modules` must be a list of module names".into())),
     };
-    if v.get("rank_pattern").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
-        || v.get("alpha_pattern").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
+    if v.get("rank_pattern")
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
+        || v.get("alpha_pattern")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
     {
-        return Err(bad("per-module `rank_pattern`/`alpha_pattern` is not supported".into()));
+        return Err(bad(
+            "per-module `rank_pattern`/`alpha_pattern` is not supported".into(),
+        ));
     }
     let mut config = LoraConfig::new(r, alpha, &targets);
     config.dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
-    config.use_rslora = v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    config.use_rslora = v
+        .get("use_rslora")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
 
     let st_path = dir.join("adapter_model.safetensors");
     let mut tensors: WeightMap = hf::read_safetensors_file(&st_path)?;
@@ -141,7 +150,11 @@ pub fn load(dir: &Path, model: &LlamaConfig) -> Result<LoraWeights, ModelError> 
                 "unexpected tensor `{extra}` ({} in all) for a {}-layer model with targets {:?}",
                 tensors.len(),
                 model.num_hidden_layers,
-                config.target_modules.iter().map(|m| m.name()).collect::<Vec<_>>()
+                config
+                    .target_modules
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
             ),
         });
     }

@@ -14,7 +14,6 @@ use rand::{Rng, SeedableRng};
 
 use super::{HostTensor, LlamaConfig, WeightMap};
 
-
 /// All tensors of a `LlamaForCausalLM` with `config`, HF names and layout.
 pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -30,7 +29,10 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
 
     let mut w = WeightMap::new("random init");
-    w.insert("model.embed_tokens.weight", normal(vec![config.vocab_size, h], 1.0));
+    w.insert(
+        "model.embed_tokens.weight",
+        normal(vec![config.vocab_size, h], 1.0),
+    );
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
         // `[out, in]` linear weights: N(0, 1/in).

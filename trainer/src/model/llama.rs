@@ -53,7 +53,9 @@ impl Projection {
             return base;
         };
         let x = match dropout {
-            Some(seeds) if lora.dropout > 0.0 => dropout_mask(&x, lora.dropout, &seeds.mixed(salt)) * x,
+            Some(seeds) if lora.dropout > 0.0 => {
+                dropout_mask(&x, lora.dropout, &seeds.mixed(salt)) * x
+            }
             _ => x,
         };
         let low = burn::tensor::module::linear(x, lora.a.val(), None);
@@ -193,9 +195,13 @@ impl DecoderLayer {
         cache: Option<&mut LayerCache>,
         dropout: Option<&DropoutSeeds>,
     ) -> Tensor<3> {
-        let attn = self
-            .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), cos, sin, cache, dropout);
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            cache,
+            dropout,
+        );
         let h = x + attn;
         let mlp = self
             .mlp
@@ -271,10 +277,11 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut linear = |name: &str, out: usize, inp: usize| -> Result<Projection, ModelError> {
-                let t = weights.take(&format!("{p}.{name}.weight"), &[out, inp])?;
-                Ok(linear_from_hf(t, device))
-            };
+            let mut linear =
+                |name: &str, out: usize, inp: usize| -> Result<Projection, ModelError> {
+                    let t = weights.take(&format!("{p}.{name}.weight"), &[out, inp])?;
+                    Ok(linear_from_hf(t, device))
+                };
             let self_attn = Attention {
                 q_proj: linear("self_attn.q_proj", q_out, h)?,
                 k_proj: linear("self_attn.k_proj", kv_out, h)?,
@@ -335,7 +342,8 @@ impl Llama {
         let layer_dropout = |i: usize| dropout.map(|d| d.mixed((i as u64 + 1) << 8));
         match cache {
             Some(cache) => {
-                for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+                for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+                {
                     x = layer.forward(x, &cos, &sin, Some(lc), layer_dropout(i).as_ref());
                 }
                 cache.len += s;
@@ -355,7 +363,11 @@ impl Llama {
     }
 
     /// [`Self::forward`] with LoRA dropout drawn from `dropout`'s per-sample seeds.
-    pub fn forward_train(&self, input_ids: Tensor<2, Int>, dropout: Option<&DropoutSeeds>) -> Tensor<3> {
+    pub fn forward_train(
+        &self,
+        input_ids: Tensor<2, Int>,
+        dropout: Option<&DropoutSeeds>,
+    ) -> Tensor<3> {
         let x = self.hidden_states(input_ids, None, dropout);
         let [b, s, h] = x.dims();
         let logits = x.reshape([b * s, h]).matmul(self.lm_head.val());

@@ -17,7 +17,11 @@ use crate::model::llama::{DropoutSeeds, transpose};
 
 /// Sum over target tokens of `−log p(token | previous positions)`:
 /// logits `[b, s, vocab]`, ids and mask `[b, s]` → `[1]`.
-pub fn target_loss_sum(logits: Tensor<3>, input_ids: Tensor<2, Int>, target_mask: Tensor<2>) -> Tensor<1> {
+pub fn target_loss_sum(
+    logits: Tensor<3>,
+    input_ids: Tensor<2, Int>,
+    target_mask: Tensor<2>,
+) -> Tensor<1> {
     let [b, s, _] = logits.dims();
     let logp = log_softmax(logits.narrow(1, 0, s - 1), 2);
     let next = input_ids.narrow(1, 1, s - 1).reshape([b, s - 1, 1]);
@@ -63,13 +67,21 @@ pub fn lora_gradients(
     for batch in batches {
         let (ids, mask) = tensors(batch, device);
         let seeds = DropoutSeeds {
-            seeds: batch.sample_ids.iter().map(|r| r.dropout_seed(seed)).collect(),
+            seeds: batch
+                .sample_ids
+                .iter()
+                .map(|r| r.dropout_seed(seed))
+                .collect(),
         };
         let logits = model.forward_train(ids.clone(), use_dropout.then_some(&seeds));
         let sum = target_loss_sum(logits, ids, mask);
         let loss = sum.clone() / denominator;
         let g = loss.backward();
-        loss_sum += sum.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()[0];
+        loss_sum += sum
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()[0];
         targets += batch.num_targets();
         let mut at = 0;
         for site in lora.pairs.keys() {
@@ -99,7 +111,12 @@ pub fn lora_gradients(
 
 /// Sum of target cross-entropy and target count over `batches`, without
 /// gradients and without dropout (evaluation).
-pub fn eval_loss_sum(model: &mut Llama, lora: &LoraWeights, batches: &[Batch], device: &Device) -> (f64, usize) {
+pub fn eval_loss_sum(
+    model: &mut Llama,
+    lora: &LoraWeights,
+    batches: &[Batch],
+    device: &Device,
+) -> (f64, usize) {
     lora::attach(model, lora, device, false);
     let mut loss_sum = 0.0;
     let mut targets = 0;
@@ -107,7 +124,11 @@ pub fn eval_loss_sum(model: &mut Llama, lora: &LoraWeights, batches: &[Batch], d
         let (ids, mask) = tensors(batch, device);
         let logits = model.forward_train(ids.clone(), None);
         let sum = target_loss_sum(logits, ids, mask);
-        loss_sum += sum.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()[0];
+        loss_sum += sum
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()[0];
         targets += batch.num_targets();
     }
     (loss_sum, targets)

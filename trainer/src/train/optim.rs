@@ -71,7 +71,11 @@ impl AdamWState {
 /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
 /// `max_norm <= 0` only measures.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
-    let norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
+    let norm = grads
+        .iter()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt();
     if max_norm > 0.0 {
         let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
         if coef < 1.0 {

@@ -15,10 +15,10 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use super::grad::{eval_loss_sum, lora_gradients};
-use crate::data::Batch;
 use super::optim::{AdamWConfig, clip_grad_norm};
 use super::schedule::Schedule;
 use super::state::{EvalMetrics, StepMetrics, TrainState};
+use crate::data::Batch;
 use crate::model::Llama;
 
 /// The optimisation settings of a run.

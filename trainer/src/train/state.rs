@@ -98,8 +98,11 @@ impl TrainState {
             eval_history: self.evals.clone(),
         };
         let path = dir.join("trainer_state.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json).expect("serializes"))
-            .map_err(|e| ModelError::io(&path, e))
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&json).expect("serializes"),
+        )
+        .map_err(|e| ModelError::io(&path, e))
     }
 
     /// Reads a state written by [`Self::save`] for a model of `model`'s shape.
@@ -111,10 +114,11 @@ impl TrainState {
         let exp_avg_sq = opt.take("exp_avg_sq", &[n])?.data;
         let path = dir.join("trainer_state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let json: TrainerStateJson = serde_json::from_str(&text).map_err(|e| ModelError::Format {
-            file: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let json: TrainerStateJson =
+            serde_json::from_str(&text).map_err(|e| ModelError::Format {
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         Ok(TrainState {
             step: json.global_step,
             lora,
