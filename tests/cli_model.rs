@@ -43,6 +43,26 @@ fn generate_json(model: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
+/// Rewrites the `config.json` of the model folder `dir` with `edit`.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// Runs `generate --model MODEL --prompt-ids IDS`.
+fn generate_ids(model: &Path, ids: &str) -> Output {
+    lorafleet(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        ids,
+    ])
+}
+
 /// Asserts a failed run with exit code 2 and a single `lorafleet: ...` line
 /// on stderr that contains every one of `needles`; no panic.
 fn assert_clear_error(out: &Output, needles: &[&str]) {
@@ -145,13 +165,7 @@ fn truncated_safetensors_is_a_clear_error() {
     let file = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let out = lorafleet(&[
-        "generate",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--prompt-ids",
-        "1",
-    ]);
+    let out = generate_ids(tmp.path(), "1");
     assert_clear_error(&out, &["model.safetensors", "not a valid safetensors file"]);
 }
 
@@ -159,18 +173,10 @@ fn truncated_safetensors_is_a_clear_error() {
 fn config_with_a_missing_field_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     init_tiny(tmp.path(), "1");
-    let path = tmp.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config.as_object_mut().unwrap().remove("num_hidden_layers");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let out = lorafleet(&[
-        "generate",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--prompt-ids",
-        "1",
-    ]);
+    edit_config(tmp.path(), |config| {
+        config.as_object_mut().unwrap().remove("num_hidden_layers");
+    });
+    let out = generate_ids(tmp.path(), "1");
     assert_clear_error(&out, &["config.json", "missing field `num_hidden_layers`"]);
 }
 
@@ -179,18 +185,10 @@ fn missing_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     init_tiny(tmp.path(), "1");
     // Claim a fifth layer that the weights do not have.
-    let path = tmp.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["num_hidden_layers"] = 5.into();
-    std::fs::write(&path, config.to_string()).unwrap();
-    let out = lorafleet(&[
-        "generate",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--prompt-ids",
-        "1",
-    ]);
+    edit_config(tmp.path(), |config| {
+        config["num_hidden_layers"] = 5.into();
+    });
+    let out = generate_ids(tmp.path(), "1");
     assert_clear_error(&out, &["missing tensor `model.layers.4."]);
 }
 
@@ -198,19 +196,11 @@ fn missing_tensor_is_named() {
 fn prompt_longer_than_the_context_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     init_tiny(tmp.path(), "1");
-    let path = tmp.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = 8.into();
-    std::fs::write(&path, config.to_string()).unwrap();
+    edit_config(tmp.path(), |config| {
+        config["max_position_embeddings"] = 8.into();
+    });
     let ids = (1..=9).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    let out = lorafleet(&[
-        "generate",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--prompt-ids",
-        &ids,
-    ]);
+    let out = generate_ids(tmp.path(), &ids);
     assert_clear_error(&out, &["9 tokens", "context is 8 tokens"]);
 }
 

@@ -39,6 +39,14 @@ pub struct StepGradients {
     pub grads: Vec<f32>,
 }
 
+/// The value of a one-element tensor.
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor")[0]
+}
+
 fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
     let shape = [batch.rows, batch.seq_len];
     (
@@ -75,13 +83,8 @@ pub fn lora_gradients(
         };
         let logits = model.forward_train(ids.clone(), use_dropout.then_some(&seeds));
         let sum = target_loss_sum(logits, ids, mask);
-        let loss = sum.clone() / denominator;
-        let g = loss.backward();
-        loss_sum += sum
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()[0];
+        let g = (sum.clone() / denominator).backward();
+        loss_sum += scalar(sum);
         targets += batch.num_targets();
         let mut at = 0;
         for site in lora.pairs.keys() {
@@ -123,12 +126,7 @@ pub fn eval_loss_sum(
     for batch in batches {
         let (ids, mask) = tensors(batch, device);
         let logits = model.forward_train(ids.clone(), None);
-        let sum = target_loss_sum(logits, ids, mask);
-        loss_sum += sum
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()[0];
+        loss_sum += scalar(target_loss_sum(logits, ids, mask));
         targets += batch.num_targets();
     }
     (loss_sum, targets)
