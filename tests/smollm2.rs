@@ -114,3 +114,22 @@ fn last_position_logits_match_transformers() {
     // in another order add a little more (7e-5 measured).
     assert!(max_diff < 2e-4, "max |logit difference| {max_diff:e}");
 }
+
+#[test]
+fn chat_fine_tune_spec_and_its_data_validate() {
+    let Some(_) = model_path() else { return };
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/smollm2-chat.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["validate", spec.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["train"]["shape"], "chat");
+    assert!(v["train"]["samples"].as_u64().unwrap() > 1000);
+    assert!(v["train"]["target_tokens"].as_u64().unwrap() > 0);
+}
