@@ -8,9 +8,9 @@
 //! [`LoraConfig`] says where adapters go and how they scale; [`LoraWeights`]
 //! holds an adapter's tensors on the host, in PEFT's names and layout
 //! (`lora_A` is `[r, in]`, `lora_B` is `[out, r]`), and is what is attached to
-//! a model ([`attach`]), read back from one ([`LoraWeights::from_model`]),
-//! merged ([`merge_into`]) and saved or loaded as a PEFT folder
-//! ([`peft`]). Not here: optimisation (`crate::train`).
+//! a model ([`attach`]), merged ([`merge_into`]) and saved or loaded as a
+//! PEFT folder ([`peft`]). The host copy is the master: training updates it
+//! and re-attaches it each step. Not here: optimisation (`crate::train`).
 
 pub mod peft;
 
@@ -223,28 +223,6 @@ impl LoraWeights {
             }
         }
     }
-
-    /// Reads the adapters attached to `model` (e.g. after training).
-    pub fn from_model(model: &Llama, config: &LoraConfig) -> LoraWeights {
-        let mut pairs = BTreeMap::new();
-        for (site, proj) in projections(model) {
-            if let Some(adapter) = &proj.lora {
-                let a = host(adapter.a.val());
-                let b = host(adapter.b.val());
-                pairs.insert(
-                    site,
-                    LoraPair {
-                        a: crate::model::llama::transpose(&a),
-                        b: crate::model::llama::transpose(&b),
-                    },
-                );
-            }
-        }
-        LoraWeights {
-            config: config.clone(),
-            pairs,
-        }
-    }
 }
 
 /// The adapter part of a [`Projection`]: burn layout, `a` is `[in, r]`,
@@ -284,9 +262,8 @@ pub fn attach(model: &mut Llama, weights: &LoraWeights, device: &Device, trainab
     }
 }
 
-/// Adds `scale · Bᵀ… ` of each adapter into the HF-layout base weights of
-/// `weights` (`W[out, in] += s · B[out, r] · A[r, in]`), as PEFT's
-/// `merge_and_unload`.
+/// Adds each adapter into the HF-layout base weights in `base`
+/// (`W[out, in] += s · B[out, r] · A[r, in]`), as PEFT's `merge_and_unload`.
 pub fn merge_into(
     base: &mut WeightMap,
     lora: &LoraWeights,
@@ -313,14 +290,6 @@ pub fn merge_into(
         base.insert(name, w);
     }
     Ok(())
-}
-
-/// Every projection of `model` with its site, layer by layer.
-pub fn projections(model: &Llama) -> Vec<(AdapterSite, &Projection)> {
-    (0..model.layers.len())
-        .flat_map(|layer| TargetModule::ALL.map(|module| AdapterSite { layer, module }))
-        .map(|site| (site, projection(model, site)))
-        .collect()
 }
 
 /// The projection of `model` at `site`.
