@@ -3,15 +3,11 @@
 //! and `bench forward`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn lorafleet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+
+use common::lorafleet;
 
 fn init_tiny(dir: &Path, seed: &str) {
     let out = lorafleet(&[

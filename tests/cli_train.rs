@@ -4,15 +4,11 @@
 //! points at the file, line and key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn lorafleet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
+
+use common::lorafleet;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

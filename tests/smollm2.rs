@@ -7,9 +7,11 @@
 //! tests fail, unless `LORAFLEET_SKIP_SMOLLM2=1` skips them explicitly.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::lorafleet;
 use trainer::model::{KvCache, ModelSource};
 
 fn model_path() -> Option<PathBuf> {
@@ -48,11 +50,14 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 fn answers_the_capital_of_france_like_transformers() {
     let Some(model) = model_path() else { return };
     let want = expected();
-    let out = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(["generate", "--model", model.to_str().unwrap()])
-        .args(["--chat", "What is the capital of France?", "--json"])
-        .output()
-        .unwrap();
+    let out = lorafleet(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--chat",
+        "What is the capital of France?",
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -119,10 +124,7 @@ fn last_position_logits_match_transformers() {
 fn chat_fine_tune_spec_and_its_data_validate() {
     let Some(_) = model_path() else { return };
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/smollm2-chat.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(["validate", spec.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let out = lorafleet(&["validate", spec.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
         "{}",
