@@ -8,6 +8,7 @@
 //! ([`device`] makes the default one).
 
 pub mod bench;
+pub mod collective;
 pub mod data;
 pub mod device;
 pub mod generate;

@@ -1,0 +1,676 @@
+//! [`TcpRing`]: N ranks in a ring, connected over TCP (with shared memory
+//! for same-host links), running the schedules of `schedule`.
+//!
+//! Set-up: every rank listens on its own address, connects to the next rank
+//! (retrying until the timeout: ranks start in any order) and accepts the
+//! previous one, refusing and logging anything else that calls. Each
+//! operation then starts by passing an `OpStart` frame to the next rank and
+//! checking the one from the previous rank, and moves its data in chunks:
+//! a sender thread writes chunks as soon as they are ready while the
+//! calling thread receives and reduces.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::frame::{HEADER_BYTES, Header, abort_frame};
+use super::handshake::{self, ConnectFailure, Identity};
+use super::link::{Inbound, LinkCloser, Outbound};
+use super::schedule::{self, Schedule};
+use super::tcp::{self, TcpIn, TcpOut};
+use super::{Collective, CollectiveError, OpCall, OpKind, RingConfig};
+
+/// How long a handshake may take once a connection is open.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected ring of `world` ranks.
+pub struct TcpRing {
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    chunk_values: usize,
+    next: Box<dyn Outbound>,
+    prev: Box<dyn Inbound>,
+    next_closer: LinkCloser,
+    prev_closer: LinkCloser,
+    /// Operations started so far.
+    seq: u64,
+    /// Set by the first error; every later call fails with it.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for TcpRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpRing")
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .field("next", &self.next.transport())
+            .field("prev", &self.prev.transport())
+            .finish()
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, CollectiveError> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| CollectiveError::Config(format!("{addr:?} is not a host:port address")))
+}
+
+impl TcpRing {
+    /// Joins the ring described by `config`, waiting up to its timeout for
+    /// the other ranks.
+    pub fn connect(config: &RingConfig) -> Result<TcpRing, CollectiveError> {
+        let world = config.world();
+        let rank = config.rank;
+        if world < 2 || world > 1024 {
+            return Err(CollectiveError::Config(format!(
+                "a ring needs 2 to 1024 ranks, not {world}"
+            )));
+        }
+        if rank >= world {
+            return Err(CollectiveError::Config(format!(
+                "rank {rank} is outside a world of {world}"
+            )));
+        }
+        if config.secret.len() < 16 {
+            return Err(CollectiveError::Config(
+                "the ring secret must have at least 16 bytes".into(),
+            ));
+        }
+        let next_rank = (rank + 1) % world;
+        let prev_rank = (rank + world - 1) % world;
+        let own = resolve(&config.peers[rank])?;
+        let next_addr = resolve(&config.peers[next_rank])?;
+        let listener = TcpListener::bind(own).map_err(|source| CollectiveError::Listen {
+            rank,
+            addr: config.peers[rank].clone(),
+            source,
+        })?;
+        let me = Identity {
+            rank,
+            world,
+            secret: &config.secret,
+            transport: config.transport,
+            host_id: host_id(),
+        };
+        let deadline = Instant::now() + config.timeout;
+        let handshake_timeout = HANDSHAKE_TIMEOUT.min(config.timeout);
+        let stop = AtomicBool::new(false);
+        let (outgoing, incoming) = thread::scope(|s| {
+            let acceptor = s.spawn(|| {
+                accept_prev(&listener, &me, prev_rank, deadline, handshake_timeout, &stop)
+            });
+            let outgoing = connect_next(
+                next_addr,
+                &config.peers[next_rank],
+                &me,
+                next_rank,
+                deadline,
+                handshake_timeout,
+            );
+            if outgoing.is_err() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            (outgoing, acceptor.join().expect("the acceptor does not panic"))
+        });
+        let outgoing = outgoing?;
+        let incoming = incoming?;
+        let (next, next_closer) = outbound(outgoing, config.timeout)?;
+        let (prev, prev_closer) = inbound(incoming, config.timeout)?;
+        Ok(TcpRing {
+            rank,
+            world,
+            timeout: config.timeout,
+            chunk_values: (config.chunk_bytes / 4).max(1),
+            next,
+            prev,
+            next_closer,
+            prev_closer,
+            seq: 0,
+            broken: None,
+        })
+    }
+
+    /// The transports of the outgoing and incoming links ("tcp" or "shm").
+    pub fn transports(&self) -> (&'static str, &'static str) {
+        (self.next.transport(), self.prev.transport())
+    }
+
+    fn prev_rank(&self) -> usize {
+        (self.rank + self.world - 1) % self.world
+    }
+
+    /// Runs one operation: the `OpStart` check, then `schedule` over `buf`.
+    fn operate(
+        &mut self,
+        call: OpCall,
+        buf: &mut [f32],
+        schedule: impl FnOnce(usize) -> Schedule,
+    ) -> Result<(), CollectiveError> {
+        if let Some(cause) = &self.broken {
+            return Err(CollectiveError::Broken {
+                rank: self.rank,
+                cause: cause.clone(),
+            });
+        }
+        self.seq += 1;
+        let result = self
+            .start(call)
+            .and_then(|()| self.transfer(call, buf, schedule(self.chunk_values)));
+        if let Err(e) = &result {
+            self.break_ring(e);
+        }
+        result
+    }
+
+    /// Tells the next rank what this one is doing and checks that the
+    /// previous rank is doing the same.
+    fn start(&mut self, call: OpCall) -> Result<(), CollectiveError> {
+        let seq = self.seq;
+        let header = Header::OpStart { seq, call }.encode();
+        let ctx = self.context(call);
+        self.next.send(&[&header]).map_err(|e| ctx.io(e))?;
+        match self.read_header(&ctx)? {
+            Header::OpStart {
+                seq: their_seq,
+                call: their_call,
+            } if their_seq == seq && their_call == call => Ok(()),
+            Header::OpStart {
+                seq: their_seq,
+                call: their_call,
+            } => Err(CollectiveError::Mismatch {
+                seq,
+                rank: self.rank,
+                ours: call.to_string(),
+                peer: self.prev_rank(),
+                theirs: if their_seq == seq {
+                    their_call.to_string()
+                } else {
+                    format!("{their_call} as its operation #{their_seq}")
+                },
+            }),
+            Header::Data { seq: s, .. } => Err(CollectiveError::Mismatch {
+                seq,
+                rank: self.rank,
+                ours: call.to_string(),
+                peer: self.prev_rank(),
+                theirs: format!("a larger operation #{s}"),
+            }),
+            Header::Abort { .. } => unreachable!("read_header turns aborts into errors"),
+        }
+    }
+
+    /// Reads the next header from the previous rank; an abort frame becomes
+    /// [`CollectiveError::Aborted`] with the sender's reason.
+    fn read_header(&mut self, ctx: &OpContext) -> Result<Header, CollectiveError> {
+        read_header(&mut *self.prev, ctx)
+    }
+
+
+    fn context(&self, call: OpCall) -> OpContext {
+        OpContext {
+            rank: self.rank,
+            peer: self.prev_rank(),
+            call,
+            seq: self.seq,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Moves the data of one operation: a sender thread writes the
+    /// schedule's sends as their inputs become ready; this thread receives.
+    fn transfer(
+        &mut self,
+        call: OpCall,
+        buf: &mut [f32],
+        schedule: Schedule,
+    ) -> Result<(), CollectiveError> {
+        if schedule.sends.is_empty() && schedule.recvs.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.context(call);
+        let shared = SharedBuf {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        let progress = Progress {
+            recv_done: AtomicUsize::new(0),
+            sent_done: AtomicUsize::new(0),
+            abort: AtomicBool::new(false),
+            receiver: thread::current(),
+        };
+        let seq = self.seq;
+        let next = &mut self.next;
+        let prev = &mut self.prev;
+        let prev_closer = &self.prev_closer;
+        let next_closer = &self.next_closer;
+        let sends = &schedule.sends;
+        thread::scope(|s| {
+            let sender = s.spawn(|| {
+                let result = send_all(&mut **next, sends, &shared, &progress, seq);
+                if result.is_err() {
+                    // Wake the receiving thread out of any read.
+                    progress.abort.store(true, Ordering::SeqCst);
+                    prev_closer.close();
+                    progress.receiver.unpark();
+                }
+                result
+            });
+            let received = recv_all(&mut **prev, &ctx, &schedule, &shared, &progress, sender.thread());
+            if received.is_err() {
+                progress.abort.store(true, Ordering::SeqCst);
+                sender.thread().unpark();
+                // A sender blocked on a full link must not hold us: give it
+                // a moment to stop at a frame boundary, then cut the link.
+                let until = Instant::now() + Duration::from_millis(200);
+                while !sender.is_finished() && Instant::now() < until {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                if !sender.is_finished() {
+                    next_closer.close();
+                }
+            }
+            let sent = sender.join().expect("the sender does not panic");
+            match (received, sent) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Err(e)) => Err(ctx.io(e)),
+                // The first cause: a receive failed because the send did.
+                (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => Err(ctx.io(e)),
+                (Err(e), _) => Err(e),
+            }
+        })
+    }
+
+    /// Marks the ring broken, tells the next rank why (when the link is at
+    /// a frame boundary and still open) and closes both links.
+    fn break_ring(&mut self, error: &CollectiveError) {
+        let reason = match error {
+            CollectiveError::Aborted { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let _ = self.next.send(&[&abort_frame(&reason)]);
+        self.next_closer.close();
+        self.prev_closer.close();
+        self.broken = Some(reason);
+    }
+}
+
+impl Drop for TcpRing {
+    fn drop(&mut self) {
+        self.next_closer.close();
+        self.prev_closer.close();
+    }
+}
+
+impl Collective for TcpRing {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        let call = OpCall {
+            op: OpKind::AllReduceSum,
+            count: buf.len() as u64,
+        };
+        let (n, rank, world) = (buf.len(), self.rank, self.world);
+        self.operate(call, buf, |chunk| {
+            schedule::all_reduce(n, rank, world, chunk)
+        })
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        if root >= self.world {
+            return Err(CollectiveError::Config(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.world
+            )));
+        }
+        let call = OpCall {
+            op: OpKind::Broadcast { root: root as u32 },
+            count: buf.len() as u64,
+        };
+        let (n, rank, world) = (buf.len(), self.rank, self.world);
+        self.operate(call, buf, |chunk| {
+            schedule::broadcast(n, rank, world, root, chunk)
+        })
+    }
+}
+
+fn recv_all(
+    prev: &mut dyn Inbound,
+    ctx: &OpContext,
+    schedule: &Schedule,
+    shared: &SharedBuf,
+    progress: &Progress,
+    sender: &thread::Thread,
+) -> Result<(), CollectiveError> {
+    for (i, item) in schedule.recvs.iter().enumerate() {
+        while progress.sent_done.load(Ordering::Acquire) < item.after_sent {
+            if progress.abort.load(Ordering::SeqCst) {
+                return Err(ctx.protocol("the sending side failed".into()));
+            }
+            thread::park_timeout(Duration::from_millis(10));
+        }
+        let expected = Header::Data {
+            seq: ctx.seq,
+            index: i as u64,
+            bytes: (item.range.len() * 4) as u64,
+        };
+        let header = read_header(prev, ctx)?;
+        if header != expected {
+            return Err(match header {
+                Header::OpStart { seq, call } => CollectiveError::Mismatch {
+                    seq: ctx.seq,
+                    rank: ctx.rank,
+                    ours: ctx.call.to_string(),
+                    peer: ctx.peer,
+                    theirs: format!("a shorter operation, then {call} as #{seq}"),
+                },
+                other => ctx.protocol(format!("expected {expected:?}, got {other:?}")),
+            });
+        }
+        // Only this thread writes `item.range` now: the sender is done
+        // with it (after_sent) and will not read it before recv_done.
+        let dst = unsafe { shared.slice_mut(item.range.clone()) };
+        let got = if item.reduce {
+            prev.recv_add(dst)
+        } else {
+            prev.recv_f32(dst)
+        };
+        got.map_err(|e| ctx.io(e))?;
+        progress.recv_done.store(i + 1, Ordering::Release);
+        sender.unpark();
+    }
+    Ok(())
+}
+
+/// Reads the next header from the previous rank; an abort frame becomes
+/// [`CollectiveError::Aborted`] with the sender's reason.
+fn read_header(prev: &mut dyn Inbound, ctx: &OpContext) -> Result<Header, CollectiveError> {
+    let mut bytes = [0u8; HEADER_BYTES];
+    prev.recv(&mut bytes).map_err(|e| ctx.io(e))?;
+    let header = Header::decode(&bytes).map_err(|detail| ctx.protocol(detail))?;
+    if let Header::Abort { bytes, padded } = header {
+        let mut text = vec![0u8; padded as usize];
+        prev.recv(&mut text).map_err(|e| ctx.io(e))?;
+        text.truncate(bytes as usize);
+        return Err(CollectiveError::Aborted {
+            rank: ctx.rank,
+            message: String::from_utf8_lossy(&text).into_owned(),
+        });
+    }
+    Ok(header)
+}
+
+/// What an error inside one operation names.
+struct OpContext {
+    rank: usize,
+    peer: usize,
+    call: OpCall,
+    seq: u64,
+    timeout: Duration,
+}
+
+impl OpContext {
+    fn io(&self, e: std::io::Error) -> CollectiveError {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            TimedOut | WouldBlock => CollectiveError::Timeout {
+                rank: self.rank,
+                peer: self.peer,
+                call: self.call.to_string(),
+                seq: self.seq,
+                secs: self.timeout.as_secs_f64(),
+            },
+            _ => CollectiveError::PeerLost {
+                rank: self.rank,
+                peer: self.peer,
+                call: self.call.to_string(),
+                seq: self.seq,
+                detail: match e.kind() {
+                    UnexpectedEof => "its connection closed".to_string(),
+                    _ => e.to_string(),
+                },
+            },
+        }
+    }
+
+    fn protocol(&self, detail: String) -> CollectiveError {
+        CollectiveError::Protocol {
+            rank: self.rank,
+            peer: self.peer,
+            call: self.call.to_string(),
+            seq: self.seq,
+            detail,
+        }
+    }
+}
+
+/// How far the two threads of a transfer have come.
+struct Progress {
+    recv_done: AtomicUsize,
+    sent_done: AtomicUsize,
+    abort: AtomicBool,
+    receiver: thread::Thread,
+}
+
+/// The operation's buffer, shared by the sending and receiving threads.
+/// They touch disjoint ranges at any time, ordered by [`Progress`].
+struct SharedBuf {
+    ptr: *mut f32,
+    len: usize,
+}
+
+unsafe impl Sync for SharedBuf {}
+
+impl SharedBuf {
+    /// # Safety
+    /// No other thread may write `range` while the slice lives.
+    unsafe fn slice(&self, range: Range<usize>) -> &[f32] {
+        assert!(range.end <= self.len);
+        unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) }
+    }
+
+    /// # Safety
+    /// No other thread may touch `range` while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [f32] {
+        assert!(range.end <= self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+/// The sender thread: each send item once its inputs have arrived.
+fn send_all(
+    next: &mut dyn Outbound,
+    sends: &[schedule::SendItem],
+    shared: &SharedBuf,
+    progress: &Progress,
+    seq: u64,
+) -> std::io::Result<()> {
+    for (i, item) in sends.iter().enumerate() {
+        while progress.recv_done.load(Ordering::Acquire) < item.after_recv {
+            if progress.abort.load(Ordering::SeqCst) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            thread::park_timeout(Duration::from_millis(10));
+        }
+        if progress.abort.load(Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        // The receiver finished writing `item.range` (after_recv) and will
+        // not write it again before sent_done passes this item.
+        let values = unsafe { shared.slice(item.range.clone()) };
+        let header = Header::Data {
+            seq,
+            index: i as u64,
+            bytes: (values.len() * 4) as u64,
+        }
+        .encode();
+        next.send(&[&header, bytemuck::cast_slice(values)])?;
+        progress.sent_done.store(i + 1, Ordering::Release);
+        progress.receiver.unpark();
+    }
+    Ok(())
+}
+
+fn host_id() -> String {
+    #[cfg(target_os = "linux")]
+    {
+        super::shm::host_id()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        String::new()
+    }
+}
+
+/// Connects to the next rank, retrying until `deadline` while it is not
+/// listening yet. A refusal is final.
+fn connect_next(
+    addr: SocketAddr,
+    name: &str,
+    me: &Identity<'_>,
+    peer: usize,
+    deadline: Instant,
+    handshake_timeout: Duration,
+) -> Result<handshake::Opened, CollectiveError> {
+    let started = Instant::now();
+    let mut last = String::from("not tried");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CollectiveError::Connect {
+                rank: me.rank,
+                peer,
+                addr: name.to_string(),
+                secs: started.elapsed().as_secs_f64(),
+                last,
+            });
+        }
+        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(2))) {
+            Ok(stream) => match handshake::connect(stream, me, peer, handshake_timeout) {
+                Ok(opened) => return Ok(opened),
+                Err(ConnectFailure::Refused(reason)) => {
+                    return Err(CollectiveError::Refused {
+                        rank: me.rank,
+                        peer,
+                        addr: name.to_string(),
+                        reason,
+                    });
+                }
+                Err(ConnectFailure::Io(e)) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Accepts connections until the previous rank completes a handshake,
+/// refusing (and logging) any other caller.
+fn accept_prev(
+    listener: &TcpListener,
+    me: &Identity<'_>,
+    peer: usize,
+    deadline: Instant,
+    handshake_timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<handshake::Opened, CollectiveError> {
+    let started = Instant::now();
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| CollectiveError::Config(format!("cannot poll the ring listener: {e}")))?;
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                let _ = stream.set_nonblocking(false);
+                match handshake::accept(stream, me, peer, handshake_timeout) {
+                    Ok(opened) => return Ok(opened),
+                    Err(reason) => eprintln!(
+                        "warning: ring rank {}: refused a connection from {from}: {reason}",
+                        me.rank
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                eprintln!("warning: ring rank {}: accept failed: {e}", me.rank);
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    Err(CollectiveError::NoPeer {
+        rank: me.rank,
+        peer,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The sending end of a link to the next rank.
+fn outbound(
+    opened: handshake::Opened,
+    timeout: Duration,
+) -> Result<(Box<dyn Outbound>, LinkCloser), CollectiveError> {
+    configure(&opened.stream, timeout)?;
+    let tcp = Arc::new(opened.stream);
+    #[cfg(target_os = "linux")]
+    if let Some(region) = opened.shm {
+        let region = Arc::new(region);
+        let link = super::shm::ShmOut {
+            region: region.clone(),
+            tcp: tcp.clone(),
+            timeout,
+        };
+        return Ok((Box::new(link), closer(tcp, Some(region))));
+    }
+    let link = TcpOut {
+        stream: tcp.clone(),
+    };
+    Ok((Box::new(link), closer(tcp, None)))
+}
+
+/// The receiving end of a link from the previous rank.
+fn inbound(
+    opened: handshake::Opened,
+    timeout: Duration,
+) -> Result<(Box<dyn Inbound>, LinkCloser), CollectiveError> {
+    configure(&opened.stream, timeout)?;
+    let tcp = Arc::new(opened.stream);
+    #[cfg(target_os = "linux")]
+    if let Some(region) = opened.shm {
+        let region = Arc::new(region);
+        let link = super::shm::ShmIn {
+            region: region.clone(),
+            tcp: tcp.clone(),
+            timeout,
+        };
+        return Ok((Box::new(link), closer(tcp, Some(region))));
+    }
+    Ok((Box::new(TcpIn::new(tcp.clone())), closer(tcp, None)))
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> Result<(), CollectiveError> {
+    tcp::configure(stream, timeout)
+        .map_err(|e| CollectiveError::Config(format!("cannot configure a ring socket: {e}")))
+}
+
+#[cfg(target_os = "linux")]
+fn closer(tcp: Arc<TcpStream>, shm: Option<Arc<super::shm::Region>>) -> LinkCloser {
+    LinkCloser { tcp, shm }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn closer(tcp: Arc<TcpStream>, _shm: Option<()>) -> LinkCloser {
+    LinkCloser { tcp }
+}

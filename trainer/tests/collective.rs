@@ -1,0 +1,241 @@
+//! The ring collective over real sockets on 127.0.0.1 (and shared memory),
+//! one thread per rank: results against a sequential sum, mismatched calls,
+//! strangers, wrong secrets and stalled peers.
+
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use trainer::collective::{Collective, CollectiveError, RingConfig, TcpRing, Transport};
+
+/// Addresses on 127.0.0.1 that were free a moment ago.
+fn free_peers(world: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+fn configs(world: usize, transport: Transport, chunk_bytes: usize) -> Vec<RingConfig> {
+    let peers = free_peers(world);
+    (0..world)
+        .map(|rank| {
+            let mut c = RingConfig::new(rank, peers.clone(), b"test secret of 32 bytes.........".to_vec());
+            c.transport = transport;
+            c.chunk_bytes = chunk_bytes;
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect()
+}
+
+/// Runs `f` on every rank of a fresh ring, one thread each.
+fn on_ring<T: Send>(
+    configs: Vec<RingConfig>,
+    f: impl Fn(usize, Result<TcpRing, CollectiveError>) -> T + Sync,
+) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(rank, c)| {
+                let f = &f;
+                s.spawn(move || f(rank, TcpRing::connect(&c)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn random_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Checks every rank's result against the sequential sum, within the
+/// rounding of `world` additions.
+fn assert_sums(inputs: &[Vec<f32>], results: &[Vec<f32>], what: &str) {
+    let n = inputs[0].len();
+    for i in 0..n {
+        let exact: f64 = inputs.iter().map(|v| v[i] as f64).sum();
+        let magnitude: f64 = inputs.iter().map(|v| v[i].abs() as f64).sum();
+        let tol = magnitude * inputs.len() as f64 * f32::EPSILON as f64;
+        for (r, res) in results.iter().enumerate() {
+            assert!(
+                (res[i] as f64 - exact).abs() <= tol,
+                "{what}: rank {r} element {i}: {} vs {exact}",
+                res[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
+    let chunk_bytes = 4096; // many chunks per segment even for small buffers
+    let chunk = chunk_bytes / 4;
+    for world in 2..=8 {
+        for transport in [Transport::Tcp, Transport::Shm] {
+            let sizes = [1, 2, 3, world - 1, world + 1, chunk - 1, chunk + 1, 7 * chunk * world + 5, 1_000_003];
+            let inputs: Vec<Vec<Vec<f32>>> = sizes
+                .iter()
+                .map(|&n| (0..world).map(|r| random_values(n, (n * 131 + r) as u64)).collect())
+                .collect();
+            let results = on_ring(configs(world, transport, chunk_bytes), |rank, ring| {
+                let mut ring = ring.unwrap();
+                inputs
+                    .iter()
+                    .map(|per_rank| {
+                        let mut buf = per_rank[rank].clone();
+                        ring.all_reduce_sum(&mut buf).unwrap();
+                        buf
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for (k, n) in sizes.iter().enumerate() {
+                let got: Vec<Vec<f32>> = results.iter().map(|r| r[k].clone()).collect();
+                assert_sums(&inputs[k], &got, &format!("{transport:?} world {world} n {n}"));
+                // Every rank holds the same bits, whatever the transport.
+                assert!(got.iter().all(|g| g == &got[0]));
+            }
+        }
+    }
+}
+
+#[test]
+fn all_reduce_of_256_mib() {
+    let world = 4;
+    let n = 64 << 20; // 256 MiB of f32
+    // Small integers: every order of summation is exact, so the comparison is too.
+    let value = |r: usize, i: usize| ((i * 7 + r * 13) % 1000) as f32;
+    let results = on_ring(
+        configs(world, Transport::Auto, RingConfig::DEFAULT_CHUNK_BYTES),
+        |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf: Vec<f32> = (0..n).map(|i| value(rank, i)).collect();
+            ring.all_reduce_sum(&mut buf).unwrap();
+            (0..n).all(|i| buf[i] == (0..world).map(|r| value(r, i)).sum::<f32>())
+        },
+    );
+    assert_eq!(results, vec![true; world]);
+}
+
+#[test]
+fn all_reduce_mean_broadcast_and_barrier() {
+    let world = 3;
+    let results = on_ring(configs(world, Transport::Auto, 64), |rank, ring| {
+        let mut ring = ring.unwrap();
+        let mut mean = vec![rank as f32 * 3.0; 10];
+        ring.all_reduce_mean(&mut mean).unwrap();
+        let mut from = Vec::new();
+        for root in 0..world {
+            let mut buf: Vec<f32> = (0..100).map(|i| (i * 10 + rank) as f32).collect();
+            ring.broadcast(&mut buf, root).unwrap();
+            from.push(buf);
+        }
+        ring.barrier().unwrap();
+        (mean, from)
+    });
+    for (mean, from) in results {
+        assert_eq!(mean, vec![3.0; 10]);
+        for (root, buf) in from.iter().enumerate() {
+            assert!(buf.iter().enumerate().all(|(i, &x)| x == (i * 10 + root) as f32));
+        }
+    }
+}
+
+#[test]
+fn ranks_that_disagree_on_the_size_all_fail_naming_both_calls() {
+    let world = 3;
+    let started = Instant::now();
+    let errors = on_ring(configs(world, Transport::Tcp, 4096), |rank, ring| {
+        let mut ring = ring.unwrap();
+        let mut ok = vec![1.0f32; 16];
+        ring.all_reduce_sum(&mut ok).unwrap();
+        let mut buf = vec![1.0f32; if rank == 2 { 999 } else { 1000 }];
+        let err = ring.all_reduce_sum(&mut buf).unwrap_err().to_string();
+        // Later calls fail at once rather than hanging.
+        let again = ring.barrier().unwrap_err();
+        assert!(matches!(again, CollectiveError::Broken { .. }), "{again}");
+        err
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains("operation #2"), "rank {rank}: {e}");
+        assert!(
+            e.contains("999 f32 values") && e.contains("1000 f32 values"),
+            "rank {rank}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_with_the_wrong_secret_is_refused() {
+    let mut cs = configs(2, Transport::Auto, 4096);
+    cs[1].secret = b"another attempt's secret........".to_vec();
+    let errors = on_ring(cs, |_, ring| ring.unwrap_err().to_string());
+    for e in &errors {
+        assert!(e.contains("secret"), "{e}");
+    }
+}
+
+#[test]
+fn strangers_are_refused_and_the_ring_still_forms() {
+    let cs = configs(2, Transport::Tcp, 4096);
+    let target = cs[0].peers[0].clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // Random bytes, then a silent connection, at rank 0's address.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut sent = 0;
+            while sent < 2 && Instant::now() < deadline {
+                if let Ok(mut c) = TcpStream::connect(&target) {
+                    use std::io::Write;
+                    let _ = c.write_all(&[0x5a; 200]);
+                    sent += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let sums = on_ring(cs, |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = vec![rank as f32 + 1.0; 5];
+            ring.all_reduce_sum(&mut buf).unwrap();
+            buf
+        });
+        assert_eq!(sums, vec![vec![3.0; 5]; 2]);
+    });
+}
+
+#[test]
+fn a_stalled_peer_becomes_an_error_within_the_timeout() {
+    for transport in [Transport::Tcp, Transport::Shm] {
+        let mut cs = configs(2, transport, 4096);
+        for c in &mut cs {
+            c.timeout = Duration::from_secs(1);
+        }
+        let results = on_ring(cs, |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = vec![1.0f32; 100_000];
+            if rank == 1 {
+                // Stalls past the others' timeout, then finds the ring broken.
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            let started = Instant::now();
+            let r = ring.all_reduce_sum(&mut buf);
+            (r.map_err(|e| e.to_string()), started.elapsed())
+        });
+        let (err0, took0) = &results[0];
+        let err0 = err0.as_ref().unwrap_err();
+        assert!(err0.contains("rank 1 sent nothing"), "{transport:?}: {err0}");
+        assert!(*took0 < Duration::from_secs(2), "{transport:?}: {took0:?}");
+        assert!(results[1].0.is_err(), "{transport:?}: the stalled rank must not succeed");
+    }
+}
