@@ -63,6 +63,68 @@ pub struct TrainArgs {
     /// Print the final summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub ring: RingArgs,
+}
+
+/// How one process joins a data-parallel job's ring.
+#[derive(Args, Debug, Clone)]
+pub struct RingArgs {
+    /// This process's rank, 0-based (with --world and --peers; the
+    /// attempt's secret comes from LORAFLEET_RING_SECRET).
+    #[arg(long, requires_all = ["world", "peers"])]
+    pub rank: Option<usize>,
+    /// The number of ranks in the job.
+    #[arg(long, requires = "rank")]
+    pub world: Option<usize>,
+    /// host:port of every rank in rank order, this one's included (it
+    /// listens there).
+    #[arg(long, value_delimiter = ',', requires = "rank")]
+    pub peers: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// How ring links behave.
+#[derive(Args, Debug, Clone)]
+pub struct LinkArgs {
+    /// Seconds a collective may wait on a peer before the job fails.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub ring_timeout: f64,
+    /// How ranks exchange data: shared memory on one host and TCP between
+    /// hosts (auto), or one of them everywhere.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: TransportArg,
+    /// KiB per pipelined piece of a transfer.
+    #[arg(long, default_value_t = 512, value_name = "KIB")]
+    pub ring_chunk_kib: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TransportArg {
+    Auto,
+    Tcp,
+    Shm,
+}
+
+impl TransportArg {
+    pub fn transport(self) -> trainer::collective::Transport {
+        use trainer::collective::Transport;
+        match self {
+            TransportArg::Auto => Transport::Auto,
+            TransportArg::Tcp => Transport::Tcp,
+            TransportArg::Shm => Transport::Shm,
+        }
+    }
+}
+
+/// The hidden flags a benchmark launcher gives each rank process it starts.
+#[derive(Args, Debug, Clone)]
+pub struct BenchRankArgs {
+    #[arg(long, hide = true, requires = "peers")]
+    pub rank: Option<usize>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +222,31 @@ pub enum BenchWorkload {
     Forward(BenchForwardArgs),
     /// Training: LoRA step tokens/s and peak memory on the reference workload.
     Train(BenchTrainArgs),
+    /// All-reduce bandwidth of N rank processes on 127.0.0.1 (nccl-tests' algbw and busbw).
+    Allreduce(BenchAllreduceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchAllreduceArgs {
+    /// Rank processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub world: usize,
+    /// Buffer sizes in bytes, with K, M or G for KiB, MiB, GiB.
+    #[arg(long, value_delimiter = ',', default_value = "1M,16M,64M,256M")]
+    pub sizes: Vec<String>,
+    /// Timed iterations per size (default: about 1 GiB moved, 5 to 50).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Also measure memcpy and one loopback TCP stream on 256 MiB, for scale.
+    #[arg(long)]
+    pub baselines: bool,
+    /// NDJSON: one object per size.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub link: LinkArgs,
+    #[command(flatten)]
+    pub child: BenchRankArgs,
 }
 
 #[derive(Args, Debug)]
@@ -173,8 +260,15 @@ pub struct BenchTrainArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Data-parallel rank processes on this host, each with --threads threads.
+    #[arg(long, default_value_t = 1)]
+    pub world: usize,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub link: LinkArgs,
+    #[command(flatten)]
+    pub child: BenchRankArgs,
 }
 
 #[derive(Args, Debug)]

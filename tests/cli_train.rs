@@ -3,29 +3,12 @@
 //! and bad specs or datasets fail before training with a message that
 //! points at the file, line and key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 mod common;
 
-use common::lorafleet;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// `configs/<name>` rewritten into `dir` with absolute data paths and its
-/// output inside `dir`; `edit` may change the text further.
-fn spec_in(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(repo("configs").join(name)).unwrap();
-    let data = repo("examples/data");
-    let text = text
-        .replace("../examples/data", data.to_str().unwrap())
-        .replace("../runs", dir.join("runs").to_str().unwrap());
-    let path = dir.join(name);
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
+use common::{lorafleet, repo, spec_in};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

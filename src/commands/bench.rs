@@ -1,39 +1,253 @@
 //! `lorafleet bench`: measure a workload and print its figures.
+//!
+//! `bench train --world N` and `bench allreduce` start N rank processes of
+//! this binary on 127.0.0.1 (the launcher), each of which runs the same
+//! command with the hidden `--rank/--peers` flags and prints its own
+//! figures as JSON; the launcher combines them.
 
-use crate::cli::{BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
+use anyhow::{Context, bail};
+use trainer::collective::{Collective, TcpRing};
+
+use super::UsageError;
+use super::ranks::{ring_config, run_local_ranks};
+use crate::cli::{BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.workload {
         BenchWorkload::Forward(a) => forward(a),
         BenchWorkload::Train(a) => train(a),
+        BenchWorkload::Allreduce(a) => allreduce(a),
     }
 }
 
+/// The arguments a launcher passes on to its rank processes.
+fn rank_args(workload: &str, rank: usize, peers: &str, mut rest: Vec<String>) -> Vec<String> {
+    let mut args = vec!["bench".into(), workload.into()];
+    args.append(&mut rest);
+    args.extend([
+        "--rank".into(),
+        rank.to_string(),
+        "--peers".into(),
+        peers.into(),
+    ]);
+    args
+}
+
+fn link_flags(link: &crate::cli::LinkArgs) -> Vec<String> {
+    vec![
+        "--ring-timeout".into(),
+        link.ring_timeout.to_string(),
+        "--transport".into(),
+        format!("{:?}", link.transport).to_lowercase(),
+        "--ring-chunk-kib".into(),
+        link.ring_chunk_kib.to_string(),
+    ]
+}
+
 fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    let preset = args.preset.preset();
+    if args.child.rank.is_none() && args.world > 1 {
+        let (batch, _) = trainer::bench::batch_shape(preset);
+        if args.world > batch {
+            bail!(UsageError(format!(
+                "--world {} is more ranks than the {batch} rows of a {} batch",
+                args.world,
+                preset.name()
+            )));
+        }
+        let outputs = run_local_ranks(args.world, |rank, peers| {
+            let mut rest = vec![
+                "--preset".into(),
+                preset.name().into(),
+                "--threads".into(),
+                args.threads.to_string(),
+                "--warmup-steps".into(),
+                args.warmup_steps.to_string(),
+                "--steps".into(),
+                args.steps.to_string(),
+                "--json".into(),
+            ];
+            rest.extend(link_flags(&args.link));
+            rank_args("train", rank, peers, rest)
+        })?;
+        let reports: Vec<serde_json::Value> = outputs
+            .iter()
+            .map(|o| serde_json::from_str(o.trim()))
+            .collect::<Result<_, _>>()
+            .context("a rank printed something other than its report")?;
+        // The job goes at the pace of its slowest rank; memory is the largest rank's.
+        let mut report = reports[0].clone();
+        let slowest = reports
+            .iter()
+            .map(|r| r["tokens_per_s"].as_f64().unwrap_or(0.0))
+            .fold(f64::MAX, f64::min);
+        let rss = reports
+            .iter()
+            .map(|r| r["peak_rss_mib"].as_f64().unwrap_or(0.0))
+            .fold(0.0, f64::max);
+        report["tokens_per_s"] = slowest.into();
+        report["peak_rss_mib"] = rss.into();
+        report["step_ms"] = reports
+            .iter()
+            .map(|r| r["step_ms"].as_f64().unwrap_or(0.0))
+            .fold(0.0, f64::max)
+            .into();
+        return print_train(&report, args.json);
+    }
+
     trainer::device::set_cpu_threads(args.threads);
     let device = trainer::device::default_device();
-    let preset = args.preset.preset();
+    let mut collective: Box<dyn Collective> = match args.child.rank {
+        Some(rank) => Box::new(TcpRing::connect(&ring_config(
+            rank,
+            &args.child.peers,
+            &args.link,
+        )?)?),
+        None => Box::new(trainer::collective::Solo),
+    };
     let r = trainer::bench::train(
         preset,
         trainer::device::cpu_threads(),
         args.warmup_steps,
         args.steps,
         &device,
+        &mut *collective,
     )?;
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+    print_train(&serde_json::to_value(&r)?, args.json)
+}
+
+fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{r}");
     } else {
         println!(
-            "train  {} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB",
-            r.preset,
-            r.threads,
-            r.batch,
-            r.seq_len,
-            r.lora_parameters,
-            r.tokens_per_s,
-            r.step_ms,
-            r.timed_steps,
-            r.peak_rss_mib
+            "train  {} world={} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB",
+            r["preset"].as_str().unwrap_or("?"),
+            r["world"],
+            r["threads"],
+            r["batch"],
+            r["seq_len"],
+            r["lora_parameters"],
+            r["tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["step_ms"].as_f64().unwrap_or(0.0),
+            r["timed_steps"],
+            r["peak_rss_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// "16M" → 16 MiB; "4096" → 4096 bytes.
+fn parse_size(s: &str) -> anyhow::Result<usize> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| UsageError(format!("--sizes: {s:?} is not a size like 16M")))?;
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KIB" => 1 << 10,
+        "M" | "MIB" => 1 << 20,
+        "G" | "GIB" => 1 << 30,
+        _ => bail!(UsageError(format!(
+            "--sizes: unknown unit in {s:?} (use K, M or G)"
+        ))),
+    };
+    if n == 0 || !n.is_multiple_of(4) && mult == 1 {
+        bail!(UsageError(format!(
+            "--sizes: {s:?} must be a positive multiple of 4 bytes (f32 values)"
+        )));
+    }
+    Ok(n * mult)
+}
+
+fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
+    let sizes = args
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(rank) = args.child.rank {
+        // One rank: time every size, one JSON line each.
+        let mut ring = TcpRing::connect(&ring_config(rank, &args.child.peers, &args.link)?)?;
+        let transport = ring.transports().0;
+        for &size in &sizes {
+            let iters = args
+                .iters
+                .unwrap_or_else(|| trainer::bench::allreduce_iters(size));
+            let r = trainer::bench::allreduce(&mut ring, transport, size, iters)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        return Ok(());
+    }
+    if args.world < 2 {
+        bail!(UsageError("--world must be at least 2".into()));
+    }
+    let baselines = if args.baselines {
+        let bytes = 256 << 20;
+        Some((
+            trainer::bench::memcpy_gbps(bytes),
+            trainer::bench::loopback_gbps(bytes).context("loopback TCP baseline")?,
+        ))
+    } else {
+        None
+    };
+    let outputs = run_local_ranks(args.world, |rank, peers| {
+        let mut rest = vec!["--sizes".into(), args.sizes.join(",")];
+        if let Some(i) = args.iters {
+            rest.extend(["--iters".into(), i.to_string()]);
+        }
+        rest.extend(link_flags(&args.link));
+        rank_args("allreduce", rank, peers, rest)
+    })?;
+    let per_rank: Vec<Vec<serde_json::Value>> = outputs
+        .iter()
+        .map(|o| o.lines().map(serde_json::from_str).collect())
+        .collect::<Result<_, _>>()
+        .context("a rank printed something other than its figures")?;
+    if !args.json {
+        println!(
+            "{:>12} {:>6} {:>10} {:>6} {:>12} {:>12} {:>12}",
+            "size", "ranks", "transport", "iters", "time (ms)", "algbw GB/s", "busbw GB/s"
+        );
+    }
+    for (i, &size) in sizes.iter().enumerate() {
+        // nccl-tests report the slowest rank's time.
+        let mut line = per_rank[0][i].clone();
+        let time = per_rank
+            .iter()
+            .map(|r| r[i]["time_s"].as_f64().unwrap_or(f64::MAX))
+            .fold(0.0, f64::max);
+        let algbw = size as f64 / time / 1e9;
+        let world = args.world as f64;
+        line["time_s"] = time.into();
+        line["algbw_GBps"] = algbw.into();
+        line["busbw_GBps"] = (algbw * 2.0 * (world - 1.0) / world).into();
+        if let Some((memcpy, loopback)) = baselines {
+            line["memcpy_GBps"] = memcpy.into();
+            line["loopback_GBps"] = loopback.into();
+        }
+        if args.json {
+            println!("{line}");
+        } else {
+            println!(
+                "{:>12} {:>6} {:>10} {:>6} {:>12.2} {:>12.3} {:>12.3}",
+                size,
+                args.world,
+                line["transport"].as_str().unwrap_or("?"),
+                line["iters"],
+                time * 1e3,
+                algbw,
+                line["busbw_GBps"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if let (Some((memcpy, loopback)), false) = (baselines, args.json) {
+        println!(
+            "baselines on 256 MiB: memcpy (1 thread) {memcpy:.2} GB/s, loopback TCP (1 stream) {loopback:.2} GB/s"
         );
     }
     Ok(())

@@ -119,6 +119,7 @@ impl LocalJob {
             max_grad_norm: t.max_grad_norm,
             eval_every: t.eval_every as usize,
             seed,
+            sync_check_every: TrainConfig::DEFAULT_SYNC_CHECK_EVERY,
         };
         let output_dir = match &spec.output.dir {
             Some(PathOrUrl::Path(p)) => p.clone(),

@@ -5,6 +5,7 @@ pub mod export;
 pub mod generate;
 pub mod init_model;
 pub mod local_job;
+pub mod ranks;
 pub mod train;
 pub mod validate;
 
@@ -20,6 +21,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<trainer::data::DataError>()
             || cause.is::<coordinator::SpecError>()
             || cause.is::<UsageError>()
+            || matches!(
+                cause.downcast_ref(),
+                Some(trainer::collective::CollectiveError::Config(_))
+            )
     });
     if bad_input { exit::USAGE } else { exit::FAILED }
 }

@@ -1,6 +1,9 @@
-//! `lorafleet train FILE`: run a job spec's whole fine-tune in this process.
+//! `lorafleet train FILE`: run a job spec's whole fine-tune in this process,
+//! alone or as one rank of a data-parallel job (`--rank/--world/--peers`).
 //!
-//! The adapter, optimizer state and metrics are saved to the output folder
+//! Every rank loads the same spec and data and trains on its share of each
+//! global batch; rank 0 shows progress and writes the results. The adapter,
+//! optimizer state and metrics are saved to the output folder
 //! every `checkpoint.every_steps` steps and at the end (written to a
 //! temporary folder, then swapped in, so the folder always holds one whole
 //! state); `--resume` continues from it.
@@ -11,7 +14,8 @@ use std::time::Instant;
 use anyhow::Context;
 use coordinator::JobSpec;
 use trainer::lora::{LoraWeights, peft};
-use trainer::train::{SampledSteps, TrainState};
+use trainer::train::data_parallel::{agree, checksum, fingerprint};
+use trainer::train::{SampledSteps, Silent, TrainObserver, TrainState};
 
 use super::local_job::LocalJob;
 use crate::cli::TrainArgs;
@@ -34,6 +38,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         output_dir,
         base_model,
     } = job;
+    let mut collective = super::ranks::join(&args.ring)?;
+    let (rank, world) = (collective.rank(), collective.world());
+    // Ranks must run the same job on the same data.
+    let job = format!("{}\n{} samples", spec.to_yaml(), data.train.len());
+    agree(
+        &mut *collective,
+        fingerprint(job.as_bytes()),
+        "the job spec and its dataset",
+    )?;
     let (mut model, tokenizer) = source.into_model(&device)?;
     let tokenizer = tokenizer.expect("LocalJob checks the tokenizer");
 
@@ -65,25 +78,36 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
 
-    eprintln!(
-        "training {}: {} samples ({} steps per epoch), {} steps, {} LoRA values, {} threads",
-        spec.name,
-        data.train.len(),
-        sampler.steps_per_epoch(),
-        train.max_steps,
-        state.lora.num_parameters(),
-        trainer::device::cpu_threads()
-    );
+    let what = format!("the starting state (step {})", state.step);
+    agree(&mut *collective, checksum(&state.lora.to_flat()), &what)?;
+    if rank == 0 {
+        eprintln!(
+            "training {}: {} samples ({} steps per epoch), {} steps, {} LoRA values, {} rank(s) x {} threads",
+            spec.name,
+            data.train.len(),
+            sampler.steps_per_epoch(),
+            train.max_steps,
+            state.lora.num_parameters(),
+            world,
+            trainer::device::cpu_threads()
+        );
+    }
     let steps = SampledSteps {
         train: &data.train,
         validation: data.validation.as_ref(),
         sampler,
         micro_batch_size: spec.training.micro_batch_size as usize,
         pad_id: trainer::data::pad_id(&tokenizer),
-        rank: 0,
-        world: 1,
+        rank,
+        world,
     };
     let mut progress = TrainProgress::new(train.max_steps, state.step);
+    let mut silent = Silent;
+    let observer: &mut dyn TrainObserver = if rank == 0 {
+        &mut progress
+    } else {
+        &mut silent
+    };
     let every = (spec.checkpoint.every_steps as usize).max(1);
     let end = args
         .stop_after
@@ -95,13 +119,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             &device,
             &train,
             &steps,
+            &mut *collective,
             &mut state,
-            &mut progress,
+            observer,
             Some(next),
-        );
-        save(&output_dir, &state, &spec, &base_model)?;
+        )?;
+        if rank == 0 {
+            save(&output_dir, &state, &spec, &base_model)?;
+        }
     }
     progress.finish();
+    if rank != 0 {
+        eprintln!("rank {rank} of {world}: done after {} steps", state.step);
+        return Ok(());
+    }
 
     let summary = serde_json::json!({
         "name": spec.name,
@@ -112,6 +143,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "trained_tokens": state.log.iter().map(|m| m.target_tokens).sum::<usize>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
         "output_dir": output_dir.display().to_string(),
+        "world": world,
     });
     std::fs::write(
         output_dir.join("final_metrics.json"),

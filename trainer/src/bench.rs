@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::collective::{Collective, CollectiveError};
 use crate::data::{Batch, SampleRef};
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
@@ -110,6 +111,15 @@ pub fn forward(
     })
 }
 
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Collective(#[from] CollectiveError),
+}
+
 /// Results of [`train`] (the `bench train --json` object).
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -131,13 +141,19 @@ pub struct TrainReport {
 /// Measures LoRA training steps on the reference workload: r = 8, alpha 16,
 /// no dropout, adapters on q_proj and v_proj, AdamW at lr 1e-4, random
 /// tokens, every token a target.
+///
+/// With a ring of N ranks, every rank draws the same global batch, trains
+/// on every N-th row of it and all-reduces the gradients each step (the
+/// data-parallel step of `train::run`); tokens/s is then the whole global
+/// batch's, from this rank's median step.
 pub fn train(
     preset: Preset,
     threads: usize,
     warmup_steps: usize,
     timed_steps: usize,
     device: &Device,
-) -> Result<TrainReport, ModelError> {
+    collective: &mut dyn Collective,
+) -> Result<TrainReport, BenchError> {
     let device = device.clone().autodiff();
     let (mut model, _) = ModelSource::random(preset, 0).into_model(&device)?;
     let config = LoraConfig::new(8, 16.0, &[TargetModule::QProj, TargetModule::VProj]);
@@ -150,26 +166,34 @@ pub fn train(
     let mut rng = StdRng::seed_from_u64(2);
 
     let mut times = Vec::with_capacity(timed_steps);
+    let (rank, world) = (collective.rank(), collective.world());
+    let rows: Vec<usize> = (rank..batch).step_by(world).collect();
+    collective.barrier()?;
     for step in 0..warmup_steps + timed_steps.max(1) {
+        let global: Vec<i64> = (0..batch * seq)
+            .map(|_| rng.random_range(0..vocab))
+            .collect();
         let micro = Batch {
-            input_ids: (0..batch * seq)
-                .map(|_| rng.random_range(0..vocab))
+            input_ids: rows
+                .iter()
+                .flat_map(|&r| global[r * seq..(r + 1) * seq].iter().copied())
                 .collect(),
-            target_mask: vec![1.0; batch * seq],
-            rows: batch,
+            target_mask: vec![1.0; rows.len() * seq],
+            rows: rows.len(),
             seq_len: seq,
-            lengths: vec![seq; batch],
-            sample_ids: (0..batch)
-                .map(|i| SampleRef {
+            lengths: vec![seq; rows.len()],
+            sample_ids: rows
+                .iter()
+                .map(|&i| SampleRef {
                     epoch: 0,
                     index: i,
                     position: i,
                 })
                 .collect(),
         };
-        let denominator = micro.num_targets() as f64;
+        let denominator = (batch * seq) as f64;
         let start = Instant::now();
-        let g = lora_gradients(
+        let mut g = lora_gradients(
             &mut model,
             &lora,
             std::slice::from_ref(&micro),
@@ -177,6 +201,7 @@ pub fn train(
             0,
             &device,
         );
+        collective.all_reduce_sum(&mut g.grads)?;
         adam.update(&adam_config, &mut params, &g.grads, 1e-4);
         lora.set_flat(&params);
         if step >= warmup_steps {
@@ -186,7 +211,7 @@ pub fn train(
     let step_s = median(&mut times);
     Ok(TrainReport {
         preset: preset.name().to_string(),
-        world: 1,
+        world,
         threads,
         batch,
         seq_len: seq,
@@ -215,4 +240,105 @@ pub fn peak_rss_mib() -> f64 {
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
+}
+
+/// One size of [`allreduce`] (a `bench allreduce --json` line).
+#[derive(Debug, Clone, Serialize)]
+pub struct AllReduceReport {
+    pub world: usize,
+    /// The transport the links used ("tcp" or "shm").
+    pub transport: String,
+    pub size_bytes: usize,
+    pub iters: usize,
+    /// Seconds per all-reduce (mean over the timed iterations).
+    pub time_s: f64,
+    /// `size_bytes / time_s` in GB/s (1e9 bytes), as nccl-tests define it.
+    #[serde(rename = "algbw_GBps")]
+    pub algbw_gbps: f64,
+    /// `algbw × 2(N−1)/N`: what each rank's links carried, per second.
+    #[serde(rename = "busbw_GBps")]
+    pub busbw_gbps: f64,
+}
+
+/// How many timed iterations a size gets: about 1 GiB moved, 5 to 50.
+pub fn allreduce_iters(size_bytes: usize) -> usize {
+    ((1usize << 30) / size_bytes.max(1)).clamp(5, 50)
+}
+
+/// Times `iters` all-reduces of `size_bytes` on `ring` (after one warm-up
+/// and a barrier) and reports this rank's figures.
+pub fn allreduce(
+    ring: &mut dyn Collective,
+    transport: &str,
+    size_bytes: usize,
+    iters: usize,
+) -> Result<AllReduceReport, CollectiveError> {
+    let mut buf = vec![1.0f32; (size_bytes / 4).max(1)];
+    ring.all_reduce_sum(&mut buf)?;
+    ring.barrier()?;
+    let start = Instant::now();
+    for _ in 0..iters.max(1) {
+        ring.all_reduce_sum(&mut buf)?;
+    }
+    let time_s = start.elapsed().as_secs_f64() / iters.max(1) as f64;
+    let world = ring.world();
+    let algbw = (buf.len() * 4) as f64 / time_s / 1e9;
+    Ok(AllReduceReport {
+        world,
+        transport: transport.to_string(),
+        size_bytes: buf.len() * 4,
+        iters: iters.max(1),
+        time_s,
+        algbw_gbps: algbw,
+        busbw_gbps: algbw * 2.0 * (world - 1) as f64 / world as f64,
+    })
+}
+
+/// GB/s of one thread copying `bytes` (the best of 3 copies).
+pub fn memcpy_gbps(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
+}
+
+/// GB/s of one TCP stream over 127.0.0.1 carrying `bytes` (the best of 3).
+pub fn loopback_gbps(bytes: usize) -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let chunk = 1 << 20;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            let buf = vec![7u8; chunk];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk);
+                s.write_all(&buf[..n])?;
+                left -= n;
+            }
+            Ok(())
+        });
+        let (mut r, _) = listener.accept()?;
+        let mut buf = vec![0u8; chunk];
+        let start = Instant::now();
+        let mut got = 0;
+        while got < bytes {
+            match r.read(&mut buf)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+        sender.join().expect("the sender does not panic")?;
+    }
+    Ok(bytes as f64 / best / 1e9)
 }

@@ -24,7 +24,11 @@ fn configs(world: usize, transport: Transport, chunk_bytes: usize) -> Vec<RingCo
     let peers = free_peers(world);
     (0..world)
         .map(|rank| {
-            let mut c = RingConfig::new(rank, peers.clone(), b"test secret of 32 bytes.........".to_vec());
+            let mut c = RingConfig::new(
+                rank,
+                peers.clone(),
+                b"test secret of 32 bytes.........".to_vec(),
+            );
             c.transport = transport;
             c.chunk_bytes = chunk_bytes;
             c.timeout = Duration::from_secs(20);
@@ -78,12 +82,33 @@ fn assert_sums(inputs: &[Vec<f32>], results: &[Vec<f32>], what: &str) {
 fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
     let chunk_bytes = 4096; // many chunks per segment even for small buffers
     let chunk = chunk_bytes / 4;
+    // One rank: the identity.
+    let mut solo =
+        trainer::collective::open(&RingConfig::new(0, free_peers(1), Vec::new())).unwrap();
+    let mut one = random_values(33, 1);
+    let copy = one.clone();
+    solo.all_reduce_sum(&mut one).unwrap();
+    assert_eq!(one, copy);
     for world in 2..=8 {
         for transport in [Transport::Tcp, Transport::Shm] {
-            let sizes = [1, 2, 3, world - 1, world + 1, chunk - 1, chunk + 1, 7 * chunk * world + 5, 1_000_003];
+            let sizes = [
+                1,
+                2,
+                3,
+                world - 1,
+                world + 1,
+                chunk - 1,
+                chunk + 1,
+                7 * chunk * world + 5,
+                1_000_003,
+            ];
             let inputs: Vec<Vec<Vec<f32>>> = sizes
                 .iter()
-                .map(|&n| (0..world).map(|r| random_values(n, (n * 131 + r) as u64)).collect())
+                .map(|&n| {
+                    (0..world)
+                        .map(|r| random_values(n, (n * 131 + r) as u64))
+                        .collect()
+                })
                 .collect();
             let results = on_ring(configs(world, transport, chunk_bytes), |rank, ring| {
                 let mut ring = ring.unwrap();
@@ -98,7 +123,11 @@ fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
             });
             for (k, n) in sizes.iter().enumerate() {
                 let got: Vec<Vec<f32>> = results.iter().map(|r| r[k].clone()).collect();
-                assert_sums(&inputs[k], &got, &format!("{transport:?} world {world} n {n}"));
+                assert_sums(
+                    &inputs[k],
+                    &got,
+                    &format!("{transport:?} world {world} n {n}"),
+                );
                 // Every rank holds the same bits, whatever the transport.
                 assert!(got.iter().all(|g| g == &got[0]));
             }
@@ -143,7 +172,11 @@ fn all_reduce_mean_broadcast_and_barrier() {
     for (mean, from) in results {
         assert_eq!(mean, vec![3.0; 10]);
         for (root, buf) in from.iter().enumerate() {
-            assert!(buf.iter().enumerate().all(|(i, &x)| x == (i * 10 + root) as f32));
+            assert!(
+                buf.iter()
+                    .enumerate()
+                    .all(|(i, &x)| x == (i * 10 + root) as f32)
+            );
         }
     }
 }
@@ -185,32 +218,47 @@ fn a_rank_with_the_wrong_secret_is_refused() {
 
 #[test]
 fn strangers_are_refused_and_the_ring_still_forms() {
-    let cs = configs(2, Transport::Tcp, 4096);
+    let mut cs = configs(2, Transport::Tcp, 4096);
     let target = cs[0].peers[0].clone();
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
     std::thread::scope(|s| {
-        s.spawn(move || {
-            // Random bytes, then a silent connection, at rank 0's address.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut sent = 0;
-            while sent < 2 && Instant::now() < deadline {
-                if let Ok(mut c) = TcpStream::connect(&target) {
-                    use std::io::Write;
-                    let _ = c.write_all(&[0x5a; 200]);
-                    sent += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                } else {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        let sums = on_ring(cs, |rank, ring| {
-            let mut ring = ring.unwrap();
-            let mut buf = vec![rank as f32 + 1.0; 5];
+        // Rank 0 listens, waiting for rank 1 ...
+        let rank0 = s.spawn(move || {
+            let mut ring = TcpRing::connect(&c0).unwrap();
+            let mut buf = vec![1.0f32; 5];
             ring.all_reduce_sum(&mut buf).unwrap();
             buf
         });
-        assert_eq!(sums, vec![vec![3.0; 5]; 2]);
+        // ... and a stranger gets there first with random bytes: it is
+        // dropped without an answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stranger = loop {
+            match TcpStream::connect(&target) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("rank 0 never listened: {e}"),
+            }
+        };
+        use std::io::{Read, Write};
+        let mut rng = StdRng::seed_from_u64(9);
+        let garbage: Vec<u8> = (0..300).map(|_| rng.random()).collect();
+        stranger.write_all(&garbage).unwrap();
+        stranger
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stranger.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "a stranger was answered: {answer:?}");
+
+        let rank1 = s.spawn(move || {
+            let mut ring = TcpRing::connect(&c1).unwrap();
+            let mut buf = vec![2.0f32; 5];
+            ring.all_reduce_sum(&mut buf).unwrap();
+            buf
+        });
+        assert_eq!(rank0.join().unwrap(), vec![3.0; 5]);
+        assert_eq!(rank1.join().unwrap(), vec![3.0; 5]);
     });
 }
 
@@ -234,8 +282,14 @@ fn a_stalled_peer_becomes_an_error_within_the_timeout() {
         });
         let (err0, took0) = &results[0];
         let err0 = err0.as_ref().unwrap_err();
-        assert!(err0.contains("rank 1 sent nothing"), "{transport:?}: {err0}");
+        assert!(
+            err0.contains("rank 1 did not answer"),
+            "{transport:?}: {err0}"
+        );
         assert!(*took0 < Duration::from_secs(2), "{transport:?}: {took0:?}");
-        assert!(results[1].0.is_err(), "{transport:?}: the stalled rank must not succeed");
+        assert!(
+            results[1].0.is_err(),
+            "{transport:?}: the stalled rank must not succeed"
+        );
     }
 }

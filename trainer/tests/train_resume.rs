@@ -3,6 +3,7 @@
 //! reproducible from its seed.
 
 use burn::tensor::Device;
+use trainer::collective::Solo;
 use trainer::data::{Sampler, TokenizedDataset, TokenizedSample};
 use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
 use trainer::model::{Llama, ModelSource, Preset};
@@ -40,6 +41,7 @@ fn config() -> TrainConfig {
         max_grad_norm: 1.0,
         eval_every: 2,
         seed: 5,
+        sync_check_every: 2,
     }
 }
 
@@ -82,10 +84,12 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
         &device,
         &config,
         &steps(&data),
+        &mut Solo,
         &mut straight,
         &mut Silent,
         None,
-    );
+    )
+    .unwrap();
     assert_eq!(straight.step, 6);
     assert_eq!(straight.log.len(), 6);
 
@@ -95,10 +99,12 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
         &device,
         &config,
         &steps(&data),
+        &mut Solo,
         &mut first,
         &mut Silent,
         Some(3),
-    );
+    )
+    .unwrap();
     assert_eq!(first.step, 3);
     let dir = tempfile::tempdir().unwrap();
     first.save(dir.path(), "preset:tiny-gqa").unwrap();
@@ -112,10 +118,12 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
         &device,
         &config,
         &steps(&data),
+        &mut Solo,
         &mut resumed,
         &mut Silent,
         None,
-    );
+    )
+    .unwrap();
 
     assert_eq!(losses(&resumed), losses(&straight), "step losses");
     assert_eq!(resumed.lora, straight.lora, "final adapter");
@@ -141,10 +149,12 @@ fn training_lowers_the_loss_and_only_moves_the_adapter() {
         &device,
         &config,
         &steps(&data),
+        &mut Solo,
         &mut state,
         &mut Silent,
         None,
-    );
+    )
+    .unwrap();
     let first = state.evals.first().unwrap().eval_loss;
     let last = state.evals.last().unwrap().eval_loss;
     assert!(last < first, "validation loss {first} → {last}");

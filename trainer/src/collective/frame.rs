@@ -23,11 +23,21 @@ const OP_BROADCAST: u32 = 2;
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
-    OpStart { seq: u64, call: OpCall },
+    OpStart {
+        seq: u64,
+        call: OpCall,
+    },
     /// `bytes` of payload follow; `index` counts the operation's chunks.
-    Data { seq: u64, index: u64, bytes: u64 },
+    Data {
+        seq: u64,
+        index: u64,
+        bytes: u64,
+    },
     /// `bytes` of UTF-8 reason follow, padded to `padded` bytes.
-    Abort { bytes: u64, padded: u64 },
+    Abort {
+        bytes: u64,
+        padded: u64,
+    },
 }
 
 impl Header {

@@ -74,7 +74,13 @@ fn mac(secret: &[u8], label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 
 /// The fields both proofs cover: nonces, then sender rank, receiver rank
 /// and world size.
-fn transcript(nonce_c: &[u8; 32], nonce_a: &[u8; 32], sender: u32, receiver: u32, world: u32) -> Vec<u8> {
+fn transcript(
+    nonce_c: &[u8; 32],
+    nonce_a: &[u8; 32],
+    sender: u32,
+    receiver: u32,
+    world: u32,
+) -> Vec<u8> {
     let mut t = Vec::with_capacity(76);
     t.extend_from_slice(nonce_c);
     t.extend_from_slice(nonce_a);
@@ -154,7 +160,13 @@ pub fn connect(
         )));
     }
     let nonce_a: [u8; 32] = reply[28..60].try_into().unwrap();
-    let t = transcript(&nonce_c, &nonce_a, me.rank as u32, peer as u32, me.world as u32);
+    let t = transcript(
+        &nonce_c,
+        &nonce_a,
+        me.rank as u32,
+        peer as u32,
+        me.world as u32,
+    );
     let expected = mac(me.secret, b"lorafleet ring receiver", &[&t]);
     if reply[60..92] != expected {
         return Err(ConnectFailure::Refused(
@@ -259,7 +271,11 @@ pub fn accept(
             format!(
                 "shared memory was asked for, but ranks {rank} and {} {}",
                 me.rank,
-                if same_host { "disagree on the transport" } else { "are on different hosts" }
+                if same_host {
+                    "disagree on the transport"
+                } else {
+                    "are on different hosts"
+                }
             ),
         );
     }
@@ -299,7 +315,11 @@ pub fn accept(
                 "rank {rank} does not know this attempt's secret (another job, or an older attempt)"
             );
             put_u32(&mut fin, 0, 1);
-            put_text(&mut fin, 4, &format!("rank {} refused it: wrong secret", me.rank));
+            put_text(
+                &mut fin,
+                4,
+                &format!("rank {} refused it: wrong secret", me.rank),
+            );
             let _ = stream.write_all(&fin);
             return Err(why);
         }

@@ -250,7 +250,7 @@ pub enum CollectiveError {
         theirs: String,
     },
     #[error(
-        "rank {rank}: rank {peer} sent nothing for {secs:.1} s during {call} (operation #{seq}): it is dead, stalled or unreachable"
+        "rank {rank}: rank {peer} did not answer for {secs:.1} s during {call} (operation #{seq}): it is dead, stalled or unreachable"
     )]
     Timeout {
         rank: usize,
@@ -267,7 +267,9 @@ pub enum CollectiveError {
         seq: u64,
         detail: String,
     },
-    #[error("rank {rank}: rank {peer} sent a malformed message during {call} (operation #{seq}): {detail}")]
+    #[error(
+        "rank {rank}: rank {peer} sent a malformed message during {call} (operation #{seq}): {detail}"
+    )]
     Protocol {
         rank: usize,
         peer: usize,
@@ -277,6 +279,8 @@ pub enum CollectiveError {
     },
     #[error("rank {rank}: the ring was aborted by another rank: {message}")]
     Aborted { rank: usize, message: String },
-    #[error("rank {rank}: the ring is broken by an earlier error ({cause}); a new attempt must open a new one")]
+    #[error(
+        "rank {rank}: the ring is broken by an earlier error ({cause}); a new attempt must open a new one"
+    )]
     Broken { rank: usize, cause: String },
 }

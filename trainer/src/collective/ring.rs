@@ -66,7 +66,7 @@ impl TcpRing {
     pub fn connect(config: &RingConfig) -> Result<TcpRing, CollectiveError> {
         let world = config.world();
         let rank = config.rank;
-        if world < 2 || world > 1024 {
+        if !(2..=1024).contains(&world) {
             return Err(CollectiveError::Config(format!(
                 "a ring needs 2 to 1024 ranks, not {world}"
             )));
@@ -102,7 +102,14 @@ impl TcpRing {
         let stop = AtomicBool::new(false);
         let (outgoing, incoming) = thread::scope(|s| {
             let acceptor = s.spawn(|| {
-                accept_prev(&listener, &me, prev_rank, deadline, handshake_timeout, &stop)
+                accept_prev(
+                    &listener,
+                    &me,
+                    prev_rank,
+                    deadline,
+                    handshake_timeout,
+                    &stop,
+                )
             });
             let outgoing = connect_next(
                 next_addr,
@@ -115,7 +122,10 @@ impl TcpRing {
             if outgoing.is_err() {
                 stop.store(true, Ordering::SeqCst);
             }
-            (outgoing, acceptor.join().expect("the acceptor does not panic"))
+            (
+                outgoing,
+                acceptor.join().expect("the acceptor does not panic"),
+            )
         });
         let outgoing = outgoing?;
         let incoming = incoming?;
@@ -173,7 +183,7 @@ impl TcpRing {
         let seq = self.seq;
         let header = Header::OpStart { seq, call }.encode();
         let ctx = self.context(call);
-        self.next.send(&[&header]).map_err(|e| ctx.io(e))?;
+        self.next.send(&[&header]).map_err(|e| ctx.send_io(e))?;
         match self.read_header(&ctx)? {
             Header::OpStart {
                 seq: their_seq,
@@ -210,11 +220,11 @@ impl TcpRing {
         read_header(&mut *self.prev, ctx)
     }
 
-
     fn context(&self, call: OpCall) -> OpContext {
         OpContext {
             rank: self.rank,
             peer: self.prev_rank(),
+            next: (self.rank + 1) % self.world,
             call,
             seq: self.seq,
             timeout: self.timeout,
@@ -260,7 +270,14 @@ impl TcpRing {
                 }
                 result
             });
-            let received = recv_all(&mut **prev, &ctx, &schedule, &shared, &progress, sender.thread());
+            let received = recv_all(
+                &mut **prev,
+                &ctx,
+                &schedule,
+                &shared,
+                &progress,
+                sender.thread(),
+            );
             if received.is_err() {
                 progress.abort.store(true, Ordering::SeqCst);
                 sender.thread().unpark();
@@ -277,9 +294,11 @@ impl TcpRing {
             let sent = sender.join().expect("the sender does not panic");
             match (received, sent) {
                 (Ok(()), Ok(())) => Ok(()),
-                (Ok(()), Err(e)) => Err(ctx.io(e)),
+                (Ok(()), Err(e)) => Err(ctx.send_io(e)),
                 // The first cause: a receive failed because the send did.
-                (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => Err(ctx.io(e)),
+                (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => {
+                    Err(ctx.send_io(e))
+                }
                 (Err(e), _) => Err(e),
             }
         })
@@ -413,26 +432,39 @@ fn read_header(prev: &mut dyn Inbound, ctx: &OpContext) -> Result<Header, Collec
 /// What an error inside one operation names.
 struct OpContext {
     rank: usize,
+    /// The rank this one receives from.
     peer: usize,
+    /// The rank this one sends to.
+    next: usize,
     call: OpCall,
     seq: u64,
     timeout: Duration,
 }
 
 impl OpContext {
+    /// A failed receive from the previous rank.
     fn io(&self, e: std::io::Error) -> CollectiveError {
+        self.link_error(e, self.peer)
+    }
+
+    /// A failed send to the next rank.
+    fn send_io(&self, e: std::io::Error) -> CollectiveError {
+        self.link_error(e, self.next)
+    }
+
+    fn link_error(&self, e: std::io::Error, peer: usize) -> CollectiveError {
         use std::io::ErrorKind::*;
         match e.kind() {
             TimedOut | WouldBlock => CollectiveError::Timeout {
                 rank: self.rank,
-                peer: self.peer,
+                peer,
                 call: self.call.to_string(),
                 seq: self.seq,
                 secs: self.timeout.as_secs_f64(),
             },
             _ => CollectiveError::PeerLost {
                 rank: self.rank,
-                peer: self.peer,
+                peer,
                 call: self.call.to_string(),
                 seq: self.seq,
                 detail: match e.kind() {

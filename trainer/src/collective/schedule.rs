@@ -162,7 +162,11 @@ mod tests {
         }
         for r in 0..world {
             assert_eq!(sent[r], schedules[r].sends.len(), "rank {r} stuck sending");
-            assert_eq!(recvd[r], schedules[r].recvs.len(), "rank {r} stuck receiving");
+            assert_eq!(
+                recvd[r],
+                schedules[r].recvs.len(),
+                "rank {r} stuck receiving"
+            );
             assert!(links[r].is_empty(), "unread data for rank {r}");
         }
     }
@@ -184,9 +188,8 @@ mod tests {
         for world in 2..=8 {
             for n in [1, 2, 7, world - 1, world, 3 * world + 1, 100, 1023] {
                 for chunk in [1, 3, 16, 1 << 20] {
-                    let schedules: Vec<_> = (0..world)
-                        .map(|r| all_reduce(n, r, world, chunk))
-                        .collect();
+                    let schedules: Vec<_> =
+                        (0..world).map(|r| all_reduce(n, r, world, chunk)).collect();
                     let mut bufs: Vec<Vec<f32>> = (0..world)
                         .map(|r| (0..n).map(|i| (i * world + r) as f32).collect())
                         .collect();
@@ -213,8 +216,7 @@ mod tests {
                     let schedules: Vec<_> = (0..world)
                         .map(|r| broadcast(n, r, world, root, 4))
                         .collect();
-                    let mut bufs: Vec<Vec<f32>> =
-                        (0..world).map(|r| vec![r as f32; n]).collect();
+                    let mut bufs: Vec<Vec<f32>> = (0..world).map(|r| vec![r as f32; n]).collect();
                     simulate(&schedules, &mut bufs);
                     assert!(bufs.iter().all(|b| b.iter().all(|&x| x == root as f32)));
                 }

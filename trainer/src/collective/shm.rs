@@ -31,7 +31,7 @@ const MAGIC: u64 = 0x4c46_5348_4d52_0001;
 pub const CAPACITY: usize = 8 << 20;
 const DATA_OFFSET: usize = 4096;
 /// Busy-wait this many times before sleeping on the futex.
-const SPINS: u32 = 200;
+const SPINS: u32 = 20;
 /// How often a waiting side checks that its peer's process is alive.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 

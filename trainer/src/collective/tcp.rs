@@ -1,47 +1,29 @@
 //! Ring links over TCP: the socket settings and the byte moves.
 //!
 //! Sockets get TCP_NODELAY (chunks are sent whole, there is nothing to
-//! coalesce), 4 MiB kernel buffers, and the ring's timeout as their read
-//! and write timeouts, so a stalled peer surfaces as `TimedOut`.
+//! coalesce) and the ring's timeout as their read and write timeouts, so a
+//! stalled peer surfaces as `TimedOut`. Buffer sizes are left to the
+//! kernel's autotuning: it grows them to `net.ipv4.tcp_{r,w}mem`'s maximum
+//! (32 MiB on Debian), while an explicit SO_RCVBUF/SO_SNDBUF is capped at
+//! `net.core.{r,w}mem_max` (4 MiB here) and turns autotuning off, which
+//! measured 15-20% slower on 4 ranks.
 
-use std::io::{self, IoSlice, Read, Write};
+#[cfg(not(unix))]
+use std::io::Read;
+use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::link::{Inbound, Outbound};
 
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
-
 /// Prepares a connected socket for ring traffic.
 pub fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    set_buffer_sizes(stream);
     Ok(())
 }
-
-#[cfg(unix)]
-fn set_buffer_sizes(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size = SOCKET_BUFFER_BYTES as libc::c_int;
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // Best effort: the kernel caps it at net.core.{w,r}mem_max.
-        unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn set_buffer_sizes(_stream: &TcpStream) {}
 
 pub struct TcpOut {
     pub stream: Arc<TcpStream>,
@@ -83,14 +65,48 @@ impl TcpIn {
     }
 }
 
+/// Fills `out` from `stream`, asking the kernel for all of it at once
+/// (MSG_WAITALL: one call per chunk instead of one per arriving segment).
+#[cfg(unix)]
+fn read_full(stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut at = 0;
+    while at < out.len() {
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                out[at..].as_mut_ptr().cast(),
+                out.len() - at,
+                libc::MSG_WAITALL,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => at += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn read_full(mut stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
+    stream.read_exact(out)
+}
+
 impl Inbound for TcpIn {
     fn recv(&mut self, out: &mut [u8]) -> io::Result<()> {
-        (&*self.stream).read_exact(out)
+        read_full(&self.stream, out)
     }
 
     fn recv_add(&mut self, dst: &mut [f32]) -> io::Result<()> {
         self.scratch.resize(dst.len(), 0.0);
-        (&*self.stream).read_exact(bytemuck::cast_slice_mut(&mut self.scratch))?;
+        read_full(&self.stream, bytemuck::cast_slice_mut(&mut self.scratch))?;
         for (d, s) in dst.iter_mut().zip(&self.scratch) {
             *d += s;
         }

@@ -3,9 +3,11 @@
 //! [`grad`] computes the loss and the LoRA gradients of micro-batches;
 //! [`optim`] applies AdamW and gradient clipping on flat vectors;
 //! [`schedule`] gives the learning rate of each step; [`run`] is the loop
-//! and [`state`] what it needs to resume. Base weights are
+//! and [`state`] what it needs to resume; [`data_parallel`] is what N
+//! ranks add to a step. Base weights are
 //! frozen: they get neither gradients nor optimizer state.
 
+pub mod data_parallel;
 pub mod grad;
 pub mod optim;
 pub mod run;
@@ -13,6 +15,7 @@ pub mod sampled;
 pub mod schedule;
 pub mod state;
 
-pub use run::{StepBatches, StepData, TrainConfig, TrainObserver, run};
+pub use data_parallel::TrainError;
+pub use run::{Silent, StepBatches, StepData, TrainConfig, TrainObserver, run};
 pub use sampled::SampledSteps;
 pub use state::{EvalMetrics, StepMetrics, TrainState};

@@ -4,7 +4,9 @@
 //! [`StepData`] for this rank's micro-batches of the step, accumulates their
 //! LoRA gradients (the loss of each is divided by the target count of the
 //! whole global batch), clips the global gradient norm, sets the learning
-//! rate from the schedule, and applies AdamW. Validation runs before the
+//! rate from the schedule, and applies AdamW. With N ranks, the gradients
+//! of all ranks are summed in one all-reduce before clipping (see
+//! `data_parallel`), so every rank takes the same step. Validation runs before the
 //! first step, every `eval_every` steps and after the last. Everything it
 //! does is a function of the state and the step number, so stopping and
 //! resuming changes nothing. Not here: where batches come from (`data`),
@@ -14,10 +16,14 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
+use super::data_parallel::{
+    TrainError, agree, all_reduce_eval, all_reduce_step, checksum, eval_share,
+};
 use super::grad::{eval_loss_sum, lora_gradients};
 use super::optim::{AdamWConfig, clip_grad_norm};
 use super::schedule::Schedule;
 use super::state::{EvalMetrics, StepMetrics, TrainState};
+use crate::collective::Collective;
 use crate::data::Batch;
 use crate::model::Llama;
 
@@ -35,6 +41,13 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Seeds the adapters' dropout masks (with each sample's identity).
     pub seed: u64,
+    /// With several ranks, compare a checksum of the LoRA weights every
+    /// this many steps (and after the last); 0 only after the last.
+    pub sync_check_every: usize,
+}
+
+impl TrainConfig {
+    pub const DEFAULT_SYNC_CHECK_EVERY: usize = 10;
 }
 
 /// One global step's share of data for this rank.
@@ -65,19 +78,27 @@ pub struct Silent;
 impl TrainObserver for Silent {}
 
 /// Trains until `state.step` reaches `config.max_steps`, or `stop_at` if
-/// that comes first (to pause a run and resume it later).
+/// that comes first (to pause a run and resume it later). `data` gives
+/// this rank's share of each step; `collective` joins the ranks (`Solo`
+/// for one). Fails only when the ranks cannot agree.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &mut Llama,
     device: &Device,
     config: &TrainConfig,
     data: &dyn StepData,
+    collective: &mut dyn Collective,
     state: &mut TrainState,
     observer: &mut dyn TrainObserver,
     stop_at: Option<usize>,
-) {
+) -> Result<(), TrainError> {
     let eval_batches = data.eval_batches();
+    let mut eval = Evaluation {
+        batches: &eval_batches,
+        collective: &mut *collective,
+    };
     if state.step == 0 && state.evals.is_empty() && !eval_batches.is_empty() {
-        evaluate(model, device, state, &eval_batches, observer);
+        eval.run(model, device, state, observer)?;
     }
     let end = stop_at.map_or(config.max_steps, |s| s.min(config.max_steps));
     while state.step < end {
@@ -92,6 +113,12 @@ pub fn run(
             config.seed,
             device,
         );
+        let mut tokens: usize = batches
+            .micro_batches
+            .iter()
+            .map(|b| b.lengths.iter().sum::<usize>())
+            .sum();
+        all_reduce_step(eval.collective, &mut g.grads, &mut g.loss_sum, &mut tokens)?;
         let grad_norm = clip_grad_norm(&mut g.grads, config.max_grad_norm);
         let lr = config.learning_rate
             * config
@@ -103,11 +130,6 @@ pub fn run(
         state.step += 1;
 
         let elapsed = started.elapsed().as_secs_f64();
-        let tokens: usize = batches
-            .micro_batches
-            .iter()
-            .map(|b| b.lengths.iter().sum::<usize>())
-            .sum();
         let metrics = StepMetrics {
             step: state.step,
             epoch: batches.epoch,
@@ -121,29 +143,49 @@ pub fn run(
         observer.on_step(&metrics, config.max_steps);
         state.log.push(metrics);
 
+        let check = config.sync_check_every;
+        if (check > 0 && state.step.is_multiple_of(check)) || state.step == end {
+            let what = format!("the LoRA weights after step {}", state.step);
+            agree(eval.collective, checksum(&params), &what)?;
+        }
+
         let due = config.eval_every > 0 && state.step.is_multiple_of(config.eval_every);
         if !eval_batches.is_empty() && (due || state.step == config.max_steps) {
-            evaluate(model, device, state, &eval_batches, observer);
+            eval.run(model, device, state, observer)?;
         }
     }
+    Ok(())
 }
 
-fn evaluate(
-    model: &mut Llama,
-    device: &Device,
-    state: &mut TrainState,
-    batches: &[Batch],
-    observer: &mut dyn TrainObserver,
-) {
-    if state.evals.last().is_some_and(|e| e.step == state.step) {
-        return;
+/// Validation over the ranks: each takes every N-th batch, the sums are
+/// all-reduced.
+struct Evaluation<'a> {
+    batches: &'a [Batch],
+    collective: &'a mut dyn Collective,
+}
+
+impl Evaluation<'_> {
+    fn run(
+        &mut self,
+        model: &mut Llama,
+        device: &Device,
+        state: &mut TrainState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        if state.evals.last().is_some_and(|e| e.step == state.step) {
+            return Ok(());
+        }
+        let (rank, world) = (self.collective.rank(), self.collective.world());
+        let share: Vec<Batch> = eval_share(self.batches, rank, world).cloned().collect();
+        let (sum, targets) = eval_loss_sum(model, &state.lora, &share, device);
+        let (sum, targets) = all_reduce_eval(self.collective, sum, targets)?;
+        let metrics = EvalMetrics {
+            step: state.step,
+            eval_loss: sum / targets.max(1) as f64,
+            target_tokens: targets,
+        };
+        observer.on_eval(&metrics);
+        state.evals.push(metrics);
+        Ok(())
     }
-    let (sum, targets) = eval_loss_sum(model, &state.lora, batches, device);
-    let metrics = EvalMetrics {
-        step: state.step,
-        eval_loss: sum / targets.max(1) as f64,
-        target_tokens: targets,
-    };
-    observer.on_eval(&metrics);
-    state.evals.push(metrics);
 }

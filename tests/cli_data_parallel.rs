@@ -1,0 +1,263 @@
+//! Data-parallel training across real rank processes on 127.0.0.1:
+//! N ranks give the 1-rank result, the same N gives the same bits, and a
+//! rank killed with SIGKILL brings the others down with a clear error
+//! within the ring's timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{lorafleet, spec_in};
+
+const SECRET: &str = "a test attempt secret, 32 chars!";
+
+/// Addresses on 127.0.0.1 that were free a moment ago.
+fn free_peers(world: usize) -> String {
+    let listeners: Vec<_> = (0..world)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    addrs.join(",")
+}
+
+fn spawn_rank(args: &[&str], rank: usize, world: usize, peers: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(args)
+        .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
+        .args(["--peers", peers])
+        .env("LORAFLEET_RING_SECRET", SECRET)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs")
+}
+
+/// A 20-step quickstart on one thread per rank, writing to `dir/out-<tag>`.
+fn short_quickstart(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join(format!("out-{tag}"));
+    let spec = spec_in(dir, "quickstart.yaml", |t| {
+        t.replace("max_steps: 150", "max_steps: 20")
+            .replace("threads_per_worker: 2", "threads_per_worker: 1")
+            .replace("eval_every: 25", "eval_every: 10")
+            .replace(
+                &format!("{}/quickstart/final", dir.join("runs").display()),
+                out.to_str().unwrap(),
+            )
+    });
+    let renamed = dir.join(format!("quickstart-{tag}.yaml"));
+    std::fs::rename(&spec, &renamed).unwrap();
+    (renamed, out)
+}
+
+fn train(dir: &Path, tag: &str, world: usize) -> PathBuf {
+    let (spec, out) = short_quickstart(dir, tag);
+    let spec = spec.to_str().unwrap();
+    if world == 1 {
+        let o = lorafleet(&["train", spec]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        return out;
+    }
+    let peers = free_peers(world);
+    let ranks: Vec<Child> = (0..world)
+        .map(|r| spawn_rank(&["train", spec], r, world, &peers))
+        .collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{tag} rank {r}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    out
+}
+
+fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn max_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, va), (nb, vb))| {
+            assert_eq!(na, nb);
+            let diff: f64 = va
+                .iter()
+                .zip(vb)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum();
+            let norm: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum();
+            (diff / norm.max(1e-30)).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_and_four_ranks_train_the_one_rank_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = train(tmp.path(), "w1", 1);
+    let two = train(tmp.path(), "w2", 2);
+    let two_again = train(tmp.path(), "w2b", 2);
+    let four = train(tmp.path(), "w4", 4);
+
+    let reference = adapter(&one);
+    let reference_losses = losses(&one);
+    assert_eq!(reference_losses.len(), 20);
+    for (tag, out) in [("2 ranks", &two), ("4 ranks", &four)] {
+        let dev = max_relative_difference(&adapter(out), &reference);
+        assert!(dev <= 1e-4, "{tag}: adapter deviates by {dev:e}");
+        for (step, (a, b)) in losses(out).iter().zip(&reference_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs(),
+                "{tag} step {}: loss {a} vs {b}",
+                step + 1
+            );
+        }
+    }
+    // The same world size repeats bit for bit.
+    assert_eq!(
+        std::fs::read(two.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(two_again.join("adapter_model.safetensors")).unwrap()
+    );
+    let bits = |d: &Path| losses(d).iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&two), bits(&two_again));
+}
+
+#[test]
+fn a_rank_killed_mid_all_reduce_fails_the_others_within_the_timeout() {
+    let world = 3;
+    let timeout_s = 5;
+    let peers = free_peers(world);
+    let args = [
+        "bench",
+        "allreduce",
+        "--sizes",
+        "16M",
+        "--iters",
+        "100000",
+        "--ring-timeout",
+        "5",
+        "--transport",
+        "tcp",
+    ];
+    let mut ranks: Vec<Child> = (0..world)
+        .map(|r| {
+            Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+                .args(args)
+                .args(["--rank", &r.to_string(), "--peers", &peers])
+                .env("LORAFLEET_RING_SECRET", SECRET)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Let the ring form and get busy, then SIGKILL rank 1.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        ranks.iter_mut().all(|c| c.try_wait().unwrap().is_none()),
+        "the ring did not start"
+    );
+    ranks[1].kill().unwrap();
+    let killed_at = Instant::now();
+    ranks[1].wait().unwrap();
+
+    for (r, child) in ranks.into_iter().enumerate().filter(|(r, _)| *r != 1) {
+        let o: Output = wait_bounded(child, Duration::from_secs(timeout_s + 5));
+        let took = killed_at.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "rank {r} did not notice");
+        assert!(
+            took <= Duration::from_secs(timeout_s + 1),
+            "rank {r} took {took:?}"
+        );
+        assert!(
+            err.contains("rank 1"),
+            "rank {r} does not name the dead rank: {err}"
+        );
+    }
+}
+
+/// Waits for `child`, killing it (and failing) past `limit`.
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("a rank hung for {limit:?} after its peer died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_rank_without_the_secret_or_with_another_spec_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, _) = short_quickstart(tmp.path(), "s");
+    let o = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args([
+            "train",
+            spec.to_str().unwrap(),
+            "--rank",
+            "0",
+            "--world",
+            "2",
+        ])
+        .args(["--peers", &free_peers(2)])
+        .env_remove("LORAFLEET_RING_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("LORAFLEET_RING_SECRET"));
+
+    // Two ranks on different specs stop before training.
+    let (other, _) = short_quickstart(tmp.path(), "t");
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("seed: 42", "seed: 43");
+    std::fs::write(&other, text).unwrap();
+    let peers = free_peers(2);
+    let a = spawn_rank(&["train", spec.to_str().unwrap()], 0, 2, &peers);
+    let b = spawn_rank(&["train", other.to_str().unwrap()], 1, 2, &peers);
+    for child in [a, b] {
+        let o = wait_bounded(child, Duration::from_secs(60));
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("disagree on the job spec"), "{err}");
+    }
+}
