@@ -169,6 +169,8 @@ pub fn connect(
     );
     let expected = mac(me.secret, b"lorafleet ring receiver", &[&t]);
     if reply[60..92] != expected {
+        // Answer with a proof that cannot verify, so the receiver logs why.
+        let _ = stream.write_all(&[0u8; CONFIRM_BYTES]);
         return Err(ConnectFailure::Refused(
             "it does not know this attempt's secret (another job, or an older attempt)".into(),
         ));
@@ -216,7 +218,13 @@ pub fn accept(
     peer: usize,
     timeout: Duration,
 ) -> Result<Opened, String> {
-    let io = |e: std::io::Error| format!("handshake failed: {e}");
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "it hung up during the handshake (it refuses a rank that cannot prove the attempt's secret: do both have the same LORAFLEET_RING_SECRET?)".to_string()
+        } else {
+            format!("handshake failed: {e}")
+        }
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut hello = [0u8; HELLO_BYTES];

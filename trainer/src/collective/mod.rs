@@ -230,8 +230,14 @@ pub enum CollectiveError {
         secs: f64,
         last: String,
     },
-    #[error("rank {rank}: rank {peer} never connected within {secs:.0} s")]
-    NoPeer { rank: usize, peer: usize, secs: f64 },
+    #[error("rank {rank}: rank {peer} never connected within {secs:.0} s{}", refused.as_ref().map(|r| format!(" (refused a caller: {r})")).unwrap_or_default())]
+    NoPeer {
+        rank: usize,
+        peer: usize,
+        secs: f64,
+        /// Why the last caller that was not rank `peer` was refused.
+        refused: Option<String>,
+    },
     #[error("rank {rank}: refused by rank {peer} at {addr}: {reason}")]
     Refused {
         rank: usize,

@@ -127,8 +127,19 @@ impl TcpRing {
                 acceptor.join().expect("the acceptor does not panic"),
             )
         });
-        let outgoing = outgoing?;
-        let incoming = incoming?;
+        let (outgoing, incoming) = match (outgoing, incoming) {
+            (Ok(o), Ok(i)) => (o, i),
+            // A refused caller says more than a peer that went away.
+            (
+                Err(_),
+                Err(
+                    e @ CollectiveError::NoPeer {
+                        refused: Some(_), ..
+                    },
+                ),
+            ) => return Err(e),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         let (next, next_closer) = outbound(outgoing, config.timeout)?;
         let (prev, prev_closer) = inbound(incoming, config.timeout)?;
         Ok(TcpRing {
@@ -618,6 +629,7 @@ fn accept_prev(
     stop: &AtomicBool,
 ) -> Result<handshake::Opened, CollectiveError> {
     let started = Instant::now();
+    let mut refused = None;
     listener
         .set_nonblocking(true)
         .map_err(|e| CollectiveError::Config(format!("cannot poll the ring listener: {e}")))?;
@@ -627,10 +639,13 @@ fn accept_prev(
                 let _ = stream.set_nonblocking(false);
                 match handshake::accept(stream, me, peer, handshake_timeout) {
                     Ok(opened) => return Ok(opened),
-                    Err(reason) => eprintln!(
-                        "warning: ring rank {}: refused a connection from {from}: {reason}",
-                        me.rank
-                    ),
+                    Err(reason) => {
+                        eprintln!(
+                            "warning: ring rank {}: refused a connection from {from}: {reason}",
+                            me.rank
+                        );
+                        refused = Some(format!("{from}: {reason}"));
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -646,6 +661,7 @@ fn accept_prev(
         rank: me.rank,
         peer,
         secs: started.elapsed().as_secs_f64(),
+        refused,
     })
 }
 
