@@ -263,6 +263,10 @@ pub struct BenchTrainArgs {
     /// Data-parallel rank processes on this host, each with --threads threads.
     #[arg(long, default_value_t = 1)]
     pub world: usize,
+    /// With --world above 1: rounds of (1 process, then the ranks); the
+    /// medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

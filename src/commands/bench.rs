@@ -47,54 +47,8 @@ fn link_flags(link: &crate::cli::LinkArgs) -> Vec<String> {
 fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let preset = args.preset.preset();
     if args.child.rank.is_none() && args.world > 1 {
-        let (batch, _) = trainer::bench::batch_shape(preset);
-        if args.world > batch {
-            bail!(UsageError(format!(
-                "--world {} is more ranks than the {batch} rows of a {} batch",
-                args.world,
-                preset.name()
-            )));
-        }
-        let outputs = run_local_ranks(args.world, |rank, peers| {
-            let mut rest = vec![
-                "--preset".into(),
-                preset.name().into(),
-                "--threads".into(),
-                args.threads.to_string(),
-                "--warmup-steps".into(),
-                args.warmup_steps.to_string(),
-                "--steps".into(),
-                args.steps.to_string(),
-                "--json".into(),
-            ];
-            rest.extend(link_flags(&args.link));
-            rank_args("train", rank, peers, rest)
-        })?;
-        let reports: Vec<serde_json::Value> = outputs
-            .iter()
-            .map(|o| serde_json::from_str(o.trim()))
-            .collect::<Result<_, _>>()
-            .context("a rank printed something other than its report")?;
-        // The job goes at the pace of its slowest rank; memory is the largest rank's.
-        let mut report = reports[0].clone();
-        let slowest = reports
-            .iter()
-            .map(|r| r["tokens_per_s"].as_f64().unwrap_or(0.0))
-            .fold(f64::MAX, f64::min);
-        let rss = reports
-            .iter()
-            .map(|r| r["peak_rss_mib"].as_f64().unwrap_or(0.0))
-            .fold(0.0, f64::max);
-        report["tokens_per_s"] = slowest.into();
-        report["peak_rss_mib"] = rss.into();
-        report["step_ms"] = reports
-            .iter()
-            .map(|r| r["step_ms"].as_f64().unwrap_or(0.0))
-            .fold(0.0, f64::max)
-            .into();
-        return print_train(&report, args.json);
+        return train_ranks(&args);
     }
-
     trainer::device::set_cpu_threads(args.threads);
     let device = trainer::device::default_device();
     let mut collective: Box<dyn Collective> = match args.child.rank {
@@ -116,6 +70,87 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     print_train(&serde_json::to_value(&r)?, args.json)
 }
 
+/// `bench train --world N`: rounds of one process, then N ranks, on the
+/// same workload, so that scaling is a ratio taken in one run (the median
+/// over rounds: this machine's speed drifts between processes).
+fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    let preset = args.preset.preset();
+    let (batch, _) = trainer::bench::batch_shape(preset);
+    if args.world > batch {
+        bail!(UsageError(format!(
+            "--world {} is more ranks than the {batch} rows of a {} batch",
+            args.world,
+            preset.name()
+        )));
+    }
+    let workload = vec![
+        "--preset".to_string(),
+        preset.name().into(),
+        "--threads".into(),
+        args.threads.to_string(),
+        "--warmup-steps".into(),
+        args.warmup_steps.to_string(),
+        "--steps".into(),
+        args.steps.to_string(),
+        "--json".into(),
+    ];
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let parse = |text: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text.trim())
+            .context("a benchmark process printed something other than its report")
+    };
+    let tps = |r: &serde_json::Value| r["tokens_per_s"].as_f64().unwrap_or(0.0);
+    let (mut singles, mut aggregates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut report = serde_json::Value::Null;
+    let mut rss: f64 = 0.0;
+    let mut step_ms = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let single = std::process::Command::new(&exe)
+            .args(["bench", "train"])
+            .args(&workload)
+            .output()
+            .context("cannot start the single-process run")?;
+        if !single.status.success() {
+            bail!(
+                "the single-process run failed: {}",
+                String::from_utf8_lossy(&single.stderr)
+            );
+        }
+        let single = tps(&parse(&String::from_utf8_lossy(&single.stdout))?);
+        let outputs = run_local_ranks(args.world, |rank, peers| {
+            let mut rest = workload.clone();
+            rest.extend(link_flags(&args.link));
+            rank_args("train", rank, peers, rest)
+        })?;
+        let reports: Vec<serde_json::Value> = outputs
+            .iter()
+            .map(|o| parse(o))
+            .collect::<anyhow::Result<_>>()?;
+        // The job goes at the pace of its slowest rank; memory is the largest rank's.
+        let slowest = reports.iter().map(tps).fold(f64::MAX, f64::min);
+        for r in &reports {
+            rss = rss.max(r["peak_rss_mib"].as_f64().unwrap_or(0.0));
+        }
+        step_ms.push(
+            reports
+                .iter()
+                .map(|r| r["step_ms"].as_f64().unwrap_or(0.0))
+                .fold(0.0, f64::max),
+        );
+        singles.push(single);
+        aggregates.push(slowest);
+        ratios.push(slowest / (args.world as f64 * single));
+        report = reports[0].clone();
+    }
+    report["tokens_per_s"] = trainer::bench::median(&mut aggregates).into();
+    report["peak_rss_mib"] = rss.into();
+    report["step_ms"] = trainer::bench::median(&mut step_ms).into();
+    report["single_tokens_per_s"] = trainer::bench::median(&mut singles).into();
+    report["scaling_efficiency"] = trainer::bench::median(&mut ratios).into();
+    report["rounds"] = args.rounds.max(1).into();
+    print_train(&report, args.json)
+}
+
 fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{r}");
@@ -133,6 +168,16 @@ fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
             r["timed_steps"],
             r["peak_rss_mib"].as_f64().unwrap_or(0.0)
         );
+        if let Some(e) = r["scaling_efficiency"].as_f64() {
+            println!(
+                "       1 process in the same run: {:.0} tokens/s; {} ranks reach {:.1}% of {} x that (median of {} rounds)",
+                r["single_tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["world"],
+                e * 100.0,
+                r["world"],
+                r["rounds"]
+            );
+        }
     }
     Ok(())
 }

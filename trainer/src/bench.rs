@@ -237,7 +237,8 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn median(xs: &mut [f64]) -> f64 {
+/// The middle value (the upper one of an even count); sorts `xs`.
+pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }

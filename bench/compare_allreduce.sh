@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# All-reduce busbw of lorafleet's ring (TCP and shared memory) against
+# torch.distributed gloo, in one run on this machine, as ratios.
+#
+#   bench/compare_allreduce.sh [SIZES]        (default 16M,64M,256M)
+#
+# gloo comes from the reference venv (.venv-ref, made from
+# tests/fixtures/requirements.txt if missing; PYTHON=... to use another).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+sizes="${1:-16M,64M,256M}"
+
+PYTHON="${PYTHON:-.venv-ref/bin/python}"
+if ! "$PYTHON" -c "import torch.distributed" 2>/dev/null; then
+    python3 -m venv .venv-ref
+    .venv-ref/bin/pip install -q -r tests/fixtures/requirements.txt
+    PYTHON=.venv-ref/bin/python
+fi
+cargo build --release --locked -q
+bin=target/release/lorafleet
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+for world in 2 4; do
+    "$PYTHON" bench/gloo_allreduce.py --world "$world" --sizes "$sizes" > "$out/gloo-$world.jsonl"
+    for transport in tcp shm; do
+        "$bin" bench allreduce --world "$world" --sizes "$sizes" --transport "$transport" --json \
+            > "$out/$transport-$world.jsonl"
+    done
+done
+"$bin" bench allreduce --world 2 --sizes 4 --baselines --json | tail -1 > "$out/baselines.json"
+
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+load = lambda name: [json.loads(l) for l in (out / name).read_text().splitlines()]
+base = json.loads((out / "baselines.json").read_text())
+print(f"baselines: memcpy 1 thread {base['memcpy_GBps']:.2f} GB/s, loopback TCP 1 stream {base['loopback_GBps']:.2f} GB/s")
+print(f"{'N':>2} {'size':>6} {'gloo':>8} {'tcp':>8} {'ratio':>6} {'shm':>8} {'ratio':>6}   (busbw GB/s)")
+for world in (2, 4):
+    gloo, tcp, shm = load(f"gloo-{world}.jsonl"), load(f"tcp-{world}.jsonl"), load(f"shm-{world}.jsonl")
+    for g, t, s in zip(gloo, tcp, shm):
+        mib = g["size_bytes"] >> 20
+        print(f"{world:>2} {str(mib) + 'M':>6} {g['busbw_GBps']:8.3f} {t['busbw_GBps']:8.3f} "
+              f"{t['busbw_GBps'] / g['busbw_GBps']:5.2f}x {s['busbw_GBps']:8.3f} {s['busbw_GBps'] / g['busbw_GBps']:5.2f}x")
+PY
