@@ -23,6 +23,7 @@
 mod frame;
 mod handshake;
 mod link;
+mod rendezvous;
 mod ring;
 mod schedule;
 #[cfg(target_os = "linux")]
