@@ -48,11 +48,11 @@ pub fn ring_config(rank: usize, peers: &[String], link: &LinkArgs) -> anyhow::Re
     Ok(config)
 }
 
-/// The ring of `train --rank/--world/--peers`, or [`collective::Solo`]
-/// without them.
-pub fn join(args: &RingArgs) -> anyhow::Result<Box<dyn Collective>> {
+/// The ring configuration of `train --rank/--world/--peers` (`None`
+/// without them), checked before any slow work so a mistake fails at once.
+pub fn plan(args: &RingArgs) -> anyhow::Result<Option<RingConfig>> {
     let Some(rank) = args.rank else {
-        return Ok(Box::new(collective::Solo));
+        return Ok(None);
     };
     let world = args.world.unwrap_or(args.peers.len());
     if world != args.peers.len() {
@@ -61,8 +61,15 @@ pub fn join(args: &RingArgs) -> anyhow::Result<Box<dyn Collective>> {
             args.peers.len()
         )));
     }
-    let config = ring_config(rank, &args.peers, &args.link)?;
-    collective::open(&config).with_context(|| format!("rank {rank} cannot join the ring"))
+    ring_config(rank, &args.peers, &args.link).map(Some)
+}
+
+/// Joins the ring `plan` gave, or runs alone ([`collective::Solo`]).
+pub fn join(plan: Option<RingConfig>) -> anyhow::Result<Box<dyn Collective>> {
+    let Some(config) = plan else {
+        return Ok(Box::new(collective::Solo));
+    };
+    collective::open(&config).with_context(|| format!("rank {} cannot join the ring", config.rank))
 }
 
 /// `world` addresses on 127.0.0.1 that were free a moment ago.

@@ -26,6 +26,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
     let started = Instant::now();
+    let ring = super::ranks::plan(&args.ring)?;
     let job = LocalJob::load(spec)?;
     let device = trainer::device::default_device().autodiff();
     let LocalJob {
@@ -38,7 +39,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         output_dir,
         base_model,
     } = job;
-    let mut collective = super::ranks::join(&args.ring)?;
+    let mut collective = super::ranks::join(ring)?;
     let (rank, world) = (collective.rank(), collective.world());
     // Ranks must run the same job on the same data.
     let job = format!("{}\n{} samples", spec.to_yaml(), data.train.len());
