@@ -184,25 +184,27 @@ fn all_reduce_mean_broadcast_and_barrier() {
 #[test]
 fn ranks_that_disagree_on_the_size_all_fail_naming_both_calls() {
     let world = 3;
-    let started = Instant::now();
-    let errors = on_ring(configs(world, Transport::Tcp, 4096), |rank, ring| {
-        let mut ring = ring.unwrap();
-        let mut ok = vec![1.0f32; 16];
-        ring.all_reduce_sum(&mut ok).unwrap();
-        let mut buf = vec![1.0f32; if rank == 2 { 999 } else { 1000 }];
-        let err = ring.all_reduce_sum(&mut buf).unwrap_err().to_string();
-        // Later calls fail at once rather than hanging.
-        let again = ring.barrier().unwrap_err();
-        assert!(matches!(again, CollectiveError::Broken { .. }), "{again}");
-        err
-    });
-    assert!(started.elapsed() < Duration::from_secs(10));
-    for (rank, e) in errors.iter().enumerate() {
-        assert!(e.contains("operation #2"), "rank {rank}: {e}");
-        assert!(
-            e.contains("999 f32 values") && e.contains("1000 f32 values"),
-            "rank {rank}: {e}"
-        );
+    for transport in [Transport::Tcp, Transport::Shm] {
+        let started = Instant::now();
+        let errors = on_ring(configs(world, transport, 4096), |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut ok = vec![1.0f32; 16];
+            ring.all_reduce_sum(&mut ok).unwrap();
+            let mut buf = vec![1.0f32; if rank == 2 { 999 } else { 1000 }];
+            let err = ring.all_reduce_sum(&mut buf).unwrap_err().to_string();
+            // Later calls fail at once rather than hanging.
+            let again = ring.barrier().unwrap_err();
+            assert!(matches!(again, CollectiveError::Broken { .. }), "{again}");
+            err
+        });
+        assert!(started.elapsed() < Duration::from_secs(10), "{transport:?}");
+        for (rank, e) in errors.iter().enumerate() {
+            assert!(e.contains("operation #2"), "{transport:?} rank {rank}: {e}");
+            assert!(
+                e.contains("999 f32 values") && e.contains("1000 f32 values"),
+                "{transport:?} rank {rank}: {e}"
+            );
+        }
     }
 }
 

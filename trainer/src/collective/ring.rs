@@ -32,6 +32,9 @@ pub struct TcpRing {
     seq: u64,
     /// Set by the first error; every later call fails with it.
     broken: Option<String>,
+    /// Whether the outgoing link sits between frames (an abort frame may
+    /// follow): false once a send failed or was cut mid-frame.
+    outbound_clean: bool,
 }
 
 impl std::fmt::Debug for TcpRing {
@@ -83,6 +86,7 @@ impl TcpRing {
             prev_closer,
             seq: 0,
             broken: None,
+            outbound_clean: true,
         })
     }
 
@@ -124,7 +128,10 @@ impl TcpRing {
         let seq = self.seq;
         let header = Header::OpStart { seq, call }.encode();
         let ctx = self.context(call);
-        self.next.send(&[&header]).map_err(|e| ctx.send_io(e))?;
+        if let Err(e) = self.next.send(&[&header]) {
+            self.outbound_clean = false;
+            return Err(ctx.send_io(e));
+        }
         match self.read_header(&ctx)? {
             Header::OpStart {
                 seq: their_seq,
@@ -200,7 +207,8 @@ impl TcpRing {
         let prev_closer = &self.prev_closer;
         let next_closer = &self.next_closer;
         let sends = &schedule.sends;
-        thread::scope(|s| {
+        let (result, clean) = thread::scope(|s| {
+            let mut cut = false;
             let sender = s.spawn(|| {
                 let result = send_all(&mut **next, sends, &shared, &progress, seq);
                 if result.is_err() {
@@ -230,10 +238,18 @@ impl TcpRing {
                 }
                 if !sender.is_finished() {
                     next_closer.close();
+                    cut = true;
                 }
             }
             let sent = sender.join().expect("the sender does not panic");
-            match (received, sent) {
+            // A sender that finished, or stopped between frames on an open
+            // link, leaves it fit to carry an abort frame.
+            let clean = sent.is_ok()
+                || !cut
+                    && sent
+                        .as_ref()
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted);
+            let result = match (received, sent) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Ok(()), Err(e)) => Err(ctx.send_io(e)),
                 // The first cause: a receive failed because the send did.
@@ -241,8 +257,11 @@ impl TcpRing {
                     Err(ctx.send_io(e))
                 }
                 (Err(e), _) => Err(e),
-            }
-        })
+            };
+            (result, clean)
+        });
+        self.outbound_clean = clean;
+        result
     }
 
     /// Marks the ring broken, tells the next rank why (when the link is at
@@ -252,7 +271,9 @@ impl TcpRing {
             CollectiveError::Aborted { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let _ = self.next.send(&[&abort_frame(&reason)]);
+        if self.outbound_clean {
+            let _ = self.next.send(&[&abort_frame(&reason)]);
+        }
         self.next_closer.close();
         self.prev_closer.close();
         self.broken = Some(reason);
