@@ -69,6 +69,28 @@ fn steps(data: &TokenizedDataset) -> SampledSteps<'_> {
     }
 }
 
+/// One process (`Solo`) trains `state` until `stop_at` or the end.
+fn train(
+    model: &mut Llama,
+    device: &Device,
+    config: &TrainConfig,
+    data: &TokenizedDataset,
+    state: &mut TrainState,
+    stop_at: Option<usize>,
+) {
+    run(
+        model,
+        device,
+        config,
+        &steps(data),
+        &mut Solo,
+        state,
+        &mut Silent,
+        stop_at,
+    )
+    .unwrap();
+}
+
 fn losses(state: &TrainState) -> Vec<u64> {
     state.log.iter().map(|m| m.loss.to_bits()).collect()
 }
@@ -79,32 +101,12 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
     let config = config();
 
     let (mut model, device, mut straight) = setup();
-    run(
-        &mut model,
-        &device,
-        &config,
-        &steps(&data),
-        &mut Solo,
-        &mut straight,
-        &mut Silent,
-        None,
-    )
-    .unwrap();
+    train(&mut model, &device, &config, &data, &mut straight, None);
     assert_eq!(straight.step, 6);
     assert_eq!(straight.log.len(), 6);
 
     let (mut model, device, mut first) = setup();
-    run(
-        &mut model,
-        &device,
-        &config,
-        &steps(&data),
-        &mut Solo,
-        &mut first,
-        &mut Silent,
-        Some(3),
-    )
-    .unwrap();
+    train(&mut model, &device, &config, &data, &mut first, Some(3));
     assert_eq!(first.step, 3);
     let dir = tempfile::tempdir().unwrap();
     first.save(dir.path(), "preset:tiny-gqa").unwrap();
@@ -113,17 +115,7 @@ fn resuming_from_a_saved_state_repeats_the_run_bit_for_bit() {
     let (mut model, device, _) = setup();
     let mut resumed = TrainState::load(dir.path(), &model.config).unwrap();
     assert_eq!(resumed.step, 3);
-    run(
-        &mut model,
-        &device,
-        &config,
-        &steps(&data),
-        &mut Solo,
-        &mut resumed,
-        &mut Silent,
-        None,
-    )
-    .unwrap();
+    train(&mut model, &device, &config, &data, &mut resumed, None);
 
     assert_eq!(losses(&resumed), losses(&straight), "step losses");
     assert_eq!(resumed.lora, straight.lora, "final adapter");
@@ -144,17 +136,7 @@ fn training_lowers_the_loss_and_only_moves_the_adapter() {
     config.max_steps = 12;
     let (mut model, device, mut state) = setup();
     let before = state.lora.clone();
-    run(
-        &mut model,
-        &device,
-        &config,
-        &steps(&data),
-        &mut Solo,
-        &mut state,
-        &mut Silent,
-        None,
-    )
-    .unwrap();
+    train(&mut model, &device, &config, &data, &mut state, None);
     let first = state.evals.first().unwrap().eval_loss;
     let last = state.evals.last().unwrap().eval_loss;
     assert!(last < first, "validation loss {first} → {last}");

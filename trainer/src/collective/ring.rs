@@ -132,7 +132,7 @@ impl TcpRing {
             self.outbound_clean = false;
             return Err(ctx.send_io(e));
         }
-        match self.read_header(&ctx)? {
+        match read_header(&mut *self.prev, &ctx)? {
             Header::OpStart {
                 seq: their_seq,
                 call: their_call,
@@ -160,12 +160,6 @@ impl TcpRing {
             }),
             Header::Abort { .. } => unreachable!("read_header turns aborts into errors"),
         }
-    }
-
-    /// Reads the next header from the previous rank; an abort frame becomes
-    /// [`CollectiveError::Aborted`] with the sender's reason.
-    fn read_header(&mut self, ctx: &OpContext) -> Result<Header, CollectiveError> {
-        read_header(&mut *self.prev, ctx)
     }
 
     fn context(&self, call: OpCall) -> OpContext {

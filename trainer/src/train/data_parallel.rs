@@ -23,42 +23,29 @@ pub enum TrainError {
     Disagreement { what: String, ranks: Vec<usize> },
 }
 
-/// Sums `grads`, `loss_sum` and `tokens` over ranks in one all-reduce.
+/// Sums `values`, `loss_sum` and `count` over ranks in one all-reduce
+/// (`values` may be empty: validation sums only the loss and its targets).
 pub fn all_reduce_step(
     collective: &mut dyn Collective,
-    grads: &mut Vec<f32>,
+    values: &mut Vec<f32>,
     loss_sum: &mut f64,
-    tokens: &mut usize,
+    count: &mut usize,
 ) -> Result<(), CollectiveError> {
     if collective.world() == 1 {
         return Ok(());
     }
-    let n = grads.len();
-    grads.extend([*loss_sum as f32, *tokens as f32]);
-    collective.all_reduce_sum(grads)?;
-    *loss_sum = grads[n] as f64;
-    *tokens = grads[n + 1].round() as usize;
-    grads.truncate(n);
+    let n = values.len();
+    values.extend([*loss_sum as f32, *count as f32]);
+    collective.all_reduce_sum(values)?;
+    *loss_sum = values[n] as f64;
+    *count = values[n + 1].round() as usize;
+    values.truncate(n);
     Ok(())
 }
 
 /// Which of `batches` this rank evaluates: every `world`-th.
 pub fn eval_share<T>(batches: &[T], rank: usize, world: usize) -> impl Iterator<Item = &T> {
     batches.iter().skip(rank).step_by(world)
-}
-
-/// Sums a loss and a target count over ranks.
-pub fn all_reduce_eval(
-    collective: &mut dyn Collective,
-    loss_sum: f64,
-    targets: usize,
-) -> Result<(f64, usize), CollectiveError> {
-    if collective.world() == 1 {
-        return Ok((loss_sum, targets));
-    }
-    let mut buf = [loss_sum as f32, targets as f32];
-    collective.all_reduce_sum(&mut buf)?;
-    Ok((buf[0] as f64, buf[1].round() as usize))
 }
 
 /// FNV-1a of `bytes`: a cheap fingerprint for [`agree`].

@@ -114,10 +114,10 @@ pub fn lora_gradients(
 
 /// Sum of target cross-entropy and target count over `batches`, without
 /// gradients and without dropout (evaluation).
-pub fn eval_loss_sum(
+pub fn eval_loss_sum<'a>(
     model: &mut Llama,
     lora: &LoraWeights,
-    batches: &[Batch],
+    batches: impl IntoIterator<Item = &'a Batch>,
     device: &Device,
 ) -> (f64, usize) {
     lora::attach(model, lora, device, false);

@@ -16,9 +16,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use super::data_parallel::{
-    TrainError, agree, all_reduce_eval, all_reduce_step, checksum, eval_share,
-};
+use super::data_parallel::{TrainError, agree, all_reduce_step, checksum, eval_share};
 use super::grad::{eval_loss_sum, lora_gradients};
 use super::optim::{AdamWConfig, clip_grad_norm};
 use super::schedule::Schedule;
@@ -93,12 +91,8 @@ pub fn run(
     stop_at: Option<usize>,
 ) -> Result<(), TrainError> {
     let eval_batches = data.eval_batches();
-    let mut eval = Evaluation {
-        batches: &eval_batches,
-        collective: &mut *collective,
-    };
     if state.step == 0 && state.evals.is_empty() && !eval_batches.is_empty() {
-        eval.run(model, device, state, observer)?;
+        evaluate(model, device, &eval_batches, collective, state, observer)?;
     }
     let end = stop_at.map_or(config.max_steps, |s| s.min(config.max_steps));
     while state.step < end {
@@ -118,7 +112,7 @@ pub fn run(
             .iter()
             .map(|b| b.lengths.iter().sum::<usize>())
             .sum();
-        all_reduce_step(eval.collective, &mut g.grads, &mut g.loss_sum, &mut tokens)?;
+        all_reduce_step(collective, &mut g.grads, &mut g.loss_sum, &mut tokens)?;
         let grad_norm = clip_grad_norm(&mut g.grads, config.max_grad_norm);
         let lr = config.learning_rate
             * config
@@ -146,12 +140,12 @@ pub fn run(
         let check = config.sync_check_every;
         if (check > 0 && state.step.is_multiple_of(check)) || state.step == end {
             let what = format!("the LoRA weights after step {}", state.step);
-            agree(eval.collective, checksum(&params), &what)?;
+            agree(collective, checksum(&params), &what)?;
         }
 
         let due = config.eval_every > 0 && state.step.is_multiple_of(config.eval_every);
         if !eval_batches.is_empty() && (due || state.step == config.max_steps) {
-            eval.run(model, device, state, observer)?;
+            evaluate(model, device, &eval_batches, collective, state, observer)?;
         }
     }
     Ok(())
@@ -159,33 +153,26 @@ pub fn run(
 
 /// Validation over the ranks: each takes every N-th batch, the sums are
 /// all-reduced.
-struct Evaluation<'a> {
-    batches: &'a [Batch],
-    collective: &'a mut dyn Collective,
-}
-
-impl Evaluation<'_> {
-    fn run(
-        &mut self,
-        model: &mut Llama,
-        device: &Device,
-        state: &mut TrainState,
-        observer: &mut dyn TrainObserver,
-    ) -> Result<(), TrainError> {
-        if state.evals.last().is_some_and(|e| e.step == state.step) {
-            return Ok(());
-        }
-        let (rank, world) = (self.collective.rank(), self.collective.world());
-        let share: Vec<Batch> = eval_share(self.batches, rank, world).cloned().collect();
-        let (sum, targets) = eval_loss_sum(model, &state.lora, &share, device);
-        let (sum, targets) = all_reduce_eval(self.collective, sum, targets)?;
-        let metrics = EvalMetrics {
-            step: state.step,
-            eval_loss: sum / targets.max(1) as f64,
-            target_tokens: targets,
-        };
-        observer.on_eval(&metrics);
-        state.evals.push(metrics);
-        Ok(())
+fn evaluate(
+    model: &mut Llama,
+    device: &Device,
+    batches: &[Batch],
+    collective: &mut dyn Collective,
+    state: &mut TrainState,
+    observer: &mut dyn TrainObserver,
+) -> Result<(), TrainError> {
+    if state.evals.last().is_some_and(|e| e.step == state.step) {
+        return Ok(());
     }
+    let share = eval_share(batches, collective.rank(), collective.world());
+    let (mut sum, mut targets) = eval_loss_sum(model, &state.lora, share, device);
+    all_reduce_step(collective, &mut Vec::new(), &mut sum, &mut targets)?;
+    let metrics = EvalMetrics {
+        step: state.step,
+        eval_loss: sum / targets.max(1) as f64,
+        target_tokens: targets,
+    };
+    observer.on_eval(&metrics);
+    state.evals.push(metrics);
+    Ok(())
 }
