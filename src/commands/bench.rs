@@ -6,10 +6,10 @@
 //! figures as JSON; the launcher combines them.
 
 use anyhow::{Context, bail};
-use trainer::collective::{Collective, TcpRing};
+use trainer::collective::TcpRing;
 
 use super::UsageError;
-use super::ranks::{ring_config, run_local_ranks};
+use super::ranks::{join, ring_config, run_local_ranks};
 use crate::cli::{BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -38,7 +38,7 @@ fn link_flags(link: &crate::cli::LinkArgs) -> Vec<String> {
         "--ring-timeout".into(),
         link.ring_timeout.to_string(),
         "--transport".into(),
-        format!("{:?}", link.transport).to_lowercase(),
+        link.transport.transport().name().into(),
         "--ring-chunk-kib".into(),
         link.ring_chunk_kib.to_string(),
     ]
@@ -51,14 +51,12 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     }
     trainer::device::set_cpu_threads(args.threads);
     let device = trainer::device::default_device();
-    let mut collective: Box<dyn Collective> = match args.child.rank {
-        Some(rank) => Box::new(TcpRing::connect(&ring_config(
-            rank,
-            &args.child.peers,
-            &args.link,
-        )?)?),
-        None => Box::new(trainer::collective::Solo),
-    };
+    let plan = args
+        .child
+        .rank
+        .map(|rank| ring_config(rank, &args.child.peers, &args.link))
+        .transpose()?;
+    let mut collective = join(plan)?;
     let r = trainer::bench::train(
         preset,
         trainer::device::cpu_threads(),
