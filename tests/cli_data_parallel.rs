@@ -159,6 +159,17 @@ fn two_and_four_ranks_train_the_one_rank_adapter() {
 
 #[test]
 fn a_rank_killed_mid_all_reduce_fails_the_others_within_the_timeout() {
+    kill_one_rank_mid_all_reduce("tcp");
+}
+
+#[test]
+fn a_rank_killed_mid_all_reduce_over_shared_memory_fails_the_others_too() {
+    kill_one_rank_mid_all_reduce("shm");
+}
+
+/// Kills rank 1 of a busy 3-rank ring: ranks 0 and 2 must both fail within
+/// the timeout and name rank 1, whichever of them notices first.
+fn kill_one_rank_mid_all_reduce(transport: &str) {
     let world = 3;
     let timeout_s = 5;
     let peers = free_peers(world);
@@ -172,7 +183,7 @@ fn a_rank_killed_mid_all_reduce_fails_the_others_within_the_timeout() {
         "--ring-timeout",
         "5",
         "--transport",
-        "tcp",
+        transport,
     ];
     let mut ranks: Vec<Child> = (0..world)
         .map(|r| {

@@ -43,6 +43,16 @@ pub struct LinkCloser {
 }
 
 impl LinkCloser {
+    /// Wakes and fails the reads on this link, and every later one, but
+    /// leaves its TCP connection able to write (a backward abort frame).
+    pub fn stop_reading(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(region) = &self.shm {
+            region.close();
+        }
+        let _ = self.tcp.shutdown(Shutdown::Read);
+    }
+
     pub fn close(&self) {
         #[cfg(target_os = "linux")]
         if let Some(region) = &self.shm {

@@ -7,6 +7,8 @@
 //! a sender thread writes chunks as soon as they are ready while the
 //! calling thread receives and reduces.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -130,7 +132,7 @@ impl TcpRing {
         let ctx = self.context(call);
         if let Err(e) = self.next.send(&[&header]) {
             self.outbound_clean = false;
-            return Err(ctx.send_io(e));
+            return Err(ctx.send_failed(e, &self.next_closer));
         }
         match read_header(&mut *self.prev, &ctx)? {
             Header::OpStart {
@@ -208,7 +210,7 @@ impl TcpRing {
                 if result.is_err() {
                     // Wake the receiving thread out of any read.
                     progress.abort.store(true, Ordering::SeqCst);
-                    prev_closer.close();
+                    prev_closer.stop_reading();
                     progress.receiver.unpark();
                 }
                 result
@@ -245,10 +247,10 @@ impl TcpRing {
                         .is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted);
             let result = match (received, sent) {
                 (Ok(()), Ok(())) => Ok(()),
-                (Ok(()), Err(e)) => Err(ctx.send_io(e)),
+                (Ok(()), Err(e)) => Err(ctx.send_failed(e, next_closer)),
                 // The first cause: a receive failed because the send did.
-                (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => {
-                    Err(ctx.send_io(e))
+                (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::Interrupted && !cut => {
+                    Err(ctx.send_failed(e, next_closer))
                 }
                 (Err(e), _) => Err(e),
             };
@@ -258,16 +260,24 @@ impl TcpRing {
         result
     }
 
-    /// Marks the ring broken, tells the next rank why (when the link is at
-    /// a frame boundary and still open) and closes both links.
+    /// Marks the ring broken, tells both neighbours why and closes both
+    /// links.
+    ///
+    /// The next rank reads the abort frame in place of its next frame, when
+    /// the link sits at a frame boundary. The previous rank never reads its
+    /// outgoing connection in normal operation; it looks there when a send
+    /// to this rank fails (see [`OpContext::send_failed`]), so a failure
+    /// that spreads backwards around the ring still names where it began.
     fn break_ring(&mut self, error: &CollectiveError) {
         let reason = match error {
             CollectiveError::Aborted { message, .. } => message.clone(),
             other => other.to_string(),
         };
+        let frame = abort_frame(&reason);
         if self.outbound_clean {
-            let _ = self.next.send(&[&abort_frame(&reason)]);
+            let _ = self.next.send(&[&frame]);
         }
+        let _ = (&*self.prev_closer.tcp).write_all(&frame);
         self.next_closer.close();
         self.prev_closer.close();
         self.broken = Some(reason);
@@ -385,6 +395,26 @@ fn read_header(prev: &mut dyn Inbound, ctx: &OpContext) -> Result<Header, Collec
     Ok(header)
 }
 
+/// How long a rank whose send failed waits for the next rank's reason.
+const BACKWARD_ABORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Reads the abort frame a rank that broke the ring wrote back on its
+/// incoming connection, `next` here; `None` if there is none (the rank
+/// died, or closed without one).
+fn backward_abort(next: &TcpStream) -> Option<String> {
+    next.set_read_timeout(Some(BACKWARD_ABORT_WAIT)).ok()?;
+    let mut stream = next;
+    let mut bytes = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut bytes).ok()?;
+    let Ok(Header::Abort { bytes, padded }) = Header::decode(&bytes) else {
+        return None;
+    };
+    let mut text = vec![0u8; padded as usize];
+    stream.read_exact(&mut text).ok()?;
+    text.truncate(bytes as usize);
+    Some(String::from_utf8_lossy(&text).into_owned())
+}
+
 /// What an error inside one operation names.
 struct OpContext {
     rank: usize,
@@ -403,8 +433,18 @@ impl OpContext {
         self.link_error(e, self.peer)
     }
 
-    /// A failed send to the next rank.
-    fn send_io(&self, e: std::io::Error) -> CollectiveError {
+    /// A failed send to the next rank: the reason that rank gave when it
+    /// broke the ring, if it wrote one back on `next`, else the link error.
+    fn send_failed(&self, e: std::io::Error, next: &LinkCloser) -> CollectiveError {
+        use std::io::ErrorKind::*;
+        if !matches!(e.kind(), TimedOut | WouldBlock | Interrupted)
+            && let Some(message) = backward_abort(&next.tcp)
+        {
+            return CollectiveError::Aborted {
+                rank: self.rank,
+                message,
+            };
+        }
         self.link_error(e, self.next)
     }
 
