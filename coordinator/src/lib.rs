@@ -1,15 +1,21 @@
 //! lorafleet's control plane.
 //!
-//! Today it holds the YAML job spec ([`spec`]): its shape, defaults,
-//! validation and error locations. The rest of the control plane (the gRPC
-//! API, the SQLite store, gang scheduling, the server and the worker agent)
-//! will live here too; see docs/ARCHITECTURE.md.
+//! Today it holds the YAML job spec ([`spec`]: its shape, defaults,
+//! validation and error locations), the coordinator's state in SQLite
+//! ([`store`]: tenants, jobs and their status machine, attempts, workers,
+//! events, checkpoints; a restart loses nothing) and gang placement
+//! ([`scheduler`]: pure decisions from a snapshot of waiting jobs and
+//! workers). The gRPC API, the server that wires store and scheduler
+//! together, and the worker agent will live here too; see
+//! docs/ARCHITECTURE.md.
 //!
 //! **Architecture invariant:** dependencies point one way,
 //! `lorafleet → coordinator → trainer`; no tensor type crosses into this
 //! crate's public API.
 
+pub mod scheduler;
 pub mod spec;
+pub mod store;
 
 pub use spec::{JobSpec, SpecError, SpecProblem};
 

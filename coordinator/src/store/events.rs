@@ -1,0 +1,145 @@
+//! A job's event log: `job.queued`, `train.metrics`, `checkpoint.saved`,
+//! `worker.lost`, ... each with a level, a message and a JSON payload.
+//!
+//! Event ids grow with every append across all jobs, so a client that has
+//! seen event `N` asks for [`Store::events_after`] `N` to replay what it
+//! missed, then keeps asking with the last id it got to follow the log
+//! (`logs -f`, `WatchEvents`). Waking followers when an event lands is the
+//! server's business, not the store's.
+
+use std::fmt;
+
+use sqlx::Row;
+
+use super::{Connection, DbRow, JobId, Store, StoreError, parse_json, parse_word, unix_now};
+
+/// How much an event matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        [Level::Info, Level::Warn, Level::Error]
+            .into_iter()
+            .find(|level| level.name() == text)
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub job: JobId,
+    pub level: Level,
+    /// The event's type (`type` in JSON), e.g. `train.metrics`.
+    pub kind: String,
+    pub message: String,
+    /// Any JSON value; `null` when there is nothing more to say.
+    pub data: serde_json::Value,
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Increases with every append, across all jobs.
+    pub id: i64,
+    pub job: JobId,
+    pub created_at: i64,
+    pub level: Level,
+    pub kind: String,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+impl Store {
+    /// Appends an event to its job's log.
+    pub async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert(&mut conn, event).await
+    }
+
+    /// Job `job`'s events with an id above `after` (0: from the start), in
+    /// order, at most `limit` of them.
+    pub async fn events_after(
+        &self,
+        job: &JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, created_at, level, type, message, data FROM events \
+             WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(job.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            // An unknown job is an error, not an empty log.
+            self.get_job(job).await?;
+        }
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// Appends `event` on `conn`, inside the caller's transaction if it has one.
+pub(super) async fn insert(conn: &mut Connection, event: &NewEvent) -> Result<Event, StoreError> {
+    let created_at = unix_now();
+    let row = sqlx::query(
+        "INSERT INTO events (job_id, created_at, level, type, message, data) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(event.job.as_str())
+    .bind(created_at)
+    .bind(event.level.name())
+    .bind(&event.kind)
+    .bind(&event.message)
+    .bind(event.data.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|error| match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::JobNotFound(event.job.clone())
+        }
+        _ => StoreError::Database(error),
+    })?;
+    Ok(Event {
+        id: row.try_get("id")?,
+        job: event.job.clone(),
+        created_at,
+        level: event.level,
+        kind: event.kind.clone(),
+        message: event.message.clone(),
+        data: event.data.clone(),
+    })
+}
+
+fn event_from_row(row: &DbRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        job: JobId::from(row.try_get::<String, _>("job_id")?),
+        created_at: row.try_get("created_at")?,
+        level: parse_word("event level", row.try_get("level")?, Level::parse)?,
+        kind: row.try_get("type")?,
+        message: row.try_get("message")?,
+        data: parse_json("event data", row.try_get("data")?)?,
+    })
+}

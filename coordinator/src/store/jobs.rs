@@ -1,0 +1,410 @@
+//! Jobs: what was submitted, by whom, and where it stands.
+//!
+//! A job row keeps the spec YAML exactly as submitted (the source of truth
+//! for re-reading it after a restart) next to the few fields the control
+//! plane queries: tenant, priority, worker range, backend, status, progress
+//! and the attempt/failure counters.
+//!
+//! Status changes follow [`JobStatus::can_move_to`]; [`Store::move_job`]
+//! writes a move only if the stored status allows it, in one conditional
+//! `UPDATE`, so two racing writers cannot both win.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::events::{self, Level, NewEvent};
+use super::{
+    Connection, DbRow, JobId, JobStatus, Store, StoreError, TenantId, parse_word, to_i64, to_u32,
+    to_u64, unix_now,
+};
+use crate::spec::{Backend, JobSpec, TrainingLength};
+
+/// Why a job failed: a stable machine-readable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A job to submit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    pub tenant: TenantId,
+    pub name: String,
+    /// The spec file's text, exactly as submitted.
+    pub spec_yaml: String,
+    pub priority: i32,
+    pub workers_min: u32,
+    pub workers_max: u32,
+    pub backend: Backend,
+    /// `None` until known (a spec that counts epochs needs the dataset size).
+    pub total_steps: Option<u64>,
+    pub max_failures: u32,
+}
+
+impl NewJob {
+    /// The job for a validated spec and the text it was read from.
+    pub fn from_spec(tenant: TenantId, spec: &JobSpec, spec_yaml: String) -> NewJob {
+        NewJob {
+            tenant,
+            name: spec.name.clone(),
+            spec_yaml,
+            priority: spec.resources.priority,
+            workers_min: spec.resources.workers.min,
+            workers_max: spec.resources.workers.max,
+            backend: spec.resources.backend,
+            total_steps: match spec.training.length {
+                TrainingLength::MaxSteps(steps) => Some(steps),
+                TrainingLength::Epochs(_) => None,
+            },
+            max_failures: spec.checkpoint.max_failures,
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    /// Submit order: larger is later. FIFO and paging use it.
+    pub seq: i64,
+    pub tenant: TenantId,
+    pub name: String,
+    pub spec_yaml: String,
+    pub priority: i32,
+    pub workers_min: u32,
+    pub workers_max: u32,
+    pub backend: Backend,
+    pub status: JobStatus,
+    /// The last completed optimizer step.
+    pub step: u64,
+    pub total_steps: Option<u64>,
+    /// Attempts started so far (the current one's number once placed).
+    pub attempt: u32,
+    /// Attempts that failed.
+    pub failures: u32,
+    /// Failed attempts the job may restart after; one more and it fails.
+    pub max_failures: u32,
+    pub created_at: i64,
+    /// When the job last started waiting for workers (submit, or restart).
+    pub waiting_since: i64,
+    pub finished_at: Option<i64>,
+    pub error: Option<JobError>,
+}
+
+impl Job {
+    /// Whether another failed attempt may still be followed by a restart.
+    pub fn may_restart(&self) -> bool {
+        self.failures <= self.max_failures
+    }
+}
+
+/// Which jobs [`Store::list_jobs`] returns, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct JobQuery {
+    /// Only this tenant's jobs.
+    pub tenant: Option<TenantId>,
+    /// Only jobs submitted before this one: the last id of the previous page.
+    pub after: Option<JobId>,
+    /// At most this many (at least 1 is returned when any match).
+    pub limit: u32,
+}
+
+/// One page of a list: `has_more` says whether a next page exists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+macro_rules! job_columns {
+    () => {
+        "seq, id, tenant_id, name, spec_yaml, priority, workers_min, \
+     workers_max, backend, status, step, total_steps, attempt, failures, max_failures, \
+     created_at, waiting_since, finished_at, error_code, error_message"
+    };
+}
+
+impl Store {
+    /// Stores a new job as `queued` and logs `job.queued`.
+    pub async fn create_job(&self, job: &NewJob) -> Result<Job, StoreError> {
+        if job.workers_min == 0 || job.workers_min > job.workers_max {
+            return Err(StoreError::InvalidValue {
+                what: "worker range",
+                value: format!("{}..{}", job.workers_min, job.workers_max),
+                reason: "needs 1 <= min <= max",
+            });
+        }
+        let id = JobId::generate();
+        let now = unix_now();
+        let total_steps = job
+            .total_steps
+            .map(|steps| to_i64("total_steps", steps))
+            .transpose()?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, name, spec_yaml, priority, workers_min, workers_max, \
+             backend, status, step, total_steps, attempt, failures, max_failures, created_at, \
+             waiting_since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, 0, 0, $11, $12, $12)",
+        )
+        .bind(id.as_str())
+        .bind(job.tenant.as_str())
+        .bind(&job.name)
+        .bind(&job.spec_yaml)
+        .bind(job.priority)
+        .bind(i64::from(job.workers_min))
+        .bind(i64::from(job.workers_max))
+        .bind(job.backend.name())
+        .bind(JobStatus::Queued.name())
+        .bind(total_steps)
+        .bind(i64::from(job.max_failures))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::TenantNotFound(job.tenant.clone())
+            }
+            _ => StoreError::Database(error),
+        })?;
+        events::insert(&mut tx, &status_event(&id, JobStatus::Queued, None)).await?;
+        let created = fetch_job(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    pub async fn get_job(&self, id: &JobId) -> Result<Job, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_job(&mut conn, id).await
+    }
+
+    /// A page of jobs, newest first. `after` must name a job that the
+    /// query's tenant (if any) can see.
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job>, StoreError> {
+        let before_seq = match &query.after {
+            None => i64::MAX,
+            Some(after) => {
+                let job = self.get_job(after).await?;
+                if query
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|tenant| *tenant != job.tenant)
+                {
+                    return Err(StoreError::JobNotFound(after.clone()));
+                }
+                job.seq
+            }
+        };
+        let limit = query.limit.max(1);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE seq < $1 AND ($2 IS NULL OR tenant_id = $2) \
+             ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(before_seq)
+        .bind(query.tenant.as_ref().map(TenantId::as_str))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut data = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = data.len() > limit as usize;
+        data.truncate(limit as usize);
+        Ok(Page { data, has_more })
+    }
+
+    /// Every job in one of `statuses`, in submit order (oldest first): the
+    /// waiting jobs for the scheduler, the running ones after a restart.
+    pub async fn jobs_with_status(&self, statuses: &[JobStatus]) -> Result<Vec<Job>, StoreError> {
+        let names: Vec<&str> = statuses.iter().map(|status| status.name()).collect();
+        // Audited: only numbered placeholders are spliced in.
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE status IN ({}) ORDER BY seq"
+            ),
+            placeholders(1, names.len())
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql));
+        let rows = names
+            .iter()
+            .fold(rows, |query, name| query.bind(*name))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Moves job `id` to `to` if its current status allows it, and logs
+    /// `job.<to>`. `error`, when given, becomes the job's error (why it
+    /// failed, restarted or was cancelled). Final statuses set
+    /// `finished_at`; `restarting` restarts the wait for workers.
+    ///
+    /// A job reaches `starting` only through [`Store::start_attempt`],
+    /// which also records its gang.
+    pub async fn move_job(
+        &self,
+        id: &JobId,
+        to: JobStatus,
+        error: Option<&JobError>,
+    ) -> Result<Job, StoreError> {
+        if to == JobStatus::Starting {
+            return Err(StoreError::InvalidValue {
+                what: "job status",
+                value: to.name().to_string(),
+                reason: "a job starts through start_attempt, which records its workers",
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        let moved = update_status(&mut tx, id, to, error).await?;
+        events::insert(&mut tx, &status_event(id, to, error)).await?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// Records training progress: the last completed step and, once known,
+    /// the total.
+    pub async fn set_job_progress(
+        &self,
+        id: &JobId,
+        step: u64,
+        total_steps: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let total = total_steps
+            .map(|steps| to_i64("total_steps", steps))
+            .transpose()?;
+        let result = sqlx::query(
+            "UPDATE jobs SET step = $1, total_steps = COALESCE($2, total_steps) WHERE id = $3",
+        )
+        .bind(to_i64("step", step)?)
+        .bind(total)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::JobNotFound(id.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// `$first, $first+1, ...`: `count` numbered parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    let numbers: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
+    numbers.join(", ")
+}
+
+/// The conditional status write behind every move; returns the moved job.
+pub(super) async fn update_status(
+    conn: &mut Connection,
+    id: &JobId,
+    to: JobStatus,
+    error: Option<&JobError>,
+) -> Result<Job, StoreError> {
+    let now = unix_now();
+    let sources: Vec<&str> = to.sources().iter().map(|status| status.name()).collect();
+    let finished_at = to.is_final().then_some(now);
+    let sql = format!(
+        "UPDATE jobs SET status = $1, finished_at = COALESCE($2, finished_at), \
+         waiting_since = CASE WHEN $1 = 'restarting' THEN $3 ELSE waiting_since END, \
+         error_code = COALESCE($4, error_code), error_message = COALESCE($5, error_message) \
+         WHERE id = $6 AND status IN ({})",
+        placeholders(7, sources.len())
+    );
+    // Audited: only numbered placeholders are spliced in.
+    let query = sqlx::query(AssertSqlSafe(sql))
+        .bind(to.name())
+        .bind(finished_at)
+        .bind(now)
+        .bind(error.map(|e| e.code.as_str()))
+        .bind(error.map(|e| e.message.as_str()))
+        .bind(id.as_str());
+    let result = sources
+        .iter()
+        .fold(query, |query, name| query.bind(*name))
+        .execute(&mut *conn)
+        .await?;
+    let job = fetch_job(conn, id).await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::IllegalTransition {
+            job: id.clone(),
+            from: job.status,
+            to,
+        });
+    }
+    Ok(job)
+}
+
+/// The `job.<status>` event a move logs.
+pub(super) fn status_event(id: &JobId, status: JobStatus, error: Option<&JobError>) -> NewEvent {
+    let level = match status {
+        JobStatus::Failed => Level::Error,
+        JobStatus::Restarting => Level::Warn,
+        _ => Level::Info,
+    };
+    let mut data = serde_json::json!({ "status": status.name() });
+    let mut message = format!("job {id} is {status}");
+    if let Some(error) = error {
+        data["error"] = serde_json::json!({ "code": error.code, "message": error.message });
+        message = format!("{message}: {}", error.message);
+    }
+    NewEvent {
+        job: id.clone(),
+        level,
+        kind: format!("job.{status}"),
+        message,
+        data,
+    }
+}
+
+pub(super) async fn fetch_job(conn: &mut Connection, id: &JobId) -> Result<Job, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+    job_from_row(&row)
+}
+
+fn job_from_row(row: &DbRow) -> Result<Job, StoreError> {
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    let error = match (error_code, error_message) {
+        (None, None) => None,
+        (code, message) => Some(JobError {
+            code: code.unwrap_or_default(),
+            message: message.unwrap_or_default(),
+        }),
+    };
+    let total_steps: Option<i64> = row.try_get("total_steps")?;
+    Ok(Job {
+        id: JobId::from(row.try_get::<String, _>("id")?),
+        seq: row.try_get("seq")?,
+        tenant: TenantId::from_row(row.try_get("tenant_id")?),
+        name: row.try_get("name")?,
+        spec_yaml: row.try_get("spec_yaml")?,
+        priority: row.try_get("priority")?,
+        workers_min: to_u32("workers_min", row.try_get("workers_min")?)?,
+        workers_max: to_u32("workers_max", row.try_get("workers_max")?)?,
+        backend: parse_word("backend", row.try_get("backend")?, Backend::parse)?,
+        status: parse_word("job status", row.try_get("status")?, JobStatus::parse)?,
+        step: to_u64("step", row.try_get("step")?)?,
+        total_steps: total_steps
+            .map(|steps| to_u64("total_steps", steps))
+            .transpose()?,
+        attempt: to_u32("attempt", row.try_get("attempt")?)?,
+        failures: to_u32("failures", row.try_get("failures")?)?,
+        max_failures: to_u32("max_failures", row.try_get("max_failures")?)?,
+        created_at: row.try_get("created_at")?,
+        waiting_since: row.try_get("waiting_since")?,
+        finished_at: row.try_get("finished_at")?,
+        error,
+    })
+}
