@@ -7,27 +7,13 @@
 //! whole global batch, so micro-batches (and, later, ranks) add their
 //! gradients and get the gradient of one big batch.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::cross_entropy::{TargetRows, head_cross_entropy};
 use crate::data::Batch;
 use crate::lora::{self, LoraWeights};
 use crate::model::Llama;
 use crate::model::llama::{DropoutSeeds, transpose};
-
-/// Sum over target tokens of `−log p(token | previous positions)`:
-/// logits `[b, s, vocab]`, ids and mask `[b, s]` → `[1]`.
-pub fn target_loss_sum(
-    logits: Tensor<3>,
-    input_ids: Tensor<2, Int>,
-    target_mask: Tensor<2>,
-) -> Tensor<1> {
-    let [b, s, _] = logits.dims();
-    let logp = log_softmax(logits.narrow(1, 0, s - 1), 2);
-    let next = input_ids.narrow(1, 1, s - 1).reshape([b, s - 1, 1]);
-    let picked = logp.gather(2, next).reshape([b, s - 1]);
-    (picked * target_mask.narrow(1, 1, s - 1)).sum().neg()
-}
 
 /// Result of [`lora_gradients`].
 #[derive(Debug, Clone)]
@@ -39,20 +25,20 @@ pub struct StepGradients {
     pub grads: Vec<f32>,
 }
 
-/// The value of a one-element tensor.
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("a float tensor")[0]
-}
-
-fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+/// The batch's token ids as a tensor, and the positions that are targets.
+fn inputs(batch: &Batch, device: &Device) -> (Tensor<2, Int>, TargetRows) {
     let shape = [batch.rows, batch.seq_len];
     (
         Tensor::from_data(TensorData::new(batch.input_ids.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.target_mask.clone(), shape), device),
+        TargetRows::shifted(&batch.input_ids, &batch.target_mask, batch.seq_len),
     )
+}
+
+/// The final hidden states of `ids` as `[rows × seq, hidden]`.
+fn flat_hidden(model: &Llama, ids: Tensor<2, Int>, dropout: Option<&DropoutSeeds>) -> Tensor<2> {
+    let hidden = model.hidden_states(ids, None, dropout);
+    let [b, s, h] = hidden.dims();
+    hidden.reshape([b * s, h])
 }
 
 /// Gradients of `Σ loss_sum(batch) / denominator` with respect to every
@@ -73,7 +59,7 @@ pub fn lora_gradients(
     let mut targets = 0;
     let use_dropout = lora.config.dropout > 0.0;
     for batch in batches {
-        let (ids, mask) = tensors(batch, device);
+        let (ids, rows) = inputs(batch, device);
         let seeds = DropoutSeeds {
             seeds: batch
                 .sample_ids
@@ -81,10 +67,18 @@ pub fn lora_gradients(
                 .map(|r| r.dropout_seed(seed))
                 .collect(),
         };
-        let logits = model.forward_train(ids.clone(), use_dropout.then_some(&seeds));
-        let sum = target_loss_sum(logits, ids, mask);
-        let g = (sum.clone() / denominator).backward();
-        loss_sum += scalar(sum);
+        let hidden = flat_hidden(model, ids, use_dropout.then_some(&seeds));
+        let head = head_cross_entropy(
+            hidden.clone(),
+            model.lm_head.val(),
+            &rows,
+            Some(1.0 / denominator),
+        );
+        // The head's gradient enters the graph as a constant: the gradient
+        // of Σ hidden ⊙ G with respect to `hidden` is G.
+        let grad_hidden = head.grad_hidden.expect("asked for").autodiff();
+        let g = (hidden * grad_hidden).sum().backward();
+        loss_sum += head.loss_sum;
         targets += batch.num_targets();
         let mut at = 0;
         for site in lora.pairs.keys() {
@@ -124,9 +118,9 @@ pub fn eval_loss_sum<'a>(
     let mut loss_sum = 0.0;
     let mut targets = 0;
     for batch in batches {
-        let (ids, mask) = tensors(batch, device);
-        let logits = model.forward_train(ids.clone(), None);
-        loss_sum += scalar(target_loss_sum(logits, ids, mask));
+        let (ids, rows) = inputs(batch, device);
+        let hidden = flat_hidden(model, ids, None);
+        loss_sum += head_cross_entropy(hidden, model.lm_head.val(), &rows, None).loss_sum;
         targets += batch.num_targets();
     }
     (loss_sum, targets)

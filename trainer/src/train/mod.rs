@@ -1,12 +1,14 @@
 //! Training LoRA adapters: loss, gradients, optimizer, schedule.
 //!
-//! [`grad`] computes the loss and the LoRA gradients of micro-batches;
+//! [`grad`] computes the loss and the LoRA gradients of micro-batches,
+//! with the head and its cross-entropy from [`cross_entropy`];
 //! [`optim`] applies AdamW and gradient clipping on flat vectors;
 //! [`schedule`] gives the learning rate of each step; [`run`] is the loop
 //! and [`state`] what it needs to resume; [`data_parallel`] is what N
 //! ranks add to a step. Base weights are
 //! frozen: they get neither gradients nor optimizer state.
 
+pub mod cross_entropy;
 pub mod data_parallel;
 pub mod grad;
 pub mod optim;
