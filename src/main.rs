@@ -12,28 +12,6 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
-/// A training step allocates and frees tensors of megabytes; the system
-/// allocator maps and unmaps each one, and the kernel zeroes every page
-/// again. mimalloc reuses them (see [`keep_freed_memory`]).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Tells mimalloc to keep freed memory for reuse instead of returning it to
-/// the kernel after a delay: a step frees and reallocates the same sizes
-/// every few milliseconds, and pages handed back come back zeroed, at a
-/// cost of up to 10% of a step.
-fn keep_freed_memory() {
-    // `mi_option_purge_delay` in the mimalloc 3 that libmimalloc-sys 0.1.49
-    // vendors; checked against its defaults (1000 ms in mimalloc 3, 10 ms
-    // in 2) before use, so a renumbered option is left alone.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    unsafe {
-        if matches!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 10 | 1000) {
-            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
-        }
-    }
-}
-
 /// Exit codes shared by every command (DESIGN.md §5).
 pub mod exit {
     pub const FAILED: u8 = 1;
@@ -41,7 +19,6 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),

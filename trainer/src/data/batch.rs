@@ -79,6 +79,24 @@ impl Batch {
             .collect()
     }
 
+    /// Share `part` of `parts`: a contiguous run of rows (`None` when it is
+    /// empty), with the same padding.
+    pub fn row_share(&self, part: usize, parts: usize) -> Option<Batch> {
+        let (start, end) = (part * self.rows / parts, (part + 1) * self.rows / parts);
+        if start == end {
+            return None;
+        }
+        let cells = start * self.seq_len..end * self.seq_len;
+        Some(Batch {
+            input_ids: self.input_ids[cells.clone()].to_vec(),
+            target_mask: self.target_mask[cells].to_vec(),
+            rows: end - start,
+            seq_len: self.seq_len,
+            lengths: self.lengths[start..end].to_vec(),
+            sample_ids: self.sample_ids[start..end].to_vec(),
+        })
+    }
+
     /// Row `r`'s ids, padding included.
     pub fn row(&self, r: usize) -> &[i64] {
         &self.input_ids[r * self.seq_len..(r + 1) * self.seq_len]

@@ -47,10 +47,16 @@ pub struct Projection {
 
 impl Projection {
     /// `[b, s, in]` → `[b, s, out]`; `salt` tells projections apart for dropout.
+    ///
+    /// The products run on `[b × s, in]`: one matrix product with the
+    /// weight packed once, rather than one per row of the batch.
     pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutSeeds>, salt: u64) -> Tensor<3> {
-        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), None);
+        let [b, s, d] = x.dims();
+        let flat = |t: Tensor<3>| t.reshape([b * s, d]);
+        let base = flat(x.clone()).matmul(self.weight.val());
+        let out = base.dims()[1];
         let Some(lora) = &self.lora else {
-            return base;
+            return base.reshape([b, s, out]);
         };
         let x = match dropout {
             Some(seeds) if lora.dropout > 0.0 => {
@@ -58,9 +64,8 @@ impl Projection {
             }
             _ => x,
         };
-        let low = burn::tensor::module::linear(x, lora.a.val(), None);
-        let delta = burn::tensor::module::linear(low, lora.b.val(), None);
-        base + delta * lora.scale
+        let delta = flat(x).matmul(lora.a.val()).matmul(lora.b.val());
+        (base + delta * lora.scale).reshape([b, s, out])
     }
 }
 

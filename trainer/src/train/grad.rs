@@ -45,7 +45,78 @@ fn flat_hidden(model: &Llama, ids: Tensor<2, Int>, dropout: Option<&DropoutSeeds
 /// LoRA value, with `lora` attached to `model` (on an autodiff `device`).
 /// Dropout masks (if the adapter has dropout) come from each row's sample
 /// identity and `seed`.
+///
+/// The rows of each batch are cut into shares ([`share_count`]) that run on
+/// the CPU pool's threads at once, each on its own copy of the model (the
+/// frozen weights are shared, the adapter is not, so their autodiff graphs
+/// stay apart), and the shares' sums are added in share order. Most of a
+/// step's element-wise work runs on the thread that asks for it, so this
+/// is what fills the other cores, and smaller shares keep their
+/// activations in cache. The result is the same sum, rounded in another
+/// order; it repeats bit for bit for the same batch shapes and threads.
 pub fn lora_gradients(
+    model: &mut Llama,
+    lora: &LoraWeights,
+    batches: &[Batch],
+    denominator: f64,
+    seed: u64,
+    device: &Device,
+) -> StepGradients {
+    let parts = share_count(batches, crate::device::cpu_threads());
+    if parts <= 1 {
+        return share_gradients(model, lora, batches, denominator, seed, device);
+    }
+    use rayon::prelude::*;
+    let shares: Vec<Vec<Batch>> = (0..parts)
+        .map(|part| {
+            batches
+                .iter()
+                .filter_map(|b| b.row_share(part, parts))
+                .collect()
+        })
+        .collect();
+    let mut copies: Vec<Llama> = (1..parts).map(|_| model.clone()).collect();
+    let models: Vec<&mut Llama> = std::iter::once(model).chain(copies.iter_mut()).collect();
+    let results: Vec<StepGradients> = models
+        .into_par_iter()
+        .zip(shares.par_iter())
+        .map(|(model, share)| share_gradients(model, lora, share, denominator, seed, device))
+        .collect();
+    let mut total = StepGradients {
+        loss_sum: 0.0,
+        targets: 0,
+        grads: vec![0.0; lora.num_parameters()],
+    };
+    for r in results {
+        total.loss_sum += r.loss_sum;
+        total.targets += r.targets;
+        for (t, g) in total.grads.iter_mut().zip(&r.grads) {
+            *t += g;
+        }
+    }
+    total
+}
+
+/// About this many tokens go through the model at once: a share's
+/// activations then stay in the caches between the element-wise passes
+/// (measured on the reference workloads: 256 gave 10-15% over whole
+/// batches of 1,024 tokens at one thread, and a third of the memory).
+const SHARE_TOKENS: usize = 256;
+
+/// Into how many row shares [`lora_gradients`] cuts each batch: enough for
+/// [`SHARE_TOKENS`] per share and at least one per thread, at most one per row.
+fn share_count(batches: &[Batch], threads: usize) -> usize {
+    let widest = batches.iter().map(|b| b.rows).max().unwrap_or(0);
+    let tokens = batches
+        .iter()
+        .map(|b| b.rows * b.seq_len)
+        .max()
+        .unwrap_or(0);
+    tokens.div_ceil(SHARE_TOKENS).max(threads).min(widest)
+}
+
+/// [`lora_gradients`] of `batches` on the calling thread.
+fn share_gradients(
     model: &mut Llama,
     lora: &LoraWeights,
     batches: &[Batch],
