@@ -12,9 +12,8 @@
 //! picks it.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::rope::{self, Rope};
@@ -93,7 +92,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// `[..., hidden]` → `[..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let variance = x.clone().square().mean_dim(D - 1);
+        let variance = (x.clone() * x.clone()).mean_dim(D - 1);
         let x = x * (variance + self.eps).sqrt().recip();
         x * self.weight.val().unsqueeze()
     }
@@ -113,14 +112,15 @@ pub struct Attention {
 
 impl Attention {
     /// `[batch, seq, hidden]` → `[batch, seq, hidden]`; appends to `cache`.
+    /// `mask` is the [`causal_bias`] of these positions.
     pub fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<2>,
-        sin: &Tensor<2>,
+        positions: &Positions,
         cache: Option<&mut LayerCache>,
         dropout: Option<&DropoutSeeds>,
     ) -> Tensor<3> {
+        let Positions { cos, sin, mask } = positions;
         let [b, s, _] = x.dims();
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
         let q = self.q_proj.forward(x.clone(), dropout, 1);
@@ -139,14 +139,13 @@ impl Attention {
         }
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads);
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads);
-        // Causal masking is aligned to the end: with a cache of length t,
-        // query i sees keys 0..=t+i.
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
+        // softmax(q·kᵀ / √d + mask) · v, as transformers' eager attention.
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (self.head_dim as f64).sqrt());
+        let scores = match mask {
+            Some(mask) => scores + mask.clone().unsqueeze::<4>(),
+            None => scores,
         };
-        let out = attention(q, k, v, None, None, options);
+        let out = softmax(scores, 3).matmul(v);
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.num_heads * self.head_dim]);
@@ -195,15 +194,13 @@ impl DecoderLayer {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<2>,
-        sin: &Tensor<2>,
+        positions: &Positions,
         cache: Option<&mut LayerCache>,
         dropout: Option<&DropoutSeeds>,
     ) -> Tensor<3> {
         let attn = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
-            cos,
-            sin,
+            positions,
             cache,
             dropout,
         );
@@ -213,6 +210,41 @@ impl DecoderLayer {
             .forward(self.post_attention_layernorm.forward(h.clone()), dropout);
         h + mlp
     }
+}
+
+/// What every layer needs to know about the positions of a pass: the RoPE
+/// tables and the causal mask.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+    /// `None` when nothing is masked (one new position).
+    pub mask: Option<Tensor<2>>,
+}
+
+/// The additive causal mask of `len` new positions after `start` cached
+/// ones, `[len, start + len]`: query `i` sees keys `0..=start + i` (0) and
+/// not the later ones (−∞). Built once per pass, shared by every layer.
+pub fn causal_bias(start: usize, len: usize, device: &Device) -> Option<Tensor<2>> {
+    if len <= 1 {
+        return None;
+    }
+    let keys = start + len;
+    let bias: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (0..keys).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Some(Tensor::from_data(
+        TensorData::new(bias, [len, keys]),
+        device,
+    ))
 }
 
 /// Keys and values of one layer for the positions seen so far.
@@ -343,19 +375,24 @@ impl Llama {
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let (cos, sin) = self.rope.tables(start, s, &device);
+        let positions = Positions {
+            cos,
+            sin,
+            mask: causal_bias(start, s, &device),
+        };
         let mut x = embedding(self.embed_tokens.val(), input_ids);
         let layer_dropout = |i: usize| dropout.map(|d| d.mixed((i as u64 + 1) << 8));
         match cache {
             Some(cache) => {
                 for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
                 {
-                    x = layer.forward(x, &cos, &sin, Some(lc), layer_dropout(i).as_ref());
+                    x = layer.forward(x, &positions, Some(lc), layer_dropout(i).as_ref());
                 }
                 cache.len += s;
             }
             None => {
                 for (i, layer) in self.layers.iter().enumerate() {
-                    x = layer.forward(x, &cos, &sin, None, layer_dropout(i).as_ref());
+                    x = layer.forward(x, &positions, None, layer_dropout(i).as_ref());
                 }
             }
         }
