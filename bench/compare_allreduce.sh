@@ -10,14 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 sizes="${1:-16M,64M,256M}"
 
-PYTHON="${PYTHON:-.venv-ref/bin/python}"
-if ! "$PYTHON" -c "import torch.distributed" 2>/dev/null; then
-    python3 -m venv .venv-ref
-    .venv-ref/bin/pip install -q -r tests/fixtures/requirements.txt
-    PYTHON=.venv-ref/bin/python
-fi
-cargo build --release --locked -q
-bin=target/release/lorafleet
+. bench/reference.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

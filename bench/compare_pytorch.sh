@@ -15,14 +15,7 @@ presets="${1:-tiny small}"
 threads="${2:-1 2}"
 rounds="${3:-3}"
 
-PYTHON="${PYTHON:-.venv-ref/bin/python}"
-if ! "$PYTHON" -c "import peft, transformers, torch" 2>/dev/null; then
-    python3 -m venv .venv-ref
-    .venv-ref/bin/pip install -q -r tests/fixtures/requirements.txt
-    PYTHON=.venv-ref/bin/python
-fi
-cargo build --release --locked -q
-bin=target/release/lorafleet
+. bench/reference.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
