@@ -30,6 +30,32 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a full HF model folder with a LoRA adapter merged into the base weights.
     Export(ExportArgs),
+    /// Run a job spec on an embedded fleet: a local coordinator and N worker processes.
+    Run(crate::commands::run::RunArgs),
+    /// Start a coordinator.
+    Serve(crate::commands::fleet::ServeArgs),
+    /// Join a coordinator's fleet as a worker and train what it assigns.
+    Worker(crate::commands::fleet::WorkerArgs),
+    /// Queue a job spec on a coordinator (its local datasets are uploaded).
+    Submit(crate::commands::submit::SubmitArgs),
+    /// List your jobs on the coordinator, newest first.
+    Jobs(crate::commands::jobs::JobsArgs),
+    /// Show one job's status, progress and error.
+    Status(crate::commands::jobs::StatusArgs),
+    /// Cancel a job.
+    Cancel(crate::commands::jobs::CancelArgs),
+    /// Queue a failed or cancelled job again, from its latest checkpoint.
+    Resume(crate::commands::jobs::ResumeArgs),
+    /// List a job's checkpoints.
+    Checkpoints(crate::commands::jobs::CheckpointsArgs),
+    /// List the workers that joined the coordinator.
+    Workers(crate::commands::jobs::WorkersArgs),
+    /// Let a worker finish its job and take no new one.
+    Drain(crate::commands::jobs::DrainArgs),
+    /// Print a job's events; with -f, follow them until the job ends.
+    Logs(crate::commands::logs::LogsArgs),
+    /// Download a checkpoint's files into a folder.
+    Download(crate::commands::download::DownloadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +89,10 @@ pub struct TrainArgs {
     /// Print the final summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Print progress as one JSON event per line on stdout (what a worker
+    /// agent reads from the ranks it starts).
+    #[arg(long, hide = true)]
+    pub events: bool,
     #[command(flatten)]
     pub ring: RingArgs,
 }

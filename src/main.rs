@@ -16,6 +16,7 @@ use cli::{Cli, Command};
 pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const INTERRUPTED: u8 = 130;
 }
 
 fn main() -> ExitCode {
@@ -27,6 +28,19 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Serve(args) => commands::fleet::run_serve(args),
+        Command::Worker(args) => commands::fleet::run_worker(args),
+        Command::Submit(args) => commands::submit::run_submit(args),
+        Command::Jobs(args) => commands::jobs::run_jobs(args),
+        Command::Status(args) => commands::jobs::run_status(args),
+        Command::Cancel(args) => commands::jobs::run_cancel(args),
+        Command::Resume(args) => commands::jobs::run_resume(args),
+        Command::Checkpoints(args) => commands::jobs::run_checkpoints(args),
+        Command::Workers(args) => commands::jobs::run_workers(args),
+        Command::Drain(args) => commands::jobs::run_drain(args),
+        Command::Logs(args) => commands::logs::run_logs(args),
+        Command::Download(args) => commands::download::run_download(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

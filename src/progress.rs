@@ -54,3 +54,43 @@ impl TrainObserver for TrainProgress {
         ));
     }
 }
+
+/// Training progress as one JSON event per line on stdout, for the worker
+/// agent that runs this process (`train --events`). Types: `train.started`,
+/// `train.step`, `train.eval`, `checkpoint.saved`, `train.finished`.
+pub struct TrainEvents;
+
+impl TrainEvents {
+    /// Prints one event of type `kind` with `fields` merged in.
+    pub fn emit(kind: &str, fields: serde_json::Value) {
+        let mut event = serde_json::json!({ "type": kind });
+        if let (Some(out), serde_json::Value::Object(fields)) = (event.as_object_mut(), fields) {
+            out.extend(fields);
+        }
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout only loses news; training goes on.
+        let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
+    }
+}
+
+impl TrainObserver for TrainEvents {
+    fn on_step(&mut self, m: &StepMetrics, max_steps: usize) {
+        TrainEvents::emit(
+            "train.step",
+            serde_json::json!({
+                "step": m.step, "total_steps": max_steps, "epoch": m.epoch, "loss": m.loss,
+                "learning_rate": m.learning_rate, "grad_norm": m.grad_norm,
+                "target_tokens": m.target_tokens, "tokens_per_s": m.tokens_per_s,
+                "step_time_s": m.step_time_s,
+            }),
+        );
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        TrainEvents::emit(
+            "train.eval",
+            serde_json::json!({"step": m.step, "eval_loss": m.eval_loss, "target_tokens": m.target_tokens}),
+        );
+    }
+}

@@ -13,7 +13,11 @@
 //! `lorafleet → coordinator → trainer`; no tensor type crosses into this
 //! crate's public API.
 
+pub mod agent;
+pub mod api;
+pub mod client;
 pub mod scheduler;
+pub mod server;
 pub mod spec;
 pub mod store;
 

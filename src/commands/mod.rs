@@ -9,11 +9,27 @@ pub mod ranks;
 pub mod train;
 pub mod validate;
 
+// Commands that call a coordinator.
+pub mod download;
+pub mod fleet;
+pub mod run;
+pub mod submit;
+pub mod jobs;
+pub mod logs;
+pub mod remote;
+
 use crate::exit;
 
-/// Bad input (a model file, a prompt, an argument) is a usage error (2);
-/// anything else is a failure (1).
+/// A failed call to the coordinator gets its own code (2 to 5, see
+/// [`remote::rpc_exit_code`]); otherwise bad input (a model file, a prompt,
+/// an argument) is a usage error (2) and anything else a failure (1).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.is::<run::Interrupted>() {
+        return exit::INTERRUPTED;
+    }
+    if let Some(code) = remote::rpc_exit_code(err) {
+        return code;
+    }
     let bad_input = err.chain().any(|cause| {
         cause.is::<trainer::model::ModelError>()
             || cause.is::<trainer::tokenizer::TokenizerError>()

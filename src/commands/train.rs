@@ -19,7 +19,7 @@ use trainer::train::{SampledSteps, Silent, TrainObserver, TrainState};
 
 use super::local_job::LocalJob;
 use crate::cli::TrainArgs;
-use crate::progress::TrainProgress;
+use crate::progress::{TrainEvents, TrainProgress};
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let spec = JobSpec::from_file(&args.file)?;
@@ -103,12 +103,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         world,
     };
     let mut progress = TrainProgress::new(train.max_steps, state.step);
+    if args.events {
+        progress.finish();
+    }
+    let mut events = TrainEvents;
     let mut silent = Silent;
-    let observer: &mut dyn TrainObserver = if rank == 0 {
-        &mut progress
-    } else {
-        &mut silent
+    let observer: &mut dyn TrainObserver = match (rank, args.events) {
+        (0, true) => &mut events,
+        (0, false) => &mut progress,
+        _ => &mut silent,
     };
+    if args.events && rank == 0 {
+        TrainEvents::emit(
+            "train.started",
+            serde_json::json!({"step": state.step, "total_steps": train.max_steps, "world": world}),
+        );
+    }
     let every = (spec.checkpoint.every_steps as usize).max(1);
     let end = args
         .stop_after
@@ -127,6 +137,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         )?;
         if rank == 0 {
             save(&output_dir, &state, &spec, &base_model)?;
+            if args.events {
+                let metrics = serde_json::json!({
+                    "train_loss": state.log.last().map(|m| m.loss),
+                    "eval_loss": state.evals.last().map(|e| e.eval_loss),
+                });
+                TrainEvents::emit(
+                    "checkpoint.saved",
+                    serde_json::json!({
+                        "step": state.step,
+                        "path": output_dir.display().to_string(),
+                        "metrics": metrics,
+                    }),
+                );
+            }
         }
     }
     progress.finish();
@@ -151,7 +175,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&summary)?,
     )
     .with_context(|| format!("cannot write {}", output_dir.display()))?;
-    if args.json {
+    if args.events {
+        TrainEvents::emit("train.finished", summary);
+    } else if args.json {
         println!("{summary}");
     } else {
         println!(

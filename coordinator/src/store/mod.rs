@@ -183,7 +183,7 @@ impl StoreError {
 }
 
 /// The current time in Unix seconds.
-fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -287,6 +287,60 @@ pub fn read_samples(
     })
 }
 
+/// Checks every line of `source` as a record of `format` without
+/// tokenizing it (what a coordinator can do before queuing a job): JSON,
+/// keys, one shape per file. Returns the number of records, or up to
+/// [`MAX_PROBLEMS`] bad lines with FILE:LINE.
+pub fn check_records(source: &DataSource, format: super::Format) -> Result<usize, DataError> {
+    let file = source.name().to_string();
+    let mut tracker = ShapeTracker::default();
+    let mut problems: Vec<LineProblem> = Vec::new();
+    let mut records = 0;
+    for line in source.lines() {
+        let (number, bytes) = line?;
+        let message = match std::str::from_utf8(&bytes) {
+            Err(e) => format!(
+                "not UTF-8 text (bad byte at column {})",
+                e.valid_up_to() + 1
+            ),
+            Ok(text) => {
+                let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match parse_line(text, format).and_then(|raw| tracker.check(raw.shape(), number)) {
+                    Ok(()) => {
+                        records += 1;
+                        continue;
+                    }
+                    Err(message) => message,
+                }
+            }
+        };
+        problems.push(LineProblem {
+            file: file.clone(),
+            line: number,
+            message,
+        });
+        if problems.len() >= MAX_PROBLEMS {
+            break;
+        }
+    }
+    if !problems.is_empty() {
+        let stopped_early = problems.len() >= MAX_PROBLEMS;
+        return Err(DataError::Invalid {
+            file,
+            problems,
+            stopped_early,
+        });
+    }
+    if records == 0 {
+        let why = "no non-blank lines".to_string();
+        return Err(DataError::Empty { file, why });
+    }
+    Ok(records)
+}
+
 /// Splits `items` into (kept, held out): `round(len × fraction)` of them,
 /// at least one and leaving at least one, chosen by a permutation seeded by
 /// `seed` (see [`super::sampler`]); both keep their original order.

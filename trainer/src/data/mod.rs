@@ -75,7 +75,7 @@ use std::str::FromStr;
 
 pub use batch::{Batch, pad_id};
 pub use dataset::{
-    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, load_dataset,
+    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, check_records, load_dataset,
     load_datasets,
 };
 pub use format::TokenizedSample;

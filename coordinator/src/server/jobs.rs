@@ -1,0 +1,532 @@
+//! The `Jobs` service: what a tenant's client calls. Submit (validate the
+//! spec and its datasets, then queue), dataset uploads, listing, status,
+//! cancel, the event stream, checkpoints and downloads.
+//!
+//! Every call is authenticated first, and a tenant only ever sees its own
+//! jobs: another tenant's job answers exactly as a job that does not exist.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::jobs_server::Jobs;
+use crate::api::{self, CHUNK_BYTES};
+use crate::spec::{JobSpec, PathOrUrl, Validation};
+use crate::store::{Checkpoint, Job, JobId, JobQuery, NewJob};
+
+use super::access::TenantPolicy;
+use super::control::job_folder;
+use super::{Coordinator, status_of};
+
+/// The largest dataset an upload may send.
+const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Events sent per store read while replaying a log.
+const EVENT_PAGE: u32 = 500;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::Event, Status>> + Send>>;
+type FileStream = Pin<Box<dyn Stream<Item = Result<api::FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Jobs for Coordinator {
+    async fn submit(
+        &self,
+        request: Request<api::SubmitRequest>,
+    ) -> Result<Response<api::Job>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let r = request.into_inner();
+        if r.version != crate::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the spec was submitted by lorafleet {} but the coordinator runs lorafleet {}",
+                r.version,
+                crate::PROTOCOL_VERSION
+            )));
+        }
+        let base_dir = PathBuf::from(&r.base_dir);
+        if !base_dir.is_absolute() {
+            return Err(Status::invalid_argument(
+                "base_dir must be an absolute folder (where the spec's relative paths start)",
+            ));
+        }
+        let file_name = if r.file_name.is_empty() {
+            "job.yaml"
+        } else {
+            &r.file_name
+        };
+        let mut spec = JobSpec::from_yaml(&r.spec_yaml, file_name, &base_dir)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let uploads = self.uploads(&tenant);
+        apply_uploads(&mut spec, &r.datasets, &uploads)?;
+        tenant
+            .check_storage(&spec, &uploads)
+            .map_err(Status::permission_denied)?;
+        // The folder results go to must be one the coordinator can name.
+        job_folder(&spec, &JobId::from("check")).map_err(Status::invalid_argument)?;
+        check_datasets(&spec).await?;
+        let job = NewJob::from_spec(tenant.id.clone(), &spec, spec.to_yaml());
+        let job = self.store().create_job(&job).await.map_err(status_of)?;
+        tracing::info!(
+            "job {} ({}) queued for tenant {}",
+            job.id,
+            job.name,
+            tenant.id
+        );
+        self.publish();
+        self.wake();
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn upload_dataset(
+        &self,
+        request: Request<Streaming<api::DatasetChunk>>,
+    ) -> Result<Response<api::DatasetRef>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let folder = self.uploads(&tenant);
+        tokio::fs::create_dir_all(&folder)
+            .await
+            .map_err(|e| Status::internal(format!("cannot create {}: {e}", folder.display())))?;
+        let mut chunks = request.into_inner();
+        let tmp = folder.join(format!(".upload-{}", rand::random::<u64>()));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Status::internal(format!("cannot write {}: {e}", tmp.display())))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut extension = String::from("jsonl");
+        let outcome: Result<(), Status> = async {
+            let mut first = true;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                if first {
+                    if let Some(ext) = Path::new(&chunk.file_name)
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        && ext.chars().all(|c| c.is_ascii_alphanumeric())
+                    {
+                        extension = ext.to_string();
+                    }
+                    first = false;
+                }
+                size += chunk.data.len() as u64;
+                if size > MAX_UPLOAD_BYTES {
+                    return Err(Status::resource_exhausted(format!(
+                        "the dataset is larger than {} GiB",
+                        MAX_UPLOAD_BYTES >> 30
+                    )));
+                }
+                hasher.update(&chunk.data);
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
+            Ok(())
+        }
+        .await;
+        if let Err(status) = outcome {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(status);
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        let path = folder.join(format!("{sha256}.{extension}"));
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot store the upload: {e}")))?;
+        Ok(Response::new(api::DatasetRef {
+            url: path.display().to_string(),
+            sha256,
+            size_bytes: size,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<api::ListJobsRequest>,
+    ) -> Result<Response<api::JobList>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let r = request.into_inner();
+        let query = JobQuery {
+            tenant: Some(tenant.id.clone()),
+            after: (!r.after.is_empty()).then(|| JobId::from(r.after.as_str())),
+            limit: if r.limit == 0 { 20 } else { r.limit.min(1000) },
+        };
+        let page = self.store().list_jobs(&query).await.map_err(status_of)?;
+        Ok(Response::new(api::JobList {
+            data: page.data.iter().map(job_message).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn get(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let job = self.owned_job(&tenant, &request.into_inner().id).await?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn cancel(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let job = self.owned_job(&tenant, &request.into_inner().id).await?;
+        let job = Coordinator::cancel(self, &job.id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn resume(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let job = self.owned_job(&tenant, &request.into_inner().id).await?;
+        Err(Status::unimplemented(format!(
+            "job {} is {}: resuming a finished job from its checkpoint is not supported yet; submit its spec again",
+            job.id, job.status
+        )))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<api::WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let r = request.into_inner();
+        let job = self.owned_job(&tenant, &r.job_id).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let coordinator = self.clone();
+        let mut news = self.inner.news.subscribe();
+        tokio::spawn(async move {
+            let mut after = r.after_id;
+            loop {
+                // Whether the job had ended before this read: then nothing
+                // can follow what it returns.
+                let ended = match coordinator.store().get_job(&job.id).await {
+                    Ok(job) => job.status.is_final(),
+                    Err(e) => {
+                        let _ = tx.send(Err(status_of(e))).await;
+                        return;
+                    }
+                };
+                let events = match coordinator
+                    .store()
+                    .events_after(&job.id, after, EVENT_PAGE)
+                    .await
+                {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(status_of(e))).await;
+                        return;
+                    }
+                };
+                let full_page = events.len() == EVENT_PAGE as usize;
+                for event in events {
+                    after = event.id;
+                    let message = api::Event {
+                        id: event.id,
+                        job_id: event.job.to_string(),
+                        created_at: event.created_at,
+                        level: event.level.name().to_string(),
+                        r#type: event.kind,
+                        message: event.message,
+                        data_json: event.data.to_string(),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                if full_page {
+                    continue;
+                }
+                if !r.follow || ended {
+                    return;
+                }
+                tokio::select! {
+                    _ = news.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<api::JobRef>,
+    ) -> Result<Response<api::CheckpointList>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let job = self.owned_job(&tenant, &request.into_inner().id).await?;
+        let checkpoints = self
+            .store()
+            .list_checkpoints(&job.id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(api::CheckpointList {
+            data: checkpoints
+                .iter()
+                .map(|c| api::Checkpoint {
+                    step: c.step,
+                    url: c.url.clone(),
+                    metrics_json: c.metrics.to_string(),
+                    committed_at: c.committed_at,
+                })
+                .collect(),
+        }))
+    }
+
+    type DownloadStream = FileStream;
+
+    async fn download(
+        &self,
+        request: Request<api::DownloadRequest>,
+    ) -> Result<Response<FileStream>, Status> {
+        let tenant = self.config().access.client(&request)?.clone();
+        let r = request.into_inner();
+        let job = self.owned_job(&tenant, &r.job_id).await?;
+        let checkpoints = self
+            .store()
+            .list_checkpoints(&job.id)
+            .await
+            .map_err(status_of)?;
+        let checkpoint = pick_checkpoint(&checkpoints, &r.step)
+            .map_err(|message| Status::not_found(format!("job {}: {message}", job.id)))?;
+        let folder = PathBuf::from(&checkpoint.url);
+        let files = tokio::task::spawn_blocking({
+            let folder = folder.clone();
+            move || files_under(&folder)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            Status::data_loss(format!(
+                "checkpoint at step {} ({}) cannot be read: {e}",
+                checkpoint.step,
+                folder.display()
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(4);
+        let step = checkpoint.step;
+        tokio::task::spawn_blocking(move || {
+            for relative in files {
+                if let Err(e) = send_file(&folder, &relative, step, &tx) {
+                    let _ = tx.blocking_send(Err(Status::data_loss(format!(
+                        "cannot read {}: {e}",
+                        folder.join(&relative).display()
+                    ))));
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Coordinator {
+    /// Job `id` if it belongs to `tenant`; otherwise "not found", whether
+    /// or not another tenant has such a job.
+    async fn owned_job(&self, tenant: &TenantPolicy, id: &str) -> Result<Job, Status> {
+        let not_found = || Status::not_found(format!("tenant {} has no job {id}", tenant.id));
+        match self.store().get_job(&JobId::from(id)).await {
+            Ok(job) if job.tenant == tenant.id => Ok(job),
+            Ok(_) => Err(not_found()),
+            Err(e) if e.is_not_found() => Err(not_found()),
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
+    /// The folder `tenant`'s uploads go to.
+    fn uploads(&self, tenant: &TenantPolicy) -> PathBuf {
+        self.config()
+            .data_dir
+            .join("datasets")
+            .join(tenant.id.as_str())
+    }
+}
+
+/// Replaces the datasets the client uploaded by where they were stored.
+fn apply_uploads(
+    spec: &mut JobSpec,
+    uploads: &HashMap<String, String>,
+    folder: &Path,
+) -> Result<(), Status> {
+    for (key, url) in uploads {
+        let path = PathBuf::from(url);
+        if !path.starts_with(folder) || path.components().any(|c| c.as_os_str() == "..") {
+            return Err(Status::permission_denied(format!(
+                "{key}: {url} is not one of this tenant's uploads"
+            )));
+        }
+        match key.as_str() {
+            "dataset.train" => spec.dataset.train = PathOrUrl::Path(path),
+            "dataset.validation" => {
+                spec.dataset.validation = Some(Validation::Data(PathOrUrl::Path(path)))
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "datasets: {other} is not a dataset key (dataset.train or dataset.validation)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every dataset of `spec` and checks its records, so a bad line is
+/// refused (FILE:LINE) before the job is queued.
+async fn check_datasets(spec: &JobSpec) -> Result<(), Status> {
+    let format = spec
+        .dataset
+        .format
+        .name()
+        .parse::<trainer::data::Format>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut sources = vec![("dataset.train", spec.dataset.train.to_string())];
+    if let Some(Validation::Data(v)) = &spec.dataset.validation {
+        sources.push(("dataset.validation", v.to_string()));
+    }
+    for (key, location) in sources {
+        let checked = tokio::task::spawn_blocking(move || {
+            let source = trainer::data::DataSource::parse(&location)?;
+            trainer::data::check_records(&source, format)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        checked.map_err(|e| Status::invalid_argument(format!("{key}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint `step` names: `latest` (or empty), `best` (lowest
+/// validation loss, else latest) or a step number.
+fn pick_checkpoint<'a>(
+    checkpoints: &'a [Checkpoint],
+    step: &str,
+) -> Result<&'a Checkpoint, String> {
+    let latest = checkpoints.iter().max_by_key(|c| c.step);
+    let picked = match step {
+        "" | "latest" => latest,
+        "best" => checkpoints
+            .iter()
+            .filter_map(|c| c.metrics["eval_loss"].as_f64().map(|loss| (loss, c)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c)
+            .or(latest),
+        number => {
+            let step: u64 = number.parse().map_err(|_| {
+                format!("--step {number:?}: expected latest, best or a step number")
+            })?;
+            return checkpoints.iter().find(|c| c.step == step).ok_or_else(|| {
+                let have: Vec<String> = checkpoints.iter().map(|c| c.step.to_string()).collect();
+                format!(
+                    "no checkpoint at step {step} (there are: {})",
+                    list_or_none(&have)
+                )
+            });
+        }
+    };
+    picked.ok_or_else(|| "no checkpoint yet".to_string())
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The regular files below `folder`, as paths relative to it, sorted.
+fn files_under(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in std::fs::read_dir(folder.join(&relative))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = relative.join(entry.file_name());
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Streams one file in chunks; the last chunk carries its SHA-256.
+fn send_file(
+    folder: &Path,
+    relative: &Path,
+    step: u64,
+    tx: &mpsc::Sender<Result<api::FileChunk, Status>>,
+) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(folder.join(relative))?;
+    let mut hasher = Sha256::new();
+    let name = relative.to_string_lossy().replace('\\', "/");
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(data) = pending.take() {
+            let chunk = api::FileChunk {
+                path: name.clone(),
+                data,
+                sha256: String::new(),
+                step,
+            };
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return Ok(());
+            }
+        }
+        hasher.update(&buffer[..n]);
+        pending = Some(buffer[..n].to_vec());
+    }
+    let chunk = api::FileChunk {
+        path: name,
+        data: pending.unwrap_or_default(),
+        sha256: hex::encode(hasher.finalize()),
+        step,
+    };
+    let _ = tx.blocking_send(Ok(chunk));
+    Ok(())
+}
+
+/// A stored job as the API's message.
+pub(crate) fn job_message(job: &Job) -> api::Job {
+    api::Job {
+        id: job.id.to_string(),
+        name: job.name.clone(),
+        status: job.status.name().to_string(),
+        created_at: job.created_at,
+        finished_at: job.finished_at,
+        step: job.step,
+        total_steps: job.total_steps,
+        attempt: job.attempt,
+        error: job.error.as_ref().map(|e| api::JobError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        }),
+        priority: job.priority,
+        workers_min: job.workers_min,
+        workers_max: job.workers_max,
+        backend: job.backend.name().to_string(),
+        failures: job.failures,
+        max_failures: job.max_failures,
+        spec_yaml: job.spec_yaml.clone(),
+        tenant: job.tenant.to_string(),
+    }
+}

@@ -1,0 +1,218 @@
+//! The coordinator process (`lorafleet serve`): the gRPC services of
+//! [`crate::api`] over the [`Store`], and the control loop that places
+//! waiting jobs with the [`Scheduler`], notices lost workers and ends
+//! attempts.
+//!
+//! * [`access`]: tenants, tokens, versions and storage prefixes.
+//! * [`jobs`]: the `Jobs` service (what clients call).
+//! * [`workers`]: the `Workers` service (what agents call) and the live
+//!   links to connected workers, over which orders go out.
+//! * [`control`]: scheduling rounds, attempt outcomes, lost workers.
+//!
+//! Everything that must survive a restart is in the store; what is held in
+//! memory ([`Fleet`]) is rebuilt as workers reconnect: their links, ring
+//! addresses and which ranks of an attempt reported success.
+//!
+//! Not here: placement rules (`scheduler`), SQL (`store`), the worker side
+//! (`agent`).
+
+pub mod access;
+mod control;
+mod jobs;
+mod workers;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+pub use access::{Access, ConfigError, DevTokens, TenantPolicy};
+
+use crate::api::jobs_server::JobsServer;
+use crate::api::workers_server::WorkersServer;
+use crate::api::{MAX_MESSAGE_BYTES, Order};
+use crate::scheduler::Scheduler;
+use crate::store::{JobId, Store, StoreError, WorkerId};
+
+/// How a coordinator runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The SQLite file holding all state.
+    pub state: PathBuf,
+    /// Where uploaded datasets are kept (`<dir>/datasets/<tenant>/`).
+    pub data_dir: PathBuf,
+    pub access: Access,
+    /// How often workers report.
+    pub heartbeat: Duration,
+    /// A worker silent this long is lost.
+    pub lost_after: Duration,
+    /// After a restart, how long workers have to reconnect before their
+    /// silence counts.
+    pub grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: reports every second, lost after 15 s of silence, 30 s
+    /// for workers to come back after a restart.
+    pub fn new(state: PathBuf, data_dir: PathBuf, access: Access) -> ServerConfig {
+        ServerConfig {
+            state,
+            data_dir,
+            access,
+            heartbeat: Duration::from_secs(1),
+            lost_after: Duration::from_secs(15),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the coordinator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server stopped: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The coordinator's shared state; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Coordinator {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    config: ServerConfig,
+    scheduler: Scheduler,
+    started: Instant,
+    fleet: Mutex<Fleet>,
+    /// Serialises decisions that read then write several rows (placing,
+    /// ending attempts), so two of them never act on the same stale view.
+    control: tokio::sync::Mutex<()>,
+    /// Asks the control loop for a scheduling round.
+    wake: Notify,
+    /// Bumped after events are written, so watchers look again.
+    news: watch::Sender<u64>,
+}
+
+/// What the coordinator knows only while it runs.
+#[derive(Default)]
+struct Fleet {
+    links: HashMap<WorkerId, Link>,
+    /// Where each registered worker's ring rank listens.
+    ring_addrs: HashMap<WorkerId, String>,
+    /// Ranks of a live attempt that reported success.
+    finished: HashMap<(JobId, u32), BTreeSet<u32>>,
+    /// Jobs already told they cannot fit (told once).
+    told_unfit: HashSet<JobId>,
+    next_session: u64,
+}
+
+/// A connected worker: where its orders go.
+struct Link {
+    orders: mpsc::Sender<Result<Order, Status>>,
+    /// Tells this connection from a later one of the same worker.
+    session: u64,
+}
+
+/// Runs a coordinator on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let uploads = config.data_dir.join("datasets");
+    std::fs::create_dir_all(&uploads).map_err(|source| ServerError::DataDir {
+        path: uploads.clone(),
+        source,
+    })?;
+    let store = Store::open(&config.state).await?;
+    for tenant in config.access.tenants() {
+        store.put_tenant(&tenant.id, &tenant.token_hash).await?;
+    }
+    let coordinator = Coordinator {
+        inner: Arc::new(Shared {
+            store,
+            config,
+            scheduler: Scheduler::default(),
+            started: Instant::now(),
+            fleet: Mutex::new(Fleet::default()),
+            control: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            news: watch::channel(0).0,
+        }),
+    };
+    let control = tokio::spawn(coordinator.clone().run_control());
+    let jobs = JobsServer::new(coordinator.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkersServer::new(coordinator.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(jobs)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    control.abort();
+    coordinator.inner.store.close().await;
+    result.map_err(ServerError::from)
+}
+
+impl Coordinator {
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.inner.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a scheduling round soon.
+    fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Tells event watchers to look again.
+    fn publish(&self) {
+        self.inner.news.send_modify(|n| *n += 1);
+    }
+
+    /// Sends `order` to worker `id` if it is connected; says whether it went.
+    fn send(&self, id: &WorkerId, order: Order) -> bool {
+        let fleet = self.fleet();
+        fleet
+            .links
+            .get(id)
+            .is_some_and(|link| link.orders.try_send(Ok(order)).is_ok())
+    }
+}
+
+/// A store error as the status a caller gets.
+pub(crate) fn status_of(error: StoreError) -> Status {
+    if error.is_not_found() {
+        Status::not_found(error.to_string())
+    } else {
+        tracing::error!("store: {error}");
+        Status::internal(format!("the coordinator's store failed: {error}"))
+    }
+}

@@ -1,0 +1,389 @@
+//! The `Workers` service: registration, the heartbeat stream (reports in,
+//! orders out), events and checkpoints reported by ranks, the fleet list
+//! and drains.
+//!
+//! A worker's connection is its [`Link`](super::Link): orders for it are
+//! queued there. When the heartbeat stream ends (the process died, the
+//! network cut), the worker is lost at once and its attempt fails; a worker
+//! that comes back registers again under its old id.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::workers_server::Workers;
+use crate::api::{self, Order, WorkerReport};
+use crate::spec::Backend;
+use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, Worker, WorkerId};
+
+use super::control::stop_order;
+use super::{Coordinator, Link, status_of};
+
+/// Most events one `ReportEvents` call may carry.
+const MAX_EVENTS_PER_REPORT: usize = 1000;
+/// Longest event message kept, in bytes.
+const MAX_MESSAGE_CHARS: usize = 4096;
+
+type OrderStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Workers for Coordinator {
+    async fn register(
+        &self,
+        request: Request<api::RegisterRequest>,
+    ) -> Result<Response<api::RegisterReply>, Status> {
+        self.config().access.worker(&request)?;
+        let r = request.into_inner();
+        if r.version != crate::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "worker runs lorafleet {} but the coordinator runs lorafleet {}: use the same release on both",
+                r.version,
+                crate::PROTOCOL_VERSION
+            )));
+        }
+        let backend = Backend::parse(&r.backend)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown backend {:?}", r.backend)))?;
+        if r.ring_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "ring_addr {:?} is not a host:port address",
+                r.ring_addr
+            )));
+        }
+        let store = self.store();
+        let known = if r.worker_id.is_empty() {
+            None
+        } else {
+            let id = WorkerId::from(r.worker_id.as_str());
+            store.heartbeat_worker(&id).await.ok()
+        };
+        let worker = match known {
+            Some(worker) => worker,
+            None => {
+                let info = crate::store::WorkerInfo {
+                    name: r.name,
+                    host: r.host,
+                    backend,
+                    device: r.device,
+                    memory_bytes: r.memory_bytes,
+                    version: r.version,
+                };
+                store.register_worker(&info).await.map_err(status_of)?
+            }
+        };
+        tracing::info!(
+            "worker {} ({}) registered, ring at {}",
+            worker.info.name,
+            worker.id,
+            r.ring_addr
+        );
+        self.fleet()
+            .ring_addrs
+            .insert(worker.id.clone(), r.ring_addr);
+        Ok(Response::new(api::RegisterReply {
+            worker_id: worker.id.to_string(),
+            heartbeat_ms: self.config().heartbeat.as_millis() as u32,
+        }))
+    }
+
+    type HeartbeatStream = OrderStream;
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<WorkerReport>>,
+    ) -> Result<Response<OrderStream>, Status> {
+        self.config().access.worker(&request)?;
+        let mut reports = request.into_inner();
+        let first = match reports.next().await {
+            Some(Ok(report)) => report,
+            Some(Err(status)) => return Err(status),
+            None => {
+                return Err(Status::invalid_argument(
+                    "the heartbeat stream sent no report",
+                ));
+            }
+        };
+        let id = WorkerId::from(first.worker_id.as_str());
+        self.store().get_worker(&id).await.map_err(|e| {
+            if e.is_not_found() {
+                Status::not_found(format!("worker {id} is not registered: register first"))
+            } else {
+                status_of(e)
+            }
+        })?;
+        let (orders, out) = mpsc::channel(64);
+        let session = {
+            let mut fleet = self.fleet();
+            let session = fleet.next_session;
+            fleet.next_session += 1;
+            fleet.links.insert(id.clone(), Link { orders, session });
+            session
+        };
+        self.wake();
+        let coordinator = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(Ok(first));
+            while let Some(Ok(report)) = next {
+                if report.worker_id != id.as_str() {
+                    break;
+                }
+                if let Err(error) = coordinator.on_report(&id, report).await {
+                    tracing::error!("report of worker {id}: {error}");
+                }
+                next = reports.next().await;
+            }
+            // The stream ended: unless a newer connection took over, the
+            // worker is gone.
+            let ours = {
+                let mut fleet = coordinator.fleet();
+                let ours = fleet.links.get(&id).is_some_and(|l| l.session == session);
+                if ours {
+                    fleet.links.remove(&id);
+                }
+                ours
+            };
+            if ours {
+                let why = format!("worker {id} disconnected");
+                if let Err(error) = coordinator.worker_lost(&id, &why).await {
+                    tracing::error!("{why}: {error}");
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn report_events(
+        &self,
+        request: Request<api::ReportEventsRequest>,
+    ) -> Result<Response<api::ReportEventsReply>, Status> {
+        self.config().access.worker(&request)?;
+        let r = request.into_inner();
+        if r.events.len() > MAX_EVENTS_PER_REPORT {
+            return Err(Status::invalid_argument(format!(
+                "{} events in one report; at most {MAX_EVENTS_PER_REPORT}",
+                r.events.len()
+            )));
+        }
+        let worker = WorkerId::from(r.worker_id.as_str());
+        let job = JobId::from(r.job_id.as_str());
+        let Some(rank) = self.live_rank(&job, r.attempt, &worker).await? else {
+            // A straggler from an attempt that is over: its news is stale.
+            return Ok(Response::new(api::ReportEventsReply {}));
+        };
+        for event in r.events {
+            self.rank_event(&job, rank, event).await?;
+        }
+        self.publish();
+        Ok(Response::new(api::ReportEventsReply {}))
+    }
+
+    async fn list(
+        &self,
+        request: Request<api::ListWorkersRequest>,
+    ) -> Result<Response<api::WorkerList>, Status> {
+        self.config().access.anyone(&request)?;
+        let workers = self.store().list_workers().await.map_err(status_of)?;
+        let fleet = self.fleet();
+        let data = workers
+            .iter()
+            .map(|w| {
+                let ring = fleet.ring_addrs.get(&w.id).cloned();
+                worker_info(w, ring.unwrap_or_default())
+            })
+            .collect();
+        Ok(Response::new(api::WorkerList { data }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<api::WorkerRef>,
+    ) -> Result<Response<api::WorkerInfo>, Status> {
+        self.config().access.anyone(&request)?;
+        let id = WorkerId::from(request.into_inner().id.as_str());
+        let worker = self.store().drain_worker(&id).await.map_err(status_of)?;
+        self.send(
+            &id,
+            Order {
+                kind: Some(api::order::Kind::Drain(true)),
+            },
+        );
+        let ring = self.fleet().ring_addrs.get(&id).cloned();
+        Ok(Response::new(worker_info(
+            &worker,
+            ring.unwrap_or_default(),
+        )))
+    }
+}
+
+impl Coordinator {
+    /// Handles one heartbeat report of worker `id`.
+    async fn on_report(&self, id: &WorkerId, report: WorkerReport) -> Result<(), Status> {
+        self.store().heartbeat_worker(id).await.map_err(status_of)?;
+        if report.job_id.is_empty() {
+            return Ok(());
+        }
+        let job = JobId::from(report.job_id.as_str());
+        let Some(rank) = self.live_rank(&job, report.attempt, id).await? else {
+            if report.state == "running" {
+                let order = stop_order(&job, report.attempt, "that attempt is over");
+                self.send(id, order);
+            }
+            return Ok(());
+        };
+        match report.state.as_str() {
+            "finished" => {
+                let job_row = self.store().get_job(&job).await.map_err(status_of)?;
+                let attempt = self
+                    .store()
+                    .get_attempt(&job, report.attempt)
+                    .await
+                    .map_err(status_of)?;
+                self.rank_finished(&job_row, &attempt, rank)
+                    .await
+                    .map_err(status_of)?;
+            }
+            "failed" => {
+                let worker = self.store().get_worker(id).await.map_err(status_of)?;
+                let reason = format!(
+                    "rank {rank} on worker {} ({id}) failed: {}",
+                    worker.info.name,
+                    first_line(&report.error)
+                );
+                self.attempt_failed(&job, report.attempt, &reason)
+                    .await
+                    .map_err(status_of)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The rank of `worker` in attempt `attempt` of `job`, if that attempt
+    /// is the job's current one and still running.
+    async fn live_rank(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        worker: &WorkerId,
+    ) -> Result<Option<u32>, Status> {
+        let store = self.store();
+        let row = match store.get_job(job).await {
+            Ok(row) => row,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(status_of(e)),
+        };
+        if row.status.is_final() || row.attempt != attempt || attempt == 0 {
+            return Ok(None);
+        }
+        let attempt = store.get_attempt(job, attempt).await.map_err(status_of)?;
+        if attempt.finished_at.is_some() {
+            return Ok(None);
+        }
+        Ok(attempt
+            .workers
+            .iter()
+            .position(|w| w == worker)
+            .map(|r| r as u32))
+    }
+
+    /// Stores one event a rank reported, and acts on the ones that carry
+    /// progress or a checkpoint.
+    async fn rank_event(&self, job: &JobId, rank: u32, event: api::Event) -> Result<(), Status> {
+        let store = self.store();
+        let data: serde_json::Value =
+            serde_json::from_str(&event.data_json).unwrap_or(serde_json::Value::Null);
+        let mut message = event.message;
+        if message.len() > MAX_MESSAGE_CHARS {
+            let mut cut = MAX_MESSAGE_CHARS;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let level = Level::parse(&event.level).unwrap_or(Level::Info);
+        match event.r#type.as_str() {
+            "train.step" | "train.started" => {
+                let step = data["step"].as_u64().unwrap_or(0);
+                let total = data["total_steps"].as_u64();
+                store
+                    .set_job_progress(job, step, total)
+                    .await
+                    .map_err(status_of)?;
+                let row = store.get_job(job).await.map_err(status_of)?;
+                if row.status == JobStatus::Starting {
+                    store
+                        .move_job(job, JobStatus::Running, None)
+                        .await
+                        .map_err(status_of)?;
+                }
+            }
+            "checkpoint.saved" if rank == 0 => {
+                if let (Some(step), Some(path)) = (data["step"].as_u64(), data["path"].as_str()) {
+                    let checkpoint = NewCheckpoint {
+                        job: job.clone(),
+                        step,
+                        url: path.to_string(),
+                        metrics: data["metrics"].clone(),
+                    };
+                    store
+                        .record_checkpoint(&checkpoint)
+                        .await
+                        .map_err(status_of)?;
+                    // A folder saved again holds only its newest step.
+                    for older in store.list_checkpoints(job).await.map_err(status_of)? {
+                        if older.url == path && older.step != step {
+                            store
+                                .delete_checkpoint(job, older.step)
+                                .await
+                                .map_err(status_of)?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let new = NewEvent {
+            job: job.clone(),
+            level,
+            kind: event.r#type,
+            message,
+            data,
+        };
+        store.append_event(&new).await.map_err(status_of)?;
+        Ok(())
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    let text = text.trim();
+    if text.is_empty() {
+        "no reason given"
+    } else {
+        text
+    }
+}
+
+fn worker_info(w: &Worker, ring_addr: String) -> api::WorkerInfo {
+    api::WorkerInfo {
+        id: w.id.to_string(),
+        name: w.info.name.clone(),
+        host: w.info.host.clone(),
+        backend: w.info.backend.name().to_string(),
+        device: w.info.device.clone(),
+        memory_bytes: w.info.memory_bytes,
+        version: w.info.version.clone(),
+        state: w.state.name().to_string(),
+        job_id: w
+            .assignment
+            .as_ref()
+            .map(|(j, _)| j.to_string())
+            .unwrap_or_default(),
+        rank: w.assignment.as_ref().map(|(_, r)| *r),
+        registered_at: w.registered_at,
+        last_heartbeat: w.last_heartbeat,
+        ring_addr,
+    }
+}

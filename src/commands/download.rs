@@ -1,0 +1,514 @@
+//! `lorafleet download JOB [--step N|latest|best] -o DIR`: fetch one
+//! checkpoint's files from the coordinator. Files land in a staging folder
+//! next to DIR, each checked against the SHA-256 the coordinator sends,
+//! and DIR is replaced by it only once everything arrived intact; a path
+//! that would leave DIR is refused. [`download_checkpoint`] is shared with
+//! `run`.
+//!
+//! Not here: which checkpoint `latest` or `best` means (the coordinator),
+//! or merging an adapter into a model (`export`).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, bail};
+use coordinator::api::{DownloadRequest, FileChunk};
+use coordinator::client::Connection;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+
+use super::UsageError;
+use super::remote::{self, RemoteArgs, rpc};
+
+/// `lorafleet download JOB`.
+#[derive(clap::Args, Debug)]
+pub struct DownloadArgs {
+    /// The job's id.
+    pub job: String,
+    /// Which checkpoint: a step number, `latest` or `best`.
+    #[arg(long, default_value = "latest", value_parser = parse_step, value_name = "N|latest|best")]
+    pub step: String,
+    /// The folder to write the checkpoint's files into (replaced if it
+    /// exists).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Print {"job", "step", "dir", "files": [{"path", "bytes", "sha256"}]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// A `--step` value: a step number, `latest` or `best`.
+pub fn parse_step(text: &str) -> Result<String, UsageError> {
+    let text = text.trim();
+    if text == "latest" || text == "best" || text.parse::<u64>().is_ok() {
+        Ok(text.to_string())
+    } else {
+        Err(UsageError(format!(
+            "{text:?} is not a checkpoint: give a step number, `latest` or `best`"
+        )))
+    }
+}
+
+/// What a download wrote.
+#[derive(Debug, Clone)]
+pub struct DownloadSummary {
+    pub job: String,
+    pub step: u64,
+    pub dir: PathBuf,
+    pub files: Vec<DownloadedFile>,
+}
+
+/// One file of a downloaded checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadedFile {
+    /// Relative to the download folder, with `/` between parts.
+    pub path: String,
+    pub bytes: u64,
+    /// Hex SHA-256 of the file, as checked.
+    pub sha256: String,
+}
+
+impl DownloadSummary {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// `download --json`'s object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let files: Vec<_> = self
+            .files
+            .iter()
+            .map(|f| json!({"path": f.path, "bytes": f.bytes, "sha256": f.sha256}))
+            .collect();
+        json!({
+            "job": self.job,
+            "step": self.step,
+            "dir": self.dir.display().to_string(),
+            "files": files,
+        })
+    }
+}
+
+pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
+    let summary = remote::block_on(async {
+        let conn = remote::connect(&args.remote).await?;
+        download_checkpoint(&conn, &args.job, &args.step, &args.output).await
+    })?;
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        println!(
+            "downloaded step {} ({} files, {} bytes) to {}",
+            summary.step,
+            summary.files.len(),
+            summary.total_bytes(),
+            summary.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Downloads checkpoint `step` (a number, `latest` or `best`) of job
+/// `job_id` into `dir`, which holds exactly its files afterwards (or is
+/// left as it was if anything goes wrong).
+pub async fn download_checkpoint(
+    conn: &Connection,
+    job_id: &str,
+    step: &str,
+    dir: &Path,
+) -> anyhow::Result<DownloadSummary> {
+    let staging = staging_dir(dir)?;
+    let request = DownloadRequest {
+        job_id: job_id.to_string(),
+        step: step.to_string(),
+    };
+    let failed = || format!("cannot download checkpoint {step} of job {job_id}");
+    let mut stream = conn
+        .jobs()
+        .download(request)
+        .await
+        .map_err(rpc)
+        .with_context(failed)?
+        .into_inner();
+    let mut writer = CheckpointWriter::new(staging.path());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(rpc).with_context(failed)?;
+        writer.accept(&chunk).with_context(failed)?;
+    }
+    let (step, files) = writer.finish().with_context(failed)?;
+    replace_dir(staging, dir)?;
+    Ok(DownloadSummary {
+        job: job_id.to_string(),
+        step,
+        dir: dir.to_path_buf(),
+        files,
+    })
+}
+
+/// An empty folder beside `dir` (same file system, so it can be renamed
+/// onto `dir`), removed when dropped.
+fn staging_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} is not a folder name to download into", dir.display()))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.download-", name.to_string_lossy()))
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))
+}
+
+/// Puts the complete download `staging` where `dir` is, replacing what
+/// `dir` held; if that fails, `dir` keeps its old content.
+fn replace_dir(staging: tempfile::TempDir, dir: &Path) -> anyhow::Result<()> {
+    let mut old = None;
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+        Ok(meta) if !meta.is_dir() => {
+            bail!(
+                "{} exists and is not a folder: give another -o",
+                dir.display()
+            )
+        }
+        Ok(_) => {
+            // Move the old content aside until the new one is in place.
+            let aside = staging_dir(dir)?;
+            let aside_path = aside.path().join("previous");
+            std::fs::rename(dir, &aside_path)
+                .with_context(|| format!("cannot move the old {} aside", dir.display()))?;
+            old = Some((aside, aside_path));
+        }
+    }
+    if let Err(e) = std::fs::rename(staging.path(), dir) {
+        if let Some((_, aside_path)) = &old {
+            // Best effort: the rename error below is what the user needs.
+            let _ = std::fs::rename(aside_path, dir);
+        }
+        return Err(e).with_context(|| format!("cannot move the download into {}", dir.display()));
+    }
+    // The staging folder is `dir` now: nothing left to remove.
+    let _ = staging.keep();
+    // Dropping `old` deletes the previous content.
+    drop(old);
+    Ok(())
+}
+
+/// Turns a stream of chunks into files under one folder, checking each
+/// file's SHA-256 and refusing paths that would leave the folder.
+pub struct CheckpointWriter {
+    root: PathBuf,
+    step: Option<u64>,
+    open: Option<OpenFile>,
+    done: Vec<DownloadedFile>,
+    seen: HashSet<PathBuf>,
+}
+
+/// The file chunks are being written to.
+struct OpenFile {
+    name: String,
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl CheckpointWriter {
+    pub fn new(root: &Path) -> CheckpointWriter {
+        CheckpointWriter {
+            root: root.to_path_buf(),
+            step: None,
+            open: None,
+            done: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Writes one chunk. A file's chunks come in a row; its last one
+    /// carries the file's SHA-256.
+    pub fn accept(&mut self, chunk: &FileChunk) -> anyhow::Result<()> {
+        match self.step {
+            None => self.step = Some(chunk.step),
+            Some(step) if step != chunk.step => bail!(
+                "the coordinator switched from step {step} to step {} mid-download",
+                chunk.step
+            ),
+            Some(_) => {}
+        }
+        let relative = safe_relative_path(&chunk.path)?;
+        let name = relative_name(&relative);
+        let mut open = match self.open.take() {
+            Some(open) if open.name == name => open,
+            Some(open) => bail!(
+                "{} ended without its SHA-256 (the download is incomplete)",
+                open.name
+            ),
+            None => self.create(relative, name)?,
+        };
+        open.file
+            .write_all(&chunk.data)
+            .with_context(|| format!("cannot write {}", open.name))?;
+        open.hasher.update(&chunk.data);
+        open.bytes += chunk.data.len() as u64;
+        if chunk.sha256.is_empty() {
+            self.open = Some(open);
+        } else {
+            self.done.push(open.close(&chunk.sha256)?);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's step and files, once every file is complete.
+    pub fn finish(mut self) -> anyhow::Result<(u64, Vec<DownloadedFile>)> {
+        if let Some(open) = self.open.take() {
+            bail!(
+                "{} ended without its SHA-256 (the download is incomplete)",
+                open.name
+            );
+        }
+        let Some(step) = self.step else {
+            bail!("the coordinator sent no files");
+        };
+        Ok((step, self.done))
+    }
+
+    fn create(&mut self, relative: PathBuf, name: String) -> anyhow::Result<OpenFile> {
+        let path = self.root.join(&relative);
+        if !self.seen.insert(relative) {
+            bail!("the coordinator sent {name} twice");
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create the folder of {name}"))?;
+        }
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(OpenFile {
+            name,
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+}
+
+impl OpenFile {
+    fn close(mut self, expected: &str) -> anyhow::Result<DownloadedFile> {
+        self.file
+            .flush()
+            .and_then(|()| self.file.sync_all())
+            .with_context(|| format!("cannot write {}", self.name))?;
+        let actual = hex::encode(self.hasher.finalize());
+        if !actual.eq_ignore_ascii_case(expected.trim()) {
+            bail!(
+                "{} is corrupt: its SHA-256 is {actual} but the coordinator says {}",
+                self.name,
+                expected.trim()
+            );
+        }
+        Ok(DownloadedFile {
+            path: self.name,
+            bytes: self.bytes,
+            sha256: actual,
+        })
+    }
+}
+
+/// `path` as a relative path that stays inside the download folder, or an
+/// error saying why it cannot be one.
+pub fn safe_relative_path(path: &str) -> anyhow::Result<PathBuf> {
+    let refuse =
+        |why: &str| anyhow::anyhow!("refusing file path {path:?} from the coordinator: {why}");
+    if path.contains('\\') || path.contains('\0') {
+        return Err(refuse("it has a backslash or NUL"));
+    }
+    let mut relative = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => relative.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("it contains `..`")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("it is absolute")),
+        }
+    }
+    if relative.as_os_str().is_empty() {
+        return Err(refuse("it names no file"));
+    }
+    Ok(relative)
+}
+
+/// A relative path written with `/` between its parts.
+fn relative_name(relative: &Path) -> String {
+    let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy()).collect();
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn chunk(path: &str, data: &[u8], sha256: &str) -> FileChunk {
+        FileChunk {
+            path: path.to_string(),
+            data: data.to_vec(),
+            sha256: sha256.to_string(),
+            step: 40,
+        }
+    }
+
+    #[test]
+    fn paths_must_stay_inside_the_folder() {
+        assert_eq!(
+            safe_relative_path("adapter_model.safetensors").unwrap(),
+            PathBuf::from("adapter_model.safetensors")
+        );
+        assert_eq!(
+            safe_relative_path("./sub/a.json").unwrap(),
+            PathBuf::from("sub/a.json")
+        );
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "",
+            ".",
+            "a\\..\\b",
+            "/",
+        ] {
+            let err = safe_relative_path(bad).unwrap_err();
+            assert!(err.to_string().contains("refusing"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_are_written_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = CheckpointWriter::new(dir.path());
+        writer.accept(&chunk("a.json", b"{}", &sha(b"{}"))).unwrap();
+        writer.accept(&chunk("sub/b.bin", b"hello ", "")).unwrap();
+        writer
+            .accept(&chunk(
+                "sub/b.bin",
+                b"world",
+                &sha(b"hello world").to_uppercase(),
+            ))
+            .unwrap();
+        writer.accept(&chunk("empty", b"", &sha(b""))).unwrap();
+        let (step, files) = writer.finish().unwrap();
+        assert_eq!(step, 40);
+        let names: Vec<_> = files.iter().map(|f| (f.path.as_str(), f.bytes)).collect();
+        assert_eq!(names, [("a.json", 2), ("sub/b.bin", 11), ("empty", 0)]);
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/b.bin")).unwrap(),
+            b"hello world"
+        );
+    }
+
+    #[test]
+    fn a_checksum_mismatch_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = CheckpointWriter::new(dir.path());
+        writer
+            .accept(&chunk("adapter.safetensors", b"abc", ""))
+            .unwrap();
+        let err = writer
+            .accept(&chunk("adapter.safetensors", b"d", &sha(b"abc")))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("adapter.safetensors") && text.contains("corrupt"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn incomplete_or_hostile_streams_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = CheckpointWriter::new(dir.path());
+        writer.accept(&chunk("a", b"x", "")).unwrap();
+        let err = writer.accept(&chunk("b", b"y", &sha(b"y"))).unwrap_err();
+        assert!(
+            err.to_string().contains("a ended without its SHA-256"),
+            "{err}"
+        );
+
+        let mut writer = CheckpointWriter::new(dir.path());
+        writer.accept(&chunk("c", b"x", "")).unwrap();
+        assert!(
+            writer
+                .finish()
+                .unwrap_err()
+                .to_string()
+                .contains("incomplete")
+        );
+
+        let writer = CheckpointWriter::new(dir.path());
+        assert!(
+            writer
+                .finish()
+                .unwrap_err()
+                .to_string()
+                .contains("no files")
+        );
+
+        let mut writer = CheckpointWriter::new(dir.path());
+        assert!(
+            writer
+                .accept(&chunk("../escape", b"x", &sha(b"x")))
+                .is_err()
+        );
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+
+        let mut writer = CheckpointWriter::new(dir.path());
+        writer.accept(&chunk("d", b"x", &sha(b"x"))).unwrap();
+        assert!(
+            writer
+                .accept(&chunk("d", b"x", &sha(b"x")))
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn a_finished_download_replaces_the_old_folder() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("out");
+        std::fs::create_dir_all(dir.join("old")).unwrap();
+        std::fs::write(dir.join("old/stale.txt"), b"stale").unwrap();
+        let staging = staging_dir(&dir).unwrap();
+        std::fs::write(staging.path().join("new.txt"), b"new").unwrap();
+        replace_dir(staging, &dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("new.txt")).unwrap(), b"new");
+        assert!(!dir.join("old").exists());
+        // Nothing is left beside it.
+        let entries: Vec<_> = std::fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["out"]);
+    }
+
+    #[test]
+    fn steps_are_numbers_or_latest_or_best() {
+        assert_eq!(parse_step("latest").unwrap(), "latest");
+        assert_eq!(parse_step("best").unwrap(), "best");
+        assert_eq!(parse_step("120").unwrap(), "120");
+        assert!(parse_step("newest").is_err());
+        assert!(parse_step("-1").is_err());
+    }
+}

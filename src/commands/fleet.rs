@@ -1,0 +1,214 @@
+//! `lorafleet serve` and `lorafleet worker`: the two long-running processes
+//! of a fleet. Both are thin: flags and environment become a
+//! `coordinator::server::ServerConfig` or `coordinator::agent::AgentConfig`,
+//! logs go to stderr, and SIGINT/SIGTERM stop them cleanly.
+//!
+//! `serve` prints a readiness line, `listening on http://ADDR`, once the
+//! port is bound (so `--listen 127.0.0.1:0` works); `worker` prints
+//! `worker ID registered with URL` once it joined.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use coordinator::agent::{self, AgentConfig};
+use coordinator::server::{self, Access, DevTokens, ServerConfig};
+
+use super::UsageError;
+use super::remote::block_on;
+
+/// The environment variable holding the workers' cluster token.
+pub const CLUSTER_TOKEN_ENV: &str = "LORAFLEET_CLUSTER_TOKEN";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (see the readiness line).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// The SQLite file holding the coordinator's state (created if missing).
+    #[arg(long, default_value = "lorafleet.db")]
+    pub state: PathBuf,
+    /// Tenants, token hashes and storage rules (YAML). Without it, a
+    /// single-tenant development setup whose tokens are printed (or taken
+    /// from LORAFLEET_TOKEN and LORAFLEET_CLUSTER_TOKEN when set).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where uploaded datasets are kept (default: next to --state).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds of silence after which a worker is lost.
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    pub lost_after: f64,
+    /// Milliseconds between worker reports.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub heartbeat_ms: u64,
+    /// Seconds after a start during which workers may reconnect before
+    /// their silence counts.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub grace: f64,
+}
+
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs();
+    let access = match &args.config {
+        Some(path) => Access::from_file(path).map_err(|e| UsageError(e.to_string()))?,
+        None => {
+            let from_env = |name: &str| std::env::var(name).ok().filter(|t| !t.is_empty());
+            let tokens = DevTokens {
+                tenant: from_env("LORAFLEET_TOKEN").unwrap_or_else(coordinator::store::new_token),
+                cluster: from_env(CLUSTER_TOKEN_ENV).unwrap_or_else(coordinator::store::new_token),
+            };
+            println!("development setup: one tenant (default), tokens below");
+            println!("export LORAFLEET_TOKEN={}", tokens.tenant);
+            println!("export {CLUSTER_TOKEN_ENV}={}", tokens.cluster);
+            Access::development(&tokens)
+        }
+    };
+    let seconds = |what: &str, s: f64| {
+        if s > 0.0 && s.is_finite() {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(UsageError(format!(
+                "{what} {s} is not a positive number of seconds"
+            )))
+        }
+    };
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        let mut name = args.state.clone().into_os_string();
+        name.push(".d");
+        PathBuf::from(name)
+    });
+    let data_dir = std::path::absolute(&data_dir)?;
+    let mut config = ServerConfig::new(args.state.clone(), data_dir, access);
+    config.lost_after = seconds("--lost-after", args.lost_after)?;
+    config.grace = seconds("--grace", args.grace)?;
+    config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        println!("listening on http://{address}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        server::serve(config, listener, stop_signal())
+            .await
+            .context("the coordinator stopped")
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        env = "LORAFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+    /// The cluster token (better set in LORAFLEET_CLUSTER_TOKEN).
+    #[arg(long, env = CLUSTER_TOKEN_ENV, hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// A name for people (default: HOST/PID).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The address other ranks reach this worker's ring on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ring_host: String,
+    /// The ring port (0: a free one picked at start).
+    #[arg(long, default_value_t = 0)]
+    pub ring_port: u16,
+    /// Where assigned specs are written (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds a ring operation may wait on a peer.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub ring_timeout: f64,
+}
+
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    init_logs();
+    let Some(cluster_token) = args.cluster_token.filter(|t| !t.is_empty()) else {
+        anyhow::bail!(UsageError(format!(
+            "no cluster token: set {CLUSTER_TOKEN_ENV} (serve prints it in a development setup)"
+        )));
+    };
+    let host = hostname();
+    let ring_port = match args.ring_port {
+        0 => std::net::TcpListener::bind((args.ring_host.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("cannot find a free port on {}", args.ring_host))?
+            .port(),
+        port => port,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("lorafleet-worker-")
+        .tempdir()
+        .context("cannot create a work folder")?;
+    let config = AgentConfig {
+        coordinator: args.coordinator,
+        cluster_token,
+        name: args
+            .name
+            .unwrap_or_else(|| format!("{host}/{}", std::process::id())),
+        host,
+        backend: "cpu".into(),
+        device: "cpu".into(),
+        memory_bytes: total_memory(),
+        ring_addr: format!("{}:{ring_port}", args.ring_host),
+        program: std::env::current_exe().context("cannot find this program's path")?,
+        work_dir: args
+            .work_dir
+            .unwrap_or_else(|| scratch.path().to_path_buf()),
+        train_args: vec!["--ring-timeout".into(), args.ring_timeout.to_string()],
+    };
+    block_on(agent::run(config, stop_signal())).context("the worker stopped")
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
+}
+
+/// Log lines on stderr; `RUST_LOG`-style filtering is not needed here:
+/// info and above.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Physical memory in bytes, from /proc/meminfo (0 when unknown).
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

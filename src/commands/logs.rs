@@ -1,0 +1,433 @@
+//! `lorafleet logs JOB [-f]`: a job's events, as lines or NDJSON, and with
+//! `-f` on a terminal live progress bars (the job's step, loss, tokens/s
+//! and ETA, one line per worker rank) until the job ends. [`follow`] is the
+//! watching part, shared with `submit --wait` and `run`.
+//!
+//! Not here: connecting and the JSON shapes (`remote`), or what ends a job
+//! (the coordinator).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use coordinator::api::{Event, Job, WatchRequest};
+use coordinator::client::Connection;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use super::remote::{self, RemoteArgs, event_json, rpc};
+
+/// How many times in a row a broken watch is opened again before giving up.
+const MAX_RETRIES: u32 = 5;
+
+/// `lorafleet logs JOB`.
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The job's id.
+    pub job: String,
+    /// Keep watching until the job ends; exit 1 if it failed or was
+    /// cancelled.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// NDJSON: one event {"id", "created_at", "level", "type", "message",
+    /// "data"} a line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
+    remote::block_on(async {
+        let conn = remote::connect(&args.remote).await?;
+        if args.follow {
+            let job = follow(&conn, &args.job, args.json).await?;
+            final_outcome(&job)
+        } else {
+            print_events_so_far(&conn, &args.job, args.json).await
+        }
+    })
+}
+
+/// Prints job `job_id`'s events until it reaches a final status, then
+/// returns the job as it ended. With `json`, each event is one NDJSON line
+/// on stdout; otherwise one text line each, and when stdout and stderr are
+/// terminals, progress bars on stderr with the lines above them (`train.step`
+/// events then feed the bar instead of printing). A watch the network
+/// breaks is opened again where it stopped. Needs a runtime with timers.
+pub async fn follow(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<Job> {
+    let job = remote::get_job(conn, job_id).await?;
+    let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let mut view = if json {
+        EventView::Json
+    } else if terminal {
+        EventView::Bars(Bars::new(&job))
+    } else {
+        EventView::Lines
+    };
+    let result = watch_until_final(conn, job_id, &mut view).await;
+    view.finish(result.as_ref().ok());
+    result
+}
+
+async fn watch_until_final(
+    conn: &Connection,
+    job_id: &str,
+    view: &mut EventView,
+) -> anyhow::Result<Job> {
+    let mut after_id = 0;
+    let mut retries = 0;
+    loop {
+        let before = after_id;
+        let outcome = watch(conn, job_id, &mut after_id, true, view).await?;
+        if after_id > before {
+            retries = 0;
+        }
+        if let Err(status) = outcome {
+            if !retryable(&status) || retries == MAX_RETRIES {
+                return Err(rpc(status))
+                    .with_context(|| format!("lost the events of job {job_id}"));
+            }
+            retries += 1;
+            tokio::time::sleep(Duration::from_secs(u64::from(retries))).await;
+            continue;
+        }
+        let job = remote::get_job(conn, job_id).await?;
+        if remote::is_final(&job.status) {
+            return Ok(job);
+        }
+        // The coordinator closed the watch before the job ended (it may be
+        // restarting): watch again from the last event seen.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether a watch that failed this way is worth opening again.
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
+}
+
+/// Streams events after `*after_id` into `view`, moving `*after_id` along.
+/// The outer error is local (printing failed); the inner one is the
+/// coordinator's.
+async fn watch(
+    conn: &Connection,
+    job_id: &str,
+    after_id: &mut i64,
+    follow: bool,
+    view: &mut EventView,
+) -> anyhow::Result<Result<(), tonic::Status>> {
+    let request = WatchRequest {
+        job_id: job_id.to_string(),
+        after_id: *after_id,
+        follow,
+    };
+    let mut stream = match conn.jobs().watch_events(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => return Ok(Err(status)),
+    };
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                *after_id = (*after_id).max(event.id);
+                view.show(&event)?;
+            }
+            Err(status) => return Ok(Err(status)),
+        }
+    }
+    Ok(Ok(()))
+}
+
+async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<()> {
+    let mut view = if json {
+        EventView::Json
+    } else {
+        EventView::Lines
+    };
+    let mut after_id = 0;
+    watch(conn, job_id, &mut after_id, false, &mut view)
+        .await?
+        .map_err(rpc)
+        .with_context(|| format!("cannot read the events of job {job_id}"))
+}
+
+/// Ok for a job that succeeded; an error saying how it ended otherwise
+/// (exit code 1).
+pub fn final_outcome(job: &Job) -> anyhow::Result<()> {
+    let why = job
+        .error
+        .as_ref()
+        .map(|e| format!(": {} ({})", e.message, e.code))
+        .unwrap_or_default();
+    match job.status.as_str() {
+        "succeeded" => Ok(()),
+        "failed" => anyhow::bail!("job {} ({}) failed{why}", job.id, job.name),
+        "cancelled" => anyhow::bail!("job {} ({}) was cancelled{why}", job.id, job.name),
+        other => anyhow::bail!("job {} ({}) has not ended: it is {other}", job.id, job.name),
+    }
+}
+
+/// An event as one line: `TIME LEVEL TYPE message`.
+pub fn event_line(event: &Event) -> String {
+    let text = if event.message.is_empty() {
+        event.data_json.as_str()
+    } else {
+        event.message.as_str()
+    };
+    format!(
+        "{} {:<5} {:<16} {text}",
+        remote::utc_time(event.created_at),
+        event.level,
+        event.r#type
+    )
+}
+
+/// Where events go.
+enum EventView {
+    Json,
+    Lines,
+    Bars(Bars),
+}
+
+impl EventView {
+    fn show(&mut self, event: &Event) -> std::io::Result<()> {
+        match self {
+            EventView::Json => writeln!(std::io::stdout().lock(), "{}", event_json(event)),
+            EventView::Lines => writeln!(std::io::stdout().lock(), "{}", event_line(event)),
+            EventView::Bars(bars) => bars.show(event),
+        }
+    }
+
+    fn finish(&mut self, job: Option<&Job>) {
+        if let EventView::Bars(bars) = self {
+            bars.finish(job);
+        }
+    }
+}
+
+/// The job's bar and one line per rank, on stderr.
+struct Bars {
+    multi: MultiProgress,
+    job: ProgressBar,
+    ranks: BTreeMap<u32, ProgressBar>,
+    rate: StepRate,
+}
+
+impl Bars {
+    fn new(job: &Job) -> Bars {
+        let multi = MultiProgress::new();
+        let bar = multi.add(ProgressBar::new(job.total_steps.unwrap_or(0)));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} step {pos}/{len} [{bar:30}] {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(job.name.clone());
+        bar.set_position(job.step);
+        bar.set_message(job.status.clone());
+        Bars {
+            multi,
+            job: bar,
+            ranks: BTreeMap::new(),
+            rate: StepRate::default(),
+        }
+    }
+
+    fn show(&mut self, event: &Event) -> std::io::Result<()> {
+        let data = remote::parse_json(&event.data_json);
+        match event.r#type.as_str() {
+            "train.step" => {
+                self.on_step(&data, event.created_at);
+                return Ok(());
+            }
+            "rank.started" => self.on_rank_started(&data),
+            "rank.finished" => self.set_rank_state(&data, "finished".to_string()),
+            "rank.failed" => {
+                let error = data
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                self.set_rank_state(&data, format!("failed: {error}"));
+            }
+            _ => {}
+        }
+        self.multi.println(event_line(event))
+    }
+
+    fn on_step(&mut self, data: &Value, created_at: i64) {
+        let number = |key: &str| data.get(key).and_then(Value::as_f64);
+        let Some(step) = data.get("step").and_then(Value::as_u64) else {
+            return;
+        };
+        if let Some(total) = data.get("total_steps").and_then(Value::as_u64) {
+            self.job.set_length(total);
+        }
+        self.job.set_position(step);
+        self.rate.record(step, created_at);
+        let mut message = Vec::new();
+        if let Some(loss) = number("loss") {
+            message.push(format!("loss {loss:.4}"));
+        }
+        if let Some(lr) = number("learning_rate") {
+            message.push(format!("lr {lr:.2e}"));
+        }
+        if let Some(speed) = number("tokens_per_s") {
+            message.push(format!("{speed:.0} tok/s"));
+        }
+        let total = self.job.length().unwrap_or(0);
+        if let Some(eta) = self.rate.eta(total) {
+            message.push(format!("ETA {}", remote::short_duration(eta)));
+        }
+        self.job.set_message(message.join(" · "));
+    }
+
+    fn on_rank_started(&mut self, data: &Value) {
+        let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or("?");
+        let line = self.rank_line(data);
+        line.set_prefix(format!("{} on {}", text("worker_name"), text("host")));
+        line.set_message("running");
+    }
+
+    fn set_rank_state(&mut self, data: &Value, state: String) {
+        self.rank_line(data).set_message(state);
+    }
+
+    /// The line of the rank an event names (rank 0 if it names none),
+    /// made on first use and kept in rank order.
+    fn rank_line(&mut self, data: &Value) -> &ProgressBar {
+        let rank = data
+            .get("rank")
+            .and_then(Value::as_u64)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0);
+        let below = self.ranks.range(..rank).count();
+        let multi = &self.multi;
+        self.ranks.entry(rank).or_insert_with(|| {
+            let line = multi.insert(1 + below, ProgressBar::new_spinner());
+            line.set_style(
+                ProgressStyle::with_template(&format!("  rank {rank}: {{prefix}}: {{msg}}"))
+                    .expect("valid template"),
+            );
+            line
+        })
+    }
+
+    fn finish(&mut self, job: Option<&Job>) {
+        if let Some(job) = job {
+            self.job.set_position(job.step);
+            self.job.finish_with_message(job.status.clone());
+        } else {
+            self.job.abandon();
+        }
+        for line in self.ranks.values() {
+            line.abandon();
+        }
+    }
+}
+
+/// Steps per second over the last few `train.step` events, from their
+/// timestamps (so a replay of old events estimates as well as live ones).
+#[derive(Default)]
+struct StepRate {
+    recent: VecDeque<(u64, i64)>,
+}
+
+impl StepRate {
+    const WINDOW: usize = 32;
+
+    fn record(&mut self, step: u64, at: i64) {
+        if self.recent.back().is_some_and(|&(last, _)| step <= last) {
+            // A restart from a checkpoint: the old pace says nothing.
+            self.recent.clear();
+        }
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((step, at));
+    }
+
+    /// Seconds left to reach step `total`, if the pace is known.
+    fn eta(&self, total: u64) -> Option<i64> {
+        let &(first_step, first_at) = self.recent.front()?;
+        let &(last_step, last_at) = self.recent.back()?;
+        let steps = last_step.checked_sub(first_step).filter(|&s| s > 0)?;
+        let seconds = last_at - first_at;
+        if seconds <= 0 || total <= last_step {
+            return None;
+        }
+        let left = (total - last_step) as f64 * seconds as f64 / steps as f64;
+        Some(left.round() as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coordinator::api::JobError;
+
+    #[test]
+    fn only_success_is_ok() {
+        let job = Job {
+            id: "j-1".into(),
+            name: "quick".into(),
+            status: "succeeded".into(),
+            ..Job::default()
+        };
+        assert!(final_outcome(&job).is_ok());
+        let failed = Job {
+            status: "failed".into(),
+            error: Some(JobError {
+                code: "max_failures".into(),
+                message: "rank 1 ran out of memory".into(),
+            }),
+            ..job.clone()
+        };
+        let err = final_outcome(&failed).unwrap_err();
+        assert!(
+            err.to_string().contains("rank 1 ran out of memory"),
+            "{err}"
+        );
+        assert_eq!(crate::commands::exit_code(&err), 1);
+        let cancelled = Job {
+            status: "cancelled".into(),
+            ..job
+        };
+        let err = final_outcome(&cancelled).unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        assert_eq!(crate::commands::exit_code(&err), 1);
+    }
+
+    #[test]
+    fn event_lines_carry_time_level_type_and_message() {
+        let event = Event {
+            created_at: 0,
+            level: "warn".into(),
+            r#type: "worker.lost".into(),
+            message: "worker w-2 stopped answering".into(),
+            ..Event::default()
+        };
+        assert_eq!(
+            event_line(&event),
+            "1970-01-01T00:00:00Z warn  worker.lost      worker w-2 stopped answering"
+        );
+    }
+
+    #[test]
+    fn eta_follows_the_recent_pace() {
+        let mut rate = StepRate::default();
+        assert_eq!(rate.eta(100), None);
+        rate.record(10, 1000);
+        assert_eq!(rate.eta(100), None);
+        rate.record(20, 1020);
+        assert_eq!(rate.eta(100), Some(160));
+        // A restart from step 10 forgets the old pace.
+        rate.record(10, 1100);
+        assert_eq!(rate.eta(100), None);
+        rate.record(12, 1101);
+        assert_eq!(rate.eta(100), Some(44));
+        assert_eq!(rate.eta(12), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! `lorafleet run FILE [--workers N]`: the embedded fleet. Starts a
+//! coordinator on 127.0.0.1 with a temporary SQLite file and N worker
+//! processes of this same binary, submits the spec, follows it with
+//! progress bars, downloads the final adapter to the spec's `output.dir`,
+//! and stops every process it started, also on Ctrl-C (exit 130).
+//!
+//! It is the same path as a real cluster (`serve`, `worker`, `submit`,
+//! `download`), only on one machine. The processes' logs go to files in the
+//! temporary folder; the last lines of each are shown if the job fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use coordinator::JobSpec;
+use coordinator::spec::PathOrUrl;
+
+use super::UsageError;
+use super::download::download_checkpoint;
+use super::fleet::{CLUSTER_TOKEN_ENV, stop_signal};
+use super::logs::{final_outcome, follow};
+use super::remote::{self, RemoteArgs, block_on};
+use super::submit::submit_file;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The YAML job spec.
+    pub file: PathBuf,
+    /// Worker processes to start (default: the most the spec asks for).
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Print the job's events as NDJSON instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Interrupted by the user (exit code 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; every process started was stopped")]
+pub struct Interrupted;
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let spec = JobSpec::from_file(&args.file)?;
+    let workers = args.workers.unwrap_or(spec.resources.workers.max);
+    if workers == 0 || workers > 64 {
+        bail!(UsageError(format!(
+            "--workers {workers}: an embedded fleet has 1 to 64 workers"
+        )));
+    }
+    if !spec.usable_worker_counts().contains(&workers) {
+        bail!(UsageError(format!(
+            "--workers {workers}: the spec runs on {} worker(s) (resources.workers: {}, and global_batch_size {} must divide evenly)",
+            list(&spec.usable_worker_counts()),
+            spec.resources.workers,
+            spec.training.global_batch_size
+        )));
+    }
+    let output = match &spec.output.dir {
+        Some(PathOrUrl::Path(dir)) => dir.clone(),
+        Some(PathOrUrl::Url(url)) => bail!(UsageError(format!(
+            "output.dir: {url}: `run` downloads the adapter to a local folder"
+        ))),
+        None => PathBuf::from("runs").join(&spec.name).join("final"),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("lorafleet-run-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let mut fleet = EmbeddedFleet::start(scratch.path(), workers)?;
+    let outcome = block_on(async {
+        tokio::select! {
+            outcome = drive(&fleet, &args, &output) => outcome,
+            () = stop_signal() => Err(Interrupted.into()),
+        }
+    });
+    if outcome.is_err() && !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        fleet.show_logs();
+    }
+    fleet.stop();
+    outcome
+}
+
+/// Submit, follow, download.
+async fn drive(fleet: &EmbeddedFleet, args: &RunArgs, output: &Path) -> anyhow::Result<()> {
+    let remote = RemoteArgs {
+        coordinator: fleet.url.clone(),
+        token: Some(fleet.token.clone()),
+    };
+    let conn = remote::connect(&remote).await?;
+    fleet.wait_for_workers(&conn).await?;
+    let job = submit_file(&conn, &args.file).await?;
+    eprintln!(
+        "job {} ({}) on {} local worker(s)",
+        job.id,
+        job.name,
+        fleet.workers.len()
+    );
+    let started = Instant::now();
+    let job = follow(&conn, &job.id, args.json).await?;
+    final_outcome(&job)?;
+    let summary = download_checkpoint(&conn, &job.id, "latest", output).await?;
+    eprintln!(
+        "job {} succeeded in {:.1} s: step {}, adapter in {}",
+        job.id,
+        started.elapsed().as_secs_f64(),
+        summary.step,
+        output.display()
+    );
+    if args.json {
+        println!("{}", remote::job_json(&job));
+    }
+    Ok(())
+}
+
+/// The processes `run` started.
+struct EmbeddedFleet {
+    url: String,
+    token: String,
+    server: Child,
+    workers: Vec<Child>,
+    logs: PathBuf,
+}
+
+impl EmbeddedFleet {
+    fn start(dir: &Path, workers: u32) -> anyhow::Result<EmbeddedFleet> {
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let token = coordinator::store::new_token();
+        let cluster = coordinator::store::new_token();
+        let log = |name: &str| -> anyhow::Result<Stdio> {
+            let path = dir.join(format!("{name}.log"));
+            Ok(std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?
+                .into())
+        };
+        let mut server = Command::new(&exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grace",
+                "5",
+                "--state",
+            ])
+            .arg(dir.join("state.db"))
+            .env("LORAFLEET_TOKEN", &token)
+            .env(CLUSTER_TOKEN_ENV, &cluster)
+            .stdout(Stdio::piped())
+            .stderr(log("coordinator")?)
+            .spawn()
+            .context("cannot start the coordinator")?;
+        let stdout = server.stdout.take().expect("piped");
+        let mut fleet = EmbeddedFleet {
+            url: String::new(),
+            token,
+            server,
+            workers: Vec::new(),
+            logs: dir.to_path_buf(),
+        };
+        let Some(url) = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("listening on ").map(str::to_string))
+        else {
+            fleet.show_logs();
+            fleet.stop();
+            bail!("the coordinator did not start");
+        };
+        fleet.url = url;
+        for i in 0..workers {
+            let child = Command::new(&exe)
+                .args(["worker", "--coordinator", &fleet.url, "--name"])
+                .arg(format!("local-{i}"))
+                .env(CLUSTER_TOKEN_ENV, &cluster)
+                .stdout(Stdio::null())
+                .stderr(log(&format!("worker-{i}"))?)
+                .spawn();
+            match child {
+                Ok(child) => fleet.workers.push(child),
+                Err(e) => {
+                    fleet.stop();
+                    return Err(e).context("cannot start a worker");
+                }
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Waits until every worker has joined (at most 30 s).
+    async fn wait_for_workers(&self, conn: &coordinator::client::Connection) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = conn
+                .workers()
+                .list(coordinator::api::ListWorkersRequest {})
+                .await
+                .map_err(remote::rpc)?
+                .into_inner();
+            let idle = list.data.iter().filter(|w| w.state == "idle").count();
+            if idle >= self.workers.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {idle} of {} workers joined within 30 s",
+                    self.workers.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Prints the last lines of every process's log.
+    fn show_logs(&self) {
+        let mut names = vec!["coordinator".to_string()];
+        names.extend((0..self.workers.len()).map(|i| format!("worker-{i}")));
+        for name in names {
+            let path = self.logs.join(format!("{name}.log"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            if !tail.is_empty() {
+                eprintln!("--- last lines of {name}'s log:");
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Stops the workers, then the coordinator: SIGTERM, then SIGKILL
+    /// after 5 s.
+    fn stop(&mut self) {
+        let mut all: Vec<&mut Child> = self.workers.iter_mut().collect();
+        terminate(&mut all);
+        terminate(&mut [&mut self.server]);
+    }
+}
+
+impl Drop for EmbeddedFleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn terminate(children: &mut [&mut Child]) {
+    for child in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on a child we started and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for child in children.iter_mut() {
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn list(counts: &[u32]) -> String {
+    let items: Vec<String> = counts.iter().map(u32::to_string).collect();
+    items.join(" or ")
+}

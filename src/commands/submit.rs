@@ -1,0 +1,126 @@
+//! `lorafleet submit FILE [--wait]`: check a spec here (errors point at the
+//! file's lines), upload the local datasets it names to the coordinator
+//! (content-addressed, so a remote fleet can read them), and queue it.
+//!
+//! Not here: following a job (`logs::follow`), the embedded fleet (`run`).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use coordinator::JobSpec;
+use coordinator::api::{CHUNK_BYTES, DatasetChunk, Job, SubmitRequest};
+use coordinator::client::Connection;
+use coordinator::spec::{PathOrUrl, Validation};
+
+use super::logs::{final_outcome, follow};
+use super::remote::{self, RemoteArgs, rpc};
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The YAML job spec.
+    pub file: std::path::PathBuf,
+    /// Follow the job until it ends (exit 1 if it fails or is cancelled).
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the job object (and with --wait, the events as NDJSON).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
+    // The spec is checked before anything is sent.
+    JobSpec::from_file(&args.file)?;
+    remote::block_on(async {
+        let conn = remote::connect(&args.remote).await?;
+        let job = submit_file(&conn, &args.file).await?;
+        if args.json {
+            println!("{}", remote::job_json(&job));
+        } else {
+            println!("submitted job {} ({})", job.id, job.name);
+        }
+        if !args.wait {
+            return Ok(());
+        }
+        let job = follow(&conn, &job.id, args.json).await?;
+        final_outcome(&job)
+    })
+}
+
+/// Uploads `file`'s local datasets and submits it; returns the queued job.
+pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> {
+    let spec = JobSpec::from_file(file)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let base_dir = std::path::absolute(file)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| "/".into());
+    let mut locals = vec![("dataset.train", &spec.dataset.train)];
+    if let Some(Validation::Data(v)) = &spec.dataset.validation {
+        locals.push(("dataset.validation", v));
+    }
+    let mut datasets = HashMap::new();
+    for (key, place) in locals {
+        if let PathOrUrl::Path(path) = place {
+            let url = upload(conn, path)
+                .await
+                .with_context(|| format!("{key}: cannot upload {}", path.display()))?;
+            datasets.insert(key.to_string(), url);
+        }
+    }
+    let request = SubmitRequest {
+        spec_yaml: text,
+        file_name: file.display().to_string(),
+        base_dir: base_dir.display().to_string(),
+        datasets,
+        version: coordinator::PROTOCOL_VERSION.to_string(),
+    };
+    let job = conn
+        .jobs()
+        .submit(request)
+        .await
+        .map_err(rpc)
+        .with_context(|| format!("the coordinator refused {}", file.display()))?;
+    Ok(job.into_inner())
+}
+
+/// Streams a local file to the coordinator; returns where it was stored.
+async fn upload(conn: &Connection, path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; CHUNK_BYTES];
+            let n = file.read(&mut data)?;
+            if n == 0 && !first {
+                return Ok(());
+            }
+            data.truncate(n);
+            let chunk = DatasetChunk {
+                file_name: if first { name.clone() } else { String::new() },
+                data,
+            };
+            first = false;
+            if tx.blocking_send(chunk).is_err() || n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let reply = conn
+        .jobs()
+        .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(rpc);
+    reader.await??;
+    Ok(reply?.into_inner().url)
+}
