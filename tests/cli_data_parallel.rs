@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{lorafleet, spec_in};
+use common::{adapter, lorafleet, losses, max_relative_difference, spec_in};
 
 const SECRET: &str = "a test attempt secret, 32 chars!";
 
@@ -76,54 +76,6 @@ fn train(dir: &Path, tag: &str, world: usize) -> PathBuf {
         );
     }
     out
-}
-
-fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn max_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((na, va), (nb, vb))| {
-            assert_eq!(na, nb);
-            let diff: f64 = va
-                .iter()
-                .zip(vb)
-                .map(|(x, y)| ((x - y) as f64).powi(2))
-                .sum();
-            let norm: f64 = va.iter().map(|x| (*x as f64).powi(2)).sum();
-            (diff / norm.max(1e-30)).sqrt()
-        })
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub enum ConnectError {
     BadAddress { url: String, reason: String },
     #[error("the token has characters that cannot go in a request header")]
     BadToken,
-    #[error("cannot reach the coordinator at {url}: {source}")]
+    #[error("cannot reach the coordinator at {url}")]
     Unreachable {
         url: String,
         #[source]

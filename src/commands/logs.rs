@@ -160,7 +160,10 @@ pub fn final_outcome(job: &Job) -> anyhow::Result<()> {
     let why = job
         .error
         .as_ref()
-        .map(|e| format!(": {} ({})", e.message, e.code))
+        .map(|e| match e.code.as_str() {
+            code if code.is_empty() || code == job.status => format!(": {}", e.message),
+            code => format!(": {} ({code})", e.message),
+        })
         .unwrap_or_default();
     match job.status.as_str() {
         "succeeded" => Ok(()),
@@ -252,7 +255,12 @@ impl Bars {
                     .unwrap_or("no reason given");
                 self.set_rank_state(&data, format!("failed: {error}"));
             }
-            _ => {}
+            kind => {
+                // Until training reports a step, the bar says what the job does.
+                if let Some(state) = kind.strip_prefix("job.") {
+                    self.job.set_message(state.to_string());
+                }
+            }
         }
         self.multi.println(event_line(event))
     }

@@ -1,0 +1,413 @@
+//! A fleet of real processes on 127.0.0.1: `serve`, `worker`s and the job
+//! commands. A job run by two workers downloads the adapter `train --world
+//! 2` gives; tenants cannot touch each other's jobs; a coordinator killed
+//! with SIGKILL and restarted on its SQLite file loses nothing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{adapter, lorafleet, max_relative_difference, spec_in};
+
+const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
+const SECRET: &str = "a test attempt secret, 32 chars!";
+
+/// A coordinator process and the workers started for it; all are killed
+/// when it is dropped.
+struct Fleet {
+    server: Child,
+    workers: Vec<Child>,
+    url: String,
+    token: String,
+    state: PathBuf,
+}
+
+impl Fleet {
+    /// `serve` on `listen` with the state in `state`; `config` picks
+    /// tenants (otherwise the development tenant with `token`).
+    fn serve(state: &Path, listen: &str, config: Option<&Path>, token: &str) -> Fleet {
+        let (server, url) = spawn_server(state, listen, config, token);
+        Fleet {
+            server,
+            workers: Vec::new(),
+            url,
+            token: token.to_string(),
+            state: state.to_path_buf(),
+        }
+    }
+
+    /// Kills the coordinator with SIGKILL and starts it again on the same
+    /// address and state file.
+    fn kill_and_restart_server(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let address = self.url.trim_start_matches("http://").to_string();
+        let (server, url) = spawn_server(&self.state, &address, None, &self.token);
+        self.server = server;
+        assert_eq!(url, self.url);
+    }
+
+    fn add_worker(&mut self, name: &str) {
+        let child = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+            .args(["worker", "--coordinator", &self.url, "--name", name])
+            .args(["--ring-timeout", "20"])
+            .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts");
+        self.workers.push(child);
+    }
+
+    /// Runs a job command against this coordinator as `token`.
+    fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+        command
+            .args(args)
+            .env("LORAFLEET_COORDINATOR", &self.url)
+            .env_remove("LORAFLEET_TOKEN")
+            .env("RUST_BACKTRACE", "0");
+        if let Some(token) = token {
+            command.env("LORAFLEET_TOKEN", token);
+        }
+        command.output().expect("the binary runs")
+    }
+
+    /// `args` with `--json` as this fleet's tenant; the parsed output.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(Some(&self.token), &all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+    }
+
+    fn wait_for_workers(&self, count: usize) {
+        wait_until(Duration::from_secs(30), "workers to join", || {
+            let list = self.json(&["workers"]);
+            let idle = list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "idle")
+                .count();
+            idle >= count
+        });
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().chain([&mut self.server]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `serve`; returns the process and the address it printed.
+fn spawn_server(state: &Path, listen: &str, config: Option<&Path>, token: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            listen,
+            "--grace",
+            "3",
+            "--lost-after",
+            "5",
+        ])
+        .arg("--state")
+        .arg(state)
+        .env("LORAFLEET_TOKEN", token)
+        .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut server = command.spawn().expect("serve starts");
+    let stdout = server.stdout.take().unwrap();
+    let url = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+        .expect("serve prints its readiness line");
+    (server, url)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The 20-step quickstart for `workers` workers, one thread each.
+fn short_spec(dir: &Path, tag: &str, workers: u32, out: &Path) -> PathBuf {
+    let spec = spec_in(dir, "quickstart.yaml", |t| {
+        t.replace("max_steps: 150", "max_steps: 20")
+            .replace("threads_per_worker: 2", "threads_per_worker: 1")
+            .replace("eval_every: 25", "eval_every: 10")
+            .replace("every_steps: 50", "every_steps: 10")
+            .replace("workers: 1", &format!("workers: {workers}"))
+            .replace(
+                &format!("{}/quickstart/final", dir.join("runs").display()),
+                out.to_str().unwrap(),
+            )
+    });
+    let renamed = dir.join(format!("quickstart-{tag}.yaml"));
+    std::fs::rename(&spec, &renamed).unwrap();
+    renamed
+}
+
+fn submit(fleet: &Fleet, spec: &Path) -> String {
+    let job = fleet.json(&["submit", spec.to_str().unwrap()]);
+    job["id"].as_str().unwrap().to_string()
+}
+
+fn status(fleet: &Fleet, job: &str) -> serde_json::Value {
+    fleet.json(&["status", job])
+}
+
+#[test]
+fn two_workers_train_what_train_world_2_trains_and_the_adapter_downloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut fleet = Fleet::serve(&dir.join("state.db"), "127.0.0.1:0", None, "tenant-token-a");
+    fleet.add_worker("w0");
+    fleet.add_worker("w1");
+    fleet.wait_for_workers(2);
+
+    let spec = short_spec(dir, "fleet", 2, &dir.join("unused"));
+    let spec_arg = spec.to_str().unwrap();
+    let out = fleet.cli(
+        Some(&fleet.token),
+        &["submit", spec_arg, "--wait", "--json"],
+    );
+    assert!(out.status.success(), "submit --wait: {}", text(&out.stderr));
+    let lines = text(&out.stdout);
+    let job: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    let id = job["id"].as_str().unwrap();
+    // The events streamed as NDJSON, each with the keys scripts rely on.
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for key in ["id", "created_at", "level", "type", "message", "data"] {
+        assert!(events.iter().all(|e| e.get(key).is_some()), "{key}");
+    }
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    for kind in [
+        "job.starting",
+        "rank.started",
+        "train.step",
+        "checkpoint.saved",
+        "job.succeeded",
+    ] {
+        assert!(types.contains(&kind), "no {kind} event in {types:?}");
+    }
+    let done = status(&fleet, id);
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["step"], 20);
+
+    let downloaded = dir.join("downloaded");
+    let d = fleet.json(&["download", id, "-o", downloaded.to_str().unwrap()]);
+    assert_eq!(d["step"], 20);
+
+    // The same spec by `train` in two rank processes, and in one.
+    let two = dir.join("two");
+    let spec_two = short_spec(dir, "two", 2, &two);
+    let peers = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("{},{}", a.local_addr().unwrap(), b.local_addr().unwrap())
+    };
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+                .args(["train", spec_two.to_str().unwrap(), "--world", "2"])
+                .args(["--rank", &rank.to_string(), "--peers", &peers])
+                .env("LORAFLEET_RING_SECRET", SECRET)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in ranks {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "train --world 2: {}", text(&o.stderr));
+    }
+    let one = dir.join("one");
+    let spec_one = short_spec(dir, "one", 1, &one);
+    let o = lorafleet(&["train", spec_one.to_str().unwrap()]);
+    assert!(o.status.success(), "train: {}", text(&o.stderr));
+
+    let file = "adapter_model.safetensors";
+    assert_eq!(
+        std::fs::read(downloaded.join(file)).unwrap(),
+        std::fs::read(two.join(file)).unwrap(),
+        "the fleet's adapter differs from train --world 2's"
+    );
+    let dev = max_relative_difference(&adapter(&downloaded), &adapter(&one));
+    assert!(dev <= 1e-4, "2 workers vs 1 process: {dev:e}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(downloaded.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+}
+
+#[test]
+fn tenants_see_only_their_own_jobs_and_bad_tokens_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hash = |t: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(t.as_bytes()))
+    };
+    let config = dir.join("coordinator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_token_sha256: {}\ntenants:\n  team-a:\n    token_sha256: {}\n    storage: [{}]\n  team-b:\n    token_sha256: {}\n    storage: [{}/b-only]\n",
+            hash(CLUSTER_TOKEN),
+            hash("token-of-a"),
+            dir.display(),
+            hash("token-of-b"),
+            dir.display(),
+        ),
+    )
+    .unwrap();
+    let fleet = Fleet::serve(
+        &dir.join("state.db"),
+        "127.0.0.1:0",
+        Some(&config),
+        "token-of-a",
+    );
+    // No worker: A's job stays queued.
+    let spec = short_spec(dir, "a", 1, &dir.join("out-a"));
+    let id = submit(&fleet, &spec);
+
+    let b = Some("token-of-b");
+    for args in [
+        vec!["status", id.as_str()],
+        vec!["logs", id.as_str()],
+        vec!["cancel", id.as_str()],
+        vec!["checkpoints", id.as_str()],
+        vec![
+            "download",
+            id.as_str(),
+            "-o",
+            dir.join("stolen").to_str().unwrap(),
+        ],
+    ] {
+        let out = fleet.cli(b, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("has no job"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!dir.join("stolen").exists());
+    let listed = fleet.cli(b, &["jobs", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+    // Still queued: B's cancel did nothing.
+    assert_eq!(status(&fleet, &id)["status"], "queued");
+
+    // B may not name storage outside its prefixes (here A's folder).
+    let out = fleet.cli(b, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("checkpoint.storage"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for token in [None, Some("not-a-token")] {
+        let out = fleet.cli(token, &["jobs"]);
+        let code = if token.is_none() { 2 } else { 4 };
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{token:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("token"), "{}", text(&out.stderr));
+    }
+    // A tenant token does not make a worker.
+    let worker = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["worker", "--coordinator", &fleet.url])
+        .env("LORAFLEET_CLUSTER_TOKEN", "token-of-a")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!worker.status.success());
+    assert!(
+        text(&worker.stderr).contains("cluster token"),
+        "{}",
+        text(&worker.stderr)
+    );
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_loses_no_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let state = dir.join("state.db");
+    let mut fleet = Fleet::serve(&state, "127.0.0.1:0", None, "tenant-token");
+    fleet.add_worker("w0");
+    fleet.wait_for_workers(1);
+    let running = submit(&fleet, &short_spec(dir, "running", 1, &dir.join("out-1")));
+    let queued = submit(&fleet, &short_spec(dir, "queued", 1, &dir.join("out-2")));
+    wait_until(Duration::from_secs(60), "the first job to train", || {
+        let s = status(&fleet, &running);
+        s["status"] == "running" && s["step"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(status(&fleet, &queued)["status"], "queued");
+
+    fleet.kill_and_restart_server();
+
+    let list = fleet.json(&["jobs"]);
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&running.as_str()) && ids.contains(&queued.as_str()),
+        "{ids:?}"
+    );
+    for id in [&running, &queued] {
+        wait_until(Duration::from_secs(120), "both jobs to succeed", || {
+            let s = status(&fleet, id);
+            assert!(
+                !["failed", "cancelled"].contains(&s["status"].as_str().unwrap()),
+                "{s}"
+            );
+            s["status"] == "succeeded"
+        });
+    }
+    // The worker was found again: the running job kept its first attempt.
+    assert_eq!(status(&fleet, &running)["attempt"], 1);
+}
