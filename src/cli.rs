@@ -254,6 +254,8 @@ pub enum BenchWorkload {
     Train(BenchTrainArgs),
     /// All-reduce bandwidth of N rank processes on 127.0.0.1 (nccl-tests' algbw and busbw).
     Allreduce(BenchAllreduceArgs),
+    /// Control plane: submit to first training step, and coordinator CPU under load.
+    Fleet(crate::commands::bench_fleet::BenchFleetArgs),
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWorkload::Forward(a) => forward(a),
         BenchWorkload::Train(a) => train(a),
         BenchWorkload::Allreduce(a) => allreduce(a),
+        BenchWorkload::Fleet(a) => super::bench_fleet::run(a),
     }
 }
 

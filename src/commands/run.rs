@@ -115,18 +115,24 @@ async fn drive(fleet: &EmbeddedFleet, args: &RunArgs, output: &Path) -> anyhow::
     Ok(())
 }
 
-/// The processes `run` started.
-struct EmbeddedFleet {
-    url: String,
-    token: String,
-    server: Child,
-    workers: Vec<Child>,
+/// The processes `run` started: a coordinator on 127.0.0.1 and its
+/// workers, with the tokens to reach them. Stopped when dropped.
+pub(crate) struct EmbeddedFleet {
+    pub url: String,
+    /// The development tenant's token.
+    pub token: String,
+    /// The workers' cluster token.
+    pub cluster: String,
+    pub server: Child,
+    pub workers: Vec<Child>,
     logs: PathBuf,
 }
 
 impl EmbeddedFleet {
-    fn start(dir: &Path, workers: u32) -> anyhow::Result<EmbeddedFleet> {
+    /// Starts a coordinator with its state in `dir`, and `workers` workers.
+    pub fn start(dir: &Path, workers: u32) -> anyhow::Result<EmbeddedFleet> {
         let exe = std::env::current_exe().context("cannot find this program's path")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let token = coordinator::store::new_token();
         let cluster = coordinator::store::new_token();
         let log = |name: &str| -> anyhow::Result<Stdio> {
@@ -155,6 +161,7 @@ impl EmbeddedFleet {
         let mut fleet = EmbeddedFleet {
             url: String::new(),
             token,
+            cluster: cluster.clone(),
             server,
             workers: Vec::new(),
             logs: dir.to_path_buf(),
@@ -189,7 +196,10 @@ impl EmbeddedFleet {
     }
 
     /// Waits until every worker has joined (at most 30 s).
-    async fn wait_for_workers(&self, conn: &coordinator::client::Connection) -> anyhow::Result<()> {
+    pub async fn wait_for_workers(
+        &self,
+        conn: &coordinator::client::Connection,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let list = conn

@@ -60,6 +60,15 @@ impl Coordinator {
             .jobs_with_status(&[JobStatus::Starting, JobStatus::Running])
             .await?;
         let workers = store.list_workers().await?;
+        {
+            // Reading a spec is the costly part of a snapshot: once per job.
+            let mut fleet = self.fleet();
+            for job in &waiting {
+                if !fleet.gang_sizes.contains_key(&job.id) {
+                    fleet.gang_sizes.insert(job.id.clone(), gang_sizes(job));
+                }
+            }
+        }
         let snapshot = {
             let fleet = self.fleet();
             let tenant_of: HashMap<&JobId, _> = active.iter().map(|j| (&j.id, &j.tenant)).collect();
@@ -83,7 +92,17 @@ impl Coordinator {
             }
             Snapshot {
                 now: crate::store::unix_now(),
-                jobs: waiting.iter().map(waiting_job).collect(),
+                jobs: waiting
+                    .iter()
+                    .map(|job| {
+                        let sizes = fleet
+                            .gang_sizes
+                            .get(&job.id)
+                            .cloned()
+                            .unwrap_or_else(|| gang_sizes(job));
+                        waiting_job(job, sizes)
+                    })
+                    .collect(),
                 workers: workers
                     .iter()
                     .map(|w| FleetWorker {
@@ -201,7 +220,11 @@ impl Coordinator {
         if !done {
             return Ok(());
         }
-        self.fleet().finished.remove(&key);
+        {
+            let mut fleet = self.fleet();
+            fleet.finished.remove(&key);
+            fleet.live.remove(&key);
+        }
         let store = self.store();
         let current = store.get_job(&job.id).await?;
         if current.status.is_final() || current.attempt != attempt.number {
@@ -310,6 +333,7 @@ impl Coordinator {
             .await?;
         if job.attempt > 0 {
             let attempt = store.get_attempt(id, job.attempt).await?;
+            self.fleet().live.remove(&(id.clone(), job.attempt));
             if attempt.finished_at.is_none() {
                 store.finish_attempt(id, job.attempt, None).await?;
                 self.stop_gang(&attempt, "the job was cancelled");
@@ -404,13 +428,16 @@ pub(super) fn stop_order(job: &JobId, attempt: u32, reason: &str) -> Order {
     }
 }
 
-/// A waiting job as the scheduler sees it.
-fn waiting_job(job: &Job) -> WaitingJob {
-    // The stored spec was valid at submit; re-reading it gives the gang
-    // sizes the global batch allows.
-    let gang_sizes = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+/// The worker counts `job` can run with. The stored spec was valid at
+/// submit; re-reading it gives the sizes the global batch allows.
+fn gang_sizes(job: &Job) -> Vec<u32> {
+    JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
         .map(|spec| spec.usable_worker_counts())
-        .unwrap_or_else(|_| (job.workers_min..=job.workers_max).collect());
+        .unwrap_or_else(|_| (job.workers_min..=job.workers_max).collect())
+}
+
+/// A waiting job as the scheduler sees it.
+fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
     WaitingJob {
         id: job.id.clone(),
         tenant: job.tenant.clone(),

@@ -114,8 +114,13 @@ struct Fleet {
     links: HashMap<WorkerId, Link>,
     /// Where each registered worker's ring rank listens.
     ring_addrs: HashMap<WorkerId, String>,
+    /// The gangs (rank order) of attempts known to be running; an attempt
+    /// leaves when it ends. Spares the store a read per report.
+    live: HashMap<(JobId, u32), Vec<WorkerId>>,
     /// Ranks of a live attempt that reported success.
     finished: HashMap<(JobId, u32), BTreeSet<u32>>,
+    /// The gang sizes of each job's spec, read once.
+    gang_sizes: HashMap<JobId, Vec<u32>>,
     /// Jobs already told they cannot fit (told once).
     told_unfit: HashSet<JobId>,
     next_session: u64,

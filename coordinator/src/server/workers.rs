@@ -8,6 +8,7 @@
 //! that comes back registers again under its old id.
 
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -126,11 +127,19 @@ impl Workers for Coordinator {
         let coordinator = self.clone();
         tokio::spawn(async move {
             let mut next = Some(Ok(first));
+            let mut last_write: Option<Instant> = None;
             while let Some(Ok(report)) = next {
                 if report.worker_id != id.as_str() {
                     break;
                 }
-                if let Err(error) = coordinator.on_report(&id, report).await {
+                // The store hears of a live worker often enough for the
+                // silence check, not at every report.
+                let write =
+                    last_write.is_none_or(|t| t.elapsed() >= coordinator.beat_write_every());
+                if write {
+                    last_write = Some(Instant::now());
+                }
+                if let Err(error) = coordinator.on_report(&id, report, write).await {
                     tracing::error!("report of worker {id}: {error}");
                 }
                 next = reports.next().await;
@@ -220,8 +229,22 @@ impl Workers for Coordinator {
 
 impl Coordinator {
     /// Handles one heartbeat report of worker `id`.
-    async fn on_report(&self, id: &WorkerId, report: WorkerReport) -> Result<(), Status> {
-        self.store().heartbeat_worker(id).await.map_err(status_of)?;
+    /// How often a connected worker's heartbeat is written to the store.
+    fn beat_write_every(&self) -> Duration {
+        self.config().lost_after / 4
+    }
+
+    /// Handles one heartbeat report of worker `id`; `write`: record the
+    /// heartbeat in the store.
+    async fn on_report(
+        &self,
+        id: &WorkerId,
+        report: WorkerReport,
+        write: bool,
+    ) -> Result<(), Status> {
+        if write {
+            self.store().heartbeat_worker(id).await.map_err(status_of)?;
+        }
         if report.job_id.is_empty() {
             return Ok(());
         }
@@ -269,6 +292,10 @@ impl Coordinator {
         attempt: u32,
         worker: &WorkerId,
     ) -> Result<Option<u32>, Status> {
+        let key = (job.clone(), attempt);
+        if let Some(gang) = self.fleet().live.get(&key) {
+            return Ok(gang.iter().position(|w| w == worker).map(|r| r as u32));
+        }
         let store = self.store();
         let row = match store.get_job(job).await {
             Ok(row) => row,
@@ -282,6 +309,7 @@ impl Coordinator {
         if attempt.finished_at.is_some() {
             return Ok(None);
         }
+        self.fleet().live.insert(key, attempt.workers.clone());
         Ok(attempt
             .workers
             .iter()

@@ -1,0 +1,284 @@
+//! `lorafleet bench fleet`: the control plane's two figures.
+//!
+//! * **Time to first step**: on an embedded fleet whose workers have
+//!   already joined, from `submit` (upload and queue included) to the first
+//!   `train.step` event of the job, median over `--rounds` jobs.
+//! * **Coordinator load**: `--jobs` queued jobs and `--sim-workers`
+//!   simulated workers (tasks of this process) heartbeating every second;
+//!   the coordinator process's CPU time over `--seconds`, as a share of one
+//!   core (from /proc/PID/stat).
+//!
+//! Not here: training speed (`bench train`) or the ring (`bench allreduce`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use coordinator::JobSpec;
+use coordinator::api::{self, WatchRequest};
+use coordinator::client::Connection;
+use coordinator::spec::Workers;
+use tokio_stream::StreamExt;
+
+use super::remote::{self, RemoteArgs, block_on, rpc};
+use super::run::EmbeddedFleet;
+use super::submit::submit_file;
+
+#[derive(Args, Debug)]
+pub struct BenchFleetArgs {
+    /// The job measured for time to first step (run on --workers workers).
+    #[arg(long, default_value = "configs/quickstart.yaml")]
+    pub spec: std::path::PathBuf,
+    /// Workers of the time-to-first-step fleet.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Jobs timed to their first step (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Queued jobs of the load measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub jobs: usize,
+    /// Simulated workers of the load measurement.
+    #[arg(long, default_value_t = 200)]
+    pub sim_workers: usize,
+    /// Seconds the load is measured over.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// One JSON object: {"submit_to_first_step_s", "coordinator_cpu_share", ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("lorafleet-bench-")
+        .tempdir()?;
+    let mut spec = JobSpec::from_file(&args.spec)?;
+    spec.resources.workers = Workers::fixed(args.workers);
+    if !spec.usable_worker_counts().contains(&args.workers) {
+        bail!(
+            "global_batch_size {} does not divide over {} workers",
+            spec.training.global_batch_size,
+            args.workers
+        );
+    }
+    spec.checkpoint.storage = coordinator::spec::PathOrUrl::Path(scratch.path().join("runs"));
+    let spec_file = scratch.path().join("job.yaml");
+    std::fs::write(&spec_file, spec.to_yaml())?;
+
+    let first_step = {
+        let fleet = EmbeddedFleet::start(&scratch.path().join("a"), args.workers)?;
+        block_on(time_to_first_step(&fleet, &spec_file, args.rounds))?
+    };
+    let load = {
+        let fleet = EmbeddedFleet::start(&scratch.path().join("b"), 0)?;
+        block_on(coordinator_load(&fleet, &spec_file, &args))?
+    };
+    let median = median(&first_step);
+    let report = serde_json::json!({
+        "submit_to_first_step_s": median,
+        "submit_to_first_step_runs_s": first_step,
+        "workers": args.workers,
+        "queued_jobs": load.queued,
+        "sim_workers": args.sim_workers,
+        "heartbeat_s": 1.0,
+        "coordinator_cpu_share": load.cpu_share,
+        "measured_s": load.seconds,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "submit to first training step: {median:.2} s (median of {}; {} workers already joined)",
+            first_step.len(),
+            args.workers
+        );
+        println!(
+            "coordinator load: {:.2}% of one core with {} queued jobs and {} workers heartbeating every second (over {:.0} s)",
+            load.cpu_share * 100.0,
+            load.queued,
+            args.sim_workers,
+            load.seconds
+        );
+    }
+    Ok(())
+}
+
+async fn connect(fleet: &EmbeddedFleet) -> anyhow::Result<Connection> {
+    remote::connect(&RemoteArgs {
+        coordinator: fleet.url.clone(),
+        token: Some(fleet.token.clone()),
+    })
+    .await
+}
+
+/// Seconds from submit to the first step, one per round.
+async fn time_to_first_step(
+    fleet: &EmbeddedFleet,
+    spec: &Path,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let conn = connect(fleet).await?;
+    fleet.wait_for_workers(&conn).await?;
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        let job = submit_file(&conn, spec).await?;
+        let mut events = conn
+            .jobs()
+            .watch_events(WatchRequest {
+                job_id: job.id.clone(),
+                after_id: 0,
+                follow: true,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        loop {
+            let event = events
+                .next()
+                .await
+                .context("the job ended before its first step")?
+                .map_err(rpc)?;
+            if event.r#type == "train.step" {
+                break;
+            }
+            if event.r#type == "job.failed" {
+                bail!("the job failed: {}", event.message);
+            }
+        }
+        times.push(start.elapsed().as_secs_f64());
+        conn.jobs()
+            .cancel(api::JobRef { id: job.id })
+            .await
+            .map_err(rpc)?;
+        // The workers are free again once their ranks are stopped.
+        fleet.wait_for_workers(&conn).await?;
+    }
+    Ok(times)
+}
+
+struct Load {
+    queued: usize,
+    cpu_share: f64,
+    seconds: f64,
+}
+
+/// Queues the jobs, starts the simulated workers, and measures.
+async fn coordinator_load(
+    fleet: &EmbeddedFleet,
+    spec: &Path,
+    args: &BenchFleetArgs,
+) -> anyhow::Result<Load> {
+    let conn = connect(fleet).await?;
+    for _ in 0..args.jobs {
+        submit_file(&conn, spec).await?;
+    }
+    let cluster = Connection::open(&fleet.url, &fleet.cluster, Duration::from_secs(5)).await?;
+    let mut tasks = Vec::new();
+    for i in 0..args.sim_workers {
+        tasks.push(tokio::spawn(simulated_worker(cluster.clone(), i)));
+    }
+    // Let registration and the first placements settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = fleet.server.id();
+    let before = cpu_seconds(pid)?;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let used = cpu_seconds(pid)? - before;
+    let seconds = start.elapsed().as_secs_f64();
+    for task in &tasks {
+        task.abort();
+    }
+    let queued = conn
+        .jobs()
+        .list(api::ListJobsRequest {
+            limit: 1000,
+            after: String::new(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .data
+        .iter()
+        .filter(|j| j.status == "queued")
+        .count();
+    Ok(Load {
+        queued,
+        cpu_share: used / seconds,
+        seconds,
+    })
+}
+
+/// A worker that registers, reports every second, and answers each
+/// assignment by reporting it running (it never trains).
+async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
+    let mut workers = conn.workers();
+    let reply = workers
+        .register(api::RegisterRequest {
+            name: format!("sim-{i}"),
+            host: "sim".into(),
+            backend: "cpu".into(),
+            device: "cpu".into(),
+            memory_bytes: 0,
+            version: coordinator::PROTOCOL_VERSION.into(),
+            ring_addr: format!("127.0.0.1:{}", 20000 + i),
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let id = reply.worker_id;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let report = |job: &str, attempt: u32| api::WorkerReport {
+        worker_id: id.clone(),
+        job_id: job.to_string(),
+        attempt,
+        state: if job.is_empty() { "idle" } else { "running" }.into(),
+        ..Default::default()
+    };
+    tx.send(report("", 0)).await?;
+    let mut orders = workers
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut current = (String::new(), 0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => tx.send(report(&current.0, current.1)).await?,
+            order = orders.next() => match order {
+                Some(Ok(api::Order { kind: Some(api::order::Kind::Assign(a)) })) => {
+                    current = (a.job_id, a.attempt);
+                }
+                Some(Ok(_)) => {}
+                _ => return Ok(()),
+            },
+        }
+    }
+}
+
+/// User plus system CPU seconds of process `pid`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), 1-based from
+    // field 3: utime is field 14, stime field 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    let (Some(user), Some(system)) = (ticks(14), ticks(15)) else {
+        bail!("unexpected /proc/{pid}/stat format");
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((user + system) / hz.max(1.0))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
