@@ -411,3 +411,61 @@ fn a_coordinator_killed_and_restarted_loses_no_job() {
     // The worker was found again: the running job kept its first attempt.
     assert_eq!(status(&fleet, &running)["attempt"], 1);
 }
+
+/// Processes whose environment holds `marker` (the ones a run started).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = format!("LORAFLEET_TEST_MARKER={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn start_run(spec: &Path, marker: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["run", spec.to_str().unwrap()])
+        .env("LORAFLEET_TEST_MARKER", marker)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn run_trains_on_an_embedded_fleet_and_stops_everything_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("adapter");
+    let spec = short_spec(dir, "run", 1, &out);
+    let marker = format!("run-{}", std::process::id());
+    let o = start_run(&spec, &marker).wait_with_output().unwrap();
+    assert!(o.status.success(), "run: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("succeeded"), "{}", text(&o.stderr));
+    assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(out.join("adapter_config.json").is_file());
+    wait_until(Duration::from_secs(10), "run's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+
+    // Interrupted mid-job: exit 130, and nothing it started survives.
+    let marker = format!("interrupted-{}", std::process::id());
+    let mut child = start_run(&spec, &marker);
+    wait_until(Duration::from_secs(30), "a rank to start", || {
+        processes_with(&marker).len() >= 4 // run, serve, worker, train
+    });
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_until(Duration::from_secs(10), "run's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+}

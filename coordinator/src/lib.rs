@@ -1,13 +1,13 @@
 //! lorafleet's control plane.
 //!
-//! Today it holds the YAML job spec ([`spec`]: its shape, defaults,
+//! It holds the YAML job spec ([`spec`]: its shape, defaults,
 //! validation and error locations), the coordinator's state in SQLite
 //! ([`store`]: tenants, jobs and their status machine, attempts, workers,
 //! events, checkpoints; a restart loses nothing) and gang placement
 //! ([`scheduler`]: pure decisions from a snapshot of waiting jobs and
-//! workers). The gRPC API, the server that wires store and scheduler
-//! together, and the worker agent will live here too; see
-//! docs/ARCHITECTURE.md.
+//! workers), the gRPC API ([`api`], and [`client`] to call it), the
+//! coordinator process that wires them together ([`server`]) and the
+//! worker side ([`agent`]); see docs/ARCHITECTURE.md.
 //!
 //! **Architecture invariant:** dependencies point one way,
 //! `lorafleet → coordinator → trainer`; no tensor type crosses into this
