@@ -13,11 +13,11 @@ pub mod validate;
 // Commands that call a coordinator.
 pub mod download;
 pub mod fleet;
-pub mod run;
-pub mod submit;
 pub mod jobs;
 pub mod logs;
 pub mod remote;
+pub mod run;
+pub mod submit;
 
 use crate::exit;
 

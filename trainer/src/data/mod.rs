@@ -75,8 +75,8 @@ use std::str::FromStr;
 
 pub use batch::{Batch, pad_id};
 pub use dataset::{
-    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, check_records, load_dataset,
-    load_datasets,
+    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, check_records,
+    load_dataset, load_datasets,
 };
 pub use format::TokenizedSample;
 pub use jsonl::RawSample;
