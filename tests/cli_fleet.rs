@@ -267,6 +267,13 @@ fn two_workers_train_what_train_world_2_trains_and_the_adapter_downloads() {
         serde_json::from_slice(&std::fs::read(downloaded.join("adapter_config.json")).unwrap())
             .unwrap();
     assert_eq!(config["peft_type"], "LORA");
+
+    // SIGTERM stops the coordinator promptly, workers connected or not.
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(fleet.server.id() as libc::pid_t, libc::SIGTERM) };
+    wait_until(Duration::from_secs(10), "serve to exit on SIGTERM", || {
+        matches!(fleet.server.try_wait(), Ok(Some(_)))
+    });
 }
 
 #[test]

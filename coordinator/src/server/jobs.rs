@@ -204,6 +204,7 @@ impl Jobs for Coordinator {
         let (tx, rx) = mpsc::channel(64);
         let coordinator = self.clone();
         let mut news = self.inner.news.subscribe();
+        let mut stopping = self.inner.stopping.subscribe();
         tokio::spawn(async move {
             let mut after = r.after_id;
             loop {
@@ -253,6 +254,7 @@ impl Jobs for Coordinator {
                     _ = news.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     () = tx.closed() => return,
+                    _ = stopping.wait_for(|stop| *stop) => return,
                 }
             }
         });

@@ -106,6 +106,8 @@ struct Shared {
     wake: Notify,
     /// Bumped after events are written, so watchers look again.
     news: watch::Sender<u64>,
+    /// Set when the coordinator begins to stop: open streams end.
+    stopping: watch::Sender<bool>,
 }
 
 /// What the coordinator knows only while it runs.
@@ -158,7 +160,18 @@ pub async fn serve(
             control: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             news: watch::channel(0).0,
+            stopping: watch::channel(false).0,
         }),
+    };
+    // A graceful stop waits for open streams: end them first. Workers keep
+    // their jobs (they reconnect to the next coordinator); watchers end.
+    let shutdown = {
+        let coordinator = coordinator.clone();
+        async move {
+            shutdown.await;
+            coordinator.inner.stopping.send_replace(true);
+            coordinator.fleet().links.clear();
+        }
     };
     let control = tokio::spawn(coordinator.clone().run_control());
     let jobs = JobsServer::new(coordinator.clone())

@@ -1,0 +1,638 @@
+//! The coordinator end to end: a real server on 127.0.0.1 with a temporary
+//! SQLite state, real gRPC clients, and simulated workers (plain tasks that
+//! register, open the heartbeat stream and answer their orders).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coordinator::PROTOCOL_VERSION;
+use coordinator::api::jobs_client::JobsClient;
+use coordinator::api::{self, Assignment, JobRef, ListJobsRequest, Order, WorkerReport, order};
+use coordinator::client::{Connection, JobsApi};
+use coordinator::server::{self, Access, DevTokens, ServerConfig, ServerError};
+use futures::FutureExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const TENANT: &str = "tenant-token";
+const CLUSTER: &str = "cluster-token";
+/// The longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(10);
+const SHORT: Duration = Duration::from_millis(20);
+/// How long nothing must happen to count as "never".
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Assignments as received: (worker id, assignment).
+type Log = Vec<(String, Assignment)>;
+
+struct TestCoordinator {
+    url: String,
+    dir: tempfile::TempDir,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestCoordinator {
+    async fn start() -> TestCoordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = DevTokens {
+            tenant: TENANT.into(),
+            cluster: CLUSTER.into(),
+        };
+        let access = Access::development(&tokens);
+        let (state, data) = (dir.path().join("state.sqlite"), dir.path().join("data"));
+        let mut config = ServerConfig::new(state, data, access);
+        // Silence never counts here: only a dropped stream loses a worker.
+        config.lost_after = Duration::from_secs(600);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(config, listener, stopped.map(drop)));
+        TestCoordinator {
+            url,
+            dir,
+            stop,
+            server,
+        }
+    }
+
+    async fn connect(&self, token: &str) -> Connection {
+        let conn = Connection::open(&self.url, token, Duration::from_secs(5));
+        conn.await.unwrap()
+    }
+
+    /// Stops the server and checks that it stopped cleanly.
+    async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        let stopped = timeout(WAIT, self.server).await.expect("the server stops");
+        stopped.unwrap().unwrap();
+    }
+
+    /// A valid spec training on the quickstart data.
+    fn spec(&self, name: &str, workers: u32, priority: i32) -> String {
+        self.spec_on(&quickstart_data(), name, workers, priority)
+    }
+
+    fn spec_on(&self, train: &Path, name: &str, workers: u32, priority: i32) -> String {
+        let (train, runs) = (train.display(), self.dir.path().join("runs"));
+        format!(
+            "name: {name}\nmodel:\n  preset: tiny\ndataset:\n  train: {train}\n\
+             training:\n  max_steps: 2\nresources:\n  workers: {workers}\n  backend: cpu\n\
+             \x20 priority: {priority}\ncheckpoint:\n  storage: {}\n",
+            runs.display()
+        )
+    }
+
+    fn request(&self, spec_yaml: &str) -> api::SubmitRequest {
+        api::SubmitRequest {
+            spec_yaml: spec_yaml.to_string(),
+            file_name: "job.yaml".into(),
+            base_dir: self.dir.path().display().to_string(),
+            datasets: Default::default(),
+            version: PROTOCOL_VERSION.into(),
+        }
+    }
+
+    async fn submit(&self, jobs: &mut JobsApi, spec_yaml: &str) -> Result<api::Job, Status> {
+        let submitted = jobs.submit(self.request(spec_yaml)).await;
+        submitted.map(|r| r.into_inner())
+    }
+
+    /// Queues a valid job needing `workers` at `priority`.
+    async fn job(&self, jobs: &mut JobsApi, name: &str, workers: u32, priority: i32) -> api::Job {
+        let spec = self.spec(name, workers, priority);
+        self.submit(jobs, &spec).await.unwrap()
+    }
+}
+
+fn quickstart_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/quickstart-train.jsonl")
+}
+
+/// A worker without a trainer: it registers, reports when told to, and
+/// keeps every order it receives.
+struct SimWorker {
+    id: String,
+    conn: Connection,
+    reports: mpsc::Sender<WorkerReport>,
+    orders: mpsc::UnboundedReceiver<Order>,
+}
+
+impl SimWorker {
+    /// Registers (again, under `old_id` when not empty) and opens the
+    /// heartbeat stream; returns once the coordinator holds its link.
+    async fn join(tc: &TestCoordinator, old_id: &str, name: &str) -> SimWorker {
+        let conn = tc.connect(CLUSTER).await;
+        let request = api::RegisterRequest {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            backend: "cpu".into(),
+            version: PROTOCOL_VERSION.into(),
+            ring_addr: "127.0.0.1:1".into(),
+            worker_id: old_id.into(),
+            ..Default::default()
+        };
+        let reply = conn.workers().register(request).await.unwrap();
+        let id = reply.into_inner().worker_id;
+        let (reports, outgoing) = mpsc::channel(16);
+        let first = WorkerReport {
+            worker_id: id.clone(),
+            state: "idle".into(),
+            ..Default::default()
+        };
+        reports.send(first).await.unwrap();
+        let opened = conn
+            .workers()
+            .heartbeat(ReceiverStream::new(outgoing))
+            .await;
+        let mut stream = opened.unwrap().into_inner();
+        let (tx, orders) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(order)) = stream.next().await {
+                if tx.send(order).is_err() {
+                    return;
+                }
+            }
+        });
+        SimWorker {
+            id,
+            conn,
+            reports,
+            orders,
+        }
+    }
+
+    async fn report(&self, a: &Assignment, state: &str) {
+        let report = WorkerReport {
+            worker_id: self.id.clone(),
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            state: state.into(),
+            ..Default::default()
+        };
+        self.reports.send(report).await.unwrap();
+    }
+
+    /// Reports the rank running, then finished.
+    async fn finish(&self, a: &Assignment) {
+        self.report(a, "running").await;
+        self.report(a, "finished").await;
+    }
+
+    /// The next order within `within`, if any.
+    async fn next_order(&mut self, within: Duration) -> Option<order::Kind> {
+        let order = timeout(within, self.orders.recv()).await;
+        order.ok().flatten().and_then(|o| o.kind)
+    }
+
+    async fn next_assignment(&mut self) -> Assignment {
+        match self.next_order(WAIT).await {
+            Some(order::Kind::Assign(a)) => a,
+            other => panic!("worker {} expected an assignment, got {other:?}", self.id),
+        }
+    }
+
+    /// Assignments already received, added to `log`, without waiting.
+    fn received(&mut self, log: &mut Log) {
+        while let Ok(order) = self.orders.try_recv() {
+            match order.kind {
+                Some(order::Kind::Assign(a)) => log.push((self.id.clone(), a)),
+                other => panic!("worker {} got an unexpected order {other:?}", self.id),
+            }
+        }
+    }
+
+    async fn step_event(&self, a: &Assignment, step: u64, total: u64) {
+        let event = api::Event {
+            level: "info".into(),
+            r#type: "train.step".into(),
+            message: format!("step {step}/{total}"),
+            data_json: format!(r#"{{"step":{step},"total_steps":{total}}}"#),
+            ..Default::default()
+        };
+        let request = api::ReportEventsRequest {
+            worker_id: self.id.clone(),
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            events: vec![event],
+        };
+        self.conn.workers().report_events(request).await.unwrap();
+    }
+}
+
+async fn get(jobs: &mut JobsApi, id: &str) -> api::Job {
+    let job = jobs.get(JobRef { id: id.into() }).await;
+    job.unwrap().into_inner()
+}
+
+async fn cancel(jobs: &mut JobsApi, id: &str) -> api::Job {
+    let job = jobs.cancel(JobRef { id: id.into() }).await;
+    job.unwrap().into_inner()
+}
+
+/// The error of `result`, checked to have `code`.
+fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+/// Polls `Jobs.Get` until job `id` has status `want`.
+async fn wait_status(jobs: &mut JobsApi, id: &str, want: &str) -> api::Job {
+    let mut last = String::new();
+    let polled = timeout(WAIT, async {
+        loop {
+            let job = get(jobs, id).await;
+            if job.status == want {
+                return job;
+            }
+            last = job.status;
+            sleep(SHORT).await;
+        }
+    });
+    let polled = polled.await;
+    polled.unwrap_or_else(|_| panic!("job {id} never became {want} (last {last})"))
+}
+
+/// Gathers the assignments the workers receive until `log` holds `count`.
+async fn gather(workers: &mut [SimWorker], log: &mut Log, count: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for w in workers.iter_mut() {
+            w.received(log);
+        }
+        if log.len() >= count {
+            return;
+        }
+        let got: Vec<_> = log.iter().map(|(w, a)| (w, &a.job_id)).collect();
+        assert!(tokio::time::Instant::now() < deadline, "got {got:?}");
+        sleep(SHORT).await;
+    }
+}
+
+/// Has each logged worker report its assignment finished.
+async fn finish_all(workers: &[SimWorker], log: &[(String, Assignment)]) {
+    for (id, a) in log {
+        let worker = workers.iter().find(|w| &w.id == id).unwrap();
+        worker.finish(a).await;
+    }
+}
+
+fn count_for(log: &[(String, Assignment)], job: &str) -> usize {
+    log.iter().filter(|(_, a)| a.job_id == job).count()
+}
+
+/// Every job holds either no worker or its whole gang, per `Workers.List`.
+async fn assert_whole_gangs(conn: &Connection, jobs: &mut JobsApi) {
+    let fleet = conn.workers().list(api::ListWorkersRequest {}).await;
+    let mut held: BTreeMap<String, u32> = BTreeMap::new();
+    for w in fleet.unwrap().into_inner().data {
+        if !w.job_id.is_empty() {
+            *held.entry(w.job_id).or_default() += 1;
+        }
+    }
+    for (job, count) in held {
+        let want = get(jobs, &job).await.workers_min;
+        assert_eq!(count, want, "job {job} holds a partial gang");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gangs_start_whole_and_the_queue_drains() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(SimWorker::join(&tc, "", &format!("w{i}")).await);
+    }
+    let mut ids = Vec::new();
+    for (name, n) in [("first", 2), ("second", 2), ("small", 1)] {
+        let job = tc.job(&mut jobs, name, n, 0).await;
+        assert_eq!(job.status, "queued");
+        ids.push(job.id);
+    }
+    let (first, second, small) = (&ids[0], &ids[1], &ids[2]);
+
+    let mut log = Log::new();
+    gather(&mut workers, &mut log, 3).await;
+    // The second two-worker job waits: one worker is free, it needs two.
+    sleep(QUIET).await;
+    gather(&mut workers, &mut log, 0).await;
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(count_for(&log, first), 2, "{log:?}");
+    assert_eq!(count_for(&log, small), 1, "{log:?}");
+    assert_eq!(get(&mut jobs, second).await.status, "queued");
+    assert_whole_gangs(&conn, &mut jobs).await;
+
+    // Progress reported by a rank shows in the job.
+    let (w0, a0) = log.iter().find(|(_, a)| &a.job_id == first).unwrap();
+    let rank = workers.iter().find(|w| &w.id == w0).unwrap();
+    rank.step_event(a0, 1, 2).await;
+    let running = wait_status(&mut jobs, first, "running").await;
+    assert_eq!((running.step, running.total_steps), (1, Some(2)));
+
+    finish_all(&workers, &log).await;
+    wait_status(&mut jobs, first, "succeeded").await;
+    wait_status(&mut jobs, small, "succeeded").await;
+
+    gather(&mut workers, &mut log, 5).await;
+    assert_eq!((log.len(), count_for(&log[3..], second)), (5, 2), "{log:?}");
+    assert_whole_gangs(&conn, &mut jobs).await;
+    finish_all(&workers, &log[3..]).await;
+    wait_status(&mut jobs, second, "succeeded").await;
+
+    // Every attempt got exactly `world` distinct workers, ranks 0..world,
+    // all with the same peers and secret.
+    let mut gangs: BTreeMap<(&str, u32), Vec<&(String, Assignment)>> = BTreeMap::new();
+    for entry in &log {
+        let key = (entry.1.job_id.as_str(), entry.1.attempt);
+        gangs.entry(key).or_default().push(entry);
+    }
+    assert_eq!(gangs.len(), 3, "one attempt per job: {:?}", gangs.keys());
+    for ((job, _), gang) in gangs {
+        let a0 = &gang[0].1;
+        let world = a0.world as usize;
+        let distinct: BTreeSet<_> = gang.iter().map(|(w, _)| w).collect();
+        let ranks: BTreeSet<_> = gang.iter().map(|(_, a)| a.rank as usize).collect();
+        assert_eq!((gang.len(), distinct.len()), (world, world), "{gang:?}");
+        assert_eq!(ranks, (0..world).collect(), "{gang:?}");
+        for (_, a) in gang {
+            assert_eq!(
+                (a.world, &a.peers, &a.secret),
+                (a0.world, &a0.peers, &a0.secret)
+            );
+            assert_eq!(a.peers.len(), world);
+            assert!(a.spec_yaml.contains("preset: tiny") && a.output_url.contains(job));
+        }
+    }
+    drop((workers, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_worker_takes_the_highest_priority_job_first() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "only").await;
+    let busy = tc.job(&mut jobs, "busy", 1, 0).await;
+    let first = worker.next_assignment().await;
+    assert_eq!(first.job_id, busy.id);
+
+    let low = tc.job(&mut jobs, "low", 1, -5).await;
+    let high = tc.job(&mut jobs, "high", 1, 5).await;
+    assert_eq!((low.priority, high.priority), (-5, 5));
+    let none = worker.next_order(QUIET).await;
+    assert!(none.is_none(), "{none:?}");
+
+    worker.finish(&first).await;
+    let next = worker.next_assignment().await;
+    assert_eq!(next.job_id, high.id, "the high-priority job goes first");
+    assert_eq!(get(&mut jobs, &low.id).await.status, "queued");
+    worker.finish(&next).await;
+    let last = worker.next_assignment().await;
+    assert_eq!(last.job_id, low.id);
+    worker.finish(&last).await;
+    for id in [&busy.id, &high.id, &low.id] {
+        wait_status(&mut jobs, id, "succeeded").await;
+    }
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_never_start_and_running_ones_are_stopped() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let queued = tc.job(&mut jobs, "queued", 1, 0).await;
+    assert_eq!(cancel(&mut jobs, &queued.id).await.status, "cancelled");
+
+    let mut worker = SimWorker::join(&tc, "", "late").await;
+    let order = worker.next_order(Duration::from_secs(2)).await;
+    assert!(order.is_none(), "a cancelled job was started: {order:?}");
+    assert_eq!(get(&mut jobs, &queued.id).await.status, "cancelled");
+
+    // The same worker does take a live job; cancelling it stops the rank.
+    let live = tc.job(&mut jobs, "live", 1, 0).await;
+    let a = worker.next_assignment().await;
+    assert_eq!(a.job_id, live.id);
+    worker.report(&a, "running").await;
+    assert_eq!(cancel(&mut jobs, &live.id).await.status, "cancelled");
+    match worker.next_order(WAIT).await {
+        Some(order::Kind::Stop(stop)) => {
+            assert_eq!((&stop.job_id, stop.attempt), (&a.job_id, a.attempt));
+        }
+        other => panic!("expected a stop order, got {other:?}"),
+    }
+    // A late report for the cancelled attempt changes nothing.
+    worker.finish(&a).await;
+    sleep(QUIET).await;
+    assert_eq!(get(&mut jobs, &live.id).await.status, "cancelled");
+    assert_eq!(get(&mut jobs, &queued.id).await.status, "cancelled");
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_and_datasets_are_refused_with_every_location() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let data = quickstart_data();
+    let bad = format!(
+        "name: bad\nmodel:\n  preset: tiny\ndataset:\n  train: {}\nlora: {{r: 0}}\n\
+         training:\n  max_steps: 2\n  learnig_rate: 0.1\nresources:\n  workerz: 2\n",
+        data.display()
+    );
+    let status = refused(tc.submit(&mut jobs, &bad).await, Code::InvalidArgument);
+    for want in [
+        "(3 problems)",
+        "job.yaml:6:11: lora.r: must be between 1 and 1024, got 0",
+        "job.yaml:9:3: training.learnig_rate: unknown key; did you mean learning_rate?",
+        "job.yaml:11:3: resources.workerz: unknown key",
+    ] {
+        let message = status.message();
+        assert!(message.contains(want), "{want:?} not in {message}");
+    }
+
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines: Vec<&str> = text.lines().take(4).collect();
+    lines[2] = r#"{"prompt": "Reverse: elf\n", "completion": "#;
+    let broken = tc.dir.path().join("broken.jsonl");
+    std::fs::write(&broken, lines.join("\n")).unwrap();
+    let spec = tc.spec_on(&broken, "broken", 1, 0);
+    let status = refused(tc.submit(&mut jobs, &spec).await, Code::InvalidArgument);
+    let want = format!("{}:3:", broken.display());
+    assert!(status.message().contains(&want), "{want} not in {status:?}");
+    assert!(!status.message().contains(":1:") && !status.message().contains(":4:"));
+
+    let list = jobs.list(ListJobsRequest::default()).await.unwrap();
+    assert!(list.into_inner().data.is_empty(), "nothing was queued");
+    drop((jobs, conn));
+    tc.shutdown().await;
+}
+
+/// Metadata for a bare `Jobs` client: a token if given, and the version.
+#[derive(Clone)]
+struct Meta(Option<&'static str>);
+
+impl tonic::service::Interceptor for Meta {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        if let Some(token) = self.0 {
+            metadata.insert(api::AUTHORIZATION, api::bearer(token).parse().unwrap());
+        }
+        metadata.insert(api::VERSION_HEADER, PROTOCOL_VERSION.parse().unwrap());
+        Ok(request)
+    }
+}
+
+/// A `Jobs` client without `Connection`'s size limits or credentials.
+async fn bare_jobs(
+    tc: &TestCoordinator,
+    token: Option<&'static str>,
+) -> JobsClient<InterceptedService<Channel, Meta>> {
+    let channel = Channel::from_shared(tc.url.clone()).unwrap();
+    let channel = channel.connect().await.unwrap();
+    JobsClient::with_interceptor(channel, Meta(token)).max_encoding_message_size(64 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_and_garbage_do_not_stop_the_server() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let huge = format!("name: huge\n# {}\n", "x".repeat(5 << 20));
+    // Past the server's message limit, from a client that sends it.
+    let mut bare = bare_jobs(&tc, Some(TENANT)).await;
+    let status = bare.submit(tc.request(&huge)).await.unwrap_err();
+    let limit = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
+    assert!(limit, "{status:?}");
+    // Under the message limit but over the spec limit.
+    let large = format!("name: large\n# {}\n", "x".repeat(2 << 20));
+    let status = refused(bare.submit(tc.request(&large)).await, Code::InvalidArgument);
+    assert!(status.message().contains("larger than"), "{status:?}");
+    // `Connection`'s client refuses to send it at all.
+    assert!(tc.submit(&mut jobs, &huge).await.is_err());
+    jobs.list(ListJobsRequest::default()).await.unwrap();
+
+    let addr = tc.url.trim_start_matches("http://").to_string();
+    let noise: Vec<u8> = (0..64 << 10).map(|_| rand::random::<u8>()).collect();
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2.extend_from_slice(&noise[..4096]);
+    let http1 = b"POST /lorafleet.v1.Jobs/List HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    for bytes in [noise, h2, http1] {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = socket.write_all(&bytes).await;
+        let _ = socket.flush().await;
+        // Still open while a real client calls.
+        jobs.list(ListJobsRequest::default()).await.unwrap();
+    }
+    let fresh = tc.connect(TENANT).await;
+    let list = fresh.jobs().list(ListJobsRequest::default()).await.unwrap();
+    assert!(list.into_inner().data.is_empty());
+    drop((bare, jobs, conn, fresh));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_need_the_right_token_and_version() {
+    let tc = TestCoordinator::start().await;
+    let list = ListJobsRequest::default;
+    let unauthenticated = Code::Unauthenticated;
+    let mut anonymous = bare_jobs(&tc, None).await;
+    refused(anonymous.list(list()).await, unauthenticated);
+    let mut wrong = tc.connect("not-a-token").await.jobs();
+    refused(wrong.list(list()).await, unauthenticated);
+    let spec = tc.spec("x", 1, 0);
+    refused(tc.submit(&mut wrong, &spec).await, unauthenticated);
+    // The cluster token is for workers, not for jobs.
+    let mut cluster = tc.connect(CLUSTER).await.jobs();
+    refused(cluster.list(list()).await, unauthenticated);
+
+    let register = api::RegisterRequest {
+        name: "intruder".into(),
+        backend: "cpu".into(),
+        version: PROTOCOL_VERSION.into(),
+        ring_addr: "127.0.0.1:1".into(),
+        ..Default::default()
+    };
+    let tenant = tc.connect(TENANT).await;
+    let mut workers = tenant.workers();
+    refused(workers.register(register.clone()).await, unauthenticated);
+    let fleet = workers.list(api::ListWorkersRequest {}).await.unwrap();
+    assert!(fleet.into_inner().data.is_empty(), "none registered");
+    tenant.jobs().list(list()).await.unwrap();
+
+    let (other, within) = ("0.0.0-other", Duration::from_secs(5));
+    let client = Connection::open_as(&tc.url, TENANT, other, within);
+    let client = client.await.unwrap();
+    let status = refused(client.jobs().list(list()).await, Code::FailedPrecondition);
+    for version in [other, PROTOCOL_VERSION] {
+        assert!(status.message().contains(version), "{version}: {status:?}");
+    }
+    let worker = Connection::open_as(&tc.url, CLUSTER, other, within);
+    let registered = worker.await.unwrap().workers().register(register).await;
+    let status = refused(registered, Code::FailedPrecondition);
+    assert!(status.message().contains(other), "{status:?}");
+    drop((anonymous, wrong, cluster, workers, tenant, client));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_restarts_its_job() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "fragile").await;
+    let job = tc.job(&mut jobs, "fragile", 1, 0).await;
+    let a = worker.next_assignment().await;
+    worker.report(&a, "running").await;
+    worker.step_event(&a, 1, 2).await;
+    wait_status(&mut jobs, &job.id, "running").await;
+
+    // Its heartbeat stream ends (the process died).
+    let id = worker.id.clone();
+    drop(worker);
+    let restarting = wait_status(&mut jobs, &job.id, "restarting").await;
+    assert_eq!(restarting.failures, 1);
+    let error = restarting.error.unwrap();
+    assert!(error.message.contains("disconnected"), "{error:?}");
+
+    let watch = api::WatchRequest {
+        job_id: job.id.clone(),
+        after_id: 0,
+        follow: false,
+    };
+    let mut events = jobs.watch_events(watch).await.unwrap().into_inner();
+    let mut lost = Vec::new();
+    let replay = timeout(WAIT, async {
+        while let Some(event) = events.next().await {
+            lost.extend(Some(event.unwrap()).filter(|e| e.r#type == "worker.lost"));
+        }
+    });
+    replay.await.expect("a replay without follow ends");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].level, "warn");
+    assert!(lost[0].data_json.contains(&id), "{:?}", lost[0]);
+
+    // It comes back under its old id and gets the job's next attempt.
+    let mut back = SimWorker::join(&tc, &id, "fragile").await;
+    assert_eq!(back.id, id);
+    let again = back.next_assignment().await;
+    assert_eq!((&again.job_id, again.attempt), (&job.id, 2));
+    back.finish(&again).await;
+    wait_status(&mut jobs, &job.id, "succeeded").await;
+    drop((back, jobs, conn));
+    tc.shutdown().await;
+}
