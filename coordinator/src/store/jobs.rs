@@ -346,7 +346,15 @@ pub(super) fn status_event(id: &JobId, status: JobStatus, error: Option<&JobErro
         _ => Level::Info,
     };
     let mut data = serde_json::json!({ "status": status.name() });
-    let mut message = format!("job {id} is {status}");
+    let mut message = match status {
+        JobStatus::Queued => format!("job {id} is queued"),
+        JobStatus::Starting => format!("job {id} is starting"),
+        JobStatus::Running => format!("job {id} is running"),
+        JobStatus::Restarting => format!("job {id} is restarting"),
+        JobStatus::Succeeded => format!("job {id} succeeded"),
+        JobStatus::Failed => format!("job {id} failed"),
+        JobStatus::Cancelled => format!("job {id} was cancelled"),
+    };
     if let Some(error) = error {
         data["error"] = serde_json::json!({ "code": error.code, "message": error.message });
         message = format!("{message}: {}", error.message);
