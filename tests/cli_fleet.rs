@@ -100,8 +100,20 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
+    /// SIGTERM first, so workers stop the ranks they started; SIGKILL
+    /// for whatever is still there after 5 s.
     fn drop(&mut self) {
         for child in self.workers.iter_mut().chain([&mut self.server]) {
+            if matches!(child.try_wait(), Ok(None)) {
+                // SAFETY: signalling a child we started and have not reaped.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in self.workers.iter_mut().chain([&mut self.server]) {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
