@@ -636,3 +636,35 @@ async fn a_lost_worker_restarts_its_job() {
     drop((back, jobs, conn));
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_larger_than_the_fleet_is_told_so_and_stopping_ends_open_streams() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let _worker = SimWorker::join(&tc, "", "alone").await;
+    let job = tc.job(&mut jobs, "too-big", 2, 0).await;
+    let watch = api::WatchRequest {
+        job_id: job.id.clone(),
+        after_id: 0,
+        follow: true,
+    };
+    let mut events = jobs.watch_events(watch).await.unwrap().into_inner();
+    let unfit = timeout(WAIT, async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if event.r#type == "job.unfit" {
+                return event;
+            }
+        }
+        panic!("the watch ended without a job.unfit event");
+    })
+    .await
+    .expect("a job.unfit event");
+    assert_eq!(unfit.level, "warn");
+    assert!(unfit.message.contains('2'), "{}", unfit.message);
+    assert_eq!(get(&mut jobs, &job.id).await.status, "queued");
+
+    // A connected worker and a following watcher do not hold up a stop.
+    tc.shutdown().await;
+}

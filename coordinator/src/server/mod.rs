@@ -169,8 +169,10 @@ pub async fn serve(
         let coordinator = coordinator.clone();
         async move {
             shutdown.await;
-            coordinator.inner.stopping.send_replace(true);
+            // Links first: a stream that ends without its link is not a
+            // lost worker.
             coordinator.fleet().links.clear();
+            coordinator.inner.stopping.send_replace(true);
         }
     };
     let control = tokio::spawn(coordinator.clone().run_control());

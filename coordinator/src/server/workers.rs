@@ -126,6 +126,7 @@ impl Workers for Coordinator {
         self.wake();
         let coordinator = self.clone();
         tokio::spawn(async move {
+            let mut stopping = coordinator.inner.stopping.subscribe();
             let mut next = Some(Ok(first));
             let mut last_write: Option<Instant> = None;
             while let Some(Ok(report)) = next {
@@ -142,8 +143,14 @@ impl Workers for Coordinator {
                 if let Err(error) = coordinator.on_report(&id, report, write).await {
                     tracing::error!("report of worker {id}: {error}");
                 }
-                next = reports.next().await;
+                next = tokio::select! {
+                    next = reports.next() => next,
+                    // Stopping: let go of the stream (the worker keeps its
+                    // job and reconnects to the next coordinator).
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                };
             }
+            drop(reports);
             // The stream ended: unless a newer connection took over, the
             // worker is gone.
             let ours = {
