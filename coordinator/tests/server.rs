@@ -668,3 +668,59 @@ async fn a_job_larger_than_the_fleet_is_told_so_and_stopping_ends_open_streams()
     // A connected worker and a following watcher do not hold up a stop.
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_fails_after_max_failures_plus_one_failed_attempts() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "doomed").await;
+    let spec = tc.spec("doomed", 1, 0) + "  max_failures: 2\n";
+    let job = tc.submit(&mut jobs, &spec).await.unwrap();
+    let mut attempts = Vec::new();
+    // Each attempt's rank fails; stop orders for the failed attempt may
+    // come in between.
+    while attempts.len() < 4 {
+        match worker
+            .next_order(if attempts.len() < 3 { WAIT } else { QUIET })
+            .await
+        {
+            Some(order::Kind::Assign(a)) => {
+                let report = WorkerReport {
+                    worker_id: worker.id.clone(),
+                    job_id: a.job_id.clone(),
+                    attempt: a.attempt,
+                    state: "failed".into(),
+                    error: "out of memory on cuda:0".into(),
+                    ..Default::default()
+                };
+                worker.reports.send(report).await.unwrap();
+                attempts.push(a.attempt);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(
+        attempts,
+        [1, 2, 3],
+        "max_failures: 2 allows exactly 3 attempts"
+    );
+    let failed = wait_status(&mut jobs, &job.id, "failed").await;
+    assert_eq!(failed.failures, 3);
+    let error = failed.error.unwrap();
+    for needle in [
+        "doomed",
+        &worker.id,
+        "out of memory on cuda:0",
+        "max_failures: 2",
+    ] {
+        assert!(
+            error.message.contains(needle),
+            "{needle}: {}",
+            error.message
+        );
+    }
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}
