@@ -9,34 +9,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{adapter, lorafleet, losses, max_relative_difference, spec_in};
-
-const SECRET: &str = "a test attempt secret, 32 chars!";
-
-/// Addresses on 127.0.0.1 that were free a moment ago.
-fn free_peers(world: usize) -> String {
-    let listeners: Vec<_> = (0..world)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    addrs.join(",")
-}
-
-fn spawn_rank(args: &[&str], rank: usize, world: usize, peers: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(args)
-        .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
-        .args(["--peers", peers])
-        .env("LORAFLEET_RING_SECRET", SECRET)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs")
-}
+use common::{
+    SECRET, adapter, free_peers, lorafleet, losses, max_relative_difference, spawn_rank, spec_in,
+};
 
 /// A 20-step quickstart on one thread per rank, writing to `dir/out-<tag>`.
 fn short_quickstart(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {

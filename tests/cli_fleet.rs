@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{adapter, lorafleet, max_relative_difference, spec_in};
+use common::{adapter, free_peers, lorafleet, max_relative_difference, spawn_rank, spec_in};
 
 const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
-const SECRET: &str = "a test attempt secret, 32 chars!";
 
 /// A coordinator process and the workers started for it; all are killed
 /// when it is dropped.
@@ -241,22 +240,9 @@ fn two_workers_train_what_train_world_2_trains_and_the_adapter_downloads() {
     // The same spec by `train` in two rank processes, and in one.
     let two = dir.join("two");
     let spec_two = short_spec(dir, "two", 2, &two);
-    let peers = {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("{},{}", a.local_addr().unwrap(), b.local_addr().unwrap())
-    };
+    let peers = free_peers(2);
     let ranks: Vec<Child> = (0..2)
-        .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-                .args(["train", spec_two.to_str().unwrap(), "--world", "2"])
-                .args(["--rank", &rank.to_string(), "--peers", &peers])
-                .env("LORAFLEET_RING_SECRET", SECRET)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|rank| spawn_rank(&["train", spec_two.to_str().unwrap()], rank, 2, &peers))
         .collect();
     for child in ranks {
         let o = child.wait_with_output().unwrap();

@@ -161,38 +161,36 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let job = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let reply = conn
-            .jobs()
-            .cancel(JobRef {
-                id: args.job.clone(),
-            })
-            .await;
-        let job = reply
-            .map_err(rpc)
-            .with_context(|| format!("cannot cancel job {}", args.job))?;
-        anyhow::Ok(job.into_inner())
-    })?;
-    print_changed(&job, args.json);
-    Ok(())
+    change_job(&args.remote, &args.job, JobChange::Cancel, args.json)
 }
 
 pub fn run_resume(args: ResumeArgs) -> anyhow::Result<()> {
+    change_job(&args.remote, &args.job, JobChange::Resume, args.json)
+}
+
+/// A call that changes one job and answers with it.
+#[derive(Clone, Copy)]
+enum JobChange {
+    Cancel,
+    Resume,
+}
+
+/// Makes `change` to job `id` and prints the job as it is after.
+fn change_job(remote: &RemoteArgs, id: &str, change: JobChange, json: bool) -> anyhow::Result<()> {
     let job = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let reply = conn
-            .jobs()
-            .resume(JobRef {
-                id: args.job.clone(),
-            })
-            .await;
+        let conn = remote::connect(remote).await?;
+        let mut jobs = conn.jobs();
+        let request = JobRef { id: id.to_string() };
+        let (reply, verb) = match change {
+            JobChange::Cancel => (jobs.cancel(request).await, "cancel"),
+            JobChange::Resume => (jobs.resume(request).await, "resume"),
+        };
         let job = reply
             .map_err(rpc)
-            .with_context(|| format!("cannot resume job {}", args.job))?;
+            .with_context(|| format!("cannot {verb} job {id}"))?;
         anyhow::Ok(job.into_inner())
     })?;
-    print_changed(&job, args.json);
+    print_changed(&job, json);
     Ok(())
 }
 

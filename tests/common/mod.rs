@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The ring secret the tests' rank processes share.
+pub const SECRET: &str = "a test attempt secret, 32 chars!";
 
 /// Runs `lorafleet ARGS` to completion, without backtraces in its errors.
 pub fn lorafleet(args: &[&str]) -> Output {
@@ -80,4 +83,31 @@ pub fn max_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)
             (diff / norm.max(1e-30)).sqrt()
         })
         .fold(0.0, f64::max)
+}
+
+/// Addresses on 127.0.0.1 that were free a moment ago.
+pub fn free_peers(world: usize) -> String {
+    let listeners: Vec<_> = (0..world)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    addrs.join(",")
+}
+
+/// Starts `lorafleet ARGS --rank R --world N --peers P` with the secret
+/// in its environment and its output piped.
+pub fn spawn_rank(args: &[&str], rank: usize, world: usize, peers: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(args)
+        .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
+        .args(["--peers", peers])
+        .env("LORAFLEET_RING_SECRET", SECRET)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs")
 }
