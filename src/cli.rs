@@ -79,7 +79,9 @@ pub struct ExportArgs {
 pub struct TrainArgs {
     /// The YAML job spec.
     pub file: PathBuf,
-    /// Continue from the state saved in the output folder, if there is one.
+    /// Continue from the newest checkpoint of this job that verifies (in
+    /// checkpoint.storage), if there is one. Without it, a run starts at
+    /// step 0 and removes the checkpoints an earlier run of the job left.
     #[arg(long)]
     pub resume: bool,
     /// Stop once this many steps are done, saving the state (continue later
@@ -93,6 +95,17 @@ pub struct TrainArgs {
     /// agent reads from the ranks it starts).
     #[arg(long, hide = true)]
     pub events: bool,
+    /// The job's id: checkpoints go to {checkpoint.storage}/{tenant}/{job}
+    /// (default: the spec's name).
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// The job's tenant in that path (default: local).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Leave the final adapter in the checkpoints only (what workers do);
+    /// output.dir is not written.
+    #[arg(long, hide = true)]
+    pub no_output: bool,
     #[command(flatten)]
     pub ring: RingArgs,
 }

@@ -57,7 +57,8 @@ impl TrainObserver for TrainProgress {
 
 /// Training progress as one JSON event per line on stdout, for the worker
 /// agent that runs this process (`train --events`). Types: `train.started`,
-/// `train.step`, `train.eval`, `checkpoint.saved`, `train.finished`.
+/// `train.step`, `train.eval`, `checkpoint.saved`, `checkpoint.deleted`,
+/// `checkpoint.waiting`, `checkpoint.skipped`, `train.finished`.
 pub struct TrainEvents;
 
 impl TrainEvents {
@@ -71,6 +72,16 @@ impl TrainEvents {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout only loses news; training goes on.
         let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
+    }
+
+    /// Prints one event with a level (`info`, `warn`, `error`) and a
+    /// message of its own.
+    pub fn emit_at(level: &str, kind: &str, message: &str, fields: serde_json::Value) {
+        let mut event = serde_json::json!({ "level": level, "message": message });
+        if let (Some(out), serde_json::Value::Object(fields)) = (event.as_object_mut(), fields) {
+            out.extend(fields);
+        }
+        TrainEvents::emit(kind, event);
     }
 }
 

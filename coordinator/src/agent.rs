@@ -339,7 +339,15 @@ impl RankProcess {
         std::fs::write(&spec_file, &a.spec_yaml)
             .map_err(|e| format!("cannot write {}: {e}", spec_file.display()))?;
         let mut command = Command::new(&config.program);
-        command.arg("train").arg(&spec_file).arg("--events");
+        command
+            .arg("train")
+            .arg(&spec_file)
+            .arg("--events")
+            .arg("--no-output")
+            .arg("--job-id")
+            .arg(&a.job_id)
+            .arg("--tenant")
+            .arg(&a.tenant);
         if a.world > 1 {
             command
                 .arg("--rank")
@@ -382,6 +390,7 @@ impl RankProcess {
             &a.job_id,
             a.attempt,
             "rank.started",
+            None,
             format!(
                 "rank {} of {} started on worker {}",
                 a.rank, a.world, config.name
@@ -462,7 +471,8 @@ async fn watch_rank(
         } else {
             message
         };
-        push_event(&shared, &job_id, attempt, &kind, message, value);
+        let level = value["level"].as_str().map(str::to_string);
+        push_event(&shared, &job_id, attempt, &kind, level, message, value);
     }
     let _ = errors.await;
     let status = child.lock().await.wait().await;
@@ -496,6 +506,7 @@ async fn watch_rank(
         &job_id,
         attempt,
         kind,
+        None,
         message,
         serde_json::json!({"rank": rank, "error": error, "stderr_tail": tail}),
     );
@@ -541,6 +552,7 @@ fn describe(kind: &str, v: &serde_json::Value) -> String {
             v["step"],
             v["path"].as_str().unwrap_or("?")
         ),
+        "checkpoint.deleted" => format!("checkpoint at step {} deleted (retention)", v["step"]),
         "train.finished" => format!(
             "training done: {} steps, train loss {:.4}",
             v["steps"],
@@ -555,13 +567,14 @@ fn push_event(
     job_id: &str,
     attempt: u32,
     kind: &str,
+    level: Option<String>,
     message: String,
     data: serde_json::Value,
 ) {
-    let level = if kind.ends_with(".failed") {
-        "error"
-    } else {
-        "info"
+    let level = match level.as_deref() {
+        Some(l @ ("info" | "warn" | "error")) => l,
+        _ if kind.ends_with(".failed") => "error",
+        _ => "info",
     };
     let event = api::Event {
         id: 0,

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod bench_fleet;
+pub mod checkpointing;
 pub mod export;
 pub mod generate;
+pub mod init_adapter;
 pub mod init_model;
 pub mod local_job;
 pub mod ranks;

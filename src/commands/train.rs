@@ -2,21 +2,25 @@
 //! alone or as one rank of a data-parallel job (`--rank/--world/--peers`).
 //!
 //! Every rank loads the same spec and data and trains on its share of each
-//! global batch; rank 0 shows progress and writes the results. The adapter,
-//! optimizer state and metrics are saved to the output folder
-//! every `checkpoint.every_steps` steps and at the end (written to a
-//! temporary folder, then swapped in, so the folder always holds one whole
-//! state); `--resume` continues from it.
+//! global batch; rank 0 shows progress and writes the results. A checkpoint
+//! is committed to `checkpoint.storage` every `checkpoint.every_steps`
+//! steps and at the end, in the background (`checkpointing`); `--resume`
+//! continues from the newest one that verifies. At the end the final state
+//! is also written to `output.dir` (to a temporary folder, then swapped in,
+//! so the folder always holds one whole state).
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 use coordinator::JobSpec;
-use trainer::lora::{LoraWeights, peft};
+use trainer::lora::LoraWeights;
 use trainer::train::data_parallel::{agree, checksum, fingerprint};
 use trainer::train::{SampledSteps, Silent, TrainObserver, TrainState};
 
+use super::UsageError;
+use super::checkpointing::{LOCAL_TENANT, RunCheckpoints, write_state};
+use super::init_adapter;
 use super::local_job::LocalJob;
 use crate::cli::TrainArgs;
 use crate::progress::{TrainEvents, TrainProgress};
@@ -51,23 +55,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (mut model, tokenizer) = source.into_model(&device)?;
     let tokenizer = tokenizer.expect("LocalJob checks the tokenizer");
 
-    let saved = output_dir.join("trainer_state.json");
-    let mut state = if args.resume && saved.exists() {
-        let state = TrainState::load(&output_dir, &model.config)
-            .with_context(|| format!("cannot resume from {}", output_dir.display()))?;
+    let tenant = args.tenant.as_deref().unwrap_or(LOCAL_TENANT);
+    let job_id = args.job_id.as_deref().unwrap_or(&spec.name);
+    check_path_part("--tenant", tenant)?;
+    check_path_part("--job-id", job_id)?;
+    let mut checkpoints = RunCheckpoints::open(
+        &spec,
+        tenant,
+        job_id,
+        rank,
+        args.resume,
+        args.events,
+        &base_model,
+    )?;
+    let restored = if args.resume {
+        checkpoints.restore(&model.config)?
+    } else {
+        None
+    };
+    let mut state = if let Some(state) = restored {
         eprintln!("resuming {} from step {}", spec.name, state.step);
         state
     } else if let Some(init) = &spec.lora.init_adapter {
-        let path = init
-            .as_path()
-            .context("lora.init_adapter: only local folders for now")?;
-        let weights = peft::load(path, &model.config)
-            .with_context(|| format!("cannot load lora.init_adapter {}", path.display()))?;
+        let weights = init_adapter::load(init, &model.config)?;
         TrainState::new(weights)
     } else {
         TrainState::new(LoraWeights::init(&lora, &model.config, train.seed))
     };
-    if state.lora.config != lora && !args.resume {
+    if state.lora.config != lora && state.step == 0 {
         anyhow::bail!(
             "lora.init_adapter has r={} alpha={} targets {:?}, but the spec asks for r={} alpha={} targets {:?}",
             state.lora.config.r,
@@ -119,12 +134,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             serde_json::json!({"step": state.step, "total_steps": train.max_steps, "world": world}),
         );
     }
-    let every = (spec.checkpoint.every_steps as usize).max(1);
+    // 0: only the final checkpoint.
+    let every = match spec.checkpoint.every_steps as usize {
+        0 => usize::MAX,
+        n => n,
+    };
     let end = args
         .stop_after
         .map_or(train.max_steps, |s| s.min(train.max_steps));
     while state.step < end {
-        let next = ((state.step / every + 1) * every).min(end);
+        let next = (state.step / every + 1).saturating_mul(every).min(end);
         trainer::train::run(
             &mut model,
             &device,
@@ -135,24 +154,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             observer,
             Some(next),
         )?;
-        if rank == 0 {
-            save(&output_dir, &state, &spec, &base_model)?;
-            if args.events {
-                let metrics = serde_json::json!({
-                    "train_loss": state.log.last().map(|m| m.loss),
-                    "eval_loss": state.evals.last().map(|e| e.eval_loss),
-                });
-                TrainEvents::emit(
-                    "checkpoint.saved",
-                    serde_json::json!({
-                        "step": state.step,
-                        "path": output_dir.display().to_string(),
-                        "metrics": metrics,
-                    }),
-                );
-            }
-        }
+        checkpoints.save(&state)?;
     }
+    let location = checkpoints.location();
+    let blocking_s = checkpoints.blocking_s;
+    checkpoints.finish()?;
     progress.finish();
     if rank != 0 {
         eprintln!("rank {rank} of {world}: done after {} steps", state.step);
@@ -167,21 +173,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "eval_loss_final": state.evals.last().map(|e| e.eval_loss),
         "trained_tokens": state.log.iter().map(|m| m.target_tokens).sum::<usize>(),
         "elapsed_s": started.elapsed().as_secs_f64(),
-        "output_dir": output_dir.display().to_string(),
+        "output_dir": (!args.no_output).then(|| output_dir.display().to_string()),
+        "checkpoints": location,
+        "checkpoint_blocking_s": blocking_s,
         "world": world,
     });
-    std::fs::write(
-        output_dir.join("final_metrics.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )
-    .with_context(|| format!("cannot write {}", output_dir.display()))?;
+    if !args.no_output {
+        save(&output_dir, &state, &spec, &base_model)?;
+        std::fs::write(
+            output_dir.join("final_metrics.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )
+        .with_context(|| format!("cannot write {}", output_dir.display()))?;
+    }
     if args.events {
         TrainEvents::emit("train.finished", summary);
     } else if args.json {
         println!("{summary}");
     } else {
         println!(
-            "done: {} steps, train loss {:.4}, validation loss {} → {}; adapter in {}",
+            "done: {} steps, train loss {:.4}, validation loss {} → {}; adapter in {} (checkpoints in {location})",
             state.step,
             summary["train_loss"].as_f64().unwrap_or(f64::NAN),
             fmt_loss(&summary["eval_loss_initial"]),
@@ -206,18 +217,27 @@ fn save(dir: &Path, state: &TrainState, spec: &JobSpec, base_model: &str) -> any
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    state.save(&tmp, base_model)?;
-    let mut lines = String::new();
-    for m in &state.log {
-        lines.push_str(&serde_json::to_string(m)?);
-        lines.push('\n');
-    }
-    std::fs::write(tmp.join("metrics.jsonl"), lines)?;
-    std::fs::write(tmp.join("job.yaml"), spec.to_yaml())?;
+    write_state(&tmp, state, &spec.to_yaml(), base_model)?;
     if dir.exists() {
         std::fs::rename(dir, &old).with_context(|| format!("cannot replace {}", dir.display()))?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// A tenant or job id is one folder name in checkpoint storage.
+fn check_path_part(flag: &str, value: &str) -> anyhow::Result<()> {
+    let ok = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        anyhow::bail!(UsageError(format!(
+            "{flag} {value:?}: use letters, digits, '.', '_' and '-' only"
+        )));
+    }
     Ok(())
 }

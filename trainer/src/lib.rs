@@ -8,11 +8,13 @@
 //! ([`device`] makes the default one).
 
 pub mod bench;
+pub mod checkpoint;
 pub mod collective;
 pub mod data;
 pub mod device;
 pub mod generate;
 pub mod lora;
 pub mod model;
+pub mod storage;
 pub mod tokenizer;
 pub mod train;

@@ -8,15 +8,15 @@
 //! of them never act on the same stale view.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::api::{self, Order, order};
 use crate::scheduler::{FleetWorker, Snapshot, TenantUsage, WaitingJob};
-use crate::spec::{JobSpec, OutputSpec, PathOrUrl};
+use crate::spec::{JobSpec, OutputSpec};
 use crate::store::{
     Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, WorkerId, WorkerState,
 };
+use trainer::checkpoint::CheckpointStore;
 
 use super::Coordinator;
 
@@ -190,7 +190,8 @@ impl Coordinator {
                     peers: peers.clone(),
                     secret: attempt.secret.clone(),
                     spec_yaml: spec_yaml.clone(),
-                    output_url: output.display().to_string(),
+                    output_url: output.clone(),
+                    tenant: job.tenant.to_string(),
                 })),
             };
             if !self.send(worker, order) {
@@ -450,25 +451,22 @@ fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
     }
 }
 
-/// The spec an attempt's ranks run: the stored one with its output moved
-/// to the job's own folder in checkpoint storage, and that folder.
-pub(super) fn assigned_spec(job: &Job) -> Result<(String, PathBuf), String> {
+/// The spec an attempt's ranks run (the stored one, its output left to the
+/// checkpoints) and the job's folder in checkpoint storage.
+pub(super) fn assigned_spec(job: &Job) -> Result<(String, String), String> {
     let mut spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
         .map_err(|e| format!("the stored spec no longer reads: {e}"))?;
-    let folder = job_folder(&spec, &job.id)?;
-    let output = folder.join("final");
-    spec.output = OutputSpec {
-        dir: Some(PathOrUrl::Path(output.clone())),
-    };
-    Ok((spec.to_yaml(), output))
+    let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)?;
+    spec.output = OutputSpec { dir: None };
+    Ok((spec.to_yaml(), store.root().name().to_string()))
 }
 
-/// `<checkpoint.storage>/<job id>`: where a job's results go.
-pub(super) fn job_folder(spec: &JobSpec, job: &JobId) -> Result<PathBuf, String> {
-    match &spec.checkpoint.storage {
-        PathOrUrl::Path(path) => Ok(path.join(job.as_str())),
-        PathOrUrl::Url(url) => Err(format!(
-            "checkpoint.storage: {url}: this coordinator writes checkpoints to a folder it shares with its workers; object storage URLs are not supported yet"
-        )),
-    }
+/// The checkpoints of job `job` of `tenant`: `{checkpoint.storage}/{tenant}/{job}`.
+pub(super) fn job_checkpoints(
+    spec: &JobSpec,
+    tenant: &str,
+    job: &JobId,
+) -> Result<CheckpointStore, String> {
+    CheckpointStore::open(&spec.checkpoint.storage.to_string(), tenant, job.as_str())
+        .map_err(|e| format!("checkpoint.storage: {e}"))
 }

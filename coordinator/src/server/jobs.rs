@@ -6,7 +6,6 @@
 //! jobs: another tenant's job answers exactly as a job that does not exist.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
@@ -19,13 +18,14 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api;
 use crate::api::jobs_server::Jobs;
-use crate::api::{self, CHUNK_BYTES};
 use crate::spec::{JobSpec, PathOrUrl, Validation};
-use crate::store::{Checkpoint, Job, JobId, JobQuery, NewJob};
+use crate::store::{Job, JobId, JobQuery, NewJob};
 
 use super::access::TenantPolicy;
-use super::control::job_folder;
+use super::checkpoints::FileStream;
+use super::control::job_checkpoints;
 use super::{Coordinator, status_of};
 
 /// The largest dataset an upload may send.
@@ -34,7 +34,6 @@ const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 const EVENT_PAGE: u32 = 500;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<api::Event, Status>> + Send>>;
-type FileStream = Pin<Box<dyn Stream<Item = Result<api::FileChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Jobs for Coordinator {
@@ -69,8 +68,12 @@ impl Jobs for Coordinator {
         tenant
             .check_storage(&spec, &uploads)
             .map_err(Status::permission_denied)?;
-        // The folder results go to must be one the coordinator can name.
-        job_folder(&spec, &JobId::from("check")).map_err(Status::invalid_argument)?;
+        // Checkpoint storage must open and answer now, not after training.
+        let checkpoints = job_checkpoints(&spec, tenant.id.as_str(), &JobId::from("check"))
+            .map_err(Status::invalid_argument)?;
+        checkpoints.steps().await.map_err(|e| {
+            Status::failed_precondition(format!("checkpoint.storage cannot be reached: {e}"))
+        })?;
         check_datasets(&spec).await?;
         let job = NewJob::from_spec(tenant.id.clone(), &spec, spec.to_yaml());
         let job = self.store().create_job(&job).await.map_err(status_of)?;
@@ -267,22 +270,7 @@ impl Jobs for Coordinator {
     ) -> Result<Response<api::CheckpointList>, Status> {
         let tenant = self.config().access.client(&request)?.clone();
         let job = self.owned_job(&tenant, &request.into_inner().id).await?;
-        let checkpoints = self
-            .store()
-            .list_checkpoints(&job.id)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(api::CheckpointList {
-            data: checkpoints
-                .iter()
-                .map(|c| api::Checkpoint {
-                    step: c.step,
-                    url: c.url.clone(),
-                    metrics_json: c.metrics.to_string(),
-                    committed_at: c.committed_at,
-                })
-                .collect(),
-        }))
+        self.checkpoint_list(&job).await.map(Response::new)
     }
 
     type DownloadStream = FileStream;
@@ -294,48 +282,16 @@ impl Jobs for Coordinator {
         let tenant = self.config().access.client(&request)?.clone();
         let r = request.into_inner();
         let job = self.owned_job(&tenant, &r.job_id).await?;
-        let checkpoints = self
-            .store()
-            .list_checkpoints(&job.id)
+        self.checkpoint_files(&job, &r.step)
             .await
-            .map_err(status_of)?;
-        let checkpoint = pick_checkpoint(&checkpoints, &r.step)
-            .map_err(|message| Status::not_found(format!("job {}: {message}", job.id)))?;
-        let folder = PathBuf::from(&checkpoint.url);
-        let files = tokio::task::spawn_blocking({
-            let folder = folder.clone();
-            move || files_under(&folder)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| {
-            Status::data_loss(format!(
-                "checkpoint at step {} ({}) cannot be read: {e}",
-                checkpoint.step,
-                folder.display()
-            ))
-        })?;
-        let (tx, rx) = mpsc::channel(4);
-        let step = checkpoint.step;
-        tokio::task::spawn_blocking(move || {
-            for relative in files {
-                if let Err(e) = send_file(&folder, &relative, step, &tx) {
-                    let _ = tx.blocking_send(Err(Status::data_loss(format!(
-                        "cannot read {}: {e}",
-                        folder.join(&relative).display()
-                    ))));
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            .map(Response::new)
     }
 }
 
 impl Coordinator {
     /// Job `id` if it belongs to `tenant`; otherwise "not found", whether
     /// or not another tenant has such a job.
-    async fn owned_job(&self, tenant: &TenantPolicy, id: &str) -> Result<Job, Status> {
+    pub(super) async fn owned_job(&self, tenant: &TenantPolicy, id: &str) -> Result<Job, Status> {
         let not_found = || Status::not_found(format!("tenant {} has no job {id}", tenant.id));
         match self.store().get_job(&JobId::from(id)).await {
             Ok(job) if job.tenant == tenant.id => Ok(job),
@@ -404,106 +360,6 @@ async fn check_datasets(spec: &JobSpec) -> Result<(), Status> {
         .map_err(|e| Status::internal(e.to_string()))?;
         checked.map_err(|e| Status::invalid_argument(format!("{key}: {e}")))?;
     }
-    Ok(())
-}
-
-/// The checkpoint `step` names: `latest` (or empty), `best` (lowest
-/// validation loss, else latest) or a step number.
-fn pick_checkpoint<'a>(
-    checkpoints: &'a [Checkpoint],
-    step: &str,
-) -> Result<&'a Checkpoint, String> {
-    let latest = checkpoints.iter().max_by_key(|c| c.step);
-    let picked = match step {
-        "" | "latest" => latest,
-        "best" => checkpoints
-            .iter()
-            .filter_map(|c| c.metrics["eval_loss"].as_f64().map(|loss| (loss, c)))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, c)| c)
-            .or(latest),
-        number => {
-            let step: u64 = number.parse().map_err(|_| {
-                format!("--step {number:?}: expected latest, best or a step number")
-            })?;
-            return checkpoints.iter().find(|c| c.step == step).ok_or_else(|| {
-                let have: Vec<String> = checkpoints.iter().map(|c| c.step.to_string()).collect();
-                format!(
-                    "no checkpoint at step {step} (there are: {})",
-                    list_or_none(&have)
-                )
-            });
-        }
-    };
-    picked.ok_or_else(|| "no checkpoint yet".to_string())
-}
-
-fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
-    }
-}
-
-/// The regular files below `folder`, as paths relative to it, sorted.
-fn files_under(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        for entry in std::fs::read_dir(folder.join(&relative))? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            let path = relative.join(entry.file_name());
-            if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Streams one file in chunks; the last chunk carries its SHA-256.
-fn send_file(
-    folder: &Path,
-    relative: &Path,
-    step: u64,
-    tx: &mpsc::Sender<Result<api::FileChunk, Status>>,
-) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(folder.join(relative))?;
-    let mut hasher = Sha256::new();
-    let name = relative.to_string_lossy().replace('\\', "/");
-    let mut buffer = vec![0u8; CHUNK_BYTES];
-    let mut pending: Option<Vec<u8>> = None;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        if let Some(data) = pending.take() {
-            let chunk = api::FileChunk {
-                path: name.clone(),
-                data,
-                sha256: String::new(),
-                step,
-            };
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return Ok(());
-            }
-        }
-        hasher.update(&buffer[..n]);
-        pending = Some(buffer[..n].to_vec());
-    }
-    let chunk = api::FileChunk {
-        path: name,
-        data: pending.unwrap_or_default(),
-        sha256: hex::encode(hasher.finalize()),
-        step,
-    };
-    let _ = tx.blocking_send(Ok(chunk));
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! (`agent`).
 
 pub mod access;
+mod checkpoints;
 mod control;
 mod jobs;
 mod workers;

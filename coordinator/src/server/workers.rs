@@ -367,15 +367,14 @@ impl Coordinator {
                         .record_checkpoint(&checkpoint)
                         .await
                         .map_err(status_of)?;
-                    // A folder saved again holds only its newest step.
-                    for older in store.list_checkpoints(job).await.map_err(status_of)? {
-                        if older.url == path && older.step != step {
-                            store
-                                .delete_checkpoint(job, older.step)
-                                .await
-                                .map_err(status_of)?;
-                        }
-                    }
+                }
+            }
+            "checkpoint.deleted" if rank == 0 => {
+                if let Some(step) = data["step"].as_u64() {
+                    store
+                        .delete_checkpoint(job, step)
+                        .await
+                        .map_err(status_of)?;
                 }
             }
             _ => {}

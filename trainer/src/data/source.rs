@@ -18,68 +18,30 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use futures::StreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::DataError;
+use crate::storage::Location;
 
 /// Chunks in flight between the reading thread and the parser.
 const CHANNEL_CHUNKS: usize = 16;
 
-/// Environment variables handed to `parse_url_opts` (object_store picks the
-/// keys it knows: `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
-const ENV_PREFIXES: [&str; 3] = ["AWS_", "GOOGLE_", "AZURE_"];
-
 /// A dataset object: a store, a path in it, and the name errors use.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DataSource {
-    store: Arc<dyn ObjectStore>,
-    path: StorePath,
-    name: String,
-}
-
-impl std::fmt::Debug for DataSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataSource")
-            .field("name", &self.name)
-            .field("path", &self.path)
-            .finish()
-    }
+    location: Location,
 }
 
 impl DataSource {
     /// A local path (relative to the working directory) or a URL with a
     /// scheme. Errors name `location` as given.
     pub fn parse(location: &str) -> Result<DataSource, DataError> {
-        let fail = |message: String| DataError::Read {
-            file: location.to_string(),
-            message,
-        };
-        if location.contains("://") {
-            let url =
-                url::Url::parse(location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
-            let env =
-                std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
-            let (store, path) = object_store::parse_url_opts(&url, env)
-                .map_err(|e| fail(format!("cannot open this store: {e}")))?;
-            return Ok(DataSource {
-                store: Arc::from(store),
-                path,
-                name: location.to_string(),
-            });
-        }
-        // Resolve symlinks and `..` (object_store paths may not hold `..`).
-        let absolute = match std::fs::canonicalize(location) {
-            Ok(p) => p,
-            Err(_) => lexically_absolute(location).map_err(|e| fail(e.to_string()))?,
-        };
-        let path = StorePath::from_absolute_path(&absolute).map_err(|e| fail(e.to_string()))?;
-        Ok(DataSource {
-            store: Arc::new(LocalFileSystem::new()),
-            path,
-            name: location.to_string(),
-        })
+        let location = Location::parse(location).map_err(|e| DataError::Read {
+            file: e.location,
+            message: e.message,
+        })?;
+        Ok(DataSource { location })
     }
 
     /// An object in a store the caller already has (a `memory://` store
@@ -90,32 +52,30 @@ impl DataSource {
         name: impl Into<String>,
     ) -> DataSource {
         DataSource {
-            store,
-            path,
-            name: name.into(),
+            location: Location::from_store(store, path, name),
         }
     }
 
     /// The name errors use: the location as the user wrote it.
     pub fn name(&self) -> &str {
-        &self.name
+        self.location.name()
     }
 
     pub fn path(&self) -> &StorePath {
-        &self.path
+        self.location.path()
     }
 
     /// Starts streaming the object's lines.
     pub fn lines(&self) -> LineReader {
         let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
-        let store = self.store.clone();
-        let path = self.path.clone();
+        let store = self.location.store().clone();
+        let path = self.location.path().clone();
         let thread = std::thread::Builder::new()
             .name("lorafleet-data-read".into())
             .spawn(move || stream_object(store, path, tx))
             .expect("spawning the dataset reader thread");
         LineReader {
-            name: self.name.clone(),
+            name: self.location.name().to_string(),
             chunks: Some(rx),
             thread: Some(thread),
             pending: Vec::new(),
@@ -125,23 +85,6 @@ impl DataSource {
             finished: false,
         }
     }
-}
-
-/// `location` made absolute with `.` and `..` resolved by hand (for a path
-/// that does not exist, so that reading it says "not found").
-fn lexically_absolute(location: &str) -> std::io::Result<std::path::PathBuf> {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::new();
-    for part in std::path::absolute(location)?.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(out)
 }
 
 type Chunk = Result<Vec<u8>, ReadFailure>;

@@ -1,0 +1,174 @@
+//! What the `Jobs` service serves of a job's checkpoints: the list (from
+//! the store) and downloads (from checkpoint storage, through the
+//! coordinator, so clients never need storage credentials).
+//!
+//! A download sends every file the checkpoint's manifest lists, then the
+//! manifest itself. Each file is checked against the manifest as it
+//! streams: a file that differs ends the download with `DATA_LOSS` naming
+//! it, and the last chunk of each file carries the manifest's SHA-256 so
+//! the client checks the bytes it received too. Not here: who may ask
+//! (`access`), the commit protocol (`trainer::checkpoint`).
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use trainer::checkpoint::{CheckpointStore, FileCheck, MANIFEST_FILE};
+
+use crate::api::{self, CHUNK_BYTES};
+use crate::spec::JobSpec;
+use crate::store::{Checkpoint, Job};
+
+use super::control::job_checkpoints;
+use super::{Coordinator, status_of};
+
+pub(super) type FileStream = Pin<Box<dyn Stream<Item = Result<api::FileChunk, Status>> + Send>>;
+type ChunkSender = mpsc::Sender<Result<api::FileChunk, Status>>;
+
+impl Coordinator {
+    /// Job `job`'s committed checkpoints, oldest first.
+    pub(super) async fn checkpoint_list(&self, job: &Job) -> Result<api::CheckpointList, Status> {
+        let checkpoints = self
+            .store()
+            .list_checkpoints(&job.id)
+            .await
+            .map_err(status_of)?;
+        Ok(api::CheckpointList {
+            data: checkpoints
+                .iter()
+                .map(|c| api::Checkpoint {
+                    step: c.step,
+                    url: c.url.clone(),
+                    metrics_json: c.metrics.to_string(),
+                    committed_at: c.committed_at,
+                })
+                .collect(),
+        })
+    }
+
+    /// Streams the files of the checkpoint of `job` that `step` names.
+    pub(super) async fn checkpoint_files(
+        &self,
+        job: &Job,
+        step: &str,
+    ) -> Result<FileStream, Status> {
+        let checkpoints = self
+            .store()
+            .list_checkpoints(&job.id)
+            .await
+            .map_err(status_of)?;
+        let checkpoint = pick_checkpoint(&checkpoints, step)
+            .map_err(|message| Status::not_found(format!("job {}: {message}", job.id)))?;
+        let spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+            .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
+        let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)
+            .map_err(Status::failed_precondition)?;
+        let step = checkpoint.step;
+        let manifest = store
+            .manifest(step)
+            .await
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for file in &manifest.files {
+                if let Err(status) = send_file(&store, step, file, &tx).await {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+            let bytes = manifest.to_json();
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            let chunk = api::FileChunk {
+                path: MANIFEST_FILE.to_string(),
+                data: bytes,
+                sha256,
+                step,
+            };
+            let _ = tx.send(Ok(chunk)).await;
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// Streams one file in chunks of at most `CHUNK_BYTES`, checking it
+/// against the manifest; its last chunk carries the manifest's SHA-256.
+async fn send_file(
+    store: &CheckpointStore,
+    step: u64,
+    file: &trainer::checkpoint::ManifestFile,
+    tx: &ChunkSender,
+) -> Result<(), Status> {
+    let checkpoint = store.location(step).name().to_string();
+    let mut check = FileCheck::new(&checkpoint, file);
+    let mut stream = store
+        .file_stream(step, &file.path)
+        .await
+        .map_err(|e| Status::data_loss(e.to_string()))?;
+    let mut pending: Option<Vec<u8>> = None;
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.map_err(|e| Status::unavailable(e.to_string()))?;
+        check
+            .update(&bytes)
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        for piece in bytes.chunks(CHUNK_BYTES) {
+            if let Some(data) = pending.replace(piece.to_vec()) {
+                let chunk = api::FileChunk {
+                    path: file.path.clone(),
+                    data,
+                    sha256: String::new(),
+                    step,
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let sha256 = check
+        .finish()
+        .map_err(|e| Status::data_loss(e.to_string()))?;
+    let chunk = api::FileChunk {
+        path: file.path.clone(),
+        data: pending.unwrap_or_default(),
+        sha256,
+        step,
+    };
+    let _ = tx.send(Ok(chunk)).await;
+    Ok(())
+}
+
+/// The checkpoint `step` names: `latest` (or empty), `best` (lowest
+/// validation loss, else latest) or a step number.
+fn pick_checkpoint<'a>(
+    checkpoints: &'a [Checkpoint],
+    step: &str,
+) -> Result<&'a Checkpoint, String> {
+    let latest = checkpoints.iter().max_by_key(|c| c.step);
+    let picked = match step {
+        "" | "latest" => latest,
+        "best" => checkpoints
+            .iter()
+            .filter_map(|c| c.metrics["eval_loss"].as_f64().map(|loss| (loss, c)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c)
+            .or(latest),
+        number => {
+            let step: u64 = number.parse().map_err(|_| {
+                format!("--step {number:?}: expected latest, best or a step number")
+            })?;
+            return checkpoints.iter().find(|c| c.step == step).ok_or_else(|| {
+                let have: Vec<String> = checkpoints.iter().map(|c| c.step.to_string()).collect();
+                let have = if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                };
+                format!("no checkpoint at step {step} (there are: {have})")
+            });
+        }
+    };
+    picked.ok_or_else(|| "no checkpoint yet".to_string())
+}
