@@ -73,25 +73,32 @@ impl CheckpointStore {
         self.root.join("checkpoints").join(&step_folder(step))
     }
 
-    /// Every step that has a checkpoint folder, committed or not, oldest
-    /// first.
+    /// Every step that has a checkpoint folder holding at least one
+    /// object, committed or not, oldest first. (Some servers keep a folder
+    /// after its last object is deleted; such a folder is no checkpoint.)
     pub async fn steps(&self) -> Result<Vec<u64>, CheckpointError> {
         let folder = self.root.join("checkpoints");
-        let listed = folder
+        let prefix_parts = folder.path().parts().count();
+        let listed: Result<Vec<_>, _> = folder
             .store()
-            .list_with_delimiter(Some(folder.path()))
+            .list(Some(folder.path()))
+            .map_ok(|meta| meta.location)
+            .try_collect()
             .await;
-        let listed = match listed {
-            Ok(l) => l,
+        let paths = match listed {
+            Ok(paths) => paths,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(CheckpointError::store(&folder, e)),
         };
-        let mut steps: Vec<u64> = listed
-            .common_prefixes
+        let mut steps: Vec<u64> = paths
             .iter()
-            .filter_map(|p| p.filename()?.strip_prefix("step-")?.parse().ok())
+            .filter_map(|p| {
+                let part = p.parts().nth(prefix_parts)?;
+                part.as_ref().strip_prefix("step-")?.parse().ok()
+            })
             .collect();
         steps.sort_unstable();
+        steps.dedup();
         Ok(steps)
     }
 
