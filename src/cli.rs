@@ -269,6 +269,35 @@ pub enum BenchWorkload {
     Allreduce(BenchAllreduceArgs),
     /// Control plane: submit to first training step, and coordinator CPU under load.
     Fleet(crate::commands::bench_fleet::BenchFleetArgs),
+    /// Checkpointing: step-time overhead of background checkpoints, and upload throughput.
+    Checkpoint(BenchCheckpointArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCheckpointArgs {
+    /// Where checkpoints go: a local folder or a storage URL (s3://bucket/prefix,
+    /// gs://, az://, file://); everything is written under {storage}/bench/ and
+    /// deleted after.
+    #[arg(long, value_name = "URL")]
+    pub storage: String,
+    /// Training steps per timed run (the quickstart job, tiny preset).
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    /// A checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    pub every: usize,
+    /// MiB of the file whose upload is timed.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub size_mib: usize,
+    /// Rounds of both variants, in alternating order (the medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The job spec trained for the step-time figure.
+    #[arg(long, default_value = "configs/quickstart.yaml", value_name = "FILE")]
+    pub spec: PathBuf,
+    /// NDJSON: one object per figure.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -724,3 +724,71 @@ async fn a_job_fails_after_max_failures_plus_one_failed_attempts() {
     drop((worker, jobs, conn));
     tc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_job_resumes_as_a_new_attempt_with_a_fresh_failure_budget() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "flaky").await;
+    let spec = tc.spec("flaky", 1, 0) + "  max_failures: 0\n";
+    let job = tc.submit(&mut jobs, &spec).await.unwrap();
+    let worker_id = worker.id.clone();
+    let report = |a: &api::Assignment, state: &str| WorkerReport {
+        worker_id: worker_id.clone(),
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        state: state.into(),
+        error: if state == "failed" {
+            "disk full".into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    let Some(order::Kind::Assign(first)) = worker.next_order(WAIT).await else {
+        panic!("the job is assigned");
+    };
+    worker.reports.send(report(&first, "failed")).await.unwrap();
+    wait_status(&mut jobs, &job.id, "failed").await;
+
+    let resumed = jobs
+        .resume(JobRef { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.status, "restarting");
+    assert_eq!(resumed.failures, 0, "a fresh max_failures budget");
+    assert!(resumed.error.is_none());
+    let second = loop {
+        match worker.next_order(WAIT).await {
+            Some(order::Kind::Assign(a)) => break a,
+            Some(_) => {}
+            None => panic!("the resumed job is assigned again"),
+        }
+    };
+    assert_eq!(
+        second.attempt, 2,
+        "a new attempt, which resumes from the checkpoint"
+    );
+    worker
+        .reports
+        .send(report(&second, "finished"))
+        .await
+        .unwrap();
+    wait_status(&mut jobs, &job.id, "succeeded").await;
+
+    // Only failed or cancelled jobs resume.
+    let refused = jobs
+        .resume(JobRef { id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("succeeded"),
+        "{}",
+        refused.message()
+    );
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}

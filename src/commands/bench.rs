@@ -18,6 +18,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWorkload::Train(a) => train(a),
         BenchWorkload::Allreduce(a) => allreduce(a),
         BenchWorkload::Fleet(a) => super::bench_fleet::run(a),
+        BenchWorkload::Checkpoint(a) => super::bench_checkpoint::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
+pub mod bench_checkpoint;
 pub mod bench_fleet;
 pub mod checkpointing;
 pub mod export;

@@ -28,7 +28,11 @@ use trainer::storage::Location;
 fn backends(test: &str) -> Vec<(String, Location, Option<tempfile::TempDir>)> {
     let s3 = testkit::SeaweedFs::shared();
     let prefix = format!("{test}-{}", std::process::id());
-    let s3_location = Location::from_store(s3.store(), StorePath::from(prefix.as_str()), s3.url(&prefix));
+    let s3_location = Location::from_store(
+        s3.store(),
+        StorePath::from(prefix.as_str()),
+        s3.url(&prefix),
+    );
     let dir = tempfile::tempdir().unwrap();
     let local = Location::parse(dir.path().to_str().unwrap()).unwrap();
     vec![
@@ -41,8 +45,14 @@ fn backends(test: &str) -> Vec<(String, Location, Option<tempfile::TempDir>)> {
 /// large enough to go up as a multipart upload.
 fn state_folder(seed: u8, big: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("adapter_config.json"), format!("{{\"r\": {seed}}}")).unwrap();
-    let adapter: Vec<u8> = (0..100_000u32).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        format!("{{\"r\": {seed}}}"),
+    )
+    .unwrap();
+    let adapter: Vec<u8> = (0..100_000u32)
+        .map(|i| (i as u8).wrapping_mul(seed))
+        .collect();
     std::fs::write(dir.path().join("adapter_model.safetensors"), adapter).unwrap();
     std::fs::write(dir.path().join("trainer_state.json"), "{}").unwrap();
     if big {
@@ -78,7 +88,10 @@ fn a_committed_checkpoint_reads_back_byte_for_byte() {
         assert_eq!(manifest.files.len(), 4, "{backend}");
         assert_eq!(manifest.metrics, metrics);
         let big = manifest.file("optimizer.safetensors").unwrap();
-        assert!(big.bytes > MULTIPART_THRESHOLD, "{backend}: the multipart path ran");
+        assert!(
+            big.bytes > MULTIPART_THRESHOLD,
+            "{backend}: the multipart path ran"
+        );
 
         assert_eq!(block_on(store.steps()).unwrap(), vec![20], "{backend}");
         let fetched = tempfile::tempdir().unwrap();
@@ -105,25 +118,40 @@ fn a_failed_upload_leaves_no_manifest_and_resume_takes_the_one_before() {
         let broken = CheckpointStore::at(broken_root);
         let err = block_on(broken.commit(20, state_folder(2, false).path(), serde_json::json!({})))
             .unwrap_err();
-        assert!(err.to_string().contains("optimizer.safetensors"), "{backend}: {err}");
+        assert!(
+            err.to_string().contains("optimizer.safetensors"),
+            "{backend}: {err}"
+        );
 
         // Step 20 has files but no manifest: it does not exist.
         let manifest = good.location(20).join(MANIFEST_FILE);
         let head = block_on(manifest.store().head(manifest.path()));
-        assert!(matches!(head, Err(object_store::Error::NotFound { .. })), "{backend}");
-        let committed: Vec<u64> = block_on(good.committed()).unwrap().iter().map(|m| m.step).collect();
+        assert!(
+            matches!(head, Err(object_store::Error::NotFound { .. })),
+            "{backend}"
+        );
+        let committed: Vec<u64> = block_on(good.committed())
+            .unwrap()
+            .iter()
+            .map(|m| m.step)
+            .collect();
         assert_eq!(committed, vec![10], "{backend}");
 
         let mut skipped = Vec::new();
         let into = tempfile::tempdir().unwrap();
-        let restored = block_on(good.restore_latest(into.path(), &mut |step, e: &CheckpointError| {
-            skipped.push((step, e.to_string()))
-        }))
+        let restored = block_on(
+            good.restore_latest(into.path(), &mut |step, e: &CheckpointError| {
+                skipped.push((step, e.to_string()))
+            }),
+        )
         .unwrap()
         .unwrap();
         assert_eq!(restored.step, 10, "{backend}");
         assert_eq!(skipped.len(), 1, "{backend}: {skipped:?}");
-        assert!(skipped[0].1.contains("never committed"), "{backend}: {skipped:?}");
+        assert!(
+            skipped[0].1.contains("never committed"),
+            "{backend}: {skipped:?}"
+        );
         assert_same_files(state_folder(1, false).path(), into.path());
     }
 }
@@ -137,7 +165,14 @@ fn a_flipped_byte_is_found_and_the_file_named() {
 
         let target = store.location(10).join("adapter_model.safetensors");
         let mut bytes = block_on(async {
-            target.store().get(target.path()).await.unwrap().bytes().await.unwrap()
+            target
+                .store()
+                .get(target.path())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
         })
         .to_vec();
         bytes[1234] ^= 0x01;
@@ -146,19 +181,27 @@ fn a_flipped_byte_is_found_and_the_file_named() {
         let err = block_on(store.verify(10)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("step-000000010"), "{backend}: {text}");
-        assert!(text.contains("adapter_model.safetensors"), "{backend}: {text}");
+        assert!(
+            text.contains("adapter_model.safetensors"),
+            "{backend}: {text}"
+        );
         assert!(text.contains("SHA-256"), "{backend}: {text}");
 
         let mut skipped = Vec::new();
         let into = tempfile::tempdir().unwrap();
-        let restored = block_on(store.restore_latest(into.path(), &mut |step, e: &CheckpointError| {
-            skipped.push((step, e.to_string()))
-        }))
+        let restored = block_on(
+            store.restore_latest(into.path(), &mut |step, e: &CheckpointError| {
+                skipped.push((step, e.to_string()))
+            }),
+        )
         .unwrap()
         .unwrap();
         assert_eq!(restored.step, 5, "{backend}");
         assert_eq!(skipped[0].0, 10);
-        assert!(skipped[0].1.contains("adapter_model.safetensors"), "{skipped:?}");
+        assert!(
+            skipped[0].1.contains("adapter_model.safetensors"),
+            "{skipped:?}"
+        );
     }
 }
 
@@ -177,9 +220,13 @@ fn the_uploader_keeps_the_last_and_the_best() {
             Vec::new(),
             Box::new(move |n| {
                 let line = match n {
-                    CheckpointNotice::Committed { manifest, .. } => format!("commit {}", manifest.step),
+                    CheckpointNotice::Committed { manifest, .. } => {
+                        format!("commit {}", manifest.step)
+                    }
                     CheckpointNotice::Deleted { step } => format!("delete {step}"),
-                    CheckpointNotice::DeleteFailed { step, error } => format!("failed {step}: {error}"),
+                    CheckpointNotice::DeleteFailed { step, error } => {
+                        format!("failed {step}: {error}")
+                    }
                 };
                 seen.lock().unwrap().push(line);
             }),
@@ -194,13 +241,31 @@ fn the_uploader_keeps_the_last_and_the_best() {
                 .unwrap();
         }
         uploader.finish().unwrap();
-        let steps: Vec<u64> = block_on(store.committed()).unwrap().iter().map(|m| m.step).collect();
-        assert_eq!(steps, vec![20, 30, 40], "{backend}: the best (20) and the last two");
-        assert_eq!(block_on(store.steps()).unwrap(), vec![20, 30, 40], "{backend}: no leftovers");
+        let steps: Vec<u64> = block_on(store.committed())
+            .unwrap()
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        assert_eq!(
+            steps,
+            vec![20, 30, 40],
+            "{backend}: the best (20) and the last two"
+        );
+        assert_eq!(
+            block_on(store.steps()).unwrap(),
+            vec![20, 30, 40],
+            "{backend}: no leftovers"
+        );
         let log = notices.lock().unwrap().clone();
         assert_eq!(
             log,
-            ["commit 10", "commit 20", "commit 30", "delete 10", "commit 40"],
+            [
+                "commit 10",
+                "commit 20",
+                "commit 30",
+                "delete 10",
+                "commit 40"
+            ],
             "{backend}: a checkpoint goes only once a newer one is committed, and then at once"
         );
     }
@@ -214,7 +279,11 @@ fn a_failed_upload_is_reported_by_the_next_submit() {
         inner: root.store().clone(),
         fails_on: "step-000000001/".into(),
     };
-    let store = CheckpointStore::at(Location::from_store(Arc::new(failing), root.path().clone(), root.name()));
+    let store = CheckpointStore::at(Location::from_store(
+        Arc::new(failing),
+        root.path().clone(),
+        root.name(),
+    ));
     let retention = Retention {
         keep_last: 1,
         keep_best: false,
@@ -277,11 +346,19 @@ impl ObjectStore for FailingPut {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &StorePath, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &StorePath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.inner.get_opts(location, options).await
     }
 
-    async fn get_ranges(&self, location: &StorePath, ranges: &[Range<u64>]) -> object_store::Result<Vec<bytes::Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &StorePath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -292,15 +369,26 @@ impl ObjectStore for FailingPut {
         self.inner.delete_stream(locations)
     }
 
-    fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.inner.list(prefix)
     }
 
-    async fn list_with_delimiter(&self, prefix: Option<&StorePath>) -> object_store::Result<ListResult> {
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> object_store::Result<ListResult> {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &StorePath, to: &StorePath, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api;
 use crate::api::jobs_server::Jobs;
 use crate::spec::{JobSpec, PathOrUrl, Validation};
-use crate::store::{Job, JobId, JobQuery, NewJob};
+use crate::store::{Job, JobId, JobQuery, JobStatus, NewJob};
 
 use super::access::TenantPolicy;
 use super::checkpoints::FileStream;
@@ -189,10 +189,36 @@ impl Jobs for Coordinator {
     async fn resume(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
         let tenant = self.config().access.client(&request)?.clone();
         let job = self.owned_job(&tenant, &request.into_inner().id).await?;
-        Err(Status::unimplemented(format!(
-            "job {} is {}: resuming a finished job from its checkpoint is not supported yet; submit its spec again",
-            job.id, job.status
-        )))
+        if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
+            return Err(Status::failed_precondition(format!(
+                "job {} is {}: only a failed or cancelled job can be resumed",
+                job.id, job.status
+            )));
+        }
+        let latest = self
+            .store()
+            .latest_checkpoint(&job.id)
+            .await
+            .map_err(status_of)?;
+        let message = match latest {
+            Some(c) => format!(
+                "job {} resumed: it continues from its checkpoint at step {}",
+                job.id, c.step
+            ),
+            None => format!(
+                "job {} resumed: it has no checkpoint, so it starts at step 0",
+                job.id
+            ),
+        };
+        let job = self
+            .store()
+            .resume_job(&job.id, &message)
+            .await
+            .map_err(status_of)?;
+        tracing::info!("{message}");
+        self.wake();
+        self.publish();
+        Ok(Response::new(job_message(&job)))
     }
 
     type WatchEventsStream = EventStream;

@@ -265,6 +265,41 @@ impl Store {
         Ok(moved)
     }
 
+    /// Sends a failed or cancelled job back to the scheduler as
+    /// `restarting`, with a fresh `max_failures` budget and its error
+    /// cleared: its next attempt continues from its latest checkpoint.
+    /// Logs `job.resumed` with `message`.
+    pub async fn resume_job(&self, id: &JobId, message: &str) -> Result<Job, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query(
+            "UPDATE jobs SET status = 'restarting', failures = 0, finished_at = NULL, \
+             error_code = NULL, error_message = NULL, waiting_since = $1 \
+             WHERE id = $2 AND status IN ('failed', 'cancelled')",
+        )
+        .bind(unix_now())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let job = fetch_job(&mut tx, id).await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::IllegalTransition {
+                job: id.clone(),
+                from: job.status,
+                to: JobStatus::Restarting,
+            });
+        }
+        let event = NewEvent {
+            job: id.clone(),
+            level: Level::Info,
+            kind: "job.resumed".into(),
+            message: message.to_string(),
+            data: serde_json::json!({ "status": "restarting" }),
+        };
+        events::insert(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
     /// Records training progress: the last completed step and, once known,
     /// the total.
     pub async fn set_job_progress(
