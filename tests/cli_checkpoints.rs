@@ -134,6 +134,45 @@ fn fleet_job_keeps_the_last_two_and_downloads(s3: Option<&testkit::SeaweedFs>) {
     }
     assert!(out.join("MANIFEST.json").exists());
 
+    // --merged writes what `export --merged` writes from the same adapter.
+    let merged = dir.join("merged");
+    let got = fleet.cli(
+        Some(&fleet.token),
+        &["download", &job, "--merged", "-o", merged.to_str().unwrap()],
+    );
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    let base = dir.join("base");
+    let exported = dir.join("exported");
+    for args in [
+        vec![
+            "init-model",
+            "--preset",
+            "tiny",
+            "--seed",
+            "42",
+            "-o",
+            base.to_str().unwrap(),
+        ],
+        vec![
+            "export",
+            "--merged",
+            "--adapter",
+            out.to_str().unwrap(),
+            "--model",
+            base.to_str().unwrap(),
+            "-o",
+            exported.to_str().unwrap(),
+        ],
+    ] {
+        let done = lorafleet(&args);
+        assert!(done.status.success(), "{args:?}: {}", text(&done.stderr));
+    }
+    assert!(
+        std::fs::read(merged.join("model.safetensors")).unwrap()
+            == std::fs::read(exported.join("model.safetensors")).unwrap(),
+        "download --merged and export --merged write the same model"
+    );
+
     // A flipped byte: the download fails and names the file, leaving the
     // earlier download in place; the step before still downloads.
     flip_a_byte(&store, 20, "adapter_model.safetensors");

@@ -35,6 +35,12 @@ pub struct DownloadArgs {
     /// exists).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
+    /// Write the base model with the adapter merged in (a HF model folder,
+    /// as `export --merged` writes) instead of the adapter. The base model
+    /// is the one the checkpoint's job.yaml names: a preset, or a path that
+    /// must exist on this machine.
+    #[arg(long)]
+    pub merged: bool,
     /// Print {"job", "step", "dir", "files": [{"path", "bytes", "sha256"}]}.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +101,9 @@ impl DownloadSummary {
 }
 
 pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
+    if args.merged {
+        return download_merged(&args);
+    }
     let summary = remote::block_on(async {
         let conn = remote::connect(&args.remote).await?;
         download_checkpoint(&conn, &args.job, &args.step, &args.output).await
@@ -108,6 +117,42 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
             summary.files.len(),
             summary.total_bytes(),
             summary.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `download --merged`: the checkpoint into a staging folder, then the
+/// merged model into the output folder (swapped in whole).
+fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
+    let adapter = staging_dir(&args.output)?;
+    let adapter_dir = adapter.path().join("adapter");
+    let summary = remote::block_on(async {
+        let conn = remote::connect(&args.remote).await?;
+        download_checkpoint(&conn, &args.job, &args.step, &adapter_dir).await
+    })?;
+    let spec_path = adapter_dir.join("job.yaml");
+    let text = std::fs::read_to_string(&spec_path)
+        .with_context(|| format!("the checkpoint of job {} has no job.yaml", args.job))?;
+    let spec = coordinator::JobSpec::from_yaml(&text, "job.yaml", "/")?;
+    let (source, _) = super::local_job::model_source(&spec)
+        .context("--merged needs the job's base model on this machine")?;
+    let merged = staging_dir(&args.output)?;
+    let line = super::export::write_merged(source, &adapter_dir, merged.path())?;
+    drop(adapter);
+    replace_dir(merged, &args.output)?;
+    if args.json {
+        let mut out = summary.to_json();
+        out["dir"] = json!(args.output.display().to_string());
+        out["merged"] = json!(true);
+        println!("{out}");
+    } else {
+        let what = line.split_once(" with ").map_or("", |(_, rest)| rest);
+        println!(
+            "step {} of job {}: wrote {} with {what}",
+            summary.step,
+            args.job,
+            args.output.display()
         );
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! `lorafleet export --merged`: a base model with an adapter merged in, as a
 //! Hugging Face model folder (from a HF folder or a GGUF base alike).
 
+use std::path::Path;
+
 use anyhow::Context;
 use trainer::lora::{merge_into, peft};
 use trainer::model::{ModelSource, hf};
@@ -15,20 +17,32 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let mut source = ModelSource::open(&args.model)
+    let source = ModelSource::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let adapter = peft::load(&args.adapter, &source.config)
-        .with_context(|| format!("cannot load adapter {}", args.adapter.display()))?;
+    println!("{}", write_merged(source, &args.adapter, &args.output)?);
+    Ok(())
+}
+
+/// Merges the PEFT adapter in `adapter_dir` into `source` and writes the
+/// result as a HF model folder `output` (with the tokenizer, if the model
+/// has one). Returns a line saying what it wrote.
+pub fn write_merged(
+    mut source: ModelSource,
+    adapter_dir: &Path,
+    output: &Path,
+) -> anyhow::Result<String> {
+    let adapter = peft::load(adapter_dir, &source.config)
+        .with_context(|| format!("cannot load adapter {}", adapter_dir.display()))?;
     merge_into(&mut source.weights, &adapter)?;
-    hf::write_model(&args.output, &source.config, &source.weights)?;
+    hf::write_model(output, &source.config, &source.weights)?;
     if let Some(tokenizer) = &source.tokenizer {
         tokenizer
-            .save_hf(&args.output)
-            .with_context(|| format!("cannot write the tokenizer to {}", args.output.display()))?;
+            .save_hf(output)
+            .with_context(|| format!("cannot write the tokenizer to {}", output.display()))?;
     }
-    println!(
+    Ok(format!(
         "wrote {} with {} adapters merged ({} layers × {:?})",
-        args.output.display(),
+        output.display(),
         adapter.pairs.len(),
         source.config.num_hidden_layers,
         adapter
@@ -37,6 +51,5 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| m.name())
             .collect::<Vec<_>>()
-    );
-    Ok(())
+    ))
 }

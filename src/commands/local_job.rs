@@ -30,27 +30,32 @@ pub struct LocalJob {
     pub base_model: String,
 }
 
+/// The base model `spec` names, loaded (a preset is made from the seed),
+/// and how `adapter_config.json` names it.
+pub fn model_source(spec: &JobSpec) -> anyhow::Result<(ModelSource, String)> {
+    Ok(match &spec.model {
+        ModelSpec::Preset(preset) => (
+            ModelSource::random(*preset, spec.training.seed),
+            format!("preset:{}", preset.name()),
+        ),
+        ModelSpec::Path(PathOrUrl::Path(p)) => (
+            ModelSource::open(p).with_context(|| format!("cannot load model {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        ModelSpec::Path(PathOrUrl::Url(url)) => {
+            return Err(UsageError(format!(
+                "model.path: {url}: models are read from local paths for now; download it first"
+            ))
+            .into());
+        }
+    })
+}
+
 impl LocalJob {
     /// Loads the model and the datasets of `spec`.
     pub fn load(spec: JobSpec) -> anyhow::Result<LocalJob> {
         let seed = spec.training.seed;
-        let (source, base_model) = match &spec.model {
-            ModelSpec::Preset(preset) => (
-                ModelSource::random(*preset, seed),
-                format!("preset:{}", preset.name()),
-            ),
-            ModelSpec::Path(PathOrUrl::Path(p)) => (
-                ModelSource::open(p)
-                    .with_context(|| format!("cannot load model {}", p.display()))?,
-                p.display().to_string(),
-            ),
-            ModelSpec::Path(PathOrUrl::Url(url)) => {
-                return Err(UsageError(format!(
-                    "model.path: {url}: models are read from local paths for now; download it first"
-                ))
-                .into());
-            }
-        };
+        let (source, base_model) = model_source(&spec)?;
         let Some(tokenizer) = &source.tokenizer else {
             bail!(UsageError(format!(
                 "{base_model}: the model has no tokenizer, so its dataset cannot be tokenized"
