@@ -309,4 +309,32 @@ fn a_run_killed_after_a_checkpoint_resumes_bit_for_bit_even_past_a_corrupt_one()
         read(&store, 12, "adapter_model.safetensors")
             == std::fs::read(out.join("adapter_model.safetensors")).unwrap()
     );
+
+    // A new run may start from that checkpoint's adapter, read from S3:
+    // its first validation loss is the last one of the run it came from.
+    let next_dir = tempfile::tempdir().unwrap();
+    let from = format!(
+        "{}/local/ci-tiny/checkpoints/step-000000012",
+        s3.url("resume")
+    );
+    let next_spec = spec_in(next_dir.path(), "ci-tiny.yaml", |t| {
+        t.replace(
+            "  target_modules: all-linear",
+            &format!("  target_modules: all-linear\n  init_adapter: {from}"),
+        )
+        .replace("max_steps: 6", "max_steps: 1")
+    });
+    let mut next = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+    next.args(["train", next_spec.to_str().unwrap(), "--json"])
+        .envs(s3.env());
+    let next = next.output().unwrap();
+    assert!(next.status.success(), "{}", text(&next.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&next.stdout).unwrap();
+    let before: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("final_metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        summary["eval_loss_initial"], before["eval_loss_final"],
+        "{summary}"
+    );
 }
