@@ -22,24 +22,11 @@ use common::{lorafleet, losses, spec_in};
 
 /// Flips one byte of `file` in the checkpoint at `step`.
 fn flip_a_byte(store: &CheckpointStore, step: u64, file: &str) {
+    let mut bytes = read(store, step, file);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
     let at = store.location(step).join(file);
-    block_on(async {
-        let mut bytes = at
-            .store()
-            .get(at.path())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x40;
-        at.store()
-            .put(at.path(), PutPayload::from(bytes))
-            .await
-            .unwrap();
-    });
+    block_on(at.store().put(at.path(), PutPayload::from(bytes))).unwrap();
 }
 
 fn read(store: &CheckpointStore, step: u64, file: &str) -> Vec<u8> {
