@@ -32,7 +32,13 @@ cleanup() {
             kill -0 "$weed_pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$weed_pid" 2>/dev/null || true
+        if kill -0 "$weed_pid" 2>/dev/null; then
+            kill -KILL "$weed_pid" 2>/dev/null || true
+            # weed deletes the gRPC sockets it puts in /tmp on SIGINT only.
+            rm -f /tmp/seaweedfs-master-grpc-19333.sock /tmp/seaweedfs-volume-grpc-19340.sock \
+                /tmp/seaweedfs-filer-grpc-18888.sock /tmp/seaweedfs-admin-grpc-33646.sock \
+                "/tmp/seaweedfs-s3-grpc-$((port + 10000)).sock"
+        fi
         wait "$weed_pid" 2>/dev/null || true
     fi
     rm -rf "$work"
