@@ -39,7 +39,7 @@ use trainer::storage::Location;
 use trainer::train::{SampledSteps, Silent, TrainState};
 
 use super::UsageError;
-use super::checkpointing::RunCheckpoints;
+use super::checkpointing::{RunCheckpoints, next_checkpoint};
 use super::local_job::LocalJob;
 use crate::cli::BenchCheckpointArgs;
 
@@ -198,9 +198,7 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
         };
         let started = Instant::now();
         while state.step < stop {
-            let next = (state.step / args.every + 1)
-                .saturating_mul(args.every)
-                .min(stop);
+            let next = next_checkpoint(state.step, args.every, stop);
             trainer::train::run(
                 &mut model,
                 &device,

@@ -184,6 +184,15 @@ impl RunCheckpoints {
     }
 }
 
+/// The step at which a run at `step` next stops to checkpoint: the next
+/// multiple of `every` (0: none before the end), or `end`.
+pub fn next_checkpoint(step: usize, every: usize, end: usize) -> usize {
+    if every == 0 {
+        return end;
+    }
+    (step / every + 1).saturating_mul(every).min(end)
+}
+
 /// Tells the agent (events) or the user (stderr) what the uploader did.
 fn tell(notice: CheckpointNotice, events: bool) {
     match notice {

@@ -19,7 +19,7 @@ use trainer::train::data_parallel::{agree, checksum, fingerprint};
 use trainer::train::{SampledSteps, Silent, TrainObserver, TrainState};
 
 use super::UsageError;
-use super::checkpointing::{LOCAL_TENANT, RunCheckpoints, write_state};
+use super::checkpointing::{LOCAL_TENANT, RunCheckpoints, next_checkpoint, write_state};
 use super::init_adapter;
 use super::local_job::LocalJob;
 use crate::cli::TrainArgs;
@@ -134,16 +134,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             serde_json::json!({"step": state.step, "total_steps": train.max_steps, "world": world}),
         );
     }
-    // 0: only the final checkpoint.
-    let every = match spec.checkpoint.every_steps as usize {
-        0 => usize::MAX,
-        n => n,
-    };
+    let every = spec.checkpoint.every_steps as usize;
     let end = args
         .stop_after
         .map_or(train.max_steps, |s| s.min(train.max_steps));
     while state.step < end {
-        let next = (state.step / every + 1).saturating_mul(every).min(end);
+        let next = next_checkpoint(state.step, every, end);
         trainer::train::run(
             &mut model,
             &device,
