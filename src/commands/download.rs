@@ -138,7 +138,7 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let (source, _) = super::local_job::model_source(&spec)
         .context("--merged needs the job's base model on this machine")?;
     let merged = staging_dir(&args.output)?;
-    let line = super::export::write_merged(source, &adapter_dir, merged.path())?;
+    let merged_what = super::export::write_merged(source, &adapter_dir, merged.path())?;
     drop(adapter);
     replace_dir(merged, &args.output)?;
     if args.json {
@@ -147,9 +147,8 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
         out["merged"] = json!(true);
         println!("{out}");
     } else {
-        let what = line.split_once(" with ").map_or("", |(_, rest)| rest);
         println!(
-            "step {} of job {}: wrote {} with {what}",
+            "step {} of job {}: wrote {} with {merged_what}",
             summary.step,
             args.job,
             args.output.display()

@@ -19,13 +19,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     let source = ModelSource::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    println!("{}", write_merged(source, &args.adapter, &args.output)?);
+    let merged = write_merged(source, &args.adapter, &args.output)?;
+    println!("wrote {} with {merged}", args.output.display());
     Ok(())
 }
 
 /// Merges the PEFT adapter in `adapter_dir` into `source` and writes the
 /// result as a HF model folder `output` (with the tokenizer, if the model
-/// has one). Returns a line saying what it wrote.
+/// has one). Returns what was merged, e.g. "14 adapters merged (2 layers
+/// × [...])".
 pub fn write_merged(
     mut source: ModelSource,
     adapter_dir: &Path,
@@ -41,8 +43,7 @@ pub fn write_merged(
             .with_context(|| format!("cannot write the tokenizer to {}", output.display()))?;
     }
     Ok(format!(
-        "wrote {} with {} adapters merged ({} layers × {:?})",
-        output.display(),
+        "{} adapters merged ({} layers × {:?})",
         adapter.pairs.len(),
         source.config.num_hidden_layers,
         adapter

@@ -1,11 +1,10 @@
 //! Where a dataset's bytes come from: any `object_store` store, streamed
 //! line by line.
 //!
-//! Owns: turning a location (a local path, or a URL `file://`, `memory://`,
-//! and with object_store's cloud features `s3://`, `gs://`, `az://`) into a
-//! store and a path ([`DataSource`]), and streaming an object's lines
+//! Owns: a dataset object ([`DataSource`], opened from a local path or a
+//! storage URL by `crate::storage::Location`), and streaming its lines
 //! ([`LineReader`]) without holding the whole file. Not here: what the lines
-//! mean ([`super::jsonl`]).
+//! mean ([`super::jsonl`]) or how URLs become stores (`crate::storage`).
 //!
 //! object_store is async and the trainer is synchronous: the reader runs a
 //! small current-thread tokio runtime on a thread of its own, which sends
