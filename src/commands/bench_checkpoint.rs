@@ -13,8 +13,8 @@
 //!   timed. Target: under 5% more time per step. Also reported: the median
 //!   of each round's own overhead (its two runs are back to back, so it is
 //!   the ratio least moved by the machine's drift) and the time training
-//!   stood still for checkpoints (`RunCheckpoints::blocking_s`, plus the
-//!   final wait for the last upload).
+//!   stood still for checkpoints (what `RunCheckpoints::finish` returns,
+//!   the final wait for the last upload included).
 //! - **upload**: [`CheckpointStore::commit`] of a folder holding one M MiB
 //!   file (plus a small JSON file) against a bare object_store multipart put
 //!   of the same bytes from memory, with the same part size and concurrency.
@@ -213,13 +213,10 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
                 c.save(&state)?;
             }
         }
-        let mut blocking_s = 0.0;
-        if let Some(c) = checkpoints {
-            blocking_s = c.blocking_s;
-            let finishing = Instant::now();
-            c.finish()?;
-            blocking_s += finishing.elapsed().as_secs_f64();
-        }
+        let blocking_s = match checkpoints {
+            Some(c) => c.finish()?,
+            None => 0.0,
+        };
         let wall_s = started.elapsed().as_secs_f64();
         let mut checkpoint_bytes = None;
         if let Some(job) = job {

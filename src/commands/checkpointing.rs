@@ -35,7 +35,7 @@ pub struct RunCheckpoints {
     uploader: Option<CheckpointUploader>,
     events: bool,
     /// Seconds training stood still for checkpoints (saving and waiting).
-    pub blocking_s: f64,
+    blocking_s: f64,
     spec_yaml: String,
     base_model: String,
 }
@@ -167,8 +167,9 @@ impl RunCheckpoints {
         Ok(())
     }
 
-    /// Waits for the last upload; fails if it failed.
-    pub fn finish(mut self) -> anyhow::Result<()> {
+    /// Waits for the last upload; fails if it failed. Returns the seconds
+    /// training stood still for checkpoints, this last wait included.
+    pub fn finish(mut self) -> anyhow::Result<f64> {
         if let Some(uploader) = self.uploader.take() {
             let started = Instant::now();
             uploader
@@ -176,7 +177,7 @@ impl RunCheckpoints {
                 .context("the last checkpoint could not be committed")?;
             self.blocking_s += started.elapsed().as_secs_f64();
         }
-        Ok(())
+        Ok(self.blocking_s)
     }
 
     pub fn location(&self) -> String {

@@ -153,8 +153,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         checkpoints.save(&state)?;
     }
     let location = checkpoints.location();
-    let blocking_s = checkpoints.blocking_s;
-    checkpoints.finish()?;
+    let blocking_s = checkpoints.finish()?;
     progress.finish();
     if rank != 0 {
         eprintln!("rank {rank} of {world}: done after {} steps", state.step);
