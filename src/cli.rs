@@ -56,6 +56,9 @@ pub enum Command {
     Logs(crate::commands::logs::LogsArgs),
     /// Download a checkpoint's files into a folder.
     Download(crate::commands::download::DownloadArgs),
+    /// Run jobs on a local fleet while workers are killed and frozen, and
+    /// check they succeed with the undisturbed adapter in bounded time.
+    Chaos(crate::commands::chaos::ChaosArgs),
 }
 
 #[derive(Args, Debug)]

@@ -16,6 +16,9 @@ use cli::{Cli, Command};
 pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    /// `train` stopped at a step boundary when asked (SIGTERM), after
+    /// committing a checkpoint; `--resume` continues it.
+    pub const PREEMPTED: u8 = coordinator::agent::PREEMPTED_EXIT_CODE as u8;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Drain(args) => commands::jobs::run_drain(args),
         Command::Logs(args) => commands::logs::run_logs(args),
         Command::Download(args) => commands::download::run_download(args),
+        Command::Chaos(args) => commands::chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -236,6 +236,20 @@ fn a_coordinator_killed_and_restarted_loses_no_job() {
     }
     // The worker was found again: the running job kept its first attempt.
     assert_eq!(status(&fleet, &running)["attempt"], 1);
+
+    // And it ended with what an undisturbed run trains, bit for bit.
+    let downloaded = dir.join("downloaded");
+    fleet.json(&["download", &running, "-o", downloaded.to_str().unwrap()]);
+    let reference = dir.join("reference");
+    let spec = short_spec(dir, "reference", 1, &reference);
+    let o = lorafleet(&["train", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "train: {}", text(&o.stderr));
+    let file = "adapter_model.safetensors";
+    assert_eq!(
+        std::fs::read(downloaded.join(file)).unwrap(),
+        std::fs::read(reference.join(file)).unwrap(),
+        "the job's adapter differs from an undisturbed run's"
+    );
 }
 
 /// Processes whose environment holds `marker` (the ones a run started).

@@ -7,7 +7,12 @@
 //! child prints one JSON event per line on stdout; the agent forwards them
 //! with `ReportEvents` and reports the rank's end (finished, or failed with
 //! the last lines of its stderr) in its heartbeats until the next
-//! assignment. A stop order kills the child at once.
+//! assignment. A stop order kills the child at once; a preempt order (a
+//! drain, a resize) sends it SIGTERM, and the ranks stop together at the
+//! next step boundary after a checkpoint (exit status
+//! [`PREEMPTED_EXIT_CODE`], reported as `preempted`). The child dies with
+//! the agent (PR_SET_PDEATHSIG), so a killed worker leaves no rank
+//! training on behind it.
 //!
 //! If the coordinator goes away, the child keeps training and the agent
 //! reconnects, registering under its old id with the attempt it runs, so a
@@ -34,6 +39,10 @@ use crate::client::Connection;
 
 /// The environment variable that carries an attempt's ring secret to a rank.
 pub const RING_SECRET_ENV: &str = "LORAFLEET_RING_SECRET";
+
+/// The exit status of a rank that stopped when asked (SIGTERM) after
+/// committing a checkpoint at a step boundary (BSD's `EX_TEMPFAIL`).
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
 
 /// Lines of a failed rank's stderr kept for its error.
 const STDERR_TAIL: usize = 12;
@@ -78,7 +87,7 @@ pub enum AgentError {
 struct Report {
     job_id: String,
     attempt: u32,
-    /// idle | running | finished | failed
+    /// idle | running | finished | failed | preempted
     state: &'static str,
     step: u64,
     error: String,
@@ -316,7 +325,21 @@ async fn obey(shared: &Arc<Shared>, rank: &mut Option<RankProcess>, order: api::
             }
         }
         Some(order::Kind::Drain(_)) => {
-            tracing::info!("draining: this worker finishes its job and takes no new one");
+            tracing::info!("draining: this worker's job moves elsewhere and it takes no new one");
+        }
+        Some(order::Kind::Preempt(preempt)) => {
+            let ours = rank
+                .as_ref()
+                .filter(|r| r.job_id == preempt.job_id && r.attempt == preempt.attempt);
+            if let Some(process) = ours {
+                tracing::info!(
+                    "preempting rank of job {} attempt {}: {}",
+                    preempt.job_id,
+                    preempt.attempt,
+                    preempt.reason
+                );
+                process.terminate().await;
+            }
         }
         None => {}
     }
@@ -368,6 +391,7 @@ impl RankProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        die_with_parent(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", config.program.display()))?;
@@ -418,12 +442,41 @@ impl RankProcess {
         })
     }
 
+    /// Asks the child to stop at its next step boundary (SIGTERM).
+    async fn terminate(&self) {
+        if let Some(pid) = self.child.lock().await.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// Kills the child and waits for it.
     async fn kill(&mut self) {
         self.watcher.abort();
         let mut child = self.child.lock().await;
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+}
+
+/// Makes the child get SIGKILL when the agent dies, however it dies.
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
+    // fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 
@@ -483,6 +536,12 @@ async fn watch_rank(
             String::new(),
             "rank.finished",
             format!("rank {rank} finished"),
+        ),
+        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => (
+            "preempted",
+            String::new(),
+            "rank.preempted",
+            format!("rank {rank} stopped after a checkpoint, as asked"),
         ),
         Ok(s) => {
             let last = tail
@@ -553,6 +612,7 @@ fn describe(kind: &str, v: &serde_json::Value) -> String {
             v["path"].as_str().unwrap_or("?")
         ),
         "checkpoint.deleted" => format!("checkpoint at step {} deleted (retention)", v["step"]),
+        "train.preempted" => format!("stopped at step {} after a checkpoint, as asked", v["step"]),
         "train.finished" => format!(
             "training done: {} steps, train loss {:.4}",
             v["steps"],

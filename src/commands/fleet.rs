@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// their silence counts.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub grace: f64,
+    /// Seconds a failed job waits before its next attempt; doubles with
+    /// each failure of the job, up to 60.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub restart_backoff: f64,
 }
 
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -83,6 +87,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.state.clone(), data_dir, access);
     config.lost_after = seconds("--lost-after", args.lost_after)?;
     config.grace = seconds("--grace", args.grace)?;
+    config.restart_backoff = if args.restart_backoff == 0.0 {
+        Duration::ZERO
+    } else {
+        seconds("--restart-backoff", args.restart_backoff)?
+    };
     config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
     block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -9,11 +9,13 @@ pub mod generate;
 pub mod init_adapter;
 pub mod init_model;
 pub mod local_job;
+pub mod preemption;
 pub mod ranks;
 pub mod train;
 pub mod validate;
 
 // Commands that call a coordinator.
+pub mod chaos;
 pub mod download;
 pub mod fleet;
 pub mod jobs;
@@ -30,6 +32,9 @@ use crate::exit;
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.is::<run::Interrupted>() {
         return exit::INTERRUPTED;
+    }
+    if err.is::<train::Preempted>() {
+        return exit::PREEMPTED;
     }
     if let Some(code) = remote::rpc_exit_code(err) {
         return code;

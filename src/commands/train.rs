@@ -16,16 +16,28 @@ use anyhow::Context;
 use coordinator::JobSpec;
 use trainer::lora::LoraWeights;
 use trainer::train::data_parallel::{agree, checksum, fingerprint};
-use trainer::train::{SampledSteps, Silent, TrainObserver, TrainState};
+use trainer::train::{RunEnd, SampledSteps, Silent, TrainObserver, TrainState};
 
 use super::UsageError;
 use super::checkpointing::{LOCAL_TENANT, RunCheckpoints, next_checkpoint, write_state};
 use super::init_adapter;
 use super::local_job::LocalJob;
+use super::preemption::{self, StopOnSignal};
 use crate::cli::TrainArgs;
 use crate::progress::{TrainEvents, TrainProgress};
 
+/// `train` stopped early because it was asked to (SIGTERM), after
+/// committing a checkpoint of the step it stopped at.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stopped at step {step} when asked (SIGTERM); its checkpoint is committed and --resume continues from it"
+)]
+pub struct Preempted {
+    pub step: usize,
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    preemption::listen_for_sigterm();
     let spec = JobSpec::from_file(&args.file)?;
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
@@ -123,11 +135,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut events = TrainEvents;
     let mut silent = Silent;
-    let observer: &mut dyn TrainObserver = match (rank, args.events) {
+    let inner: &mut dyn TrainObserver = match (rank, args.events) {
         (0, true) => &mut events,
         (0, false) => &mut progress,
         _ => &mut silent,
     };
+    let mut observer = StopOnSignal(inner);
     if args.events && rank == 0 {
         TrainEvents::emit(
             "train.started",
@@ -138,23 +151,39 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let end = args
         .stop_after
         .map_or(train.max_steps, |s| s.min(train.max_steps));
+    let mut preempted = false;
     while state.step < end {
         let next = next_checkpoint(state.step, every, end);
-        trainer::train::run(
+        let ended = trainer::train::run(
             &mut model,
             &device,
             &train,
             &steps,
             &mut *collective,
             &mut state,
-            observer,
+            &mut observer,
             Some(next),
         )?;
         checkpoints.save(&state)?;
+        if ended == RunEnd::Stopped && state.step < end {
+            preempted = true;
+            break;
+        }
     }
     let location = checkpoints.location();
     let blocking_s = checkpoints.finish()?;
     progress.finish();
+    if preempted {
+        // Every rank leaves only once rank 0's checkpoint is committed.
+        collective.barrier()?;
+        if rank == 0 && args.events {
+            TrainEvents::emit(
+                "train.preempted",
+                serde_json::json!({"step": state.step, "checkpoints": location}),
+            );
+        }
+        return Err(Preempted { step: state.step }.into());
+    }
     if rank != 0 {
         eprintln!("rank {rank} of {world}: done after {} steps", state.step);
         return Ok(());

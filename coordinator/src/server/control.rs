@@ -1,8 +1,9 @@
 //! The control loop: scheduling rounds (a snapshot of the store through the
 //! [`Scheduler`](crate::scheduler::Scheduler), each placement committed
-//! with `Store::start_attempt` and sent to its gang as assignments), the end
-//! of attempts (every rank finished, one rank failed, the job cancelled),
-//! and lost workers (silent past the bound, or their connection gone).
+//! with `Store::start_attempt` and sent to its gang as assignments), elastic
+//! jobs growing into idle workers, and the normal ends of attempts (every
+//! rank finished or stopped when told, the job cancelled). Failures, lost
+//! workers and preemption are `recovery`'s.
 //!
 //! Every decision here runs under the coordinator's control lock, so two
 //! of them never act on the same stale view.
@@ -14,11 +15,12 @@ use crate::api::{self, Order, order};
 use crate::scheduler::{FleetWorker, Snapshot, TenantUsage, WaitingJob};
 use crate::spec::{JobSpec, OutputSpec};
 use crate::store::{
-    Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, WorkerId, WorkerState,
+    Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, WorkerState,
 };
 use trainer::checkpoint::CheckpointStore;
 
 use super::Coordinator;
+use super::recovery::Preemption;
 
 /// Even when nothing wakes it, the loop schedules this often (wait limits
 /// and backfill windows depend on the clock).
@@ -30,8 +32,17 @@ impl Coordinator {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_round = Instant::now() - IDLE_ROUND;
         loop {
+            // A job's restart backoff running out is worth a round.
+            let backoff_ends = self.fleet().not_before.values().min().copied();
+            let backoff = async move {
+                match backoff_ends {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let woken = tokio::select! {
                 () = self.inner.wake.notified() => true,
+                () = backoff => true,
                 _ = tick.tick() => false,
             };
             if let Err(error) = self.find_silent_workers().await {
@@ -42,6 +53,9 @@ impl Coordinator {
                 if let Err(error) = self.schedule_round().await {
                     tracing::error!("scheduling: {error}");
                 }
+                if let Err(error) = self.grow_elastic_jobs().await {
+                    tracing::error!("growing elastic jobs: {error}");
+                }
             }
         }
     }
@@ -50,9 +64,16 @@ impl Coordinator {
     pub(super) async fn schedule_round(&self) -> Result<(), StoreError> {
         let _guard = self.inner.control.lock().await;
         let store = self.store();
-        let waiting = store
+        let mut waiting = store
             .jobs_with_status(&[JobStatus::Queued, JobStatus::Restarting])
             .await?;
+        {
+            // Jobs in their restart backoff sit this round out.
+            let now = Instant::now();
+            let mut fleet = self.fleet();
+            fleet.not_before.retain(|_, until| *until > now);
+            waiting.retain(|job| !fleet.not_before.contains_key(&job.id));
+        }
         if waiting.is_empty() {
             return Ok(());
         }
@@ -199,118 +220,161 @@ impl Coordinator {
                 return self.end_failed(job, attempt, &message, true).await;
             }
         }
+        if attempt.number > 1 {
+            let before = self
+                .store()
+                .get_attempt(&job.id, attempt.number - 1)
+                .await?;
+            let (from, to) = (before.workers.len(), attempt.workers.len());
+            if from != to {
+                self.event(
+                    &job.id,
+                    Level::Info,
+                    "job.resized",
+                    format!(
+                        "job {} resized from {from} to {to} workers (attempt {})",
+                        job.id, attempt.number
+                    ),
+                    serde_json::json!({"from": from, "to": to, "attempt": attempt.number}),
+                )
+                .await;
+            }
+        }
         Ok(())
     }
 
-    /// Notes that rank `rank` of `attempt` finished; once every rank has,
-    /// the job succeeds.
-    pub(super) async fn rank_finished(
+    /// Elastic jobs running on fewer workers than they could use grow when
+    /// idle workers of their backend wait and no job is waiting for them:
+    /// the job is preempted (its ranks stop together after a checkpoint)
+    /// and placed again, on the larger gang the scheduler then finds free.
+    pub(super) async fn grow_elastic_jobs(&self) -> Result<(), StoreError> {
+        let _guard = self.inner.control.lock().await;
+        let store = self.store();
+        let waiting = store
+            .jobs_with_status(&[JobStatus::Queued, JobStatus::Restarting])
+            .await?;
+        let running = store.jobs_with_status(&[JobStatus::Running]).await?;
+        if !waiting.is_empty() || !running.iter().any(|j| j.workers_max > j.workers_min) {
+            return Ok(());
+        }
+        let workers = store.list_workers().await?;
+        let mut idle: Vec<_> = {
+            let fleet = self.fleet();
+            workers
+                .iter()
+                .filter(|w| w.state == WorkerState::Idle)
+                .filter(|w| {
+                    fleet
+                        .links
+                        .get(&w.id)
+                        .is_some_and(|l| !l.orders.is_closed())
+                })
+                .map(|w| w.info.backend)
+                .collect()
+        };
+        let tenant_of: HashMap<&JobId, _> = running.iter().map(|j| (&j.id, &j.tenant)).collect();
+        for job in running.iter().filter(|j| j.workers_max > j.workers_min) {
+            if self.is_preempting(&job.id, job.attempt) {
+                continue;
+            }
+            let attempt = store.get_attempt(&job.id, job.attempt).await?;
+            if attempt.finished_at.is_some() {
+                continue;
+            }
+            let world = attempt.workers.len();
+            let mut free = idle.iter().filter(|b| **b == job.backend).count();
+            let quota = self
+                .config()
+                .access
+                .tenant(&job.tenant)
+                .and_then(|t| t.max_workers);
+            if let Some(quota) = quota {
+                let in_use = workers
+                    .iter()
+                    .filter_map(|w| w.assignment.as_ref())
+                    .filter(|(j, _)| tenant_of.get(j) == Some(&&job.tenant))
+                    .count();
+                free = free.min((quota as usize).saturating_sub(in_use));
+            }
+            let sizes = {
+                let fleet = self.fleet();
+                fleet.gang_sizes.get(&job.id).cloned()
+            }
+            .unwrap_or_else(|| gang_sizes(job));
+            let Some(to) = sizes
+                .iter()
+                .map(|s| *s as usize)
+                .filter(|s| *s > world && *s <= world + free)
+                .max()
+            else {
+                continue;
+            };
+            if self.preempt(
+                &attempt,
+                &attempt.workers[0],
+                Preemption::Grow { from: world, to },
+            ) {
+                for _ in world..to {
+                    if let Some(i) = idle.iter().position(|b| *b == job.backend) {
+                        idle.swap_remove(i);
+                    }
+                }
+                self.event(
+                    &job.id,
+                    Level::Info,
+                    "job.growing",
+                    format!(
+                        "{} idle worker(s) free: the job stops at its next step boundary after a checkpoint and restarts on {to} workers instead of {world}",
+                        to - world
+                    ),
+                    serde_json::json!({"from": world, "to": to}),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that rank `rank` of `attempt` ended well: it finished, or
+    /// (`preempted`) stopped after a checkpoint when told to. Once every
+    /// rank has, the job succeeds, or is placed again if it was preempted.
+    pub(super) async fn rank_ended(
         &self,
         job: &Job,
         attempt: &Attempt,
         rank: u32,
+        preempted: bool,
     ) -> Result<(), StoreError> {
         let _guard = self.inner.control.lock().await;
         let key = (job.id.clone(), attempt.number);
-        let done = {
+        let ended = {
             let mut fleet = self.fleet();
-            let ranks = fleet.finished.entry(key.clone()).or_default();
-            ranks.insert(rank);
-            ranks.len() == attempt.workers.len()
+            let ranks = fleet.ended.entry(key.clone()).or_default();
+            ranks.insert(rank, preempted);
+            (ranks.len() == attempt.workers.len()).then(|| ranks.values().any(|p| *p))
         };
-        if !done {
+        let Some(any_preempted) = ended else {
             return Ok(());
-        }
-        {
+        };
+        let why = {
             let mut fleet = self.fleet();
-            fleet.finished.remove(&key);
+            fleet.ended.remove(&key);
             fleet.live.remove(&key);
-        }
+            fleet.preempting.remove(&key)
+        };
         let store = self.store();
         let current = store.get_job(&job.id).await?;
         if current.status.is_final() || current.attempt != attempt.number {
             return Ok(());
+        }
+        if any_preempted {
+            return self.end_preempted(&current, attempt, why).await;
         }
         store.finish_attempt(&job.id, attempt.number, None).await?;
         if current.status == JobStatus::Starting {
             store.move_job(&job.id, JobStatus::Running, None).await?;
         }
         store.move_job(&job.id, JobStatus::Succeeded, None).await?;
-        self.publish();
-        self.wake();
-        Ok(())
-    }
-
-    /// Ends `attempt` as failed with `reason`: its other ranks are told to
-    /// stop, and the job restarts (if failures allow) or fails.
-    pub(super) async fn attempt_failed(
-        &self,
-        job: &JobId,
-        attempt: u32,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let _guard = self.inner.control.lock().await;
-        let job = self.store().get_job(job).await?;
-        let attempt = self.store().get_attempt(&job.id, attempt).await?;
-        self.end_failed(&job, &attempt, reason, true).await
-    }
-
-    /// [`Coordinator::attempt_failed`] with the control lock held.
-    /// `counts`: whether the failure counts against `max_failures` (a
-    /// failure to start it, such as a spec the coordinator cannot resolve,
-    /// is final at once).
-    async fn end_failed(
-        &self,
-        job: &Job,
-        attempt: &Attempt,
-        reason: &str,
-        counts: bool,
-    ) -> Result<(), StoreError> {
-        let store = self.store();
-        let current = store.get_job(&job.id).await?;
-        if attempt.finished_at.is_some()
-            || current.status.is_final()
-            || current.attempt != attempt.number
-        {
-            return Ok(());
-        }
-        store
-            .finish_attempt(&job.id, attempt.number, Some(reason))
-            .await?;
-        self.fleet()
-            .finished
-            .remove(&(job.id.clone(), attempt.number));
-        self.stop_gang(attempt, reason);
-        let after = store.get_job(&job.id).await?;
-        let error = JobError {
-            code: "attempt_failed".into(),
-            message: reason.to_string(),
-        };
-        if counts && after.may_restart() {
-            store
-                .move_job(&job.id, JobStatus::Restarting, Some(&error))
-                .await?;
-        } else {
-            let error = JobError {
-                code: if counts {
-                    "max_failures"
-                } else {
-                    "cannot_start"
-                }
-                .into(),
-                message: if counts {
-                    format!(
-                        "failed {} times (max_failures: {}); last: {reason}",
-                        after.failures, after.max_failures
-                    )
-                } else {
-                    reason.to_string()
-                },
-            };
-            store
-                .move_job(&job.id, JobStatus::Failed, Some(&error))
-                .await?;
-        }
         self.publish();
         self.wake();
         Ok(())
@@ -334,7 +398,13 @@ impl Coordinator {
             .await?;
         if job.attempt > 0 {
             let attempt = store.get_attempt(id, job.attempt).await?;
-            self.fleet().live.remove(&(id.clone(), job.attempt));
+            {
+                let mut fleet = self.fleet();
+                let key = (id.clone(), job.attempt);
+                fleet.live.remove(&key);
+                fleet.ended.remove(&key);
+                fleet.preempting.remove(&key);
+            }
             if attempt.finished_at.is_none() {
                 store.finish_attempt(id, job.attempt, None).await?;
                 self.stop_gang(&attempt, "the job was cancelled");
@@ -343,56 +413,6 @@ impl Coordinator {
         self.publish();
         self.wake();
         Ok(moved)
-    }
-
-    /// Tells every connected rank of `attempt` to stop.
-    fn stop_gang(&self, attempt: &Attempt, reason: &str) {
-        for worker in &attempt.workers {
-            self.send(worker, stop_order(&attempt.job, attempt.number, reason));
-        }
-    }
-
-    /// Marks workers silent past the bound lost, and fails their attempts.
-    async fn find_silent_workers(&self) -> Result<(), StoreError> {
-        let config = self.config();
-        if self.inner.started.elapsed() < config.grace {
-            return Ok(());
-        }
-        let bound = config.lost_after.as_secs().max(1) as i64;
-        let silent = self
-            .store()
-            .workers_silent_since(crate::store::unix_now() - bound)
-            .await?;
-        for worker in silent {
-            let why = format!(
-                "worker {} ({}) sent no heartbeat for {bound} s",
-                worker.info.name, worker.id
-            );
-            self.worker_lost(&worker.id, &why).await?;
-        }
-        Ok(())
-    }
-
-    /// Worker `id` is gone: marks it lost and fails the attempt it ran.
-    pub(super) async fn worker_lost(&self, id: &WorkerId, why: &str) -> Result<(), StoreError> {
-        let worker = self.store().mark_worker_lost(id).await?;
-        tracing::warn!("{why}");
-        let Some((job, _)) = worker.assignment else {
-            return Ok(());
-        };
-        let current = self.store().get_job(&job).await?;
-        self.event(
-            &job,
-            Level::Warn,
-            "worker.lost",
-            why.to_string(),
-            serde_json::json!({"worker_id": id.as_str(), "worker_name": worker.info.name}),
-        )
-        .await;
-        if current.attempt > 0 {
-            self.attempt_failed(&job, current.attempt, why).await?;
-        }
-        Ok(())
     }
 
     /// Appends an event and tells watchers; a store failure is logged, not
@@ -416,16 +436,6 @@ impl Coordinator {
             tracing::error!("cannot log {kind} for job {job}: {error}");
         }
         self.publish();
-    }
-}
-
-pub(super) fn stop_order(job: &JobId, attempt: u32, reason: &str) -> Order {
-    Order {
-        kind: Some(order::Kind::Stop(api::Stop {
-            job_id: job.to_string(),
-            attempt,
-            reason: reason.to_string(),
-        })),
     }
 }
 

@@ -7,7 +7,9 @@
 //! * [`jobs`]: the `Jobs` service (what clients call).
 //! * [`workers`]: the `Workers` service (what agents call) and the live
 //!   links to connected workers, over which orders go out.
-//! * [`control`]: scheduling rounds, attempt outcomes, lost workers.
+//! * [`control`]: scheduling rounds, elastic growth, attempts that end well.
+//! * [`recovery`]: failed attempts and lost workers (restart with backoff
+//!   or fail), preemption (drains, growth).
 //!
 //! Everything that must survive a restart is in the store; what is held in
 //! memory ([`Fleet`]) is rebuilt as workers reconnect: their links, ring
@@ -20,9 +22,10 @@ pub mod access;
 mod checkpoints;
 mod control;
 mod jobs;
+mod recovery;
 mod workers;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,7 @@ use crate::api::workers_server::WorkersServer;
 use crate::api::{MAX_MESSAGE_BYTES, Order};
 use crate::scheduler::Scheduler;
 use crate::store::{JobId, Store, StoreError, WorkerId};
+use recovery::Preemption;
 
 /// How a coordinator runs.
 #[derive(Clone, Debug)]
@@ -56,11 +60,15 @@ pub struct ServerConfig {
     /// After a restart, how long workers have to reconnect before their
     /// silence counts.
     pub grace: Duration,
+    /// The wait before a failed job's next attempt; it doubles with each
+    /// failure of the job (up to a minute). Preemptions do not wait.
+    pub restart_backoff: Duration,
 }
 
 impl ServerConfig {
     /// Defaults: reports every second, lost after 15 s of silence, 30 s
-    /// for workers to come back after a restart.
+    /// for workers to come back after a restart, 2 s before a failed job's
+    /// second attempt.
     pub fn new(state: PathBuf, data_dir: PathBuf, access: Access) -> ServerConfig {
         ServerConfig {
             state,
@@ -69,6 +77,7 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(1),
             lost_after: Duration::from_secs(15),
             grace: Duration::from_secs(30),
+            restart_backoff: Duration::from_secs(2),
         }
     }
 }
@@ -120,8 +129,14 @@ struct Fleet {
     /// The gangs (rank order) of attempts known to be running; an attempt
     /// leaves when it ends. Spares the store a read per report.
     live: HashMap<(JobId, u32), Vec<WorkerId>>,
-    /// Ranks of a live attempt that reported success.
-    finished: HashMap<(JobId, u32), BTreeSet<u32>>,
+    /// Ranks of a live attempt that ended well: `true` for one that
+    /// stopped when told to (preempted), `false` for one that finished.
+    ended: HashMap<(JobId, u32), BTreeMap<u32, bool>>,
+    /// Live attempts told to stop at their next step boundary, and why.
+    preempting: HashMap<(JobId, u32), Preemption>,
+    /// Restarting jobs held back until then (the restart backoff). Lost
+    /// with a coordinator restart, which only shortens a wait.
+    not_before: HashMap<JobId, Instant>,
     /// The gang sizes of each job's spec, read once.
     gang_sizes: HashMap<JobId, Vec<u32>>,
     /// Jobs already told they cannot fit (told once).

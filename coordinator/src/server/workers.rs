@@ -21,7 +21,7 @@ use crate::api::{self, Order, WorkerReport};
 use crate::spec::Backend;
 use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, Worker, WorkerId};
 
-use super::control::stop_order;
+use super::recovery::{Preemption, stop_order};
 use super::{Coordinator, Link, status_of};
 
 /// Most events one `ReportEvents` call may carry.
@@ -226,6 +226,25 @@ impl Workers for Coordinator {
                 kind: Some(api::order::Kind::Drain(true)),
             },
         );
+        // Its job stops at the next step boundary after a checkpoint and
+        // is placed again elsewhere, without counting as a failure.
+        if let Some((job, _)) = &worker.assignment {
+            let store = self.store();
+            let row = store.get_job(job).await.map_err(status_of)?;
+            if row.attempt > 0 && !row.status.is_final() {
+                let attempt = store
+                    .get_attempt(job, row.attempt)
+                    .await
+                    .map_err(status_of)?;
+                if attempt.finished_at.is_none() && !self.is_preempting(job, row.attempt) {
+                    let why = Preemption::Drain {
+                        worker: id.clone(),
+                        name: worker.info.name.clone(),
+                    };
+                    self.preempt(&attempt, &id, why);
+                }
+            }
+        }
         let ring = self.fleet().ring_addrs.get(&id).cloned();
         Ok(Response::new(worker_info(
             &worker,
@@ -264,14 +283,14 @@ impl Coordinator {
             return Ok(());
         };
         match report.state.as_str() {
-            "finished" => {
+            state @ ("finished" | "preempted") => {
                 let job_row = self.store().get_job(&job).await.map_err(status_of)?;
                 let attempt = self
                     .store()
                     .get_attempt(&job, report.attempt)
                     .await
                     .map_err(status_of)?;
-                self.rank_finished(&job_row, &attempt, rank)
+                self.rank_ended(&job_row, &attempt, rank, state == "preempted")
                     .await
                     .map_err(status_of)?;
             }

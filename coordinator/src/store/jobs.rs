@@ -61,6 +61,15 @@ impl NewJob {
     }
 }
 
+/// How a job restarts: what [`Store::restart_job`] records in its event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RestartPlan {
+    /// The newest checkpoint the coordinator knows of.
+    pub resume_step: Option<u64>,
+    /// Seconds the job waits before it is placed again.
+    pub backoff_s: f64,
+}
+
 /// A job as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
@@ -261,6 +270,41 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let moved = update_status(&mut tx, id, to, error).await?;
         events::insert(&mut tx, &status_event(id, to, error)).await?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// Moves job `id` to `restarting` after an attempt ended early
+    /// (`error`: why it failed; `None` for a preemption), its event saying
+    /// which attempt comes next, the step it resumes from and how long it
+    /// waits first.
+    pub async fn restart_job(
+        &self,
+        id: &JobId,
+        error: Option<&JobError>,
+        plan: &RestartPlan,
+    ) -> Result<Job, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = update_status(&mut tx, id, JobStatus::Restarting, error).await?;
+        let mut event = status_event(id, JobStatus::Restarting, error);
+        let next = moved.attempt + 1;
+        let from = match plan.resume_step {
+            Some(step) => format!("from its checkpoint at step {step}"),
+            None => "from the start (no checkpoint yet)".to_string(),
+        };
+        event.message = format!("{}; attempt {next} resumes {from}", event.message);
+        if plan.backoff_s > 0.0 {
+            event.message = format!("{} in {:.1} s", event.message, plan.backoff_s);
+        }
+        event.data["attempt"] = next.into();
+        event.data["resume_step"] = plan.resume_step.into();
+        event.data["backoff_s"] = plan.backoff_s.into();
+        event.data["failures"] = moved.failures.into();
+        event.data["max_failures"] = moved.max_failures.into();
+        if error.is_none() {
+            event.level = Level::Info;
+        }
+        events::insert(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(moved)
     }

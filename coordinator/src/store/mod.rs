@@ -52,7 +52,7 @@ pub use attempts::Attempt;
 pub use checkpoints::{Checkpoint, NewCheckpoint};
 pub use events::{Event, Level, NewEvent};
 pub use ids::{JobId, TenantId, WorkerId};
-pub use jobs::{Job, JobError, JobQuery, NewJob, Page};
+pub use jobs::{Job, JobError, JobQuery, NewJob, Page, RestartPlan};
 pub use status::JobStatus;
 pub use tenants::{Tenant, TokenHash, new_token};
 pub use workers::{Worker, WorkerInfo, WorkerState};

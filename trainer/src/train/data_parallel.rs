@@ -25,20 +25,24 @@ pub enum TrainError {
 
 /// Sums `values`, `loss_sum` and `count` over ranks in one all-reduce
 /// (`values` may be empty: validation sums only the loss and its targets).
+/// `stop` rides along too: it comes back true on every rank if any rank
+/// asked to stop, so all of them stop after the same step.
 pub fn all_reduce_step(
     collective: &mut dyn Collective,
     values: &mut Vec<f32>,
     loss_sum: &mut f64,
     count: &mut usize,
+    stop: &mut bool,
 ) -> Result<(), CollectiveError> {
     if collective.world() == 1 {
         return Ok(());
     }
     let n = values.len();
-    values.extend([*loss_sum as f32, *count as f32]);
+    values.extend([*loss_sum as f32, *count as f32, f32::from(u8::from(*stop))]);
     collective.all_reduce_sum(values)?;
     *loss_sum = values[n] as f64;
     *count = values[n + 1].round() as usize;
+    *stop = values[n + 2] > 0.0;
     values.truncate(n);
     Ok(())
 }
@@ -104,9 +108,9 @@ mod tests {
     #[test]
     fn one_rank_changes_nothing() {
         let mut grads = vec![1.0, 2.0];
-        let (mut loss, mut tokens) = (3.5, 7);
-        all_reduce_step(&mut Solo, &mut grads, &mut loss, &mut tokens).unwrap();
-        assert_eq!((grads, loss, tokens), (vec![1.0, 2.0], 3.5, 7));
+        let (mut loss, mut tokens, mut stop) = (3.5, 7, true);
+        all_reduce_step(&mut Solo, &mut grads, &mut loss, &mut tokens, &mut stop).unwrap();
+        assert_eq!((grads, loss, tokens, stop), (vec![1.0, 2.0], 3.5, 7, true));
         agree(&mut Solo, 42, "anything").unwrap();
         let shares: Vec<_> = eval_share(&[0, 1, 2, 3, 4], 1, 2).collect();
         assert_eq!(shares, vec![&1, &3]);

@@ -18,6 +18,6 @@ pub mod schedule;
 pub mod state;
 
 pub use data_parallel::TrainError;
-pub use run::{Silent, StepBatches, StepData, TrainConfig, TrainObserver, run};
+pub use run::{RunEnd, Silent, StepBatches, StepData, TrainConfig, TrainObserver, run};
 pub use sampled::SampledSteps;
 pub use state::{EvalMetrics, StepMetrics, TrainState};

@@ -65,10 +65,26 @@ pub trait StepData {
     fn eval_batches(&self) -> Vec<Batch>;
 }
 
-/// Told about progress as it happens (progress bars, metrics files, events).
+/// Told about progress as it happens (progress bars, metrics files,
+/// events); may ask the run to stop at the next step boundary.
 pub trait TrainObserver {
     fn on_step(&mut self, _metrics: &StepMetrics, _max_steps: usize) {}
     fn on_eval(&mut self, _metrics: &EvalMetrics) {}
+    /// Asked once per step, before the gradients are summed: true stops
+    /// the run after this step on every rank (preemption).
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// It reached `max_steps` or `stop_at`.
+    Reached,
+    /// A rank's observer asked to stop; every rank stopped after the same
+    /// step.
+    Stopped,
 }
 
 /// An observer that ignores everything.
@@ -76,9 +92,10 @@ pub struct Silent;
 impl TrainObserver for Silent {}
 
 /// Trains until `state.step` reaches `config.max_steps`, or `stop_at` if
-/// that comes first (to pause a run and resume it later). `data` gives
-/// this rank's share of each step; `collective` joins the ranks (`Solo`
-/// for one). Fails only when the ranks cannot agree.
+/// that comes first (to pause a run and resume it later), or after the
+/// step during which an observer asked to stop. `data` gives this rank's
+/// share of each step; `collective` joins the ranks (`Solo` for one).
+/// Fails only when the ranks cannot agree.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &mut Llama,
@@ -89,7 +106,7 @@ pub fn run(
     state: &mut TrainState,
     observer: &mut dyn TrainObserver,
     stop_at: Option<usize>,
-) -> Result<(), TrainError> {
+) -> Result<RunEnd, TrainError> {
     let eval_batches = data.eval_batches();
     if state.step == 0 && state.evals.is_empty() && !eval_batches.is_empty() {
         evaluate(model, device, &eval_batches, collective, state, observer)?;
@@ -112,7 +129,14 @@ pub fn run(
             .iter()
             .map(|b| b.lengths.iter().sum::<usize>())
             .sum();
-        all_reduce_step(collective, &mut g.grads, &mut g.loss_sum, &mut tokens)?;
+        let mut stop = observer.stop_requested();
+        all_reduce_step(
+            collective,
+            &mut g.grads,
+            &mut g.loss_sum,
+            &mut tokens,
+            &mut stop,
+        )?;
         let grad_norm = clip_grad_norm(&mut g.grads, config.max_grad_norm);
         let lr = config.learning_rate
             * config
@@ -138,7 +162,7 @@ pub fn run(
         state.log.push(metrics);
 
         let check = config.sync_check_every;
-        if (check > 0 && state.step.is_multiple_of(check)) || state.step == end {
+        if (check > 0 && state.step.is_multiple_of(check)) || state.step == end || stop {
             let what = format!("the LoRA weights after step {}", state.step);
             agree(collective, checksum(&params), &what)?;
         }
@@ -147,8 +171,11 @@ pub fn run(
         if !eval_batches.is_empty() && (due || state.step == config.max_steps) {
             evaluate(model, device, &eval_batches, collective, state, observer)?;
         }
+        if stop {
+            return Ok(RunEnd::Stopped);
+        }
     }
-    Ok(())
+    Ok(RunEnd::Reached)
 }
 
 /// Validation over the ranks: each takes every N-th batch, the sums are
@@ -166,7 +193,13 @@ fn evaluate(
     }
     let share = eval_share(batches, collective.rank(), collective.world());
     let (mut sum, mut targets) = eval_loss_sum(model, &state.lora, share, device);
-    all_reduce_step(collective, &mut Vec::new(), &mut sum, &mut targets)?;
+    all_reduce_step(
+        collective,
+        &mut Vec::new(),
+        &mut sum,
+        &mut targets,
+        &mut false,
+    )?;
     let metrics = EvalMetrics {
         step: state.step,
         eval_loss: sum / targets.max(1) as f64,

@@ -1,0 +1,264 @@
+//! How attempts end early, and what comes after: a rank failed or a
+//! worker was lost (the gang is stopped at once, the job restarts after a
+//! backoff while `max_failures` allows, or fails with the reason), or the
+//! job was preempted (a drained worker, an elastic job growing: the ranks
+//! stop together after a checkpoint and the job is placed again without
+//! counting a failure).
+//!
+//! Detection lives here too: a worker silent past `lost_after` is lost
+//! (its closed heartbeat stream is reported by `workers`). Not here:
+//! placing the next attempt (`control`, the scheduler), success.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{self, Order, order};
+use crate::store::{
+    Attempt, Job, JobError, JobId, JobStatus, Level, RestartPlan, StoreError, WorkerId, WorkerState,
+};
+
+use super::Coordinator;
+
+/// The longest wait between attempts, however many failures came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why a live attempt was told to stop at its next step boundary.
+#[derive(Clone, Debug)]
+pub(super) enum Preemption {
+    /// Worker `worker` is draining.
+    Drain { worker: WorkerId, name: String },
+    /// An elastic job grows from `from` to `to` workers.
+    Grow { from: usize, to: usize },
+}
+
+impl Coordinator {
+    /// Ends `attempt` as failed with `reason`: its other ranks are told to
+    /// stop, and the job restarts (if failures allow) or fails.
+    pub(super) async fn attempt_failed(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let _guard = self.inner.control.lock().await;
+        let job = self.store().get_job(job).await?;
+        let attempt = self.store().get_attempt(&job.id, attempt).await?;
+        self.end_failed(&job, &attempt, reason, true).await
+    }
+
+    /// [`Coordinator::attempt_failed`] with the control lock held.
+    /// `counts`: whether the failure counts against `max_failures` (a
+    /// failure to start it, such as a spec the coordinator cannot resolve,
+    /// is final at once). An attempt that was being preempted restarts
+    /// without counting: it was going to stop anyway.
+    pub(super) async fn end_failed(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        reason: &str,
+        counts: bool,
+    ) -> Result<(), StoreError> {
+        let store = self.store();
+        let current = store.get_job(&job.id).await?;
+        if attempt.finished_at.is_some()
+            || current.status.is_final()
+            || current.attempt != attempt.number
+        {
+            return Ok(());
+        }
+        let key = (job.id.clone(), attempt.number);
+        let preempting = {
+            let mut fleet = self.fleet();
+            fleet.ended.remove(&key);
+            fleet.live.remove(&key);
+            fleet.preempting.remove(&key)
+        };
+        self.stop_gang(attempt, reason);
+        if counts && preempting.is_some() {
+            store.finish_attempt(&job.id, attempt.number, None).await?;
+            return self.restart(job, None, Duration::ZERO).await;
+        }
+        store
+            .finish_attempt(&job.id, attempt.number, Some(reason))
+            .await?;
+        let after = store.get_job(&job.id).await?;
+        if counts && after.may_restart() {
+            let error = JobError {
+                code: "attempt_failed".into(),
+                message: reason.to_string(),
+            };
+            let backoff = self.backoff(after.failures);
+            self.restart(job, Some(&error), backoff).await
+        } else {
+            let error = JobError {
+                code: if counts {
+                    "max_failures"
+                } else {
+                    "cannot_start"
+                }
+                .into(),
+                message: if counts {
+                    format!(
+                        "failed {} times (max_failures: {}); last: {reason}",
+                        after.failures, after.max_failures
+                    )
+                } else {
+                    reason.to_string()
+                },
+            };
+            store
+                .move_job(&job.id, JobStatus::Failed, Some(&error))
+                .await?;
+            self.publish();
+            self.wake();
+            Ok(())
+        }
+    }
+
+    /// Every rank of `attempt` stopped after a checkpoint, as told: the
+    /// attempt ends well and the job is placed again.
+    pub(super) async fn end_preempted(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        why: Option<Preemption>,
+    ) -> Result<(), StoreError> {
+        let store = self.store();
+        store.finish_attempt(&job.id, attempt.number, None).await?;
+        if let Some(Preemption::Drain { worker, name }) = &why {
+            let step = store.get_job(&job.id).await?.step;
+            self.event(
+                &job.id,
+                Level::Info,
+                "worker.drained",
+                format!(
+                    "worker {name} ({worker}) drained: the job stopped at step {step} after a checkpoint and moves to other workers"
+                ),
+                serde_json::json!({"worker_id": worker.as_str(), "worker_name": name, "step": step}),
+            )
+            .await;
+        }
+        self.restart(job, None, Duration::ZERO).await
+    }
+
+    /// Moves `job` to `restarting`, to be placed again after `backoff`.
+    async fn restart(
+        &self,
+        job: &Job,
+        error: Option<&JobError>,
+        backoff: Duration,
+    ) -> Result<(), StoreError> {
+        let store = self.store();
+        let plan = RestartPlan {
+            resume_step: store.latest_checkpoint(&job.id).await?.map(|c| c.step),
+            backoff_s: backoff.as_secs_f64(),
+        };
+        store.restart_job(&job.id, error, &plan).await?;
+        if !backoff.is_zero() {
+            self.fleet()
+                .not_before
+                .insert(job.id.clone(), Instant::now() + backoff);
+        }
+        self.publish();
+        self.wake();
+        Ok(())
+    }
+
+    /// The wait before the attempt that follows a job's `failures`-th
+    /// failure: the configured base, doubling with each failure.
+    fn backoff(&self, failures: u32) -> Duration {
+        let base = self.config().restart_backoff;
+        let doublings = failures.saturating_sub(1).min(16);
+        (base * 2u32.pow(doublings)).min(MAX_BACKOFF)
+    }
+
+    /// Tells every connected rank of `attempt` to stop.
+    pub(super) fn stop_gang(&self, attempt: &Attempt, reason: &str) {
+        for worker in &attempt.workers {
+            self.send(worker, stop_order(&attempt.job, attempt.number, reason));
+        }
+    }
+
+    /// Tells the ranks of `attempt` (through `worker`, one of them: the
+    /// ranks agree on when to stop) to stop at the next step boundary after
+    /// a checkpoint. Says whether the order went out.
+    pub(super) fn preempt(&self, attempt: &Attempt, worker: &WorkerId, why: Preemption) -> bool {
+        let reason = match &why {
+            Preemption::Drain { name, .. } => format!("worker {name} is draining"),
+            Preemption::Grow { from, to } => format!("growing from {from} to {to} workers"),
+        };
+        let order = Order {
+            kind: Some(order::Kind::Preempt(api::Stop {
+                job_id: attempt.job.to_string(),
+                attempt: attempt.number,
+                reason,
+            })),
+        };
+        let sent = self.send(worker, order);
+        if sent {
+            self.fleet()
+                .preempting
+                .insert((attempt.job.clone(), attempt.number), why);
+        }
+        sent
+    }
+
+    /// Whether attempt `number` of `job` was told to stop at a step boundary.
+    pub(super) fn is_preempting(&self, job: &JobId, number: u32) -> bool {
+        self.fleet().preempting.contains_key(&(job.clone(), number))
+    }
+
+    /// Marks workers silent past the bound lost, and fails their attempts.
+    pub(super) async fn find_silent_workers(&self) -> Result<(), StoreError> {
+        let config = self.config();
+        if self.inner.started.elapsed() < config.grace {
+            return Ok(());
+        }
+        let bound = config.lost_after.as_secs_f64();
+        let cutoff = crate::store::unix_now() - bound.ceil().max(1.0) as i64;
+        let silent = self.store().workers_silent_since(cutoff).await?;
+        for worker in silent {
+            let why = format!(
+                "worker {} ({}) sent no heartbeat for {bound} s",
+                worker.info.name, worker.id
+            );
+            self.worker_lost(&worker.id, &why).await?;
+        }
+        Ok(())
+    }
+
+    /// Worker `id` is gone: marks it lost and fails the attempt it ran.
+    pub(super) async fn worker_lost(&self, id: &WorkerId, why: &str) -> Result<(), StoreError> {
+        let before = self.store().get_worker(id).await?;
+        if before.state == WorkerState::Lost {
+            return Ok(());
+        }
+        let worker = self.store().mark_worker_lost(id).await?;
+        tracing::warn!("{why}");
+        let Some((job, _)) = worker.assignment else {
+            return Ok(());
+        };
+        let current = self.store().get_job(&job).await?;
+        self.event(
+            &job,
+            Level::Warn,
+            "worker.lost",
+            why.to_string(),
+            serde_json::json!({"worker_id": id.as_str(), "worker_name": worker.info.name}),
+        )
+        .await;
+        if current.attempt > 0 {
+            self.attempt_failed(&job, current.attempt, why).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn stop_order(job: &JobId, attempt: u32, reason: &str) -> Order {
+    Order {
+        kind: Some(order::Kind::Stop(api::Stop {
+            job_id: job.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        })),
+    }
+}
