@@ -20,7 +20,7 @@ fn a_drained_workers_job_moves_after_a_checkpoint_and_ends_as_if_undisturbed() {
     fleet.wait_for_workers(2);
     let long = |spec: std::path::PathBuf| {
         let text = std::fs::read_to_string(&spec).unwrap();
-        std::fs::write(&spec, text.replace("max_steps: 20", "max_steps: 60")).unwrap();
+        std::fs::write(&spec, text.replace("max_steps: 20", "max_steps: 30")).unwrap();
         spec
     };
     let spec = long(short_spec(dir, "drain", 1, &dir.join("unused")));
@@ -72,7 +72,7 @@ fn a_drained_workers_job_moves_after_a_checkpoint_and_ends_as_if_undisturbed() {
     let stopped = of("train.preempted");
     assert_eq!(stopped.len(), 1, "{events:#?}");
     let step = stopped[0]["data"]["step"].as_u64().unwrap();
-    assert!((3..60).contains(&step), "stopped at step {step}");
+    assert!((3..30).contains(&step), "stopped at step {step}");
     let saved: Vec<u64> = of("checkpoint.saved")
         .iter()
         .filter_map(|e| e["data"]["step"].as_u64())
