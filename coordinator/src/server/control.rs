@@ -29,7 +29,9 @@ const IDLE_ROUND: Duration = Duration::from_secs(5);
 impl Coordinator {
     /// Runs until the task is aborted.
     pub(super) async fn run_control(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Silence is checked every tick: a lost worker is found within a
+        // quarter of a second of the bound.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_round = Instant::now() - IDLE_ROUND;
         loop {
             // A job's restart backoff running out is worth a round.

@@ -126,6 +126,9 @@ struct Fleet {
     links: HashMap<WorkerId, Link>,
     /// Where each registered worker's ring rank listens.
     ring_addrs: HashMap<WorkerId, String>,
+    /// When each connected worker last reported (the store keeps whole
+    /// seconds, written less often).
+    last_report: HashMap<WorkerId, Instant>,
     /// The gangs (rank order) of attempts known to be running; an attempt
     /// leaves when it ends. Spares the store a read per report.
     live: HashMap<(JobId, u32), Vec<WorkerId>>,

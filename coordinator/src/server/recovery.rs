@@ -207,19 +207,41 @@ impl Coordinator {
         self.fleet().preempting.contains_key(&(job.clone(), number))
     }
 
-    /// Marks workers silent past the bound lost, and fails their attempts.
+    /// Marks workers silent past the bound lost, and fails their attempts:
+    /// a connected worker whose reports stopped (timed here, to the
+    /// millisecond), or one that never came back after a restart of the
+    /// coordinator (from the store, once the grace period is over).
     pub(super) async fn find_silent_workers(&self) -> Result<(), StoreError> {
         let config = self.config();
-        if self.inner.started.elapsed() < config.grace {
-            return Ok(());
+        let bound = config.lost_after;
+        let quiet: Vec<WorkerId> = {
+            let fleet = self.fleet();
+            fleet
+                .links
+                .keys()
+                .filter(|id| {
+                    fleet
+                        .last_report
+                        .get(*id)
+                        .is_none_or(|t| t.elapsed() > bound)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut silent = Vec::new();
+        for id in quiet {
+            silent.push(self.store().get_worker(&id).await?);
         }
-        let bound = config.lost_after.as_secs_f64();
-        let cutoff = crate::store::unix_now() - bound.ceil().max(1.0) as i64;
-        let silent = self.store().workers_silent_since(cutoff).await?;
+        if self.inner.started.elapsed() >= config.grace {
+            let cutoff = crate::store::unix_now() - bound.as_secs_f64().ceil().max(1.0) as i64;
+            silent.extend(self.store().workers_silent_since(cutoff).await?);
+        }
         for worker in silent {
             let why = format!(
-                "worker {} ({}) sent no heartbeat for {bound} s",
-                worker.info.name, worker.id
+                "worker {} ({}) sent no heartbeat for {} s",
+                worker.info.name,
+                worker.id,
+                bound.as_secs_f64()
             );
             self.worker_lost(&worker.id, &why).await?;
         }

@@ -121,6 +121,7 @@ impl Workers for Coordinator {
             let session = fleet.next_session;
             fleet.next_session += 1;
             fleet.links.insert(id.clone(), Link { orders, session });
+            fleet.last_report.insert(id.clone(), Instant::now());
             session
         };
         self.wake();
@@ -133,6 +134,10 @@ impl Workers for Coordinator {
                 if report.worker_id != id.as_str() {
                     break;
                 }
+                coordinator
+                    .fleet()
+                    .last_report
+                    .insert(id.clone(), Instant::now());
                 // The store hears of a live worker often enough for the
                 // silence check, not at every report.
                 let write =

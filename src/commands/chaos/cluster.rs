@@ -123,6 +123,11 @@ impl ChaosCluster {
         Ok(cluster)
     }
 
+    /// The folder holding the logs, state and work folders.
+    pub fn folder(&self) -> &Path {
+        &self.dir
+    }
+
     /// The slots' worker names, as the coordinator knows them.
     pub fn names(&self) -> Vec<String> {
         self.slots.iter().map(|s| s.name.clone()).collect()

@@ -17,12 +17,15 @@ use coordinator::client::Connection;
 use tokio_stream::StreamExt;
 
 use super::cluster::ChaosCluster;
-use super::plan::{FaultKind, FaultPlan, MIN_GAP};
+use super::plan::{FaultKind, FaultPlan, MIN_GAP, PlannedFault};
 use crate::commands::remote::{self, rpc};
 use crate::commands::submit::submit_file;
 
 /// How often the job and the fleet are looked at.
 const POLL: Duration = Duration::from_millis(100);
+/// How many times one worker may exit on its own during a job (it is
+/// respawned each time) before the run stops.
+const MAX_CRASHES: u32 = 3;
 
 /// A fault as it was done.
 #[derive(Clone, Debug)]
@@ -50,6 +53,9 @@ pub struct JobRun {
     pub wall_s: f64,
     /// Seconds from submission until the job's first step was reported.
     pub startup_s: Option<f64>,
+    /// The mean `step_time_s` of its `train.step` events (every rank and
+    /// attempt), if it has any.
+    pub mean_step_s: Option<f64>,
     pub attempts: u32,
     pub failures: u32,
     pub faults: Vec<InjectedFault>,
@@ -92,6 +98,7 @@ pub async fn run_job(
         error: None,
         wall_s: 0.0,
         startup_s: None,
+        mean_step_s: None,
         attempts: 0,
         failures: 0,
         faults: Vec::new(),
@@ -101,6 +108,7 @@ pub async fn run_job(
     let mut restores: Vec<(Instant, Restore)> = Vec::new();
     let mut next = 0;
     let mut last_fault: Option<Instant> = None;
+    let mut crashes = vec![0u32; cluster.names().len()];
     let job = loop {
         let now = Instant::now();
         let elapsed = now - submitted;
@@ -113,12 +121,22 @@ pub async fn run_job(
         }
         for (slot, how) in cluster.exited() {
             let note = format!(
-                "worker {} exited on its own ({how}) at {:.1} s; respawned",
+                "worker {} exited on its own ({how}) at {:.1} s",
                 cluster.name(slot),
                 elapsed.as_secs_f64()
             );
             eprintln!("  {note}");
             run.anomalies.push(note);
+            crashes[slot] += 1;
+            if crashes[slot] > MAX_CRASHES {
+                bail!(
+                    "worker {} exited on its own {} times during job {}; see its logs in {}",
+                    cluster.name(slot),
+                    crashes[slot],
+                    run.id,
+                    cluster.folder().display()
+                );
+            }
             cluster.respawn(slot)?;
         }
         let job = remote::get_job(conn, &run.id).await?;
@@ -155,39 +173,14 @@ pub async fn run_job(
         if let Some(fault) = plan.faults.get(next)
             && elapsed >= fault.at
             && gap_kept
-        {
-            let workers = list_workers(conn).await?;
-            let alive = cluster.alive();
-            let busy: Vec<usize> = alive
-                .iter()
-                .copied()
-                .filter(|&slot| runs_job(&workers, cluster.name(slot), &run.id))
-                .collect();
             // With no worker alive the fault waits for one.
-            if let Some(slot) = fault.target(&busy, &alive) {
-                let injected = InjectedFault {
-                    kind: fault.kind,
-                    worker: cluster.name(slot).to_string(),
-                    busy: busy.contains(&slot),
-                    rank: rank_in(&workers, cluster.name(slot), &run.id),
-                    at_s: elapsed.as_secs_f64(),
-                };
-                let back_at = now + fault.kind.out_for();
-                match fault.kind {
-                    FaultKind::Kill { .. } => {
-                        cluster.kill(slot);
-                        restores.push((back_at, Restore::Respawn(slot)));
-                    }
-                    FaultKind::Freeze { .. } => {
-                        cluster.freeze(slot);
-                        restores.push((back_at, Restore::Thaw(slot)));
-                    }
-                }
-                eprintln!("  {}", describe(&injected, fault.kind.out_for()));
-                run.faults.push(injected);
-                last_fault = Some(now);
-                next += 1;
-            }
+            && let Some((injected, restore)) = fire(conn, cluster, fault, &run.id, elapsed).await?
+        {
+            eprintln!("  {}", describe(&injected, fault.kind.out_for()));
+            restores.push((now + fault.kind.out_for(), restore));
+            run.faults.push(injected);
+            last_fault = Some(now);
+            next += 1;
         }
         tokio::time::sleep(POLL).await;
     };
@@ -205,11 +198,52 @@ pub async fn run_job(
         .map(|e| format!("{}: {}", e.code, e.message));
     run.attempts = job.attempt;
     run.failures = job.failures;
+    run.mean_step_s = mean_step_time(conn, &run.id).await?;
     eprintln!(
         "job {} ({}) {} after {:.1} s (attempt {}, {} failure(s))",
         run.id, run.name, run.status, run.wall_s, run.attempts, run.failures
     );
     Ok(run)
+}
+
+/// Does `fault` to a live worker of the fleet, chosen as the fault says
+/// among those running a rank of job `job` and the others; returns what
+/// was done and what will undo it, or `None` when no worker is alive.
+async fn fire(
+    conn: &Connection,
+    cluster: &mut ChaosCluster,
+    fault: &PlannedFault,
+    job: &str,
+    elapsed: Duration,
+) -> anyhow::Result<Option<(InjectedFault, Restore)>> {
+    let workers = list_workers(conn).await?;
+    let alive = cluster.alive();
+    let busy: Vec<usize> = alive
+        .iter()
+        .copied()
+        .filter(|&slot| runs_job(&workers, cluster.name(slot), job))
+        .collect();
+    let Some(slot) = fault.target(&busy, &alive) else {
+        return Ok(None);
+    };
+    let injected = InjectedFault {
+        kind: fault.kind,
+        worker: cluster.name(slot).to_string(),
+        busy: busy.contains(&slot),
+        rank: rank_in(&workers, cluster.name(slot), job),
+        at_s: elapsed.as_secs_f64(),
+    };
+    let restore = match fault.kind {
+        FaultKind::Kill { .. } => {
+            cluster.kill(slot);
+            Restore::Respawn(slot)
+        }
+        FaultKind::Freeze { .. } => {
+            cluster.freeze(slot);
+            Restore::Thaw(slot)
+        }
+    };
+    Ok(Some((injected, restore)))
 }
 
 fn apply(cluster: &mut ChaosCluster, restore: &Restore, elapsed: Duration) -> anyhow::Result<()> {
@@ -279,7 +313,7 @@ fn rank_in(workers: &[WorkerInfo], name: &str, job: &str) -> Option<u32> {
 
 /// The mean `step_time_s` of job `id`'s `train.step` events (every rank,
 /// every attempt); `None` if it has none.
-pub async fn mean_step_time(conn: &Connection, id: &str) -> anyhow::Result<Option<f64>> {
+async fn mean_step_time(conn: &Connection, id: &str) -> anyhow::Result<Option<f64>> {
     let request = WatchRequest {
         job_id: id.to_string(),
         after_id: 0,

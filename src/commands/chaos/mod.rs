@@ -38,7 +38,7 @@ use super::remote::{self, RemoteArgs, block_on};
 use super::run::Interrupted;
 use adapter::{AdapterTensors, deviation};
 use cluster::{ChaosCluster, ClusterOptions};
-use drive::{JobRun, mean_step_time, run_job, wait_for_fleet};
+use drive::{JobRun, run_job, wait_for_fleet};
 use plan::FaultPlan;
 use verdict::{Baseline, ChaosReport, JobReport};
 
@@ -229,8 +229,8 @@ async fn chaos(
     let baseline = Baseline {
         wall_s: undisturbed.wall_s,
         startup_s: undisturbed.startup_s.unwrap_or(0.0),
-        mean_step_s: mean_step_time(&conn, &undisturbed.id)
-            .await?
+        mean_step_s: undisturbed
+            .mean_step_s
             .unwrap_or(undisturbed.wall_s / args.steps as f64),
         every_steps: CHECKPOINT_EVERY,
         detection_bound_s: args.detection_bound,

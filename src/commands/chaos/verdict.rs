@@ -6,7 +6,9 @@
 //! job's k-th, capped at 60 s), a fresh start-up (the baseline's time to
 //! its first step), and the steps since the last checkpoint
 //! (`every_steps` × the mean step time); a fixed slack of
-//! [`SLACK_S`] covers noise on a shared machine. [`ChaosReport`] is the
+//! [`SLACK_S`] covers noise on a shared machine. A job whose steps ran
+//! slower than the baseline's (the machine was busier) is judged against
+//! the baseline slowed by the same pace: its wall time, start-up and steps. [`ChaosReport`] is the
 //! whole run: the lines people read, the `--json` object, and the
 //! verdict.
 //!
@@ -38,6 +40,17 @@ pub struct Baseline {
 }
 
 impl Baseline {
+    /// This baseline on a machine `pace` times slower (≥ 1): start-up and
+    /// steps take that much longer.
+    pub fn at_pace(&self, pace: f64) -> Baseline {
+        Baseline {
+            wall_s: self.wall_s * pace,
+            startup_s: self.startup_s * pace,
+            mean_step_s: self.mean_step_s * pace,
+            ..self.clone()
+        }
+    }
+
     /// The coordinator's wait before restarting a job after its `k`-th
     /// failure (k ≥ 1).
     pub fn backoff_s(&self, k: u32) -> f64 {
@@ -70,9 +83,14 @@ pub struct JobReport {
     pub deviation: Option<f64>,
     /// Why the adapter could not be compared.
     pub adapter_error: Option<String>,
-    /// Wall time beyond the baseline's.
+    /// Wall time beyond the baseline's (at this job's pace).
     pub extra_s: f64,
     pub allowance_s: f64,
+    /// This job's mean step time over the baseline's, at least 1.
+    pub pace: f64,
+    /// The baseline's mean step time, to tell a slower machine from a
+    /// slow recovery.
+    baseline_step_s: f64,
 }
 
 impl JobReport {
@@ -81,9 +99,16 @@ impl JobReport {
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(e)),
         };
+        let pace = run
+            .mean_step_s
+            .filter(|s| s.is_finite() && baseline.mean_step_s > 0.0)
+            .map_or(1.0, |s| (s / baseline.mean_step_s).max(1.0));
+        let paced = baseline.at_pace(pace);
         JobReport {
-            extra_s: run.wall_s - baseline.wall_s,
-            allowance_s: baseline.allowance_s(&run.faults),
+            extra_s: run.wall_s - paced.wall_s,
+            allowance_s: paced.allowance_s(&run.faults),
+            pace,
+            baseline_step_s: baseline.mean_step_s,
             run,
             deviation,
             adapter_error,
@@ -116,10 +141,17 @@ impl JobReport {
             ));
         }
         if self.over_allowance() {
-            problems.push(format!(
+            let mut problem = format!(
                 "{job} took {:.1} s longer than the undisturbed job, over its allowance of {:.1} s",
                 self.extra_s, self.allowance_s
-            ));
+            );
+            if let Some(step) = self.run.mean_step_s {
+                problem.push_str(&format!(
+                    " (its steps took {step:.3} s on average against {:.3} s undisturbed; both figures are at that pace)",
+                    self.baseline_step_s
+                ));
+            }
+            problems.push(problem);
         }
         problems
     }
@@ -138,7 +170,7 @@ impl JobReport {
             (None, None) => "-".to_string(),
         };
         let mut line = format!(
-            "{} ({}): {} in {:.1} s; faults: {faults}; {} failure(s), {} attempt(s); deviation {deviation}; extra {:.1} s of {:.1} s allowed",
+            "{} ({}): {} in {:.1} s; faults: {faults}; {} failure(s), {} attempt(s); deviation {deviation}; extra {:.1} s of {:.1} s allowed (pace {:.2})",
             self.run.name,
             self.run.id,
             self.run.status,
@@ -146,7 +178,8 @@ impl JobReport {
             self.run.failures,
             self.run.attempts,
             self.extra_s,
-            self.allowance_s
+            self.allowance_s,
+            self.pace
         );
         if self.run.not_injected > 0 {
             line.push_str(&format!(
@@ -186,6 +219,8 @@ impl JobReport {
             "error": self.run.error,
             "wall_s": self.run.wall_s,
             "startup_s": self.run.startup_s,
+            "mean_step_s": self.run.mean_step_s,
+            "pace": self.pace,
             "attempts": self.run.attempts,
             "failures": self.run.failures,
             "faults": faults,
@@ -338,6 +373,7 @@ mod tests {
             error: None,
             wall_s,
             startup_s: Some(2.0),
+            mean_step_s: Some(0.2),
             attempts: 2,
             failures: 1,
             faults,
@@ -369,6 +405,27 @@ mod tests {
         // then a freeze: 3 detection + 1 backoff + 2 + 1.
         assert!((b.allowance_s(&[kill, freeze]) - 13.5).abs() < 1e-9);
         assert_eq!(b.allowance_s(&[]), SLACK_S);
+    }
+
+    #[test]
+    fn a_job_on_a_busier_machine_is_judged_at_its_own_pace() {
+        let b = baseline();
+        let kill = fault(FaultKind::Kill {
+            dead_for: Duration::from_secs(1),
+        });
+        // Steps twice as slow: the baseline becomes 40 s, the allowance
+        // 0.5 + 4 + 2 + 3 = 9.5 s.
+        let mut slow_machine = run("succeeded", 48.0, vec![kill.clone()]);
+        slow_machine.mean_step_s = Some(0.4);
+        let judged = JobReport::new(slow_machine, &b, Ok(0.0));
+        assert_eq!(judged.pace, 2.0);
+        assert!((judged.extra_s - 8.0).abs() < 1e-9);
+        assert!((judged.allowance_s - 9.5).abs() < 1e-9);
+        assert!(!judged.over_allowance());
+        // Faster steps never shrink the baseline.
+        let mut fast = run("succeeded", 25.0, vec![kill]);
+        fast.mean_step_s = Some(0.1);
+        assert_eq!(JobReport::new(fast, &b, Ok(0.0)).pace, 1.0);
     }
 
     #[test]

@@ -259,7 +259,9 @@ fn inbound(
             tcp,
             timeout,
         }),
-        _ => Box::new(TcpIn::new(tcp)),
+        _ => Box::new(TcpIn::new(tcp, timeout).map_err(|e| {
+            CollectiveError::Config(format!("cannot configure a ring socket: {e}"))
+        })?),
     };
     Ok((link, closer))
 }

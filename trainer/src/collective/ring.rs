@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -196,6 +196,8 @@ impl TcpRing {
             sent_done: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
             receiver: thread::current(),
+            began: Instant::now(),
+            last_moved_ms: AtomicU64::new(0),
         };
         let seq = self.seq;
         let next = &mut self.next;
@@ -342,6 +344,11 @@ fn recv_all(
             if progress.abort.load(Ordering::SeqCst) {
                 return Err(ctx.protocol("the sending side failed".into()));
             }
+            // Our sends wait on data from the previous rank, or on a next
+            // rank that itself waits on it: either way the ring stalled.
+            if progress.stalled(ctx.timeout) {
+                return Err(ctx.io(std::io::ErrorKind::TimedOut.into()));
+            }
             thread::park_timeout(Duration::from_millis(10));
         }
         let expected = Header::Data {
@@ -371,6 +378,7 @@ fn recv_all(
             prev.recv_f32(dst)
         };
         got.map_err(|e| ctx.io(e))?;
+        progress.moved();
         progress.recv_done.store(i + 1, Ordering::Release);
         sender.unpark();
     }
@@ -488,6 +496,24 @@ struct Progress {
     sent_done: AtomicUsize,
     abort: AtomicBool,
     receiver: thread::Thread,
+    /// When the transfer began, and milliseconds from then to the last
+    /// item sent or received: a wait between items is bounded by the
+    /// timeout from there, not only each read or write.
+    began: Instant,
+    last_moved_ms: AtomicU64,
+}
+
+impl Progress {
+    fn moved(&self) {
+        let ms = self.began.elapsed().as_millis() as u64;
+        self.last_moved_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether nothing moved either way for `timeout`.
+    fn stalled(&self, timeout: Duration) -> bool {
+        let last = Duration::from_millis(self.last_moved_ms.load(Ordering::Acquire));
+        self.began.elapsed().saturating_sub(last) > timeout
+    }
 }
 
 /// The operation's buffer, shared by the sending and receiving threads.
@@ -544,6 +570,7 @@ fn send_all(
         }
         .encode();
         next.send(&[&header, bytemuck::cast_slice(values)])?;
+        progress.moved();
         progress.sent_done.store(i + 1, Ordering::Release);
         progress.receiver.unpark();
     }

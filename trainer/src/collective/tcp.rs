@@ -2,7 +2,11 @@
 //!
 //! Sockets get TCP_NODELAY (chunks are sent whole, there is nothing to
 //! coalesce) and the ring's timeout as their read and write timeouts, so a
-//! stalled peer surfaces as `TimedOut`. Buffer sizes are left to the
+//! stalled peer surfaces as `TimedOut`. A receiving link reads in slices of
+//! that timeout and fails once no byte came for the whole of it: a single
+//! read with the whole timeout could return the bytes a frozen peer's
+//! kernel still delivered only when it expires, and the read for the rest
+//! would wait a second timeout. Buffer sizes are left to the
 //! kernel's autotuning: it grows them to `net.ipv4.tcp_{r,w}mem`'s maximum
 //! (32 MiB on Debian), while an explicit SO_RCVBUF/SO_SNDBUF is capped at
 //! `net.core.{r,w}mem_max` (4 MiB here) and turns autotuning off, which
@@ -54,22 +58,35 @@ pub struct TcpIn {
     pub stream: Arc<TcpStream>,
     /// Where incoming values wait to be added.
     scratch: Vec<f32>,
+    /// How long the peer may send nothing.
+    timeout: Duration,
 }
 
+/// Reads wait at most this share of the timeout before checking how long
+/// the peer has been silent.
+const READ_SLICES: u32 = 8;
+
 impl TcpIn {
-    pub fn new(stream: Arc<TcpStream>) -> TcpIn {
-        TcpIn {
+    pub fn new(stream: Arc<TcpStream>, timeout: Duration) -> io::Result<TcpIn> {
+        let slice = (timeout / READ_SLICES).max(Duration::from_millis(10));
+        stream.set_read_timeout(Some(slice))?;
+        Ok(TcpIn {
             stream,
             scratch: Vec::new(),
-        }
+            timeout,
+        })
     }
 }
 
 /// Fills `out` from `stream`, asking the kernel for all of it at once
 /// (MSG_WAITALL: one call per chunk instead of one per arriving segment).
+/// Each call waits one slice (the socket's read timeout); `TimedOut` once
+/// slices without a byte add up to `timeout`.
 #[cfg(unix)]
-fn read_full(stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
+fn read_full(stream: &TcpStream, out: &mut [u8], timeout: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let slice = stream.read_timeout()?.unwrap_or(timeout);
+    let mut silent = Duration::ZERO;
     let mut at = 0;
     while at < out.len() {
         let n = unsafe {
@@ -82,11 +99,21 @@ fn read_full(stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
         };
         match n {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => at += n as usize,
+            n if n > 0 => {
+                at += n as usize;
+                silent = Duration::ZERO;
+            }
             _ => {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        silent += slice;
+                        if silent >= timeout {
+                            return Err(io::ErrorKind::TimedOut.into());
+                        }
+                    }
+                    _ => return Err(e),
                 }
             }
         }
@@ -95,18 +122,22 @@ fn read_full(stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn read_full(mut stream: &TcpStream, out: &mut [u8]) -> io::Result<()> {
+fn read_full(mut stream: &TcpStream, out: &mut [u8], _timeout: Duration) -> io::Result<()> {
     stream.read_exact(out)
 }
 
 impl Inbound for TcpIn {
     fn recv(&mut self, out: &mut [u8]) -> io::Result<()> {
-        read_full(&self.stream, out)
+        read_full(&self.stream, out, self.timeout)
     }
 
     fn recv_add(&mut self, dst: &mut [f32]) -> io::Result<()> {
         self.scratch.resize(dst.len(), 0.0);
-        read_full(&self.stream, bytemuck::cast_slice_mut(&mut self.scratch))?;
+        read_full(
+            &self.stream,
+            bytemuck::cast_slice_mut(&mut self.scratch),
+            self.timeout,
+        )?;
         for (d, s) in dst.iter_mut().zip(&self.scratch) {
             *d += s;
         }
