@@ -8,8 +8,8 @@
 //! (`every_steps` × the mean step time); a fixed slack of
 //! [`SLACK_S`] covers noise on a shared machine. A job whose steps ran
 //! slower than the baseline's (the machine was busier) is judged against
-//! the baseline slowed by the same pace: its wall time, start-up and steps. [`ChaosReport`] is the
-//! whole run: the lines people read, the `--json` object, and the
+//! the baseline slowed by the same pace: its wall time, start-up and
+//! steps. [`ChaosReport`] is the whole run: the lines people read, the `--json` object, and the
 //! verdict.
 //!
 //! Not here: running jobs or reading adapters (`drive`, `adapter`).
