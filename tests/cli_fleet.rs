@@ -9,7 +9,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::fleet::{CLUSTER_TOKEN, Fleet, short_spec, status, submit, text, wait_until};
+use common::fleet::{
+    CLUSTER_TOKEN, Fleet, assert_trains_as_undisturbed, processes_with, short_spec, status, submit,
+    text, wait_until,
+};
 use common::{adapter, free_peers, lorafleet, max_relative_difference, spawn_rank};
 
 #[test]
@@ -238,34 +241,9 @@ fn a_coordinator_killed_and_restarted_loses_no_job() {
     assert_eq!(status(&fleet, &running)["attempt"], 1);
 
     // And it ended with what an undisturbed run trains, bit for bit.
-    let downloaded = dir.join("downloaded");
-    fleet.json(&["download", &running, "-o", downloaded.to_str().unwrap()]);
     let reference = dir.join("reference");
     let spec = short_spec(dir, "reference", 1, &reference);
-    let o = lorafleet(&["train", spec.to_str().unwrap()]);
-    assert!(o.status.success(), "train: {}", text(&o.stderr));
-    let file = "adapter_model.safetensors";
-    assert_eq!(
-        std::fs::read(downloaded.join(file)).unwrap(),
-        std::fs::read(reference.join(file)).unwrap(),
-        "the job's adapter differs from an undisturbed run's"
-    );
-}
-
-/// Processes whose environment holds `marker` (the ones a run started).
-fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let needle = format!("LORAFLEET_TEST_MARKER={marker}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect()
+    assert_trains_as_undisturbed(&fleet, &running, &spec, &reference);
 }
 
 fn start_run(spec: &Path, marker: &str) -> Child {

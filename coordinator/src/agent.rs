@@ -463,20 +463,30 @@ impl RankProcess {
 
 /// Makes the child get SIGKILL when the agent dies, however it dies.
 fn die_with_parent(command: &mut Command) {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
-    // fork and exec.
+    let hook = kill_when_parent_dies();
+    // SAFETY: the hook makes only async-signal-safe calls.
     unsafe {
-        command.pre_exec(move || {
+        command.pre_exec(hook);
+    }
+}
+
+/// A `pre_exec` hook that has the kernel SIGKILL the child once the thread
+/// that starts it ends (with its process, however that dies). Start
+/// children from a thread that lives as long as the process.
+pub fn kill_when_parent_dies() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id() as libc::pid_t;
+    move || {
+        // SAFETY: prctl, getppid and _exit are async-signal-safe.
+        unsafe {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The agent died before prctl took effect.
+            // The parent died before prctl took effect.
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            Ok(())
-        });
+        }
+        Ok(())
     }
 }
 

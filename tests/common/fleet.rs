@@ -209,3 +209,45 @@ pub fn submit(fleet: &Fleet, spec: &Path) -> String {
 pub fn status(fleet: &Fleet, job: &str) -> serde_json::Value {
     fleet.json(&["status", job])
 }
+
+/// Processes whose environment holds `marker` (the ones a run started).
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = format!("LORAFLEET_TEST_MARKER={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Downloads job `job`'s final adapter and checks it is bit for bit the
+/// one `train SPEC` (an undisturbed run in one process, writing to
+/// `reference`) trains.
+pub fn assert_trains_as_undisturbed(fleet: &Fleet, job: &str, spec: &Path, reference: &Path) {
+    let downloaded = reference.with_extension("downloaded");
+    fleet.json(&["download", job, "-o", downloaded.to_str().unwrap()]);
+    let o = super::lorafleet(&["train", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "train: {}", text(&o.stderr));
+    let file = "adapter_model.safetensors";
+    assert_eq!(
+        std::fs::read(downloaded.join(file)).unwrap(),
+        std::fs::read(reference.join(file)).unwrap(),
+        "job {job}'s adapter differs from an undisturbed run's"
+    );
+}
+
+/// Every event of job `job` so far, as `logs --json` prints them.
+pub fn job_events(fleet: &Fleet, job: &str) -> Vec<serde_json::Value> {
+    let out = fleet.cli(Some(&fleet.token), &["logs", job, "--json"]);
+    assert!(out.status.success(), "logs: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -308,18 +308,10 @@ fn wait_until(child: &mut Child, deadline: Instant) {
 /// coordinator or worker outlives a chaos run. Processes are started from
 /// the main thread, which lasts as long as the run.
 fn die_with_this_process(command: &mut Command) {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
-    // fork and exec.
+    use std::os::unix::process::CommandExt;
+    let hook = coordinator::agent::kill_when_parent_dies();
+    // SAFETY: the hook makes only async-signal-safe calls.
     unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        command.pre_exec(hook);
     }
 }
