@@ -60,9 +60,15 @@ impl Fleet {
     }
 
     pub fn add_worker(&mut self, name: &str) {
+        // Inside the test's folder: a worker killed with SIGKILL cannot
+        // remove a temporary folder of its own.
+        let parent = self.state.parent().expect("the state file is in a folder");
+        let work_dir = parent.join(format!("work-{name}"));
         let child = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
             .args(["worker", "--coordinator", &self.url, "--name", name])
             .args(["--ring-timeout", "20"])
+            .arg("--work-dir")
+            .arg(&work_dir)
             .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
