@@ -126,22 +126,35 @@ fn an_elastic_job_shrinks_to_the_worker_left_and_grows_back_with_the_same_result
     assert_ne!(elastic, text_of);
     std::fs::write(&spec, elastic).unwrap();
     let id = submit(&fleet, &spec);
+    let events = |fleet: &Fleet, kind: &str| -> Vec<serde_json::Value> {
+        let all = job_events(fleet, &id);
+        all.into_iter().filter(|e| e["type"] == kind).collect()
+    };
+    let holders = |fleet: &Fleet| {
+        let list = fleet.json(&["workers"]);
+        let data = list["data"].as_array().unwrap().clone();
+        data.iter().filter(|w| w["job_id"] == id.as_str()).count()
+    };
+    // It may start on one worker if the second is not connected yet; it
+    // then grows to two.
     wait_until(
         Duration::from_secs(120),
         "two ranks past a checkpoint",
         || {
             let s = status(&fleet, &id);
-            s["status"] == "running" && s["step"].as_u64().unwrap_or(0) >= 12
+            s["status"] == "running"
+                && s["step"].as_u64().unwrap_or(0) >= 12
+                && holders(&fleet) == 2
         },
     );
     // One of the two workers dies: the job goes on alone on the other.
     fleet.workers[1].kill().unwrap();
-    let events = |fleet: &Fleet, kind: &str| -> Vec<serde_json::Value> {
-        let all = job_events(fleet, &id);
-        all.into_iter().filter(|e| e["type"] == kind).collect()
+    let shrunk = |fleet: &Fleet| {
+        let resized = events(fleet, "job.resized");
+        resized.iter().any(|e| e["data"]["to"] == 1)
     };
     wait_until(Duration::from_secs(60), "the job to shrink", || {
-        !events(&fleet, "job.resized").is_empty()
+        shrunk(&fleet)
     });
     // A worker joins: the job stops after a checkpoint and grows back.
     fleet.add_worker("w2");
@@ -162,9 +175,9 @@ fn an_elastic_job_shrinks_to_the_worker_left_and_grows_back_with_the_same_result
             )
         })
         .collect();
-    assert_eq!(sizes, [(2, 1), (1, 2)]);
+    assert!(sizes.ends_with(&[(2, 1), (1, 2)]), "{sizes:?}");
     assert_eq!(events(&fleet, "worker.lost").len(), 1);
-    assert_eq!(events(&fleet, "job.growing").len(), 1);
+    assert!(!events(&fleet, "job.growing").is_empty());
     assert_eq!(
         status(&fleet, &id)["failures"],
         1,
