@@ -29,7 +29,8 @@ pub struct DropoutSeeds {
 }
 
 impl DropoutSeeds {
-    fn mixed(&self, salt: u64) -> DropoutSeeds {
+    /// The seeds of a part of the model (a layer, a projection) named by `salt`.
+    pub fn mixed(&self, salt: u64) -> DropoutSeeds {
         DropoutSeeds {
             seeds: self.seeds.iter().map(|&s| splitmix64(s ^ salt)).collect(),
         }
@@ -71,15 +72,22 @@ impl Projection {
 /// An inverted-dropout mask for `x` (`[b, s, d]`): each element kept with
 /// probability `1 - p` and then scaled by `1 / (1 - p)`; row `i` from `seeds[i]`.
 fn dropout_mask(x: &Tensor<3>, p: f64, seeds: &DropoutSeeds) -> Tensor<3> {
-    use rand::{Rng, SeedableRng};
     let [b, s, d] = x.dims();
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mut mask = Vec::with_capacity(b * s * d);
-    for row in 0..b {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seeds.seeds[row]);
-        mask.extend((0..s * d).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }));
-    }
+    let mask = dropout_keep_mask(b, s * d, p, seeds);
     Tensor::from_data(TensorData::new(mask, [b, s, d]), &x.device())
+}
+
+/// The values of [`dropout_mask`] for `rows` rows of `per_row` values each,
+/// row after row.
+pub fn dropout_keep_mask(rows: usize, per_row: usize, p: f64, seeds: &DropoutSeeds) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut mask = Vec::with_capacity(rows * per_row);
+    for row in 0..rows {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seeds.seeds[row]);
+        mask.extend((0..per_row).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }));
+    }
+    mask
 }
 
 /// Root-mean-square layer norm, computed as transformers does.

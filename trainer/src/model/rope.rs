@@ -40,8 +40,17 @@ impl Rope {
     /// `cos` and `sin` tables of shape `[len, head_dim]` for positions
     /// `start..start + len`, each half repeated as rotate-half expects.
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let half = self.inv_freq.len();
-        let dim = 2 * half;
+        let dim = 2 * self.inv_freq.len();
+        let (cos, sin) = self.host_tables(start, len);
+        (
+            Tensor::from_data(TensorData::new(cos, [len, dim]), device),
+            Tensor::from_data(TensorData::new(sin, [len, dim]), device),
+        )
+    }
+
+    /// The values of [`Self::tables`], row-major.
+    pub fn host_tables(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let dim = 2 * self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * dim);
         let mut sin = Vec::with_capacity(len * dim);
         for p in start..start + len {
@@ -51,10 +60,7 @@ impl Rope {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        (
-            Tensor::from_data(TensorData::new(cos, [len, dim]), device),
-            Tensor::from_data(TensorData::new(sin, [len, dim]), device),
-        )
+        (cos, sin)
     }
 }
 

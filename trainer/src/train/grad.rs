@@ -62,30 +62,93 @@ pub fn lora_gradients(
     seed: u64,
     device: &Device,
 ) -> StepGradients {
+    lora_gradients_with(
+        Engine::Fused,
+        model,
+        lora,
+        batches,
+        denominator,
+        seed,
+        device,
+    )
+}
+
+/// How a step's gradients are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The fused CPU step (`super::fused`) when the model's weights are on
+    /// the CPU backend; the graph otherwise.
+    Fused,
+    /// burn's autodiff graph, on any backend: the reference.
+    Graph,
+}
+
+/// [`lora_gradients`] with the engine chosen.
+pub fn lora_gradients_with(
+    engine: Engine,
+    model: &mut Llama,
+    lora: &LoraWeights,
+    batches: &[Batch],
+    denominator: f64,
+    seed: u64,
+    device: &Device,
+) -> StepGradients {
     let parts = share_count(batches, crate::device::cpu_threads());
+    let shares = || -> Vec<Vec<Batch>> {
+        (0..parts)
+            .map(|part| {
+                batches
+                    .iter()
+                    .filter_map(|b| b.row_share(part, parts))
+                    .collect()
+            })
+            .collect()
+    };
+    use rayon::prelude::*;
+    #[cfg(feature = "flex")]
+    if engine == Engine::Fused
+        && let Some(weights) = super::fused::CpuWeights::of(model)
+    {
+        let head = model.lm_head.val();
+        let model = &*model;
+        let run = |share: &[Batch]| {
+            super::fused::share_gradients(
+                model,
+                &weights,
+                &head,
+                lora,
+                share,
+                denominator,
+                seed,
+                device,
+            )
+        };
+        if parts <= 1 {
+            return run(batches);
+        }
+        let results: Vec<StepGradients> = shares().par_iter().map(|s| run(s)).collect();
+        return add_in_order(results, lora.num_parameters());
+    }
+    let _ = engine;
     if parts <= 1 {
         return share_gradients(model, lora, batches, denominator, seed, device);
     }
-    use rayon::prelude::*;
-    let shares: Vec<Vec<Batch>> = (0..parts)
-        .map(|part| {
-            batches
-                .iter()
-                .filter_map(|b| b.row_share(part, parts))
-                .collect()
-        })
-        .collect();
     let mut copies: Vec<Llama> = (1..parts).map(|_| model.clone()).collect();
     let models: Vec<&mut Llama> = std::iter::once(model).chain(copies.iter_mut()).collect();
     let results: Vec<StepGradients> = models
         .into_par_iter()
-        .zip(shares.par_iter())
+        .zip(shares().par_iter())
         .map(|(model, share)| share_gradients(model, lora, share, denominator, seed, device))
         .collect();
+    add_in_order(results, lora.num_parameters())
+}
+
+/// The shares' sums, added in share order.
+fn add_in_order(results: Vec<StepGradients>, parameters: usize) -> StepGradients {
     let mut total = StepGradients {
         loss_sum: 0.0,
         targets: 0,
-        grads: vec![0.0; lora.num_parameters()],
+        grads: vec![0.0; parameters],
     };
     for r in results {
         total.loss_sum += r.loss_sum;

@@ -10,6 +10,8 @@
 
 pub mod cross_entropy;
 pub mod data_parallel;
+#[cfg(feature = "flex")]
+pub mod fused;
 pub mod grad;
 pub mod optim;
 pub mod run;

@@ -1,0 +1,237 @@
+//! The fused CPU step: the loss and LoRA gradients of a share of a batch,
+//! computed on host buffers with a backward pass derived by hand, for
+//! models whose weights live on the CPU backend (burn's `flex`).
+//!
+//! It reads the model's frozen weights in place (no copy) and the adapter
+//! from the host [`LoraWeights`], so nothing is attached and no autodiff
+//! graph is built: one forward pass keeps the activations the backward
+//! pass needs ([`layer`]), attention skips the masked triangle
+//! ([`attention`]), and the element-wise work runs through vectorised
+//! kernels ([`kernels`]). The head and its cross-entropy are shared with
+//! the graph path (`super::cross_entropy`).
+//!
+//! The graph path (`super::grad`, burn's autodiff) is the reference: it
+//! runs on every other backend, and the tests hold the two to the same
+//! gradients. Not here: cutting batches into shares and threads
+//! (`super::grad`).
+
+mod attention;
+pub(crate) mod kernels;
+mod layer;
+
+use burn::backend::{BackendTypes, Flex};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::cross_entropy::{TargetRows, head_cross_entropy};
+use super::grad::StepGradients;
+use crate::data::Batch;
+use crate::lora::{LoraWeights, TargetModule};
+use crate::model::Llama;
+use crate::model::llama::DropoutSeeds;
+use attention::Heads;
+use kernels::rms_norm;
+use layer::{Adapter, LayerWeights, Linear, Pass};
+
+type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
+
+/// A frozen f32 tensor of the CPU backend, readable as a slice.
+#[derive(Debug, Clone)]
+struct HostView(FlexTensor);
+
+impl HostView {
+    fn of<const D: usize>(t: Tensor<D>) -> Option<HostView> {
+        let p = t.inner().try_into_primitive::<Flex>().ok()?;
+        let p = if p.as_slice::<f32>().is_some() {
+            p
+        } else {
+            p.to_contiguous()
+        };
+        p.as_slice::<f32>()?;
+        Some(HostView(p))
+    }
+
+    fn slice(&self) -> &[f32] {
+        self.0.as_slice().expect("checked in HostView::of")
+    }
+}
+
+/// The frozen weights of a model on the CPU backend, shared with it.
+#[derive(Debug, Clone)]
+pub struct CpuWeights {
+    embed: HostView,
+    norm: HostView,
+    /// Per layer: the two norms, then the projections in `TargetModule::ALL` order.
+    layers: Vec<[HostView; 9]>,
+}
+
+impl CpuWeights {
+    /// `None` when the model's weights are not on the CPU backend (or not f32).
+    pub fn of(model: &Llama) -> Option<CpuWeights> {
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let m = &l.mlp;
+                let views = [
+                    HostView::of(l.input_layernorm.weight.val())?,
+                    HostView::of(l.post_attention_layernorm.weight.val())?,
+                    HostView::of(a.q_proj.weight.val())?,
+                    HostView::of(a.k_proj.weight.val())?,
+                    HostView::of(a.v_proj.weight.val())?,
+                    HostView::of(a.o_proj.weight.val())?,
+                    HostView::of(m.gate_proj.weight.val())?,
+                    HostView::of(m.up_proj.weight.val())?,
+                    HostView::of(m.down_proj.weight.val())?,
+                ];
+                Some(views)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(CpuWeights {
+            embed: HostView::of(model.embed_tokens.val())?,
+            norm: HostView::of(model.norm.weight.val())?,
+            layers,
+        })
+    }
+
+    /// Layer `i`'s weights, with the adapters of `lora` on it.
+    fn layer<'w>(&'w self, model: &Llama, lora: &'w LoraWeights, i: usize) -> LayerWeights<'w> {
+        let views = &self.layers[i];
+        let scale = lora.config.scale() as f32;
+        let proj = std::array::from_fn(|p| {
+            let module = TargetModule::ALL[p];
+            let (inp, out) = module.features(&model.config);
+            Linear {
+                weight: views[2 + p].slice(),
+                inp,
+                out,
+                lora: None,
+            }
+        });
+        let mut w = LayerWeights {
+            input_norm: views[0].slice(),
+            post_norm: views[1].slice(),
+            proj,
+        };
+        let mut at = 0;
+        for (site, pair) in &lora.pairs {
+            if site.layer == i {
+                let p = TargetModule::ALL
+                    .iter()
+                    .position(|m| *m == site.module)
+                    .expect("a projection");
+                w.proj[p].lora = Some(Adapter {
+                    a: &pair.a.data,
+                    b: &pair.b.data,
+                    r: lora.config.r,
+                    scale,
+                    grad_at: at,
+                });
+            }
+            at += pair.a.data.len() + pair.b.data.len();
+        }
+        w
+    }
+}
+
+/// [`super::grad::lora_gradients`] of `batches` on the calling thread, on
+/// the CPU: the gradient of `Σ loss_sum / denominator` for every LoRA
+/// value, laid out as `LoraWeights::to_flat`.
+#[allow(clippy::too_many_arguments)]
+pub fn share_gradients(
+    model: &Llama,
+    weights: &CpuWeights,
+    head: &Tensor<2>,
+    lora: &LoraWeights,
+    batches: &[Batch],
+    denominator: f64,
+    seed: u64,
+    device: &Device,
+) -> StepGradients {
+    let config = &model.config;
+    let layers: Vec<LayerWeights> = (0..config.num_hidden_layers)
+        .map(|i| weights.layer(model, lora, i))
+        .collect();
+    // Layer `i` needs its input gradient only if a layer below it has an adapter.
+    let lowest_adapted = layers.iter().position(|l| l.has_adapter());
+    let mut grads = vec![0.0f32; lora.num_parameters()];
+    let mut loss_sum = 0.0;
+    let mut targets = 0;
+    let h = config.hidden_size;
+    for batch in batches {
+        let (rows, seq) = (batch.rows, batch.seq_len);
+        let tokens = rows * seq;
+        let (cos, sin) = model.rope.host_tables(0, seq);
+        let pass = Pass {
+            heads: Heads {
+                rows,
+                seq,
+                heads: config.num_attention_heads,
+                kv_heads: config.num_key_value_heads,
+                dim: config.head_dim,
+            },
+            hidden: h,
+            eps: config.rms_norm_eps as f32,
+            cos: &cos,
+            sin: &sin,
+            dropout: lora.config.dropout,
+        };
+        let seeds = (lora.config.dropout > 0.0).then(|| DropoutSeeds {
+            seeds: batch
+                .sample_ids
+                .iter()
+                .map(|r| r.dropout_seed(seed))
+                .collect(),
+        });
+
+        let embed = weights.embed.slice();
+        let mut x = Vec::with_capacity(tokens * h);
+        for &id in &batch.input_ids {
+            x.extend_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+        }
+        let mut saved = Vec::with_capacity(layers.len());
+        for (i, w) in layers.iter().enumerate() {
+            let layer_seeds = seeds.as_ref().map(|s| s.mixed((i as u64 + 1) << 8));
+            let (next, a) = layer::forward(w, &pass, x, layer_seeds.as_ref());
+            saved.push(a);
+            x = next;
+        }
+        let mut inv = vec![0.0f32; tokens];
+        let mut normed = vec![0.0f32; tokens * h];
+        rms_norm(&x, weights.norm.slice(), pass.eps, &mut normed, &mut inv);
+
+        let target_rows = TargetRows::shifted(&batch.input_ids, &batch.target_mask, seq);
+        let loss = head_cross_entropy(
+            Tensor::from_data(TensorData::new(normed, [tokens, h]), device),
+            head.clone(),
+            &target_rows,
+            Some(1.0 / denominator),
+        );
+        loss_sum += loss.loss_sum;
+        targets += batch.num_targets();
+        let d_normed = loss
+            .grad_hidden
+            .expect("asked for")
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 gradient");
+        let mut dy = vec![0.0f32; tokens * h];
+        kernels::rms_norm_backward(&x, weights.norm.slice(), &inv, &d_normed, &mut dy);
+
+        let Some(lowest) = lowest_adapted else {
+            continue;
+        };
+        for i in (lowest..layers.len()).rev() {
+            let a = saved.pop().expect("one per layer");
+            match layer::backward(&layers[i], &pass, &a, &dy, i > lowest, &mut grads) {
+                Some(dx) => dy = dx,
+                None => break,
+            }
+        }
+    }
+    StepGradients {
+        loss_sum,
+        targets,
+        grads,
+    }
+}
