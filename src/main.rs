@@ -23,6 +23,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
@@ -59,5 +60,19 @@ fn main() -> ExitCode {
             eprintln!("lorafleet: {err:#}");
             ExitCode::from(commands::exit_code(&err))
         }
+    }
+}
+
+/// A training step frees and allocates the same activation buffers again
+/// and again. glibc serves buffers past its mmap threshold (128 KiB at
+/// first) with fresh mappings, each page faulted in and zeroed by the
+/// kernel on every step; raising the threshold and the trim threshold
+/// keeps them in the heap for the next step instead.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }

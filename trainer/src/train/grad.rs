@@ -109,19 +109,9 @@ pub fn lora_gradients_with(
     if engine == Engine::Fused
         && let Some(weights) = super::fused::CpuWeights::of(model)
     {
-        let head = model.lm_head.val();
         let model = &*model;
         let run = |share: &[Batch]| {
-            super::fused::share_gradients(
-                model,
-                &weights,
-                &head,
-                lora,
-                share,
-                denominator,
-                seed,
-                device,
-            )
+            super::fused::share_gradients(model, &weights, lora, share, denominator, seed)
         };
         if parts <= 1 {
             return run(batches);

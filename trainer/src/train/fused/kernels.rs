@@ -234,7 +234,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits of n + 127 + 1.5·2²³, whose low mantissa bits are
+    // n + 127 (an integer conversion that vectorises, unlike `as i32`).
+    let scaled = y * f32::from_bits((n + 12_583_039.0).to_bits() << 23);
     if x < LOW { 0.0 } else { scaled }
 }
 
@@ -294,6 +296,47 @@ simd_fn! {
             *v *= inv;
         }
         masked.fill(0.0);
+    }
+}
+
+simd_fn! {
+    /// Replaces `row` by `e^(row − max)` and returns `(max, Σ e^(row − max))`:
+    /// an unnormalised softmax and what its log-sum-exp needs.
+    pub fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                lanes[i] = lanes[i].max(c[i]);
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), |m, &v| m.max(v));
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                c[i] = exp(c[i] - max);
+                acc[i] += c[i];
+            }
+        }
+        let mut sum = 0.0;
+        for v in chunks.into_remainder() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        (max, sum + acc.iter().sum::<f32>())
+    }
+}
+
+simd_fn! {
+    /// `a *= k`.
+    pub fn scale(a: &mut [f32], k: f32) {
+        for a in a.iter_mut() {
+            *a *= k;
+        }
     }
 }
 

@@ -16,13 +16,14 @@
 //! (`super::grad`).
 
 mod attention;
+mod head;
 pub(crate) mod kernels;
 mod layer;
 
 use burn::backend::{BackendTypes, Flex};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::cross_entropy::{TargetRows, head_cross_entropy};
+use super::cross_entropy::TargetRows;
 use super::grad::StepGradients;
 use crate::data::Batch;
 use crate::lora::{LoraWeights, TargetModule};
@@ -60,6 +61,8 @@ impl HostView {
 pub struct CpuWeights {
     embed: HostView,
     norm: HostView,
+    /// `[hidden, vocab]`.
+    head: HostView,
     /// Per layer: the two norms, then the projections in `TargetModule::ALL` order.
     layers: Vec<[HostView; 9]>,
 }
@@ -90,6 +93,7 @@ impl CpuWeights {
         Some(CpuWeights {
             embed: HostView::of(model.embed_tokens.val())?,
             norm: HostView::of(model.norm.weight.val())?,
+            head: HostView::of(model.lm_head.val())?,
             layers,
         })
     }
@@ -141,12 +145,10 @@ impl CpuWeights {
 pub fn share_gradients(
     model: &Llama,
     weights: &CpuWeights,
-    head: &Tensor<2>,
     lora: &LoraWeights,
     batches: &[Batch],
     denominator: f64,
     seed: u64,
-    device: &Device,
 ) -> StepGradients {
     let config = &model.config;
     let layers: Vec<LayerWeights> = (0..config.num_hidden_layers)
@@ -201,20 +203,15 @@ pub fn share_gradients(
         rms_norm(&x, weights.norm.slice(), pass.eps, &mut normed, &mut inv);
 
         let target_rows = TargetRows::shifted(&batch.input_ids, &batch.target_mask, seq);
-        let loss = head_cross_entropy(
-            Tensor::from_data(TensorData::new(normed, [tokens, h]), device),
-            head.clone(),
+        let (loss, d_normed) = head::cross_entropy(
+            &normed,
+            weights.head.slice(),
+            h,
             &target_rows,
-            Some(1.0 / denominator),
+            (1.0 / denominator) as f32,
         );
-        loss_sum += loss.loss_sum;
+        loss_sum += loss;
         targets += batch.num_targets();
-        let d_normed = loss
-            .grad_hidden
-            .expect("asked for")
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32 gradient");
         let mut dy = vec![0.0f32; tokens * h];
         kernels::rms_norm_backward(&x, weights.norm.slice(), &inv, &d_normed, &mut dy);
 

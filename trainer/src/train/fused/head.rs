@@ -1,0 +1,78 @@
+//! The language-model head and its cross-entropy on host buffers: the
+//! fused step's version of `super::super::cross_entropy`, which the tests
+//! hold it to.
+//!
+//! Only target positions go through the head, a chunk of rows at a time,
+//! and each chunk's gradient comes from the closed form
+//! `∂loss/∂logits = softmax − one_hot(target)`, pushed through the frozen
+//! head at once. Not here: the final norm (`super`).
+
+use super::kernels::{MatMut, MatRef, add_assign, exp_shifted, matmul, scale};
+use crate::train::cross_entropy::TargetRows;
+
+/// At most this many logits are alive per chunk (32 MB of f32).
+const CHUNK_LOGITS: usize = 8 << 20;
+
+/// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
+/// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`), and
+/// `grad_scale · ∂/∂hidden` (zero on rows that are not targets).
+pub fn cross_entropy(
+    hidden: &[f32],
+    head: &[f32],
+    width: usize,
+    targets: &TargetRows,
+    grad_scale: f32,
+) -> (f64, Vec<f32>) {
+    let vocab = head.len() / width;
+    let head = MatRef::new(head, width, vocab);
+    let mut d_hidden = vec![0.0f32; hidden.len()];
+    let chunk = (CHUNK_LOGITS / vocab).max(1);
+    let mut loss_sum = 0.0f64;
+    let mut picked = Vec::new();
+    let mut logits = Vec::new();
+    let mut d_picked = Vec::new();
+    for start in (0..targets.len()).step_by(chunk) {
+        let end = (start + chunk).min(targets.len());
+        let n = end - start;
+        picked.clear();
+        for &row in &targets.rows[start..end] {
+            let row = row as usize;
+            picked.extend_from_slice(&hidden[row * width..(row + 1) * width]);
+        }
+        logits.resize(n * vocab, 0.0);
+        matmul(
+            MatMut::new(&mut logits, n, vocab),
+            MatRef::new(&picked, n, width),
+            head,
+            1.0,
+            false,
+        );
+        for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
+            let target = targets.targets[start + i] as usize;
+            let weight = targets.weights[start + i];
+            let target_logit = row[target];
+            let (max, sum) = exp_shifted(row);
+            let logsumexp = sum.ln() + max;
+            loss_sum += (weight * (logsumexp - target_logit)) as f64;
+            let k = weight * grad_scale;
+            scale(row, k / sum);
+            row[target] -= k;
+        }
+        d_picked.resize(n * width, 0.0);
+        matmul(
+            MatMut::new(&mut d_picked, n, width),
+            MatRef::new(&logits, n, vocab),
+            head.t(),
+            1.0,
+            false,
+        );
+        for (i, &row) in targets.rows[start..end].iter().enumerate() {
+            let row = row as usize;
+            add_assign(
+                &mut d_hidden[row * width..(row + 1) * width],
+                &d_picked[i * width..(i + 1) * width],
+            );
+        }
+    }
+    (loss_sum, d_hidden)
+}
