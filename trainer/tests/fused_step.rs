@@ -12,7 +12,7 @@ use trainer::lora::{AdapterSite, LoraConfig, LoraWeights, TargetModule};
 use trainer::model::init::random_weights;
 use trainer::model::{Llama, Preset};
 use trainer::train::fused::CpuWeights;
-use trainer::train::grad::{Engine, StepGradients, lora_gradients_with};
+use trainer::train::grad::{Engine, StepGradients, eval_loss_sum_with, lora_gradients_with};
 
 fn model(device: &Device) -> Llama {
     let mut config = Preset::Tiny.config();
@@ -157,4 +157,22 @@ fn mlp_only_adapters_match_the_graph() {
     let lora = adapters(&model, &targets, 0.0);
     let (fused, graph) = both(&mut model, &lora, &[batch(4, 33, 4, 9)]);
     assert_close(&fused, &graph, &lora);
+}
+
+#[test]
+fn evaluation_losses_match_the_graph_and_ignore_dropout() {
+    let device = Device::flex().autodiff();
+    let mut model = model(&device);
+    let lora = adapters(&model, &TargetModule::ALL, 0.3);
+    let batches = [batch(3, 70, 5, 0), batch(2, 9, 3, 40)];
+    let (fused, n) = eval_loss_sum_with(Engine::Fused, &mut model, &lora, &batches, &device);
+    let (graph, m) = eval_loss_sum_with(Engine::Graph, &mut model, &lora, &batches, &device);
+    assert_eq!(n, m);
+    assert!(
+        (fused - graph).abs() <= 1e-5 * graph.abs(),
+        "{fused} vs {graph}"
+    );
+    // Twice the same: no dropout mask was drawn.
+    let (again, _) = eval_loss_sum_with(Engine::Fused, &mut model, &lora, &batches, &device);
+    assert_eq!(fused, again);
 }

@@ -6,6 +6,11 @@
 //! sum of the targets' cross-entropy divided by the number of targets in the
 //! whole global batch, so micro-batches (and, later, ranks) add their
 //! gradients and get the gradient of one big batch.
+//!
+//! Two engines compute the same thing ([`Engine`]): the fused CPU step
+//! (`super::fused`) when the model's weights are on the CPU backend, and
+//! burn's autodiff graph otherwise, here; the graph is the reference the
+//! fused step is tested against.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -42,18 +47,18 @@ fn flat_hidden(model: &Llama, ids: Tensor<2, Int>, dropout: Option<&DropoutSeeds
 }
 
 /// Gradients of `Σ loss_sum(batch) / denominator` with respect to every
-/// LoRA value, with `lora` attached to `model` (on an autodiff `device`).
-/// Dropout masks (if the adapter has dropout) come from each row's sample
-/// identity and `seed`.
+/// LoRA value of `lora` on `model` (on an autodiff `device` for the graph
+/// engine). Dropout masks (if the adapter has dropout) come from each row's
+/// sample identity and `seed`.
 ///
 /// The rows of each batch are cut into shares ([`share_count`]) that run on
-/// the CPU pool's threads at once, each on its own copy of the model (the
-/// frozen weights are shared, the adapter is not, so their autodiff graphs
-/// stay apart), and the shares' sums are added in share order. Most of a
-/// step's element-wise work runs on the thread that asks for it, so this
-/// is what fills the other cores, and smaller shares keep their
-/// activations in cache. The result is the same sum, rounded in another
-/// order; it repeats bit for bit for the same batch shapes and threads.
+/// the CPU pool's threads at once, and the shares' sums are added in share
+/// order. (In the graph engine each share gets its own copy of the model:
+/// the frozen weights are shared, the adapter is not, so their autodiff
+/// graphs stay apart.) This is what fills the other cores, and smaller
+/// shares keep their activations in cache. The result is the same sum,
+/// rounded in another order; it repeats bit for bit for the same batch
+/// shapes and threads.
 pub fn lora_gradients(
     model: &mut Llama,
     lora: &LoraWeights,
@@ -93,8 +98,8 @@ pub fn lora_gradients_with(
     seed: u64,
     device: &Device,
 ) -> StepGradients {
-    let parts = share_count(batches, crate::device::cpu_threads());
-    let shares = || -> Vec<Vec<Batch>> {
+    let threads = crate::device::cpu_threads();
+    let shares = |parts: usize| -> Vec<Vec<Batch>> {
         (0..parts)
             .map(|part| {
                 batches
@@ -113,13 +118,15 @@ pub fn lora_gradients_with(
         let run = |share: &[Batch]| {
             super::fused::share_gradients(model, &weights, lora, share, denominator, seed)
         };
+        let parts = share_count(batches, threads, FUSED_SHARE_TOKENS);
         if parts <= 1 {
             return run(batches);
         }
-        let results: Vec<StepGradients> = shares().par_iter().map(|s| run(s)).collect();
+        let results: Vec<StepGradients> = shares(parts).par_iter().map(|s| run(s)).collect();
         return add_in_order(results, lora.num_parameters());
     }
     let _ = engine;
+    let parts = share_count(batches, threads, GRAPH_SHARE_TOKENS);
     if parts <= 1 {
         return share_gradients(model, lora, batches, denominator, seed, device);
     }
@@ -127,7 +134,7 @@ pub fn lora_gradients_with(
     let models: Vec<&mut Llama> = std::iter::once(model).chain(copies.iter_mut()).collect();
     let results: Vec<StepGradients> = models
         .into_par_iter()
-        .zip(shares().par_iter())
+        .zip(shares(parts).par_iter())
         .map(|(model, share)| share_gradients(model, lora, share, denominator, seed, device))
         .collect();
     add_in_order(results, lora.num_parameters())
@@ -151,21 +158,24 @@ fn add_in_order(results: Vec<StepGradients>, parameters: usize) -> StepGradients
 }
 
 /// About this many tokens go through the model at once: a share's
-/// activations then stay in the caches between the element-wise passes
-/// (measured on the reference workloads: 256 gave 10-15% over whole
-/// batches of 1,024 tokens at one thread, and a third of the memory).
-const SHARE_TOKENS: usize = 256;
+/// activations then stay in the caches between the element-wise passes.
+/// Measured on the reference workloads: in the graph engine, 256 gave
+/// 10-15% over whole batches of 1,024 tokens at one thread, and a third of
+/// the memory; in the fused engine, 128 gave 15-25% over 256 at two
+/// threads (two shares' activations share the caches) and the same at one.
+const GRAPH_SHARE_TOKENS: usize = 256;
+const FUSED_SHARE_TOKENS: usize = 128;
 
 /// Into how many row shares [`lora_gradients`] cuts each batch: enough for
-/// [`SHARE_TOKENS`] per share and at least one per thread, at most one per row.
-fn share_count(batches: &[Batch], threads: usize) -> usize {
+/// `share_tokens` per share and at least one per thread, at most one per row.
+fn share_count(batches: &[Batch], threads: usize, share_tokens: usize) -> usize {
     let widest = batches.iter().map(|b| b.rows).max().unwrap_or(0);
     let tokens = batches
         .iter()
         .map(|b| b.rows * b.seq_len)
         .max()
         .unwrap_or(0);
-    tokens.div_ceil(SHARE_TOKENS).max(threads).min(widest)
+    tokens.div_ceil(share_tokens).max(threads).min(widest)
 }
 
 /// [`lora_gradients`] of `batches` on the calling thread.
@@ -238,6 +248,25 @@ pub fn eval_loss_sum<'a>(
     batches: impl IntoIterator<Item = &'a Batch>,
     device: &Device,
 ) -> (f64, usize) {
+    eval_loss_sum_with(Engine::Fused, model, lora, batches, device)
+}
+
+/// [`eval_loss_sum`] with the engine chosen.
+pub fn eval_loss_sum_with<'a>(
+    engine: Engine,
+    model: &mut Llama,
+    lora: &LoraWeights,
+    batches: impl IntoIterator<Item = &'a Batch>,
+    device: &Device,
+) -> (f64, usize) {
+    #[cfg(feature = "flex")]
+    if engine == Engine::Fused
+        && let Some(weights) = super::fused::CpuWeights::of(model)
+    {
+        let batches: Vec<&Batch> = batches.into_iter().collect();
+        return super::fused::loss_sum(model, &weights, lora, &batches);
+    }
+    let _ = engine;
     lora::attach(model, lora, device, false);
     let mut loss_sum = 0.0;
     let mut targets = 0;

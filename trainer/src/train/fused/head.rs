@@ -14,18 +14,18 @@ use crate::train::cross_entropy::TargetRows;
 const CHUNK_LOGITS: usize = 8 << 20;
 
 /// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
-/// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`), and
-/// `grad_scale · ∂/∂hidden` (zero on rows that are not targets).
+/// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`), and with
+/// `grad_scale`, `grad_scale · ∂/∂hidden` (zero on rows that are not targets).
 pub fn cross_entropy(
     hidden: &[f32],
     head: &[f32],
     width: usize,
     targets: &TargetRows,
-    grad_scale: f32,
-) -> (f64, Vec<f32>) {
+    grad_scale: Option<f32>,
+) -> (f64, Option<Vec<f32>>) {
     let vocab = head.len() / width;
     let head = MatRef::new(head, width, vocab);
-    let mut d_hidden = vec![0.0f32; hidden.len()];
+    let mut d_hidden = grad_scale.map(|_| vec![0.0f32; hidden.len()]);
     let chunk = (CHUNK_LOGITS / vocab).max(1);
     let mut loss_sum = 0.0f64;
     let mut picked = Vec::new();
@@ -54,10 +54,15 @@ pub fn cross_entropy(
             let (max, sum) = exp_shifted(row);
             let logsumexp = sum.ln() + max;
             loss_sum += (weight * (logsumexp - target_logit)) as f64;
-            let k = weight * grad_scale;
-            scale(row, k / sum);
-            row[target] -= k;
+            if let Some(g) = grad_scale {
+                let k = weight * g;
+                scale(row, k / sum);
+                row[target] -= k;
+            }
         }
+        let Some(d_hidden) = d_hidden.as_mut() else {
+            continue;
+        };
         d_picked.resize(n * width, 0.0);
         matmul(
             MatMut::new(&mut d_picked, n, width),

@@ -141,13 +141,43 @@ impl CpuWeights {
 /// [`super::grad::lora_gradients`] of `batches` on the calling thread, on
 /// the CPU: the gradient of `Σ loss_sum / denominator` for every LoRA
 /// value, laid out as `LoraWeights::to_flat`.
-#[allow(clippy::too_many_arguments)]
 pub fn share_gradients(
     model: &Llama,
     weights: &CpuWeights,
     lora: &LoraWeights,
     batches: &[Batch],
     denominator: f64,
+    seed: u64,
+) -> StepGradients {
+    passes(model, weights, lora, batches, Some(1.0 / denominator), seed)
+}
+
+/// The sum of the targets' cross-entropy over `batches` and their number,
+/// without dropout or gradients (evaluation).
+pub fn loss_sum(
+    model: &Llama,
+    weights: &CpuWeights,
+    lora: &LoraWeights,
+    batches: &[&Batch],
+) -> (f64, usize) {
+    let mut sum = 0.0;
+    let mut targets = 0;
+    for batch in batches {
+        let r = passes(model, weights, lora, std::slice::from_ref(*batch), None, 0);
+        sum += r.loss_sum;
+        targets += r.targets;
+    }
+    (sum, targets)
+}
+
+/// Forward passes over `batches`, and with `grad_scale` the backward
+/// passes of `grad_scale · Σ loss_sum` (training: dropout applies).
+fn passes(
+    model: &Llama,
+    weights: &CpuWeights,
+    lora: &LoraWeights,
+    batches: &[Batch],
+    grad_scale: Option<f64>,
     seed: u64,
 ) -> StepGradients {
     let config = &model.config;
@@ -178,7 +208,8 @@ pub fn share_gradients(
             sin: &sin,
             dropout: lora.config.dropout,
         };
-        let seeds = (lora.config.dropout > 0.0).then(|| DropoutSeeds {
+        let training = grad_scale.is_some();
+        let seeds = (training && lora.config.dropout > 0.0).then(|| DropoutSeeds {
             seeds: batch
                 .sample_ids
                 .iter()
@@ -195,7 +226,9 @@ pub fn share_gradients(
         for (i, w) in layers.iter().enumerate() {
             let layer_seeds = seeds.as_ref().map(|s| s.mixed((i as u64 + 1) << 8));
             let (next, a) = layer::forward(w, &pass, x, layer_seeds.as_ref());
-            saved.push(a);
+            if training {
+                saved.push(a);
+            }
             x = next;
         }
         let mut inv = vec![0.0f32; tokens];
@@ -208,10 +241,11 @@ pub fn share_gradients(
             weights.head.slice(),
             h,
             &target_rows,
-            (1.0 / denominator) as f32,
+            grad_scale.map(|g| g as f32),
         );
         loss_sum += loss;
         targets += batch.num_targets();
+        let Some(d_normed) = d_normed else { continue };
         let mut dy = vec![0.0f32; tokens * h];
         kernels::rms_norm_backward(&x, weights.norm.slice(), &inv, &d_normed, &mut dy);
 
