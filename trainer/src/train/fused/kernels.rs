@@ -224,7 +224,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const LOW: f32 = -87.336_55;
-    let c = x.max(LOW).min(88.0);
+    let c = x.clamp(LOW, 88.0);
     let n = (c * LOG2E + 0.5).floor();
     let r = c - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4;
@@ -232,7 +232,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2ⁿ from the bits of n + 127 + 1.5·2²³, whose low mantissa bits are
     // n + 127 (an integer conversion that vectorises, unlike `as i32`).
