@@ -326,10 +326,39 @@ pub struct BenchAllreduceArgs {
     pub child: BenchRankArgs,
 }
 
+/// How `bench train` computes gradients.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum EngineArg {
+    /// the fused CPU step (the graph on other backends)
+    Fused,
+    /// burn's autodiff graph, the reference
+    Graph,
+}
+
+impl EngineArg {
+    pub fn engine(self) -> trainer::train::grad::Engine {
+        use trainer::train::grad::Engine;
+        match self {
+            EngineArg::Fused => Engine::Fused,
+            EngineArg::Graph => Engine::Graph,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineArg::Fused => "fused",
+            EngineArg::Graph => "graph",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: PresetArg,
+    /// How gradients are computed.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub engine: EngineArg,
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     #[arg(long, default_value_t = 3)]

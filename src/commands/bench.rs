@@ -61,6 +61,7 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut collective = join(plan)?;
     let r = trainer::bench::train(
         preset,
+        args.engine.engine(),
         trainer::device::cpu_threads(),
         args.warmup_steps,
         args.steps,
@@ -86,6 +87,8 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let workload = vec![
         "--preset".to_string(),
         preset.name().into(),
+        "--engine".into(),
+        args.engine.name().into(),
         "--threads".into(),
         args.threads.to_string(),
         "--warmup-steps".into(),

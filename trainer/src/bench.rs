@@ -19,7 +19,7 @@ use crate::data::{Batch, SampleRef};
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
-use crate::train::grad::lora_gradients;
+use crate::train::grad::{Engine, lora_gradients_with};
 use crate::train::optim::{AdamWConfig, AdamWState};
 
 /// The batch shape each preset is measured at (REFERENCE workloads).
@@ -124,6 +124,8 @@ pub enum BenchError {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
     pub preset: String,
+    /// `fused` or `graph` (the engine asked for).
+    pub engine: String,
     pub world: usize,
     pub threads: usize,
     pub batch: usize,
@@ -146,8 +148,10 @@ pub struct TrainReport {
 /// on every N-th row of it and all-reduces the gradients each step (the
 /// data-parallel step of `train::run`); tokens/s is then the whole global
 /// batch's, from this rank's median step.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     preset: Preset,
+    engine: Engine,
     threads: usize,
     warmup_steps: usize,
     timed_steps: usize,
@@ -193,7 +197,8 @@ pub fn train(
         };
         let denominator = (batch * seq) as f64;
         let start = Instant::now();
-        let mut g = lora_gradients(
+        let mut g = lora_gradients_with(
+            engine,
             &mut model,
             &lora,
             std::slice::from_ref(&micro),
@@ -211,6 +216,7 @@ pub fn train(
     let step_s = median(&mut times);
     Ok(TrainReport {
         preset: preset.name().to_string(),
+        engine: format!("{engine:?}").to_lowercase(),
         world,
         threads,
         batch,
