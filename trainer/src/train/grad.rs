@@ -118,7 +118,7 @@ pub fn lora_gradients_with(
         let run = |share: &[Batch]| {
             super::fused::share_gradients(model, &weights, lora, share, denominator, seed)
         };
-        let parts = share_count(batches, threads, FUSED_SHARE_TOKENS);
+        let parts = share_count(batches, threads, fused_share_tokens(threads));
         if parts <= 1 {
             return run(batches);
         }
@@ -161,10 +161,18 @@ fn add_in_order(results: Vec<StepGradients>, parameters: usize) -> StepGradients
 /// activations then stay in the caches between the element-wise passes.
 /// Measured on the reference workloads: in the graph engine, 256 gave
 /// 10-15% over whole batches of 1,024 tokens at one thread, and a third of
-/// the memory; in the fused engine, 128 gave 15-25% over 256 at two
-/// threads (two shares' activations share the caches) and the same at one.
+/// the memory.
 const GRAPH_SHARE_TOKENS: usize = 256;
-const FUSED_SHARE_TOKENS: usize = 128;
+
+/// The fused engine's share size. Every share packs each weight matrix
+/// again for its products, so fewer, larger shares pay less of that; with
+/// more threads, shares run side by side and share the caches, so smaller
+/// ones win. Measured on the reference workloads (`bench train`): at one
+/// thread 512 gave 5-15% over 128 and 256; at two threads 128 gave 15-25%
+/// over 256.
+fn fused_share_tokens(threads: usize) -> usize {
+    if threads <= 1 { 512 } else { 128 }
+}
 
 /// Into how many row shares [`lora_gradients`] cuts each batch: enough for
 /// `share_tokens` per share and at least one per thread, at most one per row.
