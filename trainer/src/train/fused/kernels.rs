@@ -61,10 +61,10 @@ macro_rules! simd_fn {
     };
 }
 
-/// A read-only matrix view: element `(i, j)` is `data[offset + i·rs + j·cs]`.
+/// Where a matrix view's elements lie in its buffer: element `(i, j)` at
+/// `offset + i·rs + j·cs`.
 #[derive(Debug, Clone, Copy)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
+pub struct Layout {
     offset: usize,
     pub rows: usize,
     pub cols: usize,
@@ -72,16 +72,11 @@ pub struct MatRef<'a> {
     cs: usize,
 }
 
-impl<'a> MatRef<'a> {
-    /// A row-major `rows × cols` matrix.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
-        assert!(
-            data.len() >= rows * cols,
-            "matrix of {rows}×{cols} in {}",
-            data.len()
-        );
-        MatRef {
-            data,
+impl Layout {
+    /// Row-major `rows × cols` at the start of a buffer of `len` values.
+    fn row_major(rows: usize, cols: usize, len: usize) -> Layout {
+        assert!(len >= rows * cols, "matrix of {rows}×{cols} in {len}");
+        Layout {
             offset: 0,
             rows,
             cols,
@@ -90,9 +85,8 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    /// The transpose (no copy).
-    pub fn t(self) -> MatRef<'a> {
-        MatRef {
+    fn transposed(self) -> Layout {
+        Layout {
             rows: self.cols,
             cols: self.rows,
             rs: self.cs,
@@ -101,13 +95,12 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    /// The `rows × cols` block at `(r, c)`.
-    pub fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> MatRef<'a> {
+    fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> Layout {
         assert!(
             r + rows <= self.rows && c + cols <= self.cols,
             "block out of range"
         );
-        MatRef {
+        Layout {
             offset: self.offset + r * self.rs + c * self.cs,
             rows,
             cols,
@@ -115,52 +108,67 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    fn check(&self) {
-        if self.rows > 0 && self.cols > 0 {
+    fn is_empty(&self) -> bool {
+        self.rows == 0 || self.cols == 0
+    }
+
+    /// Panics unless every element lies inside a buffer of `len` values.
+    fn check(&self, len: usize) {
+        if !self.is_empty() {
             let last = self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
-            assert!(last < self.data.len(), "matrix view out of its buffer");
+            assert!(last < len, "matrix view out of its buffer");
         }
     }
 }
 
-/// A writable matrix view, laid out as [`MatRef`].
-#[derive(Debug)]
-pub struct MatMut<'a> {
-    data: &'a mut [f32],
-    offset: usize,
-    pub rows: usize,
-    pub cols: usize,
-    rs: usize,
-    cs: usize,
+/// A read-only matrix view.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    pub at: Layout,
 }
 
-impl<'a> MatMut<'a> {
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> MatMut<'a> {
-        assert!(
-            data.len() >= rows * cols,
-            "matrix of {rows}×{cols} in {}",
-            data.len()
-        );
-        MatMut {
-            data,
-            offset: 0,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
+impl<'a> MatRef<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        let at = Layout::row_major(rows, cols, data.len());
+        MatRef { data, at }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> MatRef<'a> {
+        MatRef {
+            at: self.at.transposed(),
+            ..self
         }
     }
 
     /// The `rows × cols` block at `(r, c)`.
+    pub fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> MatRef<'a> {
+        MatRef {
+            at: self.at.block(r, c, rows, cols),
+            ..self
+        }
+    }
+}
+
+/// A writable matrix view.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    pub at: Layout,
+}
+
+impl<'a> MatMut<'a> {
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> MatMut<'a> {
+        let at = Layout::row_major(rows, cols, data.len());
+        MatMut { data, at }
+    }
+
+    /// The `rows × cols` block at `(r, c)`.
     pub fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> MatMut<'a> {
-        assert!(
-            r + rows <= self.rows && c + cols <= self.cols,
-            "block out of range"
-        );
         MatMut {
-            offset: self.offset + r * self.rs + c * self.cs,
-            rows,
-            cols,
+            at: self.at.block(r, c, rows, cols),
             ..self
         }
     }
@@ -168,22 +176,20 @@ impl<'a> MatMut<'a> {
 
 /// `out = scale · a · b`, or `out += scale · a · b` with `accumulate`.
 pub fn matmul(out: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, scale: f32, accumulate: bool) {
-    assert_eq!(a.cols, b.rows, "inner dimensions");
-    assert_eq!((out.rows, out.cols), (a.rows, b.cols), "output shape");
-    a.check();
-    b.check();
-    if out.rows > 0 && out.cols > 0 {
-        let last = out.offset + (out.rows - 1) * out.rs + (out.cols - 1) * out.cs;
-        assert!(last < out.data.len(), "output view out of its buffer");
-    }
-    if out.rows == 0 || out.cols == 0 {
+    let (o, x, y) = (out.at, a.at, b.at);
+    assert_eq!(x.cols, y.rows, "inner dimensions");
+    assert_eq!((o.rows, o.cols), (x.rows, y.cols), "output shape");
+    x.check(a.data.len());
+    y.check(b.data.len());
+    o.check(out.data.len());
+    if o.is_empty() {
         return;
     }
-    if a.cols == 0 {
+    if x.cols == 0 {
         if !accumulate {
-            for i in 0..out.rows {
-                for j in 0..out.cols {
-                    out.data[out.offset + i * out.rs + j * out.cs] = 0.0;
+            for i in 0..o.rows {
+                for j in 0..o.cols {
+                    out.data[o.offset + i * o.rs + j * o.cs] = 0.0;
                 }
             }
         }
@@ -193,19 +199,19 @@ pub fn matmul(out: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, scale: f32, accumul
     // `out` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
-            out.rows,
-            out.cols,
-            a.cols,
-            out.data.as_mut_ptr().add(out.offset),
-            out.cs as isize,
-            out.rs as isize,
+            o.rows,
+            o.cols,
+            x.cols,
+            out.data.as_mut_ptr().add(o.offset),
+            o.cs as isize,
+            o.rs as isize,
             accumulate,
-            a.data.as_ptr().add(a.offset),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr().add(b.offset),
-            b.cs as isize,
-            b.rs as isize,
+            a.data.as_ptr().add(x.offset),
+            x.cs as isize,
+            x.rs as isize,
+            b.data.as_ptr().add(y.offset),
+            y.cs as isize,
+            y.rs as isize,
             1.0,
             scale,
             false,
@@ -268,6 +274,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Replaces each `v` of `row` by `e^(v − max)` and returns their sum.
+#[inline(always)]
+fn exp_minus(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    sum + acc.iter().sum::<f32>()
+}
+
 simd_fn! {
     /// Softmax of `row` in place over its first `len` values (the causal
     /// ones), after multiplying them by `scale`; the rest become 0.
@@ -278,20 +303,7 @@ simd_fn! {
             *v *= scale;
             max = max.max(*v);
         }
-        let mut acc = [0.0f32; LANES];
-        let mut chunks = live.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for i in 0..LANES {
-                c[i] = exp(c[i] - max);
-                acc[i] += c[i];
-            }
-        }
-        let mut sum = 0.0;
-        for v in chunks.into_remainder() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / (sum + acc.iter().sum::<f32>());
+        let inv = 1.0 / exp_minus(live, max);
         for v in live.iter_mut() {
             *v *= inv;
         }
@@ -314,20 +326,7 @@ simd_fn! {
             .remainder()
             .iter()
             .fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), |m, &v| m.max(v));
-        let mut acc = [0.0f32; LANES];
-        let mut chunks = row.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for i in 0..LANES {
-                c[i] = exp(c[i] - max);
-                acc[i] += c[i];
-            }
-        }
-        let mut sum = 0.0;
-        for v in chunks.into_remainder() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        (max, sum + acc.iter().sum::<f32>())
+        (max, exp_minus(row, max))
     }
 }
 
