@@ -343,13 +343,6 @@ impl EngineArg {
             EngineArg::Graph => Engine::Graph,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineArg::Fused => "fused",
-            EngineArg::Graph => "graph",
-        }
-    }
 }
 
 #[derive(Args, Debug)]

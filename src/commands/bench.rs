@@ -88,7 +88,7 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
         "--preset".to_string(),
         preset.name().into(),
         "--engine".into(),
-        args.engine.name().into(),
+        args.engine.engine().name().into(),
         "--threads".into(),
         args.threads.to_string(),
         "--warmup-steps".into(),

@@ -216,7 +216,7 @@ pub fn train(
     let step_s = median(&mut times);
     Ok(TrainReport {
         preset: preset.name().to_string(),
-        engine: format!("{engine:?}").to_lowercase(),
+        engine: engine.name().to_string(),
         world,
         threads,
         batch,

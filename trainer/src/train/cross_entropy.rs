@@ -18,7 +18,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 /// At most this many logits are alive per chunk (32 MB of f32).
-const CHUNK_LOGITS: usize = 8 << 20;
+pub(crate) const CHUNK_LOGITS: usize = 8 << 20;
 
 /// The positions of a batch that are predicted: position `rows[i]` of the
 /// flattened `[batch × seq]` hidden states predicts token `targets[i]`, and

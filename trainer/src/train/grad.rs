@@ -88,6 +88,16 @@ pub enum Engine {
     Graph,
 }
 
+impl Engine {
+    /// `fused` or `graph`, as `bench train --engine` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Fused => "fused",
+            Engine::Graph => "graph",
+        }
+    }
+}
+
 /// [`lora_gradients`] with the engine chosen.
 pub fn lora_gradients_with(
     engine: Engine,
@@ -271,8 +281,7 @@ pub fn eval_loss_sum_with<'a>(
     if engine == Engine::Fused
         && let Some(weights) = super::fused::CpuWeights::of(model)
     {
-        let batches: Vec<&Batch> = batches.into_iter().collect();
-        return super::fused::loss_sum(model, &weights, lora, &batches);
+        return super::fused::loss_sum(model, &weights, lora, batches);
     }
     let _ = engine;
     lora::attach(model, lora, device, false);

@@ -8,10 +8,7 @@
 //! head at once. Not here: the final norm (`super`).
 
 use super::kernels::{MatMut, MatRef, add_assign, exp_shifted, matmul, scale};
-use crate::train::cross_entropy::TargetRows;
-
-/// At most this many logits are alive per chunk (32 MB of f32).
-const CHUNK_LOGITS: usize = 8 << 20;
+use crate::train::cross_entropy::{CHUNK_LOGITS, TargetRows};
 
 /// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
 /// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`), and with

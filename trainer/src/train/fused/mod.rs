@@ -7,8 +7,9 @@
 //! graph is built: one forward pass keeps the activations the backward
 //! pass needs ([`layer`]), attention skips the masked triangle
 //! ([`attention`]), and the element-wise work runs through vectorised
-//! kernels ([`kernels`]). The head and its cross-entropy are shared with
-//! the graph path (`super::cross_entropy`).
+//! kernels ([`kernels`]). The head's cross-entropy ([`head`]) is the
+//! same closed form as the graph path's (`super::cross_entropy`), on host
+//! buffers.
 //!
 //! The graph path (`super::grad`, burn's autodiff) is the reference: it
 //! runs on every other backend, and the tests hold the two to the same
@@ -154,29 +155,23 @@ pub fn share_gradients(
 
 /// The sum of the targets' cross-entropy over `batches` and their number,
 /// without dropout or gradients (evaluation).
-pub fn loss_sum(
+pub fn loss_sum<'b>(
     model: &Llama,
     weights: &CpuWeights,
     lora: &LoraWeights,
-    batches: &[&Batch],
+    batches: impl IntoIterator<Item = &'b Batch>,
 ) -> (f64, usize) {
-    let mut sum = 0.0;
-    let mut targets = 0;
-    for batch in batches {
-        let r = passes(model, weights, lora, std::slice::from_ref(*batch), None, 0);
-        sum += r.loss_sum;
-        targets += r.targets;
-    }
-    (sum, targets)
+    let r = passes(model, weights, lora, batches, None, 0);
+    (r.loss_sum, r.targets)
 }
 
 /// Forward passes over `batches`, and with `grad_scale` the backward
 /// passes of `grad_scale · Σ loss_sum` (training: dropout applies).
-fn passes(
+fn passes<'b>(
     model: &Llama,
     weights: &CpuWeights,
     lora: &LoraWeights,
-    batches: &[Batch],
+    batches: impl IntoIterator<Item = &'b Batch>,
     grad_scale: Option<f64>,
     seed: u64,
 ) -> StepGradients {
