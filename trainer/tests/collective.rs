@@ -37,6 +37,25 @@ fn configs(world: usize, transport: Transport, chunk_bytes: usize) -> Vec<RingCo
         .collect()
 }
 
+/// The ways ranks on one host can be connected: TCP links, shared-memory
+/// links (the ring a multi-host job uses between neighbours on one host),
+/// and the shared-memory group.
+const VARIANTS: [(Transport, bool); 3] = [
+    (Transport::Tcp, false),
+    (Transport::Shm, false),
+    (Transport::Shm, true),
+];
+
+fn variant_configs(
+    world: usize,
+    (transport, shared_group): (Transport, bool),
+    chunk_bytes: usize,
+) -> Vec<RingConfig> {
+    let mut cs = configs(world, transport, chunk_bytes);
+    cs.iter_mut().for_each(|c| c.shared_group = shared_group);
+    cs
+}
+
 /// Runs `f` on every rank of a fresh ring, one thread each.
 fn on_ring<T: Send>(
     configs: Vec<RingConfig>,
@@ -90,7 +109,7 @@ fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
     solo.all_reduce_sum(&mut one).unwrap();
     assert_eq!(one, copy);
     for world in 2..=8 {
-        for transport in [Transport::Tcp, Transport::Shm] {
+        for (transport, shared_group) in VARIANTS {
             let sizes = [
                 1,
                 2,
@@ -110,8 +129,11 @@ fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
                         .collect()
                 })
                 .collect();
-            let results = on_ring(configs(world, transport, chunk_bytes), |rank, ring| {
+            let cs = variant_configs(world, (transport, shared_group), chunk_bytes);
+            let results = on_ring(cs, |rank, ring| {
                 let mut ring = ring.unwrap();
+                // Ranks on one host meet in one mapping unless told not to.
+                assert_eq!(ring.uses_group(), shared_group);
                 inputs
                     .iter()
                     .map(|per_rank| {
@@ -126,7 +148,7 @@ fn all_reduce_equals_the_sequential_sum_for_1_to_8_ranks() {
                 assert_sums(
                     &inputs[k],
                     &got,
-                    &format!("{transport:?} world {world} n {n}"),
+                    &format!("{transport:?} (group {shared_group}) world {world} n {n}"),
                 );
                 // Every rank holds the same bits, whatever the transport.
                 assert!(got.iter().all(|g| g == &got[0]));
@@ -184,9 +206,9 @@ fn all_reduce_mean_broadcast_and_barrier() {
 #[test]
 fn ranks_that_disagree_on_the_size_all_fail_naming_both_calls() {
     let world = 3;
-    for transport in [Transport::Tcp, Transport::Shm] {
+    for variant in VARIANTS {
         let started = Instant::now();
-        let errors = on_ring(configs(world, transport, 4096), |rank, ring| {
+        let errors = on_ring(variant_configs(world, variant, 4096), |rank, ring| {
             let mut ring = ring.unwrap();
             let mut ok = vec![1.0f32; 16];
             ring.all_reduce_sum(&mut ok).unwrap();
@@ -197,12 +219,12 @@ fn ranks_that_disagree_on_the_size_all_fail_naming_both_calls() {
             assert!(matches!(again, CollectiveError::Broken { .. }), "{again}");
             err
         });
-        assert!(started.elapsed() < Duration::from_secs(10), "{transport:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{variant:?}");
         for (rank, e) in errors.iter().enumerate() {
-            assert!(e.contains("operation #2"), "{transport:?} rank {rank}: {e}");
+            assert!(e.contains("operation #2"), "{variant:?} rank {rank}: {e}");
             assert!(
                 e.contains("999 f32 values") && e.contains("1000 f32 values"),
-                "{transport:?} rank {rank}: {e}"
+                "{variant:?} rank {rank}: {e}"
             );
         }
     }
@@ -280,8 +302,8 @@ fn strangers_are_refused_and_the_ring_still_forms() {
 
 #[test]
 fn a_stalled_peer_becomes_an_error_within_the_timeout() {
-    for transport in [Transport::Tcp, Transport::Shm] {
-        let mut cs = configs(2, transport, 4096);
+    for variant in VARIANTS {
+        let mut cs = variant_configs(2, variant, 4096);
         for c in &mut cs {
             c.timeout = Duration::from_secs(1);
         }
@@ -300,12 +322,35 @@ fn a_stalled_peer_becomes_an_error_within_the_timeout() {
         let err0 = err0.as_ref().unwrap_err();
         assert!(
             err0.contains("rank 1 did not answer"),
-            "{transport:?}: {err0}"
+            "{variant:?}: {err0}"
         );
-        assert!(*took0 < Duration::from_secs(2), "{transport:?}: {took0:?}");
+        assert!(*took0 < Duration::from_secs(2), "{variant:?}: {took0:?}");
         assert!(
             results[1].0.is_err(),
-            "{transport:?}: the stalled rank must not succeed"
+            "{variant:?}: the stalled rank must not succeed"
         );
+    }
+}
+
+#[test]
+fn a_rank_that_leaves_fails_the_others_at_once_naming_it() {
+    for variant in VARIANTS {
+        let results = on_ring(variant_configs(3, variant, 4096), |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = vec![1.0f32; 10_000];
+            ring.all_reduce_sum(&mut buf).unwrap();
+            if rank == 1 {
+                // Leaves without another call; the others call one more.
+                return None;
+            }
+            let started = Instant::now();
+            let err = ring.all_reduce_sum(&mut buf).unwrap_err().to_string();
+            Some((err, started.elapsed()))
+        });
+        for (err, took) in results.into_iter().flatten() {
+            assert!(err.contains("rank 1"), "{variant:?}: {err}");
+            // The ring's timeout is 20 s: this is noticed, not waited out.
+            assert!(took < Duration::from_secs(5), "{variant:?}: {took:?}");
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! Rendezvous and liveness always go over TCP. A link between two ranks on
 //! the same host carries its data through shared memory instead
 //! ([`Transport::Auto`]), as NCCL picks SHM inside a node and sockets
-//! between nodes.
+//! between nodes; when all ranks share one host, operations skip the ring
+//! and meet in one shared mapping (`group`).
 //!
 //! Every operation is bounded: a peer that dies or stalls becomes an error
 //! on every rank within [`RingConfig::timeout`], and ranks that disagree on
@@ -21,6 +22,8 @@
 //! and the attempt secret), and what the buffers mean (`train`).
 
 mod frame;
+#[cfg(target_os = "linux")]
+mod group;
 mod handshake;
 mod link;
 mod rendezvous;
@@ -135,6 +138,9 @@ pub struct RingConfig {
     pub transport: Transport,
     /// Bytes per pipelined piece of a transfer.
     pub chunk_bytes: usize,
+    /// Whether ranks that all share one host meet in one shared mapping
+    /// rather than passing data around the ring's links (on by default).
+    pub shared_group: bool,
 }
 
 impl RingConfig {
@@ -149,6 +155,7 @@ impl RingConfig {
             timeout: Self::DEFAULT_TIMEOUT,
             transport: Transport::Auto,
             chunk_bytes: Self::DEFAULT_CHUNK_BYTES,
+            shared_group: true,
         }
     }
 
@@ -167,6 +174,7 @@ impl fmt::Debug for RingConfig {
             .field("timeout", &self.timeout)
             .field("transport", &self.transport)
             .field("chunk_bytes", &self.chunk_bytes)
+            .field("shared_group", &self.shared_group)
             .finish()
     }
 }

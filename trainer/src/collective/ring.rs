@@ -37,6 +37,10 @@ pub struct TcpRing {
     /// Whether the outgoing link sits between frames (an abort frame may
     /// follow): false once a send failed or was cut mid-frame.
     outbound_clean: bool,
+    /// Every rank's shared mapping, when all ranks share this host: then
+    /// operations go through it and the links only watch for dead peers.
+    #[cfg(target_os = "linux")]
+    group: Option<super::group::ShmGroup>,
 }
 
 impl std::fmt::Debug for TcpRing {
@@ -46,6 +50,7 @@ impl std::fmt::Debug for TcpRing {
             .field("world", &self.world)
             .field("next", &self.next.transport())
             .field("prev", &self.prev.transport())
+            .field("group", &self.uses_group())
             .finish()
     }
 }
@@ -77,7 +82,7 @@ impl TcpRing {
             next_closer,
             prev_closer,
         } = rendezvous::establish(config)?;
-        Ok(TcpRing {
+        let mut ring = TcpRing {
             rank,
             world,
             timeout: config.timeout,
@@ -89,7 +94,88 @@ impl TcpRing {
             seq: 0,
             broken: None,
             outbound_clean: true,
-        })
+            #[cfg(target_os = "linux")]
+            group: None,
+        };
+        #[cfg(target_os = "linux")]
+        if config.shared_group {
+            ring.join_group(config.chunk_bytes)?;
+        }
+        Ok(ring)
+    }
+
+    /// Whether operations go through a shared-memory group.
+    pub fn uses_group(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.group.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// Opens a shared-memory group when every link of the ring is shared
+    /// memory (so every rank is on this host), using three ring operations
+    /// that are not counted in the operation numbers errors name: whether
+    /// all links are local; the mapping's path, from rank 0; whether every
+    /// rank could map it. Any rank that cannot leaves the ring as it was.
+    #[cfg(target_os = "linux")]
+    fn join_group(&mut self, chunk_bytes: usize) -> Result<(), CollectiveError> {
+        use super::group::{self, ShmGroup};
+        const PATH_VALUES: usize = 512;
+        let (out, inc) = self.transports();
+        let mut local = [f32::from(u8::from(out == "shm" && inc == "shm"))];
+        self.all_reduce_sum(&mut local)?;
+        if local[0] as usize == self.world {
+            let slot_values = group::slot_values(chunk_bytes, self.world);
+            let rank = self.rank;
+            let warn = |e: std::io::Error| {
+                eprintln!(
+                    "warning: ring rank {rank}: no shared-memory group ({e}); using the ring"
+                );
+            };
+            let created = (self.rank == 0)
+                .then(|| ShmGroup::create(&super::shm::shm_dir(), self.world, slot_values))
+                .and_then(|r| r.map_err(warn).ok());
+            // The path travels as one byte per value, after its length.
+            let mut path = [0.0f32; PATH_VALUES];
+            if let Some(g) = &created {
+                let bytes = g.path().as_os_str().as_encoded_bytes();
+                if bytes.len() < PATH_VALUES {
+                    path[0] = bytes.len() as f32;
+                    path[1..=bytes.len()]
+                        .iter_mut()
+                        .zip(bytes)
+                        .for_each(|(v, b)| *v = f32::from(*b));
+                }
+            }
+            self.broadcast(&mut path, 0)?;
+            let joined = if self.rank == 0 {
+                created
+            } else {
+                let bytes: Vec<u8> = path[1..=path[0] as usize]
+                    .iter()
+                    .map(|v| *v as u8)
+                    .collect();
+                let path = {
+                    use std::os::unix::ffi::OsStringExt;
+                    std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes))
+                };
+                (!path.as_os_str().is_empty())
+                    .then(|| ShmGroup::open(&path, self.rank, self.world, slot_values))
+                    .and_then(|r| r.map_err(warn).ok())
+            };
+            let mut mapped = [f32::from(u8::from(joined.is_some()))];
+            self.all_reduce_sum(&mut mapped)?;
+            if let Some(g) = &joined {
+                if self.rank == 0 {
+                    g.unlink();
+                }
+            }
+            if mapped[0] as usize == self.world {
+                self.group = joined;
+            }
+        }
+        self.seq = 0;
+        Ok(())
     }
 
     /// The transports of the outgoing and incoming links ("tcp" or "shm").
@@ -115,6 +201,25 @@ impl TcpRing {
             });
         }
         self.seq += 1;
+        #[cfg(target_os = "linux")]
+        let prev_rank = self.prev_rank();
+        #[cfg(target_os = "linux")]
+        if let Some(group) = &mut self.group {
+            let op = super::group::GroupOp {
+                seq: self.seq,
+                call,
+                timeout: self.timeout,
+                neighbours: [
+                    (prev_rank, &self.prev_closer.tcp),
+                    ((self.rank + 1) % self.world, &self.next_closer.tcp),
+                ],
+            };
+            let result = group.run(&op, buf);
+            if let Err(e) = &result {
+                self.break_ring(e);
+            }
+            return result;
+        }
         let result = self
             .start(call)
             .and_then(|()| self.transfer(call, buf, schedule(self.chunk_values)));
@@ -275,6 +380,10 @@ impl TcpRing {
             CollectiveError::Aborted { message, .. } => message.clone(),
             other => other.to_string(),
         };
+        #[cfg(target_os = "linux")]
+        if let Some(group) = &self.group {
+            group.close(&reason);
+        }
         let frame = abort_frame(&reason);
         if self.outbound_clean {
             let _ = self.next.send(&[&frame]);
@@ -288,6 +397,10 @@ impl TcpRing {
 
 impl Drop for TcpRing {
     fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(group) = &self.group {
+            group.close(&format!("rank {} left the ring", self.rank));
+        }
         self.next_closer.close();
         self.prev_closer.close();
     }

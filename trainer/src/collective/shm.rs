@@ -208,7 +208,7 @@ fn wait(
 }
 
 /// Whether the peer's end of `stream` is closed (its process died or gave up).
-fn peer_gone(stream: &TcpStream) -> bool {
+pub(super) fn peer_gone(stream: &TcpStream) -> bool {
     let mut byte = 0u8;
     let n = unsafe {
         libc::recv(
@@ -230,7 +230,7 @@ fn peer_gone(stream: &TcpStream) -> bool {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+pub(super) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -249,7 +249,7 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
+pub(super) fn futex_wake(word: &AtomicU32) {
     unsafe {
         libc::syscall(
             libc::SYS_futex,
