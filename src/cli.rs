@@ -144,6 +144,10 @@ pub struct LinkArgs {
     /// KiB per pipelined piece of a transfer.
     #[arg(long, default_value_t = 512, value_name = "KIB")]
     pub ring_chunk_kib: usize,
+    /// Ranks that all share one host pass data around the ring's links
+    /// instead of meeting in one shared mapping (slower; for comparison).
+    #[arg(long)]
+    pub no_shared_group: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

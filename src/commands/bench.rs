@@ -36,14 +36,18 @@ fn rank_args(workload: &str, rank: usize, peers: &str, mut rest: Vec<String>) ->
 }
 
 fn link_flags(link: &crate::cli::LinkArgs) -> Vec<String> {
-    vec![
+    let mut flags: Vec<String> = vec![
         "--ring-timeout".into(),
         link.ring_timeout.to_string(),
         "--transport".into(),
         link.transport.transport().name().into(),
         "--ring-chunk-kib".into(),
         link.ring_chunk_kib.to_string(),
-    ]
+    ];
+    if link.no_shared_group {
+        flags.push("--no-shared-group".into());
+    }
+    flags
 }
 
 fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -221,7 +225,7 @@ fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
     if let Some(rank) = args.child.rank {
         // One rank: time every size, one JSON line each.
         let mut ring = TcpRing::connect(&ring_config(rank, &args.child.peers, &args.link)?)?;
-        let transport = ring.transports().0;
+        let transport = (ring.transports().0, ring.uses_group());
         for &size in &sizes {
             let iters = args
                 .iters
@@ -285,7 +289,11 @@ fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
                 "{:>12} {:>6} {:>10} {:>6} {:>12.2} {:>12.3} {:>12.3}",
                 size,
                 args.world,
-                line["transport"].as_str().unwrap_or("?"),
+                match (line["transport"].as_str(), line["shared_group"].as_bool()) {
+                    (Some("shm"), Some(true)) => "shm group",
+                    (Some(t), _) => t,
+                    (None, _) => "?",
+                },
                 line["iters"],
                 time * 1e3,
                 algbw,

@@ -45,6 +45,7 @@ pub fn ring_config(rank: usize, peers: &[String], link: &LinkArgs) -> anyhow::Re
     config.timeout = Duration::from_secs_f64(link.ring_timeout);
     config.transport = link.transport.transport();
     config.chunk_bytes = link.ring_chunk_kib.max(1) * 1024;
+    config.shared_group = !link.no_shared_group;
     Ok(config)
 }
 

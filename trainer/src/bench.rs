@@ -255,6 +255,9 @@ pub struct AllReduceReport {
     pub world: usize,
     /// The transport the links used ("tcp" or "shm").
     pub transport: String,
+    /// Whether the ranks met in one shared mapping instead of passing data
+    /// around the ring's links.
+    pub shared_group: bool,
     pub size_bytes: usize,
     pub iters: usize,
     /// Seconds per all-reduce (mean over the timed iterations).
@@ -273,10 +276,11 @@ pub fn allreduce_iters(size_bytes: usize) -> usize {
 }
 
 /// Times `iters` all-reduces of `size_bytes` on `ring` (after one warm-up
-/// and a barrier) and reports this rank's figures.
+/// and a barrier) and reports this rank's figures, labelled with the
+/// ring's transport and whether it used a shared group.
 pub fn allreduce(
     ring: &mut dyn Collective,
-    transport: &str,
+    (transport, shared_group): (&str, bool),
     size_bytes: usize,
     iters: usize,
 ) -> Result<AllReduceReport, CollectiveError> {
@@ -293,6 +297,7 @@ pub fn allreduce(
     Ok(AllReduceReport {
         world,
         transport: transport.to_string(),
+        shared_group,
         size_bytes: buf.len() * 4,
         iters: iters.max(1),
         time_s,

@@ -24,18 +24,15 @@
 //! Not here: forming the ring and choosing to use a group (`ring`), the
 //! per-link byte rings used when ranks span hosts (`shm`).
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
-use super::shm::{futex_wait, futex_wake, peer_gone};
+use super::mapping::{self, futex_wait, futex_wake, peer_gone};
 use super::{CollectiveError, OpCall, OpKind};
 
 const MAGIC: u64 = 0x4c46_4752_4f55_0001;
@@ -130,26 +127,9 @@ pub struct GroupOp<'a> {
 impl ShmGroup {
     /// Creates the mapping under `dir` (rank 0 does this).
     pub fn create(dir: &Path, world: usize, slot_values: usize) -> io::Result<ShmGroup> {
-        let path = dir.join(format!(
-            "lorafleet-group-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
         let len = mapping_len(world, slot_values);
-        // Reserve the pages now: a full tmpfs must fail here, not as SIGBUS
-        // in the middle of an operation.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-        if rc != 0 {
-            let _ = std::fs::remove_file(&path);
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        let group = ShmGroup::map(&file, path, 0, world, slot_values)?;
+        let (map, path) = mapping::create(dir, "lorafleet-group", len)?;
+        let group = ShmGroup::new(map, path, 0, world, slot_values);
         let c = group.control();
         c.world.store(world as u64, Ordering::Relaxed);
         c.slot_values.store(slot_values as u64, Ordering::Relaxed);
@@ -164,8 +144,8 @@ impl ShmGroup {
         world: usize,
         slot_values: usize,
     ) -> io::Result<ShmGroup> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let group = ShmGroup::map(&file, path.to_path_buf(), rank, world, slot_values)?;
+        let map = mapping::open(path, mapping_len(world, slot_values))?;
+        let group = ShmGroup::new(map, path.to_path_buf(), rank, world, slot_values);
         let c = group.control();
         if c.magic.load(Ordering::Acquire) != MAGIC
             || c.world.load(Ordering::Relaxed) != world as u64
@@ -179,23 +159,10 @@ impl ShmGroup {
         Ok(group)
     }
 
-    fn map(
-        file: &File,
-        path: PathBuf,
-        rank: usize,
-        world: usize,
-        slot_values: usize,
-    ) -> io::Result<ShmGroup> {
+    fn new(map: MmapMut, path: PathBuf, rank: usize, world: usize, slot_values: usize) -> ShmGroup {
         assert!(rank < world && slot_values.is_multiple_of(LINE_VALUES));
-        if file.metadata()?.len() != mapping_len(world, slot_values) as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} has the wrong size", path.display()),
-            ));
-        }
-        let map = unsafe { MmapMut::map_mut(file)? };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(ShmGroup {
+        ShmGroup {
             map,
             path,
             rank,
@@ -204,16 +171,11 @@ impl ShmGroup {
             barriers: 0,
             next_set: 0,
             spins: if world <= cores { 20_000 } else { 50 },
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Removes the file; the mappings live on.
-    pub fn unlink(&self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 
     fn control(&self) -> &Control {

@@ -26,6 +26,8 @@ mod frame;
 mod group;
 mod handshake;
 mod link;
+#[cfg(target_os = "linux")]
+mod mapping;
 mod rendezvous;
 mod ring;
 mod schedule;

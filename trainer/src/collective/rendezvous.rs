@@ -2,7 +2,8 @@
 //! next rank (retrying until the timeout: ranks start in any order) and
 //! accepts the previous one, refusing and logging any other caller. What
 //! comes out is a pair of [`Links`], each over TCP or shared memory as the
-//! handshake chose.
+//! handshake chose; then, when every rank is on one host, a shared-memory
+//! group ([`form_group`]).
 //!
 //! Not here: what travels over the links once formed (`ring`).
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::handshake::{self, ConnectFailure, Identity};
 use super::link::{Inbound, LinkCloser, Outbound};
 use super::tcp::{self, TcpIn, TcpOut};
-use super::{CollectiveError, RingConfig};
+use super::{Collective, CollectiveError, RingConfig};
 
 /// How long a handshake may take once a connection is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -279,4 +280,73 @@ fn closer(tcp: Arc<TcpStream>, shm: Option<SharedRegion>) -> LinkCloser {
 #[cfg(not(target_os = "linux"))]
 fn closer(tcp: Arc<TcpStream>, _shm: Option<SharedRegion>) -> LinkCloser {
     LinkCloser { tcp }
+}
+
+/// Opens a shared-memory group over a formed `ring` when every rank's
+/// links are shared memory (`local` here; then all ranks are on one host),
+/// with three ring operations: whether every rank is local; the mapping's
+/// path, from rank 0; whether every rank could map it. `None` leaves the
+/// ring as it is, with a warning from any rank that could not join.
+#[cfg(target_os = "linux")]
+pub fn form_group(
+    ring: &mut dyn Collective,
+    local: bool,
+    chunk_bytes: usize,
+) -> Result<Option<super::group::ShmGroup>, CollectiveError> {
+    use super::group::{self, ShmGroup};
+    use std::os::unix::ffi::OsStringExt;
+    use std::path::PathBuf;
+    const PATH_VALUES: usize = 512;
+
+    let (rank, world) = (ring.rank(), ring.world());
+    let mut all_local = [f32::from(u8::from(local))];
+    ring.all_reduce_sum(&mut all_local)?;
+    if all_local[0] as usize != world {
+        return Ok(None);
+    }
+    let slot_values = group::slot_values(chunk_bytes, world);
+    let warn = |e: std::io::Error| {
+        eprintln!("warning: ring rank {rank}: no shared-memory group ({e}); using the ring");
+    };
+    let created = (rank == 0)
+        .then(|| ShmGroup::create(&super::shm::shm_dir(), world, slot_values))
+        .and_then(|r| r.map_err(warn).ok());
+    // The file goes when set-up ends, failed or not: by then every rank
+    // that could map it has.
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = created
+        .as_ref()
+        .map(|g| RemoveOnDrop(g.path().to_path_buf()));
+
+    // The path travels as its length, then one byte per value.
+    let mut path = [0.0f32; PATH_VALUES];
+    if let Some(g) = &created {
+        let bytes = g.path().as_os_str().as_encoded_bytes();
+        if bytes.len() < PATH_VALUES {
+            path[0] = bytes.len() as f32;
+            path[1..=bytes.len()]
+                .iter_mut()
+                .zip(bytes)
+                .for_each(|(v, b)| *v = f32::from(*b));
+        }
+    }
+    ring.broadcast(&mut path, 0)?;
+    let joined = if rank == 0 {
+        created
+    } else {
+        let len = (path[0] as usize).min(PATH_VALUES - 1);
+        let bytes: Vec<u8> = path[1..=len].iter().map(|v| *v as u8).collect();
+        let path = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+        (!path.as_os_str().is_empty())
+            .then(|| ShmGroup::open(&path, rank, world, slot_values))
+            .and_then(|r| r.map_err(warn).ok())
+    };
+    let mut mapped = [f32::from(u8::from(joined.is_some()))];
+    ring.all_reduce_sum(&mut mapped)?;
+    Ok(joined.filter(|_| mapped[0] as usize == world))
 }

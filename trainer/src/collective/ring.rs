@@ -99,7 +99,10 @@ impl TcpRing {
         };
         #[cfg(target_os = "linux")]
         if config.shared_group {
-            ring.join_group(config.chunk_bytes)?;
+            let local = ring.transports() == ("shm", "shm");
+            ring.group = rendezvous::form_group(&mut ring, local, config.chunk_bytes)?;
+            // Set-up operations are not counted in the numbers errors name.
+            ring.seq = 0;
         }
         Ok(ring)
     }
@@ -110,72 +113,6 @@ impl TcpRing {
         return self.group.is_some();
         #[cfg(not(target_os = "linux"))]
         false
-    }
-
-    /// Opens a shared-memory group when every link of the ring is shared
-    /// memory (so every rank is on this host), using three ring operations
-    /// that are not counted in the operation numbers errors name: whether
-    /// all links are local; the mapping's path, from rank 0; whether every
-    /// rank could map it. Any rank that cannot leaves the ring as it was.
-    #[cfg(target_os = "linux")]
-    fn join_group(&mut self, chunk_bytes: usize) -> Result<(), CollectiveError> {
-        use super::group::{self, ShmGroup};
-        const PATH_VALUES: usize = 512;
-        let (out, inc) = self.transports();
-        let mut local = [f32::from(u8::from(out == "shm" && inc == "shm"))];
-        self.all_reduce_sum(&mut local)?;
-        if local[0] as usize == self.world {
-            let slot_values = group::slot_values(chunk_bytes, self.world);
-            let rank = self.rank;
-            let warn = |e: std::io::Error| {
-                eprintln!(
-                    "warning: ring rank {rank}: no shared-memory group ({e}); using the ring"
-                );
-            };
-            let created = (self.rank == 0)
-                .then(|| ShmGroup::create(&super::shm::shm_dir(), self.world, slot_values))
-                .and_then(|r| r.map_err(warn).ok());
-            // The path travels as one byte per value, after its length.
-            let mut path = [0.0f32; PATH_VALUES];
-            if let Some(g) = &created {
-                let bytes = g.path().as_os_str().as_encoded_bytes();
-                if bytes.len() < PATH_VALUES {
-                    path[0] = bytes.len() as f32;
-                    path[1..=bytes.len()]
-                        .iter_mut()
-                        .zip(bytes)
-                        .for_each(|(v, b)| *v = f32::from(*b));
-                }
-            }
-            self.broadcast(&mut path, 0)?;
-            let joined = if self.rank == 0 {
-                created
-            } else {
-                let bytes: Vec<u8> = path[1..=path[0] as usize]
-                    .iter()
-                    .map(|v| *v as u8)
-                    .collect();
-                let path = {
-                    use std::os::unix::ffi::OsStringExt;
-                    std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes))
-                };
-                (!path.as_os_str().is_empty())
-                    .then(|| ShmGroup::open(&path, self.rank, self.world, slot_values))
-                    .and_then(|r| r.map_err(warn).ok())
-            };
-            let mut mapped = [f32::from(u8::from(joined.is_some()))];
-            self.all_reduce_sum(&mut mapped)?;
-            if let Some(g) = &joined {
-                if self.rank == 0 {
-                    g.unlink();
-                }
-            }
-            if mapped[0] as usize == self.world {
-                self.group = joined;
-            }
-        }
-        self.seq = 0;
-        Ok(())
     }
 
     /// The transports of the outgoing and incoming links ("tcp" or "shm").

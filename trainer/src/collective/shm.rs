@@ -12,11 +12,8 @@
 //! maps it, and the file is unlinked as soon as both have it, so nothing is
 //! left in `/dev/shm` when a rank is killed.
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -25,6 +22,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapMut;
 
 use super::link::{Inbound, Outbound};
+use super::mapping::{self, futex_wait, futex_wake, peer_gone};
 
 const MAGIC: u64 = 0x4c46_5348_4d52_0001;
 /// Bytes of the ring's data area: 1 to 8 MiB measured the same; 4 MiB keeps
@@ -71,26 +69,9 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Creates a fresh region under `dir` (the receiving side does this).
     pub fn create(dir: &Path, tag: &str) -> io::Result<Region> {
-        let path = dir.join(format!(
-            "lorafleet-ring-{}-{tag}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let len = DATA_OFFSET + CAPACITY;
-        // Reserve the pages now: a full tmpfs must fail here, not as SIGBUS
-        // in the middle of a transfer.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-        if rc != 0 {
-            let _ = std::fs::remove_file(&path);
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        let region = Region::map(&file, path)?;
+        let prefix = format!("lorafleet-ring-{tag}");
+        let (map, path) = mapping::create(dir, &prefix, DATA_OFFSET + CAPACITY)?;
+        let region = Region { map, path };
         let c = region.control();
         c.capacity.store(CAPACITY as u64, Ordering::Relaxed);
         c.magic.store(MAGIC, Ordering::Release);
@@ -99,8 +80,11 @@ impl Region {
 
     /// Maps a region another rank created (the sending side).
     pub fn open(path: &Path) -> io::Result<Region> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let region = Region::map(&file, path.to_path_buf())?;
+        let map = mapping::open(path, DATA_OFFSET + CAPACITY)?;
+        let region = Region {
+            map,
+            path: path.to_path_buf(),
+        };
         let c = region.control();
         if c.magic.load(Ordering::Acquire) != MAGIC
             || c.capacity.load(Ordering::Relaxed) != CAPACITY as u64
@@ -111,17 +95,6 @@ impl Region {
             ));
         }
         Ok(region)
-    }
-
-    fn map(file: &File, path: PathBuf) -> io::Result<Region> {
-        if file.metadata()?.len() != (DATA_OFFSET + CAPACITY) as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} has the wrong size", path.display()),
-            ));
-        }
-        let map = unsafe { MmapMut::map_mut(file)? };
-        Ok(Region { map, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -204,62 +177,6 @@ fn wait(
                 ));
             }
         }
-    }
-}
-
-/// Whether the peer's end of `stream` is closed (its process died or gave up).
-pub(super) fn peer_gone(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n == 0 {
-        return true;
-    }
-    n < 0 && {
-        let e = io::Error::last_os_error();
-        !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        )
-    }
-}
-
-pub(super) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // Not FUTEX_PRIVATE: the word lives in memory shared between processes.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
-pub(super) fn futex_wake(word: &AtomicU32) {
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
     }
 }
 
