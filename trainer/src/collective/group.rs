@@ -40,8 +40,9 @@ const MAGIC: u64 = 0x4c46_4752_4f55_0001;
 const SETS: usize = 3;
 /// Values per cache line: slices start on a line of their own.
 const LINE_VALUES: usize = 16;
-/// Upper bound on the slots' memory, so a large world still fits a
-/// container's default 64 MiB `/dev/shm`.
+/// Upper bound on the slots' memory, whatever the world's size: eight
+/// ranks' links and group together stay within a container's default
+/// 64 MiB `/dev/shm`.
 const SLOTS_BUDGET_BYTES: usize = 32 << 20;
 const LINES_OFFSET: usize = 4096;
 const REASON_OFFSET: usize = 1024;
