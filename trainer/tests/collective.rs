@@ -354,3 +354,16 @@ fn a_rank_that_leaves_fails_the_others_at_once_naming_it() {
         }
     }
 }
+
+#[test]
+fn ranks_that_disagree_on_the_shared_group_fail_at_set_up() {
+    let mut cs = configs(3, Transport::Shm, 4096);
+    cs[1].shared_group = false;
+    let errors = on_ring(cs, |_, ring| ring.unwrap_err().to_string());
+    for e in errors {
+        assert!(
+            e.contains("2 of 3 ranks") && e.contains("--no-shared-group"),
+            "{e}"
+        );
+    }
+}

@@ -282,14 +282,16 @@ fn closer(tcp: Arc<TcpStream>, _shm: Option<SharedRegion>) -> LinkCloser {
     LinkCloser { tcp }
 }
 
-/// Opens a shared-memory group over a formed `ring` when every rank's
-/// links are shared memory (`local` here; then all ranks are on one host),
-/// with three ring operations: whether every rank is local; the mapping's
-/// path, from rank 0; whether every rank could map it. `None` leaves the
-/// ring as it is, with a warning from any rank that could not join.
+/// Opens a shared-memory group over a formed `ring` when every rank
+/// `wants` one and its links are shared memory (`local` here; then all
+/// ranks are on one host), with up to three ring operations: every rank's
+/// vote; the mapping's path, from rank 0; whether every rank could map it.
+/// `None` leaves the ring as it is, with a warning from any rank that
+/// could not join. Ranks that disagree on wanting one fail here.
 #[cfg(target_os = "linux")]
 pub fn form_group(
     ring: &mut dyn Collective,
+    wants: bool,
     local: bool,
     chunk_bytes: usize,
 ) -> Result<Option<super::group::ShmGroup>, CollectiveError> {
@@ -299,9 +301,19 @@ pub fn form_group(
     const PATH_VALUES: usize = 512;
 
     let (rank, world) = (ring.rank(), ring.world());
-    let mut all_local = [f32::from(u8::from(local))];
-    ring.all_reduce_sum(&mut all_local)?;
-    if all_local[0] as usize != world {
+    let mut votes = [
+        f32::from(u8::from(wants)),
+        f32::from(u8::from(wants && local)),
+    ];
+    ring.all_reduce_sum(&mut votes)?;
+    let wanting = votes[0] as usize;
+    if wanting != 0 && wanting != world {
+        return Err(CollectiveError::Config(format!(
+            "{wanting} of {world} ranks would meet in a shared mapping and the others would not: \
+             give every rank the same --no-shared-group"
+        )));
+    }
+    if votes[1] as usize != world {
         return Ok(None);
     }
     let slot_values = group::slot_values(chunk_bytes, world);

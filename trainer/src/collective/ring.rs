@@ -98,9 +98,10 @@ impl TcpRing {
             group: None,
         };
         #[cfg(target_os = "linux")]
-        if config.shared_group {
+        {
             let local = ring.transports() == ("shm", "shm");
-            ring.group = rendezvous::form_group(&mut ring, local, config.chunk_bytes)?;
+            ring.group =
+                rendezvous::form_group(&mut ring, config.shared_group, local, config.chunk_bytes)?;
             // Set-up operations are not counted in the numbers errors name.
             ring.seq = 0;
         }
