@@ -1,0 +1,1 @@
+//! Hostile inputs: absurd numbers in specs and model configs, closed pipes.
