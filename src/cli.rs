@@ -50,8 +50,10 @@ pub enum Command {
     Checkpoints(crate::commands::jobs::CheckpointsArgs),
     /// List the workers that joined the coordinator.
     Workers(crate::commands::jobs::WorkersArgs),
-    /// Let a worker finish its job and take no new one.
+    /// Let a worker finish its job and take no new one (an operator's call).
     Drain(crate::commands::jobs::DrainArgs),
+    /// Let a draining worker take jobs again (an operator's call).
+    Undrain(crate::commands::jobs::DrainArgs),
     /// Print a job's events; with -f, follow them until the job ends.
     Logs(crate::commands::logs::LogsArgs),
     /// Download a checkpoint's files into a folder.

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Checkpoints(args) => commands::jobs::run_checkpoints(args),
         Command::Workers(args) => commands::jobs::run_workers(args),
         Command::Drain(args) => commands::jobs::run_drain(args),
+        Command::Undrain(args) => commands::jobs::run_undrain(args),
         Command::Logs(args) => commands::logs::run_logs(args),
         Command::Download(args) => commands::download::run_download(args),
         Command::Chaos(args) => commands::chaos::run(args),

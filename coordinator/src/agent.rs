@@ -40,6 +40,14 @@ use crate::client::Connection;
 /// The environment variable that carries an attempt's ring secret to a rank.
 pub const RING_SECRET_ENV: &str = "LORAFLEET_RING_SECRET";
 
+/// The environment variable holding the workers' cluster token. Ranks
+/// never inherit it.
+pub const CLUSTER_TOKEN_ENV: &str = "LORAFLEET_CLUSTER_TOKEN";
+
+/// The environment variable holding a tenant's token (for clients). Ranks
+/// never inherit it either.
+pub const TENANT_TOKEN_ENV: &str = "LORAFLEET_TOKEN";
+
 /// The exit status of a rank that stopped when asked (SIGTERM) after
 /// committing a checkpoint at a step boundary (BSD's `EX_TEMPFAIL`).
 pub const PREEMPTED_EXIT_CODE: i32 = 75;
@@ -104,6 +112,8 @@ struct Shared {
     outbox: Mutex<VecDeque<(String, u32, api::Event)>>,
     outbox_ready: Notify,
     worker_id: Mutex<String>,
+    /// The session secret the coordinator gave with `worker_id`.
+    worker_secret: Mutex<String>,
 }
 
 /// Runs the agent until `shutdown` completes; any child is killed then.
@@ -125,6 +135,7 @@ pub async fn run(
         outbox: Mutex::new(VecDeque::new()),
         outbox_ready: Notify::new(),
         worker_id: Mutex::new(String::new()),
+        worker_secret: Mutex::new(String::new()),
     });
     let mut rank: Option<RankProcess> = None;
     tokio::pin!(shutdown);
@@ -195,6 +206,7 @@ async fn connect_and_serve(
         worker_id,
         job_id: report.job_id.clone(),
         attempt: report.attempt,
+        worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
     };
     let reply = match workers.register(request).await {
         Ok(reply) => reply.into_inner(),
@@ -211,6 +223,7 @@ async fn connect_and_serve(
         }
     };
     *shared.worker_id.lock().expect("id lock") = reply.worker_id.clone();
+    *shared.worker_secret.lock().expect("secret lock") = reply.worker_secret.clone();
     if first {
         tracing::info!(
             "registered with {} as worker {} ({})",
@@ -276,6 +289,7 @@ fn current_report(shared: &Shared, worker_id: &str) -> api::WorkerReport {
         step: r.step,
         state: r.state.to_string(),
         error: r.error,
+        worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
     }
 }
 
@@ -324,8 +338,11 @@ async fn obey(shared: &Arc<Shared>, rank: &mut Option<RankProcess>, order: api::
                 }
             }
         }
-        Some(order::Kind::Drain(_)) => {
+        Some(order::Kind::Drain(true)) => {
             tracing::info!("draining: this worker's job moves elsewhere and it takes no new one");
+        }
+        Some(order::Kind::Drain(false)) => {
+            tracing::info!("undrained: this worker takes jobs again");
         }
         Some(order::Kind::Preempt(preempt)) => {
             let ours = rank
@@ -387,6 +404,10 @@ impl RankProcess {
         command
             .args(&config.train_args)
             .env(RING_SECRET_ENV, &a.secret)
+            // A rank needs no coordinator credential: it reports through
+            // this agent.
+            .env_remove(CLUSTER_TOKEN_ENV)
+            .env_remove(TENANT_TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -695,6 +716,7 @@ async fn forward_events(shared: Arc<Shared>, connection: Connection) {
             job_id,
             attempt,
             events: batch.iter().map(|(_, _, e)| e.clone()).collect(),
+            worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
         };
         match workers.report_events(request).await {
             Ok(_) => {

@@ -43,7 +43,7 @@ async fn a_lost_worker_restarts_its_job() {
     wait_status(&mut jobs, &job.id, "running").await;
 
     // Its heartbeat stream ends (the process died).
-    let id = worker.id.clone();
+    let (id, secret) = (worker.id.clone(), worker.secret.clone());
     drop(worker);
     let restarting = wait_status(&mut jobs, &job.id, "restarting").await;
     assert_eq!(restarting.failures, 1);
@@ -56,7 +56,7 @@ async fn a_lost_worker_restarts_its_job() {
     assert!(lost[0].data_json.contains(&id), "{:?}", lost[0]);
 
     // It comes back under its old id and gets the job's next attempt.
-    let mut back = SimWorker::join(&tc, &id, "fragile").await;
+    let mut back = SimWorker::join_again(&tc, &id, &secret, "fragile").await;
     assert_eq!(back.id, id);
     let again = back.next_assignment().await;
     assert_eq!((&again.job_id, again.attempt), (&job.id, 2));

@@ -18,8 +18,7 @@ use coordinator::server::{self, Access, DevTokens, ServerConfig};
 use super::UsageError;
 use super::remote::block_on;
 
-/// The environment variable holding the workers' cluster token.
-pub const CLUSTER_TOKEN_ENV: &str = "LORAFLEET_CLUSTER_TOKEN";
+pub use coordinator::agent::CLUSTER_TOKEN_ENV;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

@@ -88,7 +88,7 @@ pub struct WorkersArgs {
     pub remote: RemoteArgs,
 }
 
-/// `lorafleet drain WORKER`.
+/// `lorafleet drain WORKER` and `lorafleet undrain WORKER`.
 #[derive(clap::Args, Debug)]
 pub struct DrainArgs {
     /// The worker's id.
@@ -283,19 +283,7 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
-    let worker = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let reply = conn
-            .workers()
-            .drain(WorkerRef {
-                id: args.worker.clone(),
-            })
-            .await;
-        let worker = reply
-            .map_err(rpc)
-            .with_context(|| format!("cannot drain worker {}", args.worker))?;
-        anyhow::Ok(worker.into_inner())
-    })?;
+    let worker = remote::block_on(set_draining(&args, true))?;
     if args.json {
         println!("{}", worker_json(&worker));
     } else if worker.job_id.is_empty() {
@@ -307,6 +295,35 @@ pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+pub fn run_undrain(args: DrainArgs) -> anyhow::Result<()> {
+    let worker = remote::block_on(set_draining(&args, false))?;
+    if args.json {
+        println!("{}", worker_json(&worker));
+    } else {
+        println!("worker {} ({}): {}", worker.id, worker.name, worker.state);
+    }
+    Ok(())
+}
+
+/// Drains (`drain`) or undrains the worker `args` names.
+async fn set_draining(args: &DrainArgs, drain: bool) -> anyhow::Result<WorkerInfo> {
+    let conn = remote::connect(&args.remote).await?;
+    let mut workers = conn.workers();
+    let request = WorkerRef {
+        id: args.worker.clone(),
+    };
+    let reply = if drain {
+        workers.drain(request).await
+    } else {
+        workers.undrain(request).await
+    };
+    let verb = if drain { "drain" } else { "undrain" };
+    let worker = reply
+        .map_err(rpc)
+        .with_context(|| format!("cannot {verb} worker {}", args.worker))?;
+    Ok(worker.into_inner())
 }
 
 /// A worker as `--json` prints it: every field of `WorkerInfo`, with null

@@ -8,6 +8,7 @@
 mod common;
 
 mod inputs;
+mod lab;
 mod outputs;
 mod records;
 mod ring;

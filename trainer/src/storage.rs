@@ -2,15 +2,19 @@
 //! `object_store` store and a path inside it.
 //!
 //! Owns: parsing a location (`/a/path`, `relative/path`, `file://`,
-//! `memory://`, `s3://`, `gs://`, `az://`) into a [`Location`], with
-//! credentials and endpoints from the usual environment variables
-//! (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`,
-//! `AZURE_STORAGE_ACCOUNT_NAME`, ...). Not here: what is stored (datasets
-//! are read by `data`, checkpoints written by `checkpoint`).
+//! `memory://`, `s3://`, `gs://`, `az://`) into the [`ObjectAddress`] it
+//! names (decoded and normalised: the one form authorisation checks) and
+//! opening that address as a [`Location`], with credentials and endpoints
+//! from the usual environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`,
+//! `AZURE_STORAGE_ACCOUNT_NAME`, ...). Not here: who may name what (the
+//! coordinator's `server::access` compares addresses), what is stored
+//! (datasets are read by `data`, checkpoints written by `checkpoint`).
 //!
 //! `memory://` is one store per process, so what one part of a program
 //! writes there another can read (tests use it).
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use object_store::local::LocalFileSystem;
@@ -47,47 +51,132 @@ impl std::fmt::Debug for Location {
     }
 }
 
+/// What a location names, decoded and normalised: a local path with its
+/// symlinks resolved, or a store and the object path inside it. Both the
+/// coordinator's storage check and [`Location::parse`] go through
+/// [`ObjectAddress::parse`], so what is authorised is exactly what is
+/// opened: `file:///data/b/%2e%2e/a`, `/data/b/../a` and a symlink
+/// `/data/b/link -> /data/a` all name `/data/a`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectAddress {
+    /// A local file or folder: absolute, every `.`/`..` gone, symlinks in
+    /// the part that exists resolved.
+    Local(PathBuf),
+    /// An object in a store other than the local disk.
+    Remote {
+        /// The store: `scheme://host[:port]`, plus the bucket or container
+        /// when the URL carries it in its path.
+        store: String,
+        /// The object path in that store, percent-decoded.
+        path: StorePath,
+        /// The URL as normalised by the URL parser, which opens the store.
+        url: url::Url,
+    },
+}
+
+impl ObjectAddress {
+    /// The address `location` names: a URL with a scheme (`file://` URLs
+    /// become local paths) or a local path, relative to the working
+    /// directory. Errors name `location` as given.
+    pub fn parse(location: &str) -> Result<ObjectAddress, StorageError> {
+        let fail = |message: String| StorageError {
+            location: location.to_string(),
+            message,
+        };
+        if !location.contains("://") {
+            return resolve_local(Path::new(location))
+                .map(ObjectAddress::Local)
+                .map_err(|e| fail(e.to_string()));
+        }
+        // The URL parser removes `.` and `..` segments, `%2e%2e` included,
+        // before anything reads the path.
+        let url = url::Url::parse(location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+        let (scheme, path) =
+            ObjectStoreScheme::parse(&url).map_err(|e| fail(format!("not a storage URL: {e}")))?;
+        if scheme == ObjectStoreScheme::Local {
+            let file = url
+                .to_file_path()
+                .map_err(|()| fail("not a local file URL".into()))?;
+            return resolve_local(&file)
+                .map(ObjectAddress::Local)
+                .map_err(|e| fail(e.to_string()));
+        }
+        let mut store = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        if let Some(port) = url.port() {
+            store.push_str(&format!(":{port}"));
+        }
+        // Path-style URLs (`https://host/bucket/key`): the segments before
+        // the object path name the bucket.
+        let segments: Vec<&str> = url
+            .path_segments()
+            .map(|s| s.filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default();
+        let bucket_segments = segments.len().saturating_sub(path.parts().count());
+        for segment in &segments[..bucket_segments] {
+            store.push('/');
+            store.push_str(segment);
+        }
+        Ok(ObjectAddress::Remote { store, path, url })
+    }
+
+    /// Whether this address is `prefix` or below it: the same store and
+    /// whole path components.
+    pub fn is_within(&self, prefix: &ObjectAddress) -> bool {
+        match (self, prefix) {
+            (ObjectAddress::Local(path), ObjectAddress::Local(prefix)) => path.starts_with(prefix),
+            (
+                ObjectAddress::Remote { store, path, .. },
+                ObjectAddress::Remote {
+                    store: prefix_store,
+                    path: prefix_path,
+                    ..
+                },
+            ) => store == prefix_store && path.prefix_match(prefix_path).is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectAddress::Local(path) => write!(f, "{}", path.display()),
+            ObjectAddress::Remote { store, path, .. } => write!(f, "{store}/{path}"),
+        }
+    }
+}
+
 impl Location {
     /// A local path (relative to the working directory) or a URL with a
-    /// scheme. Errors name `location` as given.
+    /// scheme, opened at its [`ObjectAddress`]. Errors name `location` as
+    /// given.
     pub fn parse(location: &str) -> Result<Location, StorageError> {
         let fail = |message: String| StorageError {
             location: location.to_string(),
             message,
         };
-        if location.contains("://") {
-            let url =
-                url::Url::parse(location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
-            let (scheme, _) = ObjectStoreScheme::parse(&url)
-                .map_err(|e| fail(format!("not a storage URL: {e}")))?;
-            if scheme == ObjectStoreScheme::Memory {
-                let path = StorePath::parse(url.path())
-                    .map_err(|e| fail(format!("not a valid path: {e}")))?;
-                return Ok(Location {
-                    store: memory_store(),
+        let name = location.trim_end_matches('/').to_string();
+        match ObjectAddress::parse(location)? {
+            ObjectAddress::Local(absolute) => {
+                let path =
+                    StorePath::from_absolute_path(&absolute).map_err(|e| fail(e.to_string()))?;
+                Ok(Location {
+                    store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
                     path,
-                    name: location.trim_end_matches('/').to_string(),
-                });
+                    name,
+                })
             }
-            let (store, path) = object_store::parse_url_opts(&url, store_options())
-                .map_err(|e| fail(format!("cannot open this store: {e}")))?;
-            return Ok(Location {
-                store: Arc::from(store),
-                path,
-                name: location.trim_end_matches('/').to_string(),
-            });
+            ObjectAddress::Remote { path, url, .. } => {
+                let store = if url.scheme() == "memory" {
+                    memory_store()
+                } else {
+                    let (store, _) = object_store::parse_url_opts(&url, store_options())
+                        .map_err(|e| fail(format!("cannot open this store: {e}")))?;
+                    Arc::from(store)
+                };
+                Ok(Location { store, path, name })
+            }
         }
-        // Resolve symlinks and `..` (object_store paths may not hold `..`).
-        let absolute = match std::fs::canonicalize(location) {
-            Ok(p) => p,
-            Err(_) => lexically_absolute(location).map_err(|e| fail(e.to_string()))?,
-        };
-        let path = StorePath::from_absolute_path(&absolute).map_err(|e| fail(e.to_string()))?;
-        Ok(Location {
-            store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
-            path,
-            name: location.trim_end_matches('/').to_string(),
-        })
     }
 
     /// A path in a store the caller already has (a store built with
@@ -158,21 +247,32 @@ fn memory_store() -> Arc<dyn ObjectStore> {
     STORE.get_or_init(|| Arc::new(InMemory::new())).clone()
 }
 
-/// `location` made absolute with `.` and `..` resolved by hand (for a path
-/// that does not exist, so that reading it says "not found").
-fn lexically_absolute(location: &str) -> std::io::Result<std::path::PathBuf> {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::new();
-    for part in std::path::absolute(location)?.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
+/// `path` made absolute: the longest part of it that exists with its
+/// symlinks and `..` resolved by the operating system, the rest (which
+/// does not exist, so holds no symlink) with `.` and `..` resolved by hand.
+/// A path that does not exist still resolves, so that reading it says
+/// "not found".
+fn resolve_local(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    for existing in absolute.ancestors() {
+        let Ok(mut resolved) = std::fs::canonicalize(existing) else {
+            continue;
+        };
+        let rest = absolute
+            .strip_prefix(existing)
+            .expect("an ancestor is a prefix");
+        for part in rest.components() {
+            match part {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                other => resolved.push(other),
             }
-            other => out.push(other),
         }
+        return Ok(resolved);
     }
-    Ok(out)
+    Err(std::io::Error::other("no part of this path exists"))
 }
 
 #[cfg(test)]
@@ -198,6 +298,81 @@ mod tests {
         let a = Location::parse("memory:///p").unwrap();
         let b = Location::parse("memory:///p").unwrap();
         assert!(Arc::ptr_eq(a.store(), b.store()));
+    }
+
+    #[test]
+    fn encoded_dot_segments_are_resolved_before_any_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        let b = ObjectAddress::parse(root.join("b").to_str().unwrap()).unwrap();
+        let a_file = ObjectAddress::Local(root.join("a/x.jsonl"));
+        let root = root.display();
+        for escape in [
+            format!("file://{root}/b/%2e%2e/a/x.jsonl"),
+            format!("file://{root}/b/.%2E/a/x.jsonl"),
+            format!("file://{root}/b/%2E%2e/a/x.jsonl"),
+            format!("{root}/b/../a/x.jsonl"),
+            format!("{root}/b/./../a/x.jsonl"),
+        ] {
+            let address = ObjectAddress::parse(&escape).unwrap();
+            assert_eq!(address, a_file, "{escape}");
+            assert!(!address.is_within(&b), "{escape}");
+            // What is opened is what was checked.
+            let opened = Location::parse(&escape).unwrap();
+            assert_eq!(
+                opened.path(),
+                &StorePath::from_absolute_path(format!("{root}/a/x.jsonl")).unwrap()
+            );
+        }
+        let inside = ObjectAddress::parse(&format!("file://{root}/b/x%20y.jsonl")).unwrap();
+        assert!(inside.is_within(&b));
+    }
+
+    #[test]
+    fn symlinks_are_resolved_before_any_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("b/link")).unwrap();
+        let b = ObjectAddress::parse(root.join("b").to_str().unwrap()).unwrap();
+        for through_link in [
+            root.join("b/link/x.jsonl"),
+            root.join("b/link/new/folder"),
+            root.join("b/link"),
+        ] {
+            let address = ObjectAddress::parse(through_link.to_str().unwrap()).unwrap();
+            assert!(!address.is_within(&b), "{}", through_link.display());
+            let url = format!("file://{}", through_link.display());
+            assert!(!ObjectAddress::parse(&url).unwrap().is_within(&b), "{url}");
+        }
+        let plain = ObjectAddress::parse(root.join("b/new/x").to_str().unwrap()).unwrap();
+        assert!(plain.is_within(&b));
+    }
+
+    #[test]
+    fn object_store_prefixes_compare_decoded_components_and_stores() {
+        let address = |s: &str| ObjectAddress::parse(s).unwrap();
+        let prefix = address("s3://team-b/runs/");
+        assert!(address("s3://team-b/runs/job/x").is_within(&prefix));
+        assert!(address("s3://team-b/runs").is_within(&prefix));
+        for outside in [
+            "s3://team-b/runs/%2e%2e/secret",
+            "s3://team-b/runs/.%2E/secret",
+            "s3://team-b/runs/../secret",
+            "s3://team-b/runsx/a",
+            "s3://team-a/runs/a",
+            "gs://team-b/runs/a",
+            "s3://team-b:9000/runs/a",
+        ] {
+            assert!(!address(outside).is_within(&prefix), "{outside}");
+        }
+        // A decoded `..` is refused, not followed.
+        assert!(ObjectAddress::parse("s3://team-b/runs/a%2F..%2F..%2Fb").is_err());
+        assert!(!ObjectAddress::Local("/runs".into()).is_within(&prefix));
+        assert!(address("az://container/p/q").is_within(&address("az://container/p")));
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! Who may do what: the coordinator's config file (tenants, their token
-//! hashes, storage prefixes and quotas; the cluster token's hash), the
-//! single-tenant development setup used when there is no config, and the
-//! checks every call goes through (bearer token, version, job ownership,
-//! storage prefixes).
+//! hashes, storage prefixes and quotas; operators; the cluster token's
+//! hash), the single-tenant development setup used when there is no
+//! config, and the checks every call goes through (bearer token, version,
+//! job ownership, storage prefixes).
+//!
+//! Three kinds of caller: a tenant (its own jobs, files and storage), an
+//! operator (the fleet: draining and undraining workers) and a worker (the
+//! cluster token; each registered worker then proves its id with the
+//! session secret `server::workers` gives it).
 //!
 //! Only SHA-256 hashes of tokens are kept, in memory and in the store; a
 //! token is compared by hashing it.
@@ -16,6 +21,8 @@ use serde::Deserialize;
 use tonic::Status;
 
 use crate::api;
+use trainer::storage::ObjectAddress;
+
 use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 use crate::store::{TenantId, TokenHash};
 
@@ -36,6 +43,9 @@ pub enum ConfigError {
 ///
 /// ```yaml
 /// cluster_token_sha256: 3f2a...   # workers' LORAFLEET_CLUSTER_TOKEN, hashed
+/// operators:                      # optional: who may drain and undrain workers
+///   ops:
+///     token_sha256: 51d0...
 /// tenants:
 ///   team-a:
 ///     token_sha256: 9b1c...       # sha256 of the tenant's token, hex
@@ -46,7 +56,15 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     cluster_token_sha256: String,
+    #[serde(default)]
+    operators: BTreeMap<String, OperatorFile>,
     tenants: BTreeMap<String, TenantFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorFile {
+    token_sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,11 +89,25 @@ pub struct TenantPolicy {
     pub max_workers: Option<u32>,
 }
 
-/// Every tenant and the cluster token, as the server checks them.
+/// Every tenant, operator and the cluster token, as the server checks
+/// them.
 #[derive(Clone, Debug)]
 pub struct Access {
     tenants: HashMap<TokenHash, TenantPolicy>,
+    /// Operators by token hash, with their names.
+    operators: HashMap<TokenHash, String>,
     cluster: TokenHash,
+}
+
+/// Who a fleet call (`Workers.List`, `Drain`, `Undrain`) comes from.
+#[derive(Clone, Debug)]
+pub enum FleetCaller {
+    /// Sees every worker and may drain and undrain them.
+    Operator(String),
+    /// Sees every worker, but only its own jobs on them.
+    Tenant(TenantPolicy),
+    /// A worker agent (the cluster token): sees the fleet.
+    Worker,
 }
 
 /// Tokens minted for a development setup, to print once.
@@ -87,7 +119,8 @@ pub struct DevTokens {
 
 impl Access {
     /// The development setup: one tenant, `default`, that may name any
-    /// storage, with token `tenant`, and workers joining with `cluster`.
+    /// storage and is also the operator, with token `tenant`, and workers
+    /// joining with `cluster`.
     pub fn development(tokens: &DevTokens) -> Access {
         let id = TenantId::new("default").expect("a valid tenant name");
         let policy = TenantPolicy {
@@ -97,6 +130,7 @@ impl Access {
             max_workers: None,
         };
         Access {
+            operators: HashMap::from([(policy.token_hash, "default".to_string())]),
             tenants: HashMap::from([(policy.token_hash, policy)]),
             cluster: TokenHash::of_token(&tokens.cluster),
         }
@@ -121,6 +155,19 @@ impl Access {
             })
         };
         let cluster = hash("cluster_token_sha256", &file.cluster_token_sha256)?;
+        let mut operators = HashMap::new();
+        for (name, operator) in file.operators {
+            let token_hash = hash(
+                &format!("operators.{name}.token_sha256"),
+                &operator.token_sha256,
+            )?;
+            if token_hash == cluster || operators.contains_key(&token_hash) {
+                return Err(invalid(format!(
+                    "operators.{name}.token_sha256: the same token is used twice; give every operator and the cluster its own"
+                )));
+            }
+            operators.insert(token_hash, name);
+        }
         let mut tenants = HashMap::new();
         for (name, tenant) in file.tenants {
             let id = TenantId::new(&name).map_err(|e| invalid(format!("tenants.{name}: {e}")))?;
@@ -128,9 +175,12 @@ impl Access {
                 &format!("tenants.{name}.token_sha256"),
                 &tenant.token_sha256,
             )?;
-            if token_hash == cluster || tenants.contains_key(&token_hash) {
+            if token_hash == cluster
+                || tenants.contains_key(&token_hash)
+                || operators.contains_key(&token_hash)
+            {
                 return Err(invalid(format!(
-                    "tenants.{name}.token_sha256: the same token is used twice; give every tenant and the cluster its own"
+                    "tenants.{name}.token_sha256: the same token is used twice; give every tenant, operator and the cluster its own"
                 )));
             }
             let policy = TenantPolicy {
@@ -144,7 +194,11 @@ impl Access {
         if tenants.is_empty() {
             return Err(invalid("tenants: at least one tenant is needed".into()));
         }
-        Ok(Access { tenants, cluster })
+        Ok(Access {
+            tenants,
+            operators,
+            cluster,
+        })
     }
 
     /// Every tenant.
@@ -179,12 +233,37 @@ impl Access {
         }
     }
 
-    /// A call any tenant or a worker may make (listing the fleet).
-    pub fn anyone<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        if self.client(request).is_ok() {
-            return Ok(());
+    /// Who a fleet call comes from: an operator, a tenant or a worker.
+    /// A token that is both a tenant's and the operator's (the development
+    /// setup) counts as the operator.
+    pub fn fleet<T>(&self, request: &tonic::Request<T>) -> Result<FleetCaller, Status> {
+        check_version(request)?;
+        let hash = TokenHash::of_token(bearer_token(request)?);
+        if let Some(name) = self.operators.get(&hash) {
+            return Ok(FleetCaller::Operator(name.clone()));
         }
-        self.worker(request)
+        if let Some(tenant) = self.tenants.get(&hash) {
+            return Ok(FleetCaller::Tenant(tenant.clone()));
+        }
+        if hash == self.cluster {
+            return Ok(FleetCaller::Worker);
+        }
+        Err(refused("the token is not valid for this coordinator"))
+    }
+
+    /// Checks that a call comes from an operator: draining and undraining
+    /// workers stop other tenants' jobs, so tenants may not.
+    pub fn operator<T>(&self, request: &tonic::Request<T>) -> Result<String, Status> {
+        match self.fleet(request)? {
+            FleetCaller::Operator(name) => Ok(name),
+            FleetCaller::Tenant(tenant) => Err(Status::permission_denied(format!(
+                "tenant {} may not drain or undrain workers: that is an operator's call (an `operators` entry in the coordinator's config)",
+                tenant.id
+            ))),
+            FleetCaller::Worker => Err(Status::permission_denied(
+                "the cluster token may not drain or undrain workers: use an operator's token",
+            )),
+        }
     }
 }
 
@@ -234,11 +313,12 @@ impl TenantPolicy {
             named.push(("lora.init_adapter", init));
         }
         named.push(("checkpoint.storage", &spec.checkpoint.storage));
+        let uploads = uploads.to_string_lossy();
         let problems: Vec<String> = named
             .into_iter()
             .filter(|(_, place)| {
-                let in_uploads = place.as_path().is_some_and(|p| p.starts_with(uploads));
-                !in_uploads && !allowed.iter().any(|prefix| under(place, prefix))
+                let place = place.to_string();
+                !under(&place, &uploads) && !allowed.iter().any(|prefix| under(&place, prefix))
             })
             .map(|(key, place)| {
                 format!(
@@ -260,23 +340,15 @@ impl TenantPolicy {
     }
 }
 
-/// Whether `place` is `prefix` or below it: by path components for
-/// folders, and at a `/` boundary for URLs.
-fn under(place: &PathOrUrl, prefix: &str) -> bool {
-    match place {
-        PathOrUrl::Path(path) => {
-            !prefix.contains("://")
-                && path
-                    .components()
-                    .all(|c| !matches!(c, std::path::Component::ParentDir))
-                && path.starts_with(prefix)
-        }
-        PathOrUrl::Url(url) => {
-            let prefix = prefix.trim_end_matches('/');
-            prefix.contains("://")
-                && !url.contains("/../")
-                && (url == prefix || url.starts_with(&format!("{prefix}/")))
-        }
+/// Whether `place` is `prefix` or below it, compared as the addresses
+/// both name once decoded and normalised (`trainer::storage::ObjectAddress`,
+/// the same parse that opens them): whole path components, symlinks
+/// resolved, the same store. A place that does not parse is not under
+/// anything.
+fn under(place: &str, prefix: &str) -> bool {
+    match (ObjectAddress::parse(place), ObjectAddress::parse(prefix)) {
+        (Ok(place), Ok(prefix)) => place.is_within(&prefix),
+        _ => false,
     }
 }
 
@@ -286,15 +358,18 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_components_and_buckets() {
-        let path = |p: &str| PathOrUrl::Path(PathBuf::from(p));
-        let url = |u: &str| PathOrUrl::Url(u.to_string());
-        assert!(under(&path("/data/a/x.jsonl"), "/data/a"));
-        assert!(!under(&path("/data/ab/x.jsonl"), "/data/a"));
-        assert!(!under(&path("/data/a/../b/x.jsonl"), "/data/a"));
-        assert!(under(&url("s3://team-a/runs"), "s3://team-a/"));
-        assert!(!under(&url("s3://team-ab/runs"), "s3://team-a"));
-        assert!(!under(&url("s3://team-a/../team-b"), "s3://team-a"));
-        assert!(!under(&path("/s3/x"), "s3://team-a"));
+        assert!(under("/data/a/x.jsonl", "/data/a"));
+        assert!(under("file:///data/a/x.jsonl", "/data/a"));
+        assert!(!under("/data/ab/x.jsonl", "/data/a"));
+        assert!(!under("/data/a/../b/x.jsonl", "/data/a"));
+        assert!(!under("file:///data/a/%2e%2e/b/x.jsonl", "file:///data/a"));
+        assert!(!under("file:///data/a/.%2E/b/x.jsonl", "/data/a"));
+        assert!(under("s3://team-a/runs", "s3://team-a/"));
+        assert!(!under("s3://team-ab/runs", "s3://team-a"));
+        assert!(!under("s3://team-a/../team-b", "s3://team-a/team-a"));
+        assert!(!under("s3://team-a/x/%2e%2e/y", "s3://team-a/x"));
+        assert!(!under("/s3/x", "s3://team-a"));
+        assert!(!under("ftp://x/y", "ftp://x"));
     }
 
     #[test]

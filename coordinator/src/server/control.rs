@@ -203,6 +203,10 @@ impl Coordinator {
             let message = "a worker of the gang disconnected before it got its assignment";
             return self.end_failed(job, attempt, message, true).await;
         };
+        let Some(secret) = attempt.secret.clone() else {
+            let message = "the attempt's ring secret is only known when it starts";
+            return self.end_failed(job, attempt, message, true).await;
+        };
         for (rank, worker) in attempt.workers.iter().enumerate() {
             let order = Order {
                 kind: Some(order::Kind::Assign(api::Assignment {
@@ -211,7 +215,7 @@ impl Coordinator {
                     rank: rank as u32,
                     world: attempt.workers.len() as u32,
                     peers: peers.clone(),
-                    secret: attempt.secret.clone(),
+                    secret: secret.clone(),
                     spec_yaml: spec_yaml.clone(),
                     output_url: output.clone(),
                     tenant: job.tenant.to_string(),

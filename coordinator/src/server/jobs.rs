@@ -18,6 +18,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use trainer::storage::ObjectAddress;
+
 use crate::api;
 use crate::api::jobs_server::Jobs;
 use crate::spec::{JobSpec, PathOrUrl, Validation};
@@ -30,6 +32,9 @@ use super::{Coordinator, status_of};
 
 /// The largest dataset an upload may send.
 const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// The name an upload has until it is whole; a coordinator that crashed
+/// mid-upload removes such files when it starts again.
+const UNFINISHED_UPLOAD: &str = ".upload-";
 /// Events sent per store read while replaying a log.
 const EVENT_PAGE: u32 = 500;
 
@@ -98,7 +103,7 @@ impl Jobs for Coordinator {
             .await
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", folder.display())))?;
         let mut chunks = request.into_inner();
-        let tmp = folder.join(format!(".upload-{}", rand::random::<u64>()));
+        let tmp = folder.join(format!("{UNFINISHED_UPLOAD}{}", rand::random::<u64>()));
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| Status::internal(format!("cannot write {}: {e}", tmp.display())))?;
@@ -134,6 +139,11 @@ impl Jobs for Coordinator {
             file.flush()
                 .await
                 .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
+            // On disk before it gets its name: a crash after the rename
+            // leaves the whole file or none.
+            file.sync_all()
+                .await
+                .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
             Ok(())
         }
         .await;
@@ -146,6 +156,9 @@ impl Jobs for Coordinator {
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(|e| Status::internal(format!("cannot store the upload: {e}")))?;
+        if let Ok(dir) = tokio::fs::File::open(&folder).await {
+            let _ = dir.sync_all().await;
+        }
         Ok(Response::new(api::DatasetRef {
             url: path.display().to_string(),
             sha256,
@@ -336,6 +349,34 @@ impl Coordinator {
     }
 }
 
+/// Removes the uploads a crash interrupted (`datasets/{tenant}/.upload-*`
+/// under the coordinator's data folder): nothing refers to them.
+pub(super) fn remove_unfinished_uploads(uploads: &Path) {
+    let Ok(tenants) = std::fs::read_dir(uploads) else {
+        return;
+    };
+    for tenant in tenants.flatten() {
+        let Ok(files) = std::fs::read_dir(tenant.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if file
+                .file_name()
+                .to_string_lossy()
+                .starts_with(UNFINISHED_UPLOAD)
+            {
+                match std::fs::remove_file(file.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed {}, an upload a stop interrupted",
+                        file.path().display()
+                    ),
+                    Err(e) => tracing::warn!("cannot remove {}: {e}", file.path().display()),
+                }
+            }
+        }
+    }
+}
+
 /// Replaces the datasets the client uploaded by where they were stored.
 fn apply_uploads(
     spec: &mut JobSpec,
@@ -344,7 +385,14 @@ fn apply_uploads(
 ) -> Result<(), Status> {
     for (key, url) in uploads {
         let path = PathBuf::from(url);
-        if !path.starts_with(folder) || path.components().any(|c| c.as_os_str() == "..") {
+        let ours = match (
+            ObjectAddress::parse(url),
+            ObjectAddress::parse(&folder.to_string_lossy()),
+        ) {
+            (Ok(upload), Ok(folder)) => upload.is_within(&folder),
+            _ => false,
+        };
+        if !ours || url.contains("://") {
             return Err(Status::permission_denied(format!(
                 "{key}: {url} is not one of this tenant's uploads"
             )));

@@ -165,6 +165,7 @@ pub async fn serve(
         path: uploads.clone(),
         source,
     })?;
+    jobs::remove_unfinished_uploads(&uploads);
     let store = Store::open(&config.state).await?;
     for tenant in config.access.tenants() {
         store.put_tenant(&tenant.id, &tenant.token_hash).await?;

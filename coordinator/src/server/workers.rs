@@ -1,11 +1,18 @@
 //! The `Workers` service: registration, the heartbeat stream (reports in,
-//! orders out), events and checkpoints reported by ranks, the fleet list
-//! and drains.
+//! orders out), events and checkpoints reported by ranks, the fleet list,
+//! drains and undrains.
 //!
 //! A worker's connection is its [`Link`](super::Link): orders for it are
 //! queued there. When the heartbeat stream ends (the process died, the
 //! network cut), the worker is lost at once and its attempt fails; a worker
 //! that comes back registers again under its old id.
+//!
+//! The cluster token only lets a caller register. `Register` gives each
+//! worker a session secret (the store keeps its hash); the heartbeat
+//! stream, event reports and a later registration under the same id must
+//! carry it, so no holder of the cluster token can take over another
+//! worker's id, orders or jobs. Events and states for an attempt the
+//! worker is not a rank of are refused and logged.
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -19,8 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::workers_server::Workers;
 use crate::api::{self, Order, WorkerReport};
 use crate::spec::Backend;
-use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, Worker, WorkerId};
+use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
 
+use super::access::FleetCaller;
 use super::recovery::{Preemption, stop_order};
 use super::{Coordinator, Link, status_of};
 
@@ -59,10 +67,26 @@ impl Workers for Coordinator {
             None
         } else {
             let id = WorkerId::from(r.worker_id.as_str());
-            store.heartbeat_worker(&id).await.ok()
+            match store.worker_secret(&id).await {
+                // Known and finished registering: the caller must prove it
+                // is that worker.
+                Ok(Some(hash)) => {
+                    if r.worker_secret.is_empty() || TokenHash::of_token(&r.worker_secret) != hash {
+                        return Err(impostor(
+                            &id,
+                            "registered under its id without its session secret",
+                        ));
+                    }
+                    let worker = store.heartbeat_worker(&id).await.map_err(status_of)?;
+                    Some((worker, r.worker_secret.clone()))
+                }
+                Ok(None) => None,
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(status_of(e)),
+            }
         };
-        let worker = match known {
-            Some(worker) => worker,
+        let (worker, secret) = match known {
+            Some(known) => known,
             None => {
                 let info = crate::store::WorkerInfo {
                     name: r.name,
@@ -72,7 +96,13 @@ impl Workers for Coordinator {
                     memory_bytes: r.memory_bytes,
                     version: r.version,
                 };
-                store.register_worker(&info).await.map_err(status_of)?
+                let worker = store.register_worker(&info).await.map_err(status_of)?;
+                let secret = crate::store::new_token();
+                store
+                    .set_worker_secret(&worker.id, &TokenHash::of_token(&secret))
+                    .await
+                    .map_err(status_of)?;
+                (worker, secret)
             }
         };
         tracing::info!(
@@ -87,6 +117,7 @@ impl Workers for Coordinator {
         Ok(Response::new(api::RegisterReply {
             worker_id: worker.id.to_string(),
             heartbeat_ms: self.config().heartbeat.as_millis() as u32,
+            worker_secret: secret,
         }))
     }
 
@@ -108,13 +139,8 @@ impl Workers for Coordinator {
             }
         };
         let id = WorkerId::from(first.worker_id.as_str());
-        self.store().get_worker(&id).await.map_err(|e| {
-            if e.is_not_found() {
-                Status::not_found(format!("worker {id} is not registered: register first"))
-            } else {
-                status_of(e)
-            }
-        })?;
+        self.check_worker(&id, &first.worker_secret, "opened a heartbeat stream")
+            .await?;
         let (orders, out) = mpsc::channel(64);
         let session = {
             let mut fleet = self.fleet();
@@ -189,8 +215,13 @@ impl Workers for Coordinator {
             )));
         }
         let worker = WorkerId::from(r.worker_id.as_str());
+        self.check_worker(&worker, &r.worker_secret, "reported events")
+            .await?;
         let job = JobId::from(r.job_id.as_str());
         let Some(rank) = self.live_rank(&job, r.attempt, &worker).await? else {
+            if !self.was_rank(&job, r.attempt, &worker).await? {
+                return Err(not_its_attempt(&worker, &job, r.attempt));
+            }
             // A straggler from an attempt that is over: its news is stale.
             return Ok(Response::new(api::ReportEventsReply {}));
         };
@@ -205,14 +236,31 @@ impl Workers for Coordinator {
         &self,
         request: Request<api::ListWorkersRequest>,
     ) -> Result<Response<api::WorkerList>, Status> {
-        self.config().access.anyone(&request)?;
+        let caller = self.config().access.fleet(&request)?;
         let workers = self.store().list_workers().await.map_err(status_of)?;
+        // A tenant sees the fleet, but on it only its own jobs.
+        let mut hidden = std::collections::HashSet::new();
+        if let FleetCaller::Tenant(tenant) = &caller {
+            for job in workers.iter().filter_map(|w| w.assignment.as_ref()) {
+                if self.owned_job(tenant, job.0.as_str()).await.is_err() {
+                    hidden.insert(job.0.clone());
+                }
+            }
+        }
         let fleet = self.fleet();
         let data = workers
             .iter()
             .map(|w| {
                 let ring = fleet.ring_addrs.get(&w.id).cloned();
-                worker_info(w, ring.unwrap_or_default())
+                let mut info = worker_info(w, ring.unwrap_or_default());
+                if w.assignment
+                    .as_ref()
+                    .is_some_and(|(j, _)| hidden.contains(j))
+                {
+                    info.job_id.clear();
+                    info.rank = None;
+                }
+                info
             })
             .collect();
         Ok(Response::new(api::WorkerList { data }))
@@ -222,9 +270,10 @@ impl Workers for Coordinator {
         &self,
         request: Request<api::WorkerRef>,
     ) -> Result<Response<api::WorkerInfo>, Status> {
-        self.config().access.anyone(&request)?;
+        let operator = self.config().access.operator(&request)?;
         let id = WorkerId::from(request.into_inner().id.as_str());
         let worker = self.store().drain_worker(&id).await.map_err(status_of)?;
+        tracing::info!("operator {operator} drained worker {id}");
         self.send(
             &id,
             Order {
@@ -256,10 +305,57 @@ impl Workers for Coordinator {
             ring.unwrap_or_default(),
         )))
     }
+
+    async fn undrain(
+        &self,
+        request: Request<api::WorkerRef>,
+    ) -> Result<Response<api::WorkerInfo>, Status> {
+        let operator = self.config().access.operator(&request)?;
+        let id = WorkerId::from(request.into_inner().id.as_str());
+        let worker = self.store().undrain_worker(&id).await.map_err(status_of)?;
+        tracing::info!(
+            "operator {operator} undrained worker {id}: {}",
+            worker.state
+        );
+        self.send(
+            &id,
+            Order {
+                kind: Some(api::order::Kind::Drain(false)),
+            },
+        );
+        self.wake();
+        let ring = self.fleet().ring_addrs.get(&id).cloned();
+        Ok(Response::new(worker_info(
+            &worker,
+            ring.unwrap_or_default(),
+        )))
+    }
 }
 
 impl Coordinator {
-    /// Handles one heartbeat report of worker `id`.
+    /// Checks that a call naming worker `id` carries its session secret;
+    /// `what` says what the caller did, for the log.
+    async fn check_worker(&self, id: &WorkerId, secret: &str, what: &str) -> Result<(), Status> {
+        match self.store().worker_secret(id).await {
+            Ok(Some(hash)) if !secret.is_empty() && TokenHash::of_token(secret) == hash => Ok(()),
+            Ok(_) => Err(impostor(id, &format!("{what} without its session secret"))),
+            Err(e) if e.is_not_found() => Err(Status::not_found(format!(
+                "worker {id} is not registered: register first"
+            ))),
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
+    /// Whether `worker` was a rank of attempt `attempt` of `job` (now over
+    /// or not).
+    async fn was_rank(&self, job: &JobId, attempt: u32, worker: &WorkerId) -> Result<bool, Status> {
+        match self.store().get_attempt(job, attempt).await {
+            Ok(attempt) => Ok(attempt.workers.contains(worker)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
     /// How often a connected worker's heartbeat is written to the store.
     fn beat_write_every(&self) -> Duration {
         self.config().lost_after / 4
@@ -281,6 +377,12 @@ impl Coordinator {
         }
         let job = JobId::from(report.job_id.as_str());
         let Some(rank) = self.live_rank(&job, report.attempt, id).await? else {
+            if !self.was_rank(&job, report.attempt, id).await? {
+                // Logged; the stream goes on (the worker's other news is
+                // its own).
+                let _ = not_its_attempt(id, &job, report.attempt);
+                return Ok(());
+            }
             if report.state == "running" {
                 let order = stop_order(&job, report.attempt, "that attempt is over");
                 self.send(id, order);
@@ -380,7 +482,17 @@ impl Coordinator {
                 }
             }
             "checkpoint.saved" if rank == 0 => {
-                if let (Some(step), Some(path)) = (data["step"].as_u64(), data["path"].as_str()) {
+                let total = store.get_job(job).await.map_err(status_of)?.total_steps;
+                let step = data["step"].as_u64();
+                if let (Some(step), Some(total)) = (step, total)
+                    && step > total
+                {
+                    // A checkpoint past the last step cannot be real; it
+                    // would become the job's "latest".
+                    tracing::warn!(
+                        "job {job}: rank 0 reported a checkpoint at step {step} of {total}; not recorded"
+                    );
+                } else if let (Some(step), Some(path)) = (step, data["path"].as_str()) {
                     let checkpoint = NewCheckpoint {
                         job: job.clone(),
                         step,
@@ -413,6 +525,26 @@ impl Coordinator {
         store.append_event(&new).await.map_err(status_of)?;
         Ok(())
     }
+}
+
+/// Refuses a call that names worker `id` without proving it is that
+/// worker, and logs it.
+fn impostor(id: &WorkerId, what: &str) -> Status {
+    tracing::warn!("refused: a caller with the cluster token {what} (worker {id})");
+    Status::permission_denied(format!(
+        "worker {id}: this call does not carry the worker's session secret; a new worker registers without an id"
+    ))
+}
+
+/// Refuses news from `worker` about an attempt it is not a rank of, and
+/// logs it.
+fn not_its_attempt(worker: &WorkerId, job: &JobId, attempt: u32) -> Status {
+    tracing::warn!(
+        "refused: worker {worker} reported on job {job} attempt {attempt}, which it does not run"
+    );
+    Status::permission_denied(format!(
+        "worker {worker} is not a rank of job {job} attempt {attempt}"
+    ))
 }
 
 fn first_line(text: &str) -> &str {

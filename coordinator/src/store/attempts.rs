@@ -3,7 +3,8 @@
 //! [`Store::start_attempt`] commits one placement atomically: the job moves
 //! to `starting` with its attempt number raised, every worker of the gang
 //! goes from `idle` to `busy` at its rank, the attempt is written with a
-//! fresh secret (the ring's handshake key, handed to exactly these ranks),
+//! fresh secret (the ring's handshake key, handed to exactly these ranks;
+//! the store keeps only its SHA-256),
 //! and `job.starting` is logged. If any worker is not idle, not of the job's
 //! backend or unknown, nothing is written. [`Store::finish_attempt`] closes
 //! an attempt, counts a failure, and frees the gang; what the job does next
@@ -12,6 +13,7 @@
 use std::fmt;
 
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::events;
@@ -29,8 +31,11 @@ pub struct Attempt {
     pub number: u32,
     /// The gang in rank order: `workers[r]` is rank `r`.
     pub workers: Vec<WorkerId>,
-    /// 64 hex digits shared by this attempt's ranks and the coordinator.
-    pub secret: String,
+    /// 64 hex digits shared by this attempt's ranks: only on the attempt
+    /// [`Store::start_attempt`] returns, to go into the assignments. The
+    /// store keeps its SHA-256 only, so a copy of the database holds no
+    /// ring key.
+    pub secret: Option<String>,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     /// Why it ended, if it failed.
@@ -107,7 +112,7 @@ impl Store {
             job: job.clone(),
             number,
             workers: workers.to_vec(),
-            secret: hex::encode(secret_bytes),
+            secret: Some(hex::encode(secret_bytes)),
             started_at: unix_now(),
             finished_at: None,
             failure: None,
@@ -120,7 +125,7 @@ impl Store {
         .bind(job.as_str())
         .bind(i64::from(number))
         .bind(serde_json::json!(worker_names).to_string())
-        .bind(&attempt.secret)
+        .bind(hex::encode(Sha256::digest(hex::encode(secret_bytes))))
         .bind(attempt.started_at)
         .execute(&mut *tx)
         .await?;
@@ -281,7 +286,7 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, StoreError> {
         job: JobId::from(row.try_get::<String, _>("job_id")?),
         number: to_u32("attempt number", row.try_get("number")?)?,
         workers,
-        secret: row.try_get("secret")?,
+        secret: None,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         failure: row.try_get("failure")?,

@@ -4,7 +4,8 @@
 //! A worker is `idle` or `busy` (assigned to a job at a rank through
 //! [`Store::start_attempt`], freed by [`Store::finish_attempt`]),
 //! `draining` (finishes its job, takes no new one) or `lost` (missed its
-//! heartbeats). A heartbeat brings a lost worker back. Deciding that a
+//! heartbeats). A heartbeat brings a lost worker back. Each worker's
+//! session secret is kept as its SHA-256 only. Deciding that a
 //! worker is lost (how long a silence is too long) is the server's call:
 //! [`Store::workers_silent_since`] only finds the silent ones.
 
@@ -13,7 +14,8 @@ use std::fmt;
 use sqlx::Row;
 
 use super::{
-    DbRow, JobId, Store, StoreError, WorkerId, parse_word, to_i64, to_u32, to_u64, unix_now,
+    DbRow, JobId, Store, StoreError, TokenHash, WorkerId, parse_word, to_i64, to_u32, to_u64,
+    unix_now,
 };
 use crate::spec::Backend;
 
@@ -158,6 +160,49 @@ impl Store {
     /// Marks worker `id` draining: it keeps its job but gets no new one.
     pub async fn drain_worker(&self, id: &WorkerId) -> Result<Worker, StoreError> {
         self.set_worker_state(id, WorkerState::Draining).await
+    }
+
+    /// Lets draining worker `id` take work again: `busy` while it still has
+    /// a job, `idle` otherwise. A worker that is not draining is left as it
+    /// is.
+    pub async fn undrain_worker(&self, id: &WorkerId) -> Result<Worker, StoreError> {
+        sqlx::query(
+            "UPDATE workers SET state = CASE WHEN job_id IS NULL THEN 'idle' ELSE 'busy' END \
+             WHERE id = $1 AND state = 'draining'",
+        )
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        self.get_worker(id).await
+    }
+
+    /// Keeps the hash of worker `id`'s session secret (replacing any
+    /// earlier one).
+    pub async fn set_worker_secret(
+        &self,
+        id: &WorkerId,
+        secret: &TokenHash,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE workers SET secret_sha256 = $1 WHERE id = $2")
+            .bind(secret.to_hex())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::WorkerNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// The hash of worker `id`'s session secret, if it has one.
+    pub async fn worker_secret(&self, id: &WorkerId) -> Result<Option<TokenHash>, StoreError> {
+        let row = sqlx::query("SELECT secret_sha256 FROM workers WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::WorkerNotFound(id.clone()))?;
+        let hex: Option<String> = row.try_get("secret_sha256")?;
+        Ok(hex.and_then(|h| TokenHash::from_hex(&h).ok()))
     }
 
     /// Marks worker `id` lost. Its assignment is kept, so the server knows

@@ -133,15 +133,29 @@ pub fn quickstart_data() -> PathBuf {
 /// keeps every order it receives.
 pub struct SimWorker {
     pub id: String,
+    /// The session secret its registration returned.
+    pub secret: String,
     pub conn: Connection,
     pub reports: mpsc::Sender<WorkerReport>,
     pub orders: mpsc::UnboundedReceiver<Order>,
 }
 
 impl SimWorker {
-    /// Registers (again, under `old_id` when not empty) and opens the
-    /// heartbeat stream; returns once the coordinator holds its link.
+    /// Registers a new worker and opens the heartbeat stream; returns once
+    /// the coordinator holds its link. (`old_id` must be empty: joining
+    /// again needs the secret, see [`SimWorker::join_again`].)
     pub async fn join(tc: &TestCoordinator, old_id: &str, name: &str) -> SimWorker {
+        SimWorker::join_again(tc, old_id, "", name).await
+    }
+
+    /// Registers again under `old_id` with its session `secret` (or anew,
+    /// when `old_id` is empty) and opens the heartbeat stream.
+    pub async fn join_again(
+        tc: &TestCoordinator,
+        old_id: &str,
+        secret: &str,
+        name: &str,
+    ) -> SimWorker {
         let conn = tc.connect(CLUSTER).await;
         let request = api::RegisterRequest {
             name: name.into(),
@@ -150,14 +164,17 @@ impl SimWorker {
             version: PROTOCOL_VERSION.into(),
             ring_addr: "127.0.0.1:1".into(),
             worker_id: old_id.into(),
+            worker_secret: secret.into(),
             ..Default::default()
         };
         let reply = conn.workers().register(request).await.unwrap();
-        let id = reply.into_inner().worker_id;
+        let reply = reply.into_inner();
+        let (id, secret) = (reply.worker_id, reply.worker_secret);
         let (reports, outgoing) = mpsc::channel(16);
         let first = WorkerReport {
             worker_id: id.clone(),
             state: "idle".into(),
+            worker_secret: secret.clone(),
             ..Default::default()
         };
         reports.send(first).await.unwrap();
@@ -176,6 +193,7 @@ impl SimWorker {
         });
         SimWorker {
             id,
+            secret,
             conn,
             reports,
             orders,
@@ -264,6 +282,7 @@ impl SimWorker {
             job_id: a.job_id.clone(),
             attempt: a.attempt,
             events: vec![event],
+            worker_secret: self.secret.clone(),
         };
         self.conn.workers().report_events(request).await.unwrap();
     }

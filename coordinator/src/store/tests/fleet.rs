@@ -48,7 +48,7 @@ async fn workers_register_heartbeat_drain_and_get_lost() {
 
 #[tokio::test]
 async fn an_attempt_places_the_whole_gang_at_once() {
-    let (store, _dir) = fresh().await;
+    let (store, dir) = fresh().await;
     let team = tenant(&store, "team-a").await;
     let job = store.create_job(&new_job(&team, "gang", 2)).await.unwrap();
     let w0 = store.register_worker(&cpu_worker("w0")).await.unwrap();
@@ -62,9 +62,20 @@ async fn an_attempt_places_the_whole_gang_at_once() {
         (attempt.number, attempt.workers.clone()),
         (1, vec![w1.id.clone(), w0.id.clone()])
     );
-    assert_eq!(attempt.secret.len(), 64);
-    assert!(attempt.secret.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert!(!format!("{attempt:?}").contains(&attempt.secret));
+    let secret = attempt
+        .secret
+        .clone()
+        .expect("a fresh attempt has its secret");
+    assert_eq!(secret.len(), 64);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(!format!("{attempt:?}").contains(&secret));
+    // The store keeps no ring key: not in what it reads back, not on disk.
+    let stored = store.get_attempt(&job.id, 1).await.unwrap();
+    assert_eq!(stored.secret, None);
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(!bytes.windows(64).any(|w| w == secret.as_bytes()));
+    }
     assert_eq!((attempt.finished_at, attempt.failure.clone()), (None, None));
     let started = store.get_job(&job.id).await.unwrap();
     assert_eq!((started.status, started.attempt), (JobStatus::Starting, 1));
@@ -81,7 +92,14 @@ async fn an_attempt_places_the_whole_gang_at_once() {
         starting.data["workers"],
         serde_json::json!([w1.id.as_str(), w0.id.as_str()])
     );
-    assert_eq!(store.get_attempt(&job.id, 1).await.unwrap(), attempt);
+    let stored = store.get_attempt(&job.id, 1).await.unwrap();
+    assert_eq!(
+        stored,
+        Attempt {
+            secret: None,
+            ..attempt
+        }
+    );
 }
 
 #[tokio::test]
@@ -181,7 +199,7 @@ async fn finishing_an_attempt_counts_failures_and_frees_the_gang() {
     let w0 = store.register_worker(&cpu_worker("w0")).await.unwrap();
     let w1 = store.register_worker(&cpu_worker("w1")).await.unwrap();
     let gang = [w0.id.clone(), w1.id.clone()];
-    store.start_attempt(&job.id, &gang).await.unwrap();
+    let first = store.start_attempt(&job.id, &gang).await.unwrap();
     store
         .move_job(&job.id, JobStatus::Running, None)
         .await
@@ -224,7 +242,8 @@ async fn finishing_an_attempt_counts_failures_and_frees_the_gang() {
         .await
         .unwrap();
     assert_eq!(second.number, 2);
-    assert_ne!(second.secret, failed.secret);
+    assert_ne!(second.secret, first.secret);
+    assert!(second.secret.is_some());
     store
         .finish_attempt(&job.id, 2, Some("again"))
         .await

@@ -143,7 +143,10 @@ async fn reopening_the_file_keeps_everything() {
     );
     assert_eq!(
         store.list_attempts(&running.id).await.unwrap(),
-        vec![attempt]
+        vec![Attempt {
+            secret: None,
+            ..attempt
+        }]
     );
     assert_eq!(
         store.events_after(&running.id, 0, 100).await.unwrap(),
