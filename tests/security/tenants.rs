@@ -238,3 +238,35 @@ fn only_an_operator_drains_and_tenants_see_only_their_own_jobs_on_workers() {
     let out = lab.fleet.cli(Some(TOKEN_A), &["cancel", &job.id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn an_upload_cut_short_by_a_coordinator_crash_leaves_no_file_behind() {
+    let mut lab = Lab::start();
+    let conn = lab.connect(TOKEN_A);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = coordinator::api::DatasetChunk {
+        file_name: "half.jsonl".into(),
+        data: b"{\"text\": \"a record\"}\n".to_vec(),
+    };
+    lab.runtime.block_on(tx.send(first)).unwrap();
+    let upload = lab.runtime.spawn(async move {
+        conn.jobs()
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let folder = lab.uploads.join("team-a");
+    let unfinished = || {
+        std::fs::read_dir(&folder)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    crate::common::fleet::wait_until(
+        std::time::Duration::from_secs(10),
+        "the upload to start",
+        || !unfinished().is_empty(),
+    );
+    lab.kill_and_restart_server();
+    drop(tx);
+    let _ = lab.runtime.block_on(upload);
+    assert_eq!(unfinished(), Vec::<std::path::PathBuf>::new());
+}
