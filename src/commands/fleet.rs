@@ -150,10 +150,19 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .port(),
         port => port,
     };
-    let scratch = tempfile::Builder::new()
-        .prefix("lorafleet-worker-")
-        .tempdir()
-        .context("cannot create a work folder")?;
+    // A temporary folder only when none is given: a worker killed with
+    // SIGKILL cannot remove it.
+    let scratch;
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix("lorafleet-worker-")
+                .tempdir()
+                .context("cannot create a work folder")?;
+            scratch.path().to_path_buf()
+        }
+    };
     let config = AgentConfig {
         coordinator: args.coordinator,
         cluster_token,
@@ -166,9 +175,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         memory_bytes: total_memory(),
         ring_addr: format!("{}:{ring_port}", args.ring_host),
         program: std::env::current_exe().context("cannot find this program's path")?,
-        work_dir: args
-            .work_dir
-            .unwrap_or_else(|| scratch.path().to_path_buf()),
+        work_dir,
         train_args: vec!["--ring-timeout".into(), args.ring_timeout.to_string()],
     };
     block_on(agent::run(config, stop_signal())).context("the worker stopped")
