@@ -24,6 +24,7 @@ pub mod exit {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    end_quietly_on_closed_output();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
@@ -62,6 +63,35 @@ fn main() -> ExitCode {
             ExitCode::from(commands::exit_code(&err))
         }
     }
+}
+
+/// A command whose reader went away (`lorafleet jobs | head -1`) ends the
+/// way `ls` or `grep` do: killed by SIGPIPE, without a panic or an error
+/// message. Rust ignores SIGPIPE, so printing to a closed pipe panics
+/// (`failed printing to stdout: Broken pipe`); this hook turns that panic
+/// back into the signal. Sockets never raise SIGPIPE (the standard
+/// library sends with `MSG_NOSIGNAL`), so servers and workers are not
+/// affected. Errors returned as `io::ErrorKind::BrokenPipe` end the
+/// process with success in `main`.
+fn end_quietly_on_closed_output() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            // SAFETY: restoring SIGPIPE's default action and raising it
+            // ends the process; nothing else is touched.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default_hook(info);
+    }));
 }
 
 /// A training step frees and allocates the same activation buffers again

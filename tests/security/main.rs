@@ -10,6 +10,7 @@ mod common;
 mod inputs;
 mod lab;
 mod outputs;
+mod pipes;
 mod records;
 mod ring;
 mod tenants;
