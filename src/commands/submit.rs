@@ -64,9 +64,19 @@ pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> 
     if let Some(Validation::Data(v)) = &spec.dataset.validation {
         locals.push(("dataset.validation", v));
     }
+    let format: trainer::data::Format = spec.dataset.format.name().parse()?;
     let mut datasets = HashMap::new();
     for (key, place) in locals {
         if let PathOrUrl::Path(path) = place {
+            // Every record is checked here first (FILE:LINE, the record
+            // size limit included), so nothing bad is sent.
+            let location = path.display().to_string();
+            tokio::task::spawn_blocking(move || {
+                let source = trainer::data::DataSource::parse(&location)?;
+                trainer::data::check_records(&source, format)
+            })
+            .await?
+            .with_context(|| format!("{key}: {} cannot be used", path.display()))?;
             let url = upload(conn, path)
                 .await
                 .with_context(|| format!("{key}: cannot upload {}", path.display()))?;

@@ -24,6 +24,10 @@ use crate::tokenizer::TextTokenizer;
 
 /// Lines parsed and tokenized together (in parallel) per chunk.
 const LINES_PER_CHUNK: usize = 1024;
+/// Most bytes of lines tokenized at once: with long records, a chunk ends
+/// before `LINES_PER_CHUNK`, so the lines in flight stay within this (plus
+/// one record of at most `MAX_RECORD_BYTES`).
+const BYTES_PER_CHUNK: usize = 4 << 20;
 
 /// Where validation samples come from.
 #[derive(Debug, Clone, Default)]
@@ -216,8 +220,14 @@ pub fn read_samples(
     let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
     'reading: loop {
         chunk.clear();
-        for line in lines.by_ref().take(LINES_PER_CHUNK) {
-            chunk.push(line?);
+        let mut bytes = 0;
+        while chunk.len() < LINES_PER_CHUNK && bytes < BYTES_PER_CHUNK {
+            let Some(line) = lines.next() else {
+                break;
+            };
+            let line = line?;
+            bytes += line.1.len();
+            chunk.push(line);
         }
         if chunk.is_empty() {
             break;

@@ -94,13 +94,75 @@ impl Builder {
     }
 }
 
-/// Tokenizes `raw` with its loss mask. The error is the message part of
+/// The most text bytes one kept token may stand for: no vocabulary of a
+/// Llama-family tokenizer has a longer entry (their longest are runs of
+/// spaces or symbols of 64–128 bytes).
+const MAX_BYTES_PER_TOKEN: usize = 128;
+/// Text kept past `max_seq_len × MAX_BYTES_PER_TOKEN`, so that the word the
+/// cut falls in, however long, is tokenized the same as in the whole text
+/// as long as it is shorter than this.
+const CUT_MARGIN_BYTES: usize = 64 << 10;
+
+/// The bytes of any one text (a `text`, a prompt, a completion, a chat
+/// message) that are tokenized: what `max_seq_len` tokens can cover, plus
+/// a margin. What lies beyond could only give tokens that truncation drops,
+/// so tokenizing stays bounded (memory and time) however long a record is.
+pub fn tokenized_text_budget(max_seq_len: usize) -> usize {
+    max_seq_len
+        .saturating_mul(MAX_BYTES_PER_TOKEN)
+        .saturating_add(CUT_MARGIN_BYTES)
+}
+
+/// The head of `text` that fits in `budget` bytes, cut at a character
+/// boundary.
+fn head(text: &str, budget: usize) -> &str {
+    if text.len() <= budget {
+        return text;
+    }
+    let mut end = budget;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `raw` with every text cut to `budget` bytes (see
+/// [`tokenized_text_budget`]); borrowed when nothing is cut.
+fn cut_to_budget(raw: &RawSample, budget: usize) -> std::borrow::Cow<'_, RawSample> {
+    use std::borrow::Cow;
+    let long = |text: &str| text.len() > budget;
+    match raw {
+        RawSample::Text(text) if long(text) => {
+            Cow::Owned(RawSample::Text(head(text, budget).to_string()))
+        }
+        RawSample::Completion { prompt, completion } if long(prompt) || long(completion) => {
+            Cow::Owned(RawSample::Completion {
+                prompt: head(prompt, budget).to_string(),
+                completion: head(completion, budget).to_string(),
+            })
+        }
+        RawSample::Chat(messages) if messages.iter().any(|m| long(&m.content)) => {
+            Cow::Owned(RawSample::Chat(
+                messages
+                    .iter()
+                    .map(|m| ChatMessage::new(m.role.as_str(), head(&m.content, budget)))
+                    .collect(),
+            ))
+        }
+        _ => Cow::Borrowed(raw),
+    }
+}
+
+/// Tokenizes `raw` with its loss mask, each text cut first to what
+/// `max_seq_len` tokens can use. The error is the message part of
 /// `FILE:LINE: message`.
 pub fn encode_sample(
     raw: &RawSample,
     tokenizer: &TextTokenizer,
     options: &DataOptions,
 ) -> Result<Encoded, String> {
+    let raw = cut_to_budget(raw, tokenized_text_budget(options.max_seq_len));
+    let raw = raw.as_ref();
     let tok_err = |e: TokenizerError| e.to_string();
     let eos: Vec<u32> = tokenizer.eos_id().into_iter().collect();
     let mut b = Builder::default();
@@ -244,5 +306,65 @@ mod tests {
         let e = encode_sample(&RawSample::Text("hello".into()), &t, &o).unwrap();
         assert_eq!(e.sample.input_ids, bytes("hel"));
         assert!(e.truncated);
+    }
+
+    /// What encoding the whole sample and then truncating gives.
+    fn whole_then_truncated(raw: &RawSample, t: &TextTokenizer, max_seq_len: usize) -> Encoded {
+        let whole = DataOptions {
+            max_seq_len: usize::MAX / MAX_BYTES_PER_TOKEN,
+            ..opts()
+        };
+        let mut e = encode_sample(raw, t, &whole).unwrap();
+        e.truncated = e.sample.input_ids.len() > max_seq_len;
+        e.sample.input_ids.truncate(max_seq_len);
+        e.sample.target_mask.truncate(max_seq_len);
+        e
+    }
+
+    #[test]
+    fn long_texts_are_cut_before_tokenizing_without_changing_the_sample() {
+        let t = TextTokenizer::init_model_default();
+        let max_seq_len = 16;
+        let budget = tokenized_text_budget(max_seq_len);
+        // Three times the budget, with a multi-byte character on the cut.
+        let long: String = "ab é".repeat(budget);
+        assert!(!long.is_char_boundary(budget) || !long.is_char_boundary(budget + 1));
+        let samples = [
+            RawSample::Text(long.clone()),
+            RawSample::Completion {
+                prompt: "q".into(),
+                completion: long.clone(),
+            },
+            RawSample::Completion {
+                prompt: long.clone(),
+                completion: "a".into(),
+            },
+            RawSample::Chat(vec![
+                ChatMessage::new("user", long.as_str()),
+                ChatMessage::new("assistant", long.as_str()),
+            ]),
+        ];
+        let o = DataOptions {
+            max_seq_len,
+            ..opts()
+        };
+        for raw in &samples {
+            let cut = cut_to_budget(raw, budget);
+            assert!(matches!(cut, std::borrow::Cow::Owned(_)));
+            let got = encode_sample(raw, &t, &o).unwrap();
+            assert_eq!(
+                got,
+                whole_then_truncated(raw, &t, max_seq_len),
+                "{:?}",
+                raw.shape()
+            );
+            assert!(got.truncated);
+        }
+        // A short sample is not copied.
+        let short = RawSample::Text("hi".into());
+        assert!(matches!(
+            cut_to_budget(&short, budget),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -26,6 +26,12 @@ use crate::storage::Location;
 /// Chunks in flight between the reading thread and the parser.
 const CHANNEL_CHUNKS: usize = 16;
 
+/// The longest line (one JSONL record) a dataset may hold, in bytes. A
+/// longer one is refused with `FILE:LINE: record is N MB, over the M MB
+/// limit`, read to its end without being kept, so memory stays bounded
+/// whatever the file holds.
+pub const MAX_RECORD_BYTES: usize = 16_000_000;
+
 /// A dataset object: a store, a path in it, and the name errors use.
 #[derive(Clone, Debug)]
 pub struct DataSource {
@@ -82,6 +88,8 @@ impl DataSource {
             scanned: 0,
             next_line: 1,
             finished: false,
+            oversized: None,
+            max_line: MAX_RECORD_BYTES,
         }
     }
 }
@@ -147,12 +155,46 @@ pub struct LineReader {
     scanned: usize,
     next_line: usize,
     finished: bool,
+    /// Bytes of the current line so far, once it passed `max_line`: it is
+    /// then counted, not kept.
+    oversized: Option<usize>,
+    max_line: usize,
 }
 
 /// One line's number (1-based) and bytes.
 pub type Line = (usize, Vec<u8>);
 
 impl LineReader {
+    /// The same reader with another line limit (tests use small ones).
+    pub fn with_max_line_bytes(mut self, max_line: usize) -> LineReader {
+        self.max_line = max_line;
+        self
+    }
+
+    /// Ends an oversized line that goes on to `pending[..end]` (`\n` or
+    /// the end of the object at `end`): the error for it, naming its size.
+    fn refuse_oversized(&mut self, end: usize) -> DataError {
+        let size = self.oversized.take().unwrap_or(0) + (end - self.start);
+        self.start = (end + 1).min(self.pending.len());
+        self.scanned = self.start;
+        let number = self.next_line;
+        self.next_line += 1;
+        let mb = |bytes: usize| bytes as f64 / 1e6;
+        DataError::Invalid {
+            file: self.name.clone(),
+            problems: vec![super::LineProblem {
+                file: self.name.clone(),
+                line: number,
+                message: format!(
+                    "record is {:.1} MB, over the {} MB limit",
+                    mb(size),
+                    mb(self.max_line)
+                ),
+            }],
+            stopped_early: false,
+        }
+    }
+
     /// Hands out `pending[start..end]` as the next line.
     fn take_line(&mut self, end: usize) -> Line {
         let mut line = self.pending[self.start..end].to_vec();
@@ -176,19 +218,32 @@ impl Iterator for LineReader {
                 .iter()
                 .position(|&b| b == b'\n')
             {
-                return Some(Ok(self.take_line(self.scanned + i)));
+                let end = self.scanned + i;
+                if self.oversized.is_some() || end - self.start > self.max_line {
+                    return Some(Err(self.refuse_oversized(end)));
+                }
+                return Some(Ok(self.take_line(end)));
             }
             self.scanned = self.pending.len();
             if self.finished {
-                if self.start == self.pending.len() {
+                if self.start == self.pending.len() && self.oversized.is_none() {
                     return None;
+                }
+                if self.oversized.is_some() || self.pending.len() - self.start > self.max_line {
+                    return Some(Err(self.refuse_oversized(self.pending.len())));
                 }
                 return Some(Ok(self.take_line(self.pending.len())));
             }
-            // Drop what was handed out before taking more.
+            // Drop what was handed out before taking more; a line past the
+            // limit is counted and dropped too.
             self.pending.drain(..self.start);
             self.scanned -= self.start;
             self.start = 0;
+            if self.oversized.is_some() || self.pending.len() > self.max_line {
+                *self.oversized.get_or_insert(0) += self.pending.len();
+                self.pending.clear();
+                self.scanned = 0;
+            }
             let received = self.chunks.as_ref().and_then(|rx| rx.recv().ok());
             match received {
                 Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
@@ -255,6 +310,34 @@ mod tests {
         );
         assert_eq!(lines_of(b"a\n"), [(1, "a".into())]);
         assert!(lines_of(b"").is_empty());
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_without_being_kept() {
+        let store = Arc::new(InMemory::new());
+        let path = StorePath::from("d.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut bytes = b"short\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 2_500_000));
+        bytes.extend_from_slice(b"\nafter\n");
+        bytes.extend(std::iter::repeat_n(b'y', 1_500_000));
+        rt.block_on(store.put(&path, bytes.into())).unwrap();
+        let lines: Vec<_> = DataSource::from_store(store, path, "mem")
+            .lines()
+            .with_max_line_bytes(1_000_000)
+            .map(|l| l.map(|(n, b)| (n, b.len())).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                Ok((1, 5)),
+                Err("mem:2: record is 2.5 MB, over the 1 MB limit".to_string()),
+                Ok((3, 5)),
+                Err("mem:4: record is 1.5 MB, over the 1 MB limit".to_string()),
+            ]
+        );
     }
 
     #[test]
