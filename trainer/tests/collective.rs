@@ -300,6 +300,64 @@ fn strangers_are_refused_and_the_ring_still_forms() {
     });
 }
 
+/// Connects to `target`, retrying while it does not listen yet.
+fn connect_when_listening(target: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(target) {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{target} never listened: {e}"),
+        }
+    }
+}
+
+#[test]
+fn idle_and_garbage_connections_do_not_keep_the_previous_rank_out() {
+    use std::io::Write;
+    // 12 idle callers once made set-up fail (each held the only handshake
+    // for 5 s); 100 is far past the handshakes run at once.
+    for idle in [12, 100] {
+        let mut cs = configs(2, Transport::Tcp, 4096);
+        let target = cs[0].peers[0].clone();
+        let c1 = cs.pop().unwrap();
+        let c0 = cs.pop().unwrap();
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let rank0 = s.spawn(move || {
+                let mut ring = TcpRing::connect(&c0).unwrap();
+                let mut buf = vec![1.0f32; 5];
+                ring.all_reduce_sum(&mut buf).unwrap();
+                buf
+            });
+            // Callers that open a connection and say nothing, and some that
+            // send garbage, all before rank 1 starts; they stay open.
+            let mut held: Vec<TcpStream> =
+                (0..idle).map(|_| connect_when_listening(&target)).collect();
+            let mut rng = StdRng::seed_from_u64(idle as u64);
+            for _ in 0..3 {
+                let mut garbage = connect_when_listening(&target);
+                let bytes: Vec<u8> = (0..300).map(|_| rng.random()).collect();
+                garbage.write_all(&bytes).unwrap();
+                held.push(garbage);
+            }
+            let rank1 = s.spawn(move || {
+                let mut ring = TcpRing::connect(&c1).unwrap();
+                let mut buf = vec![2.0f32; 5];
+                ring.all_reduce_sum(&mut buf).unwrap();
+                buf
+            });
+            assert_eq!(rank0.join().unwrap(), vec![3.0; 5], "{idle} idle callers");
+            assert_eq!(rank1.join().unwrap(), vec![3.0; 5], "{idle} idle callers");
+            drop(held);
+        });
+        eprintln!(
+            "{idle} idle callers: the ring formed in {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[test]
 fn a_stalled_peer_becomes_an_error_within_the_timeout() {
     for variant in VARIANTS {

@@ -1,15 +1,20 @@
 //! Forming a ring: every rank listens on its own address, connects to the
 //! next rank (retrying until the timeout: ranks start in any order) and
-//! accepts the previous one, refusing and logging any other caller. What
+//! accepts the previous one, refusing and logging any other caller.
+//! Handshakes with callers run side by side, at most
+//! [`MAX_HANDSHAKES_IN_FLIGHT`] at once (the oldest is dropped to make
+//! room), so idle or garbage connections to a ring port cannot keep the
+//! previous rank from getting through. What
 //! comes out is a pair of [`Links`], each over TCP or shared memory as the
 //! handshake chose; then, when every rank is on one host, a shared-memory
 //! group ([`form_group`]).
 //!
 //! Not here: what travels over the links once formed (`ring`).
 
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +25,11 @@ use super::{Collective, CollectiveError, RingConfig};
 
 /// How long a handshake may take once a connection is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshakes an accepting rank runs at once. A new caller past this drops
+/// the oldest one still running: a real peer answers within milliseconds,
+/// so only a caller that idles is dropped.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 16;
 
 /// This rank's two connections.
 pub struct Links {
@@ -163,7 +173,8 @@ fn connect_next(
 }
 
 /// Accepts connections until the previous rank completes a handshake,
-/// refusing (and logging) any other caller.
+/// refusing (and logging) any other caller. Each caller's handshake runs on
+/// a thread of its own, at most [`MAX_HANDSHAKES_IN_FLIGHT`] at once.
 fn accept_prev(
     listener: &TcpListener,
     me: &Identity<'_>,
@@ -177,36 +188,85 @@ fn accept_prev(
     listener
         .set_nonblocking(true)
         .map_err(|e| CollectiveError::Config(format!("cannot poll the ring listener: {e}")))?;
-    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, from)) => {
-                let _ = stream.set_nonblocking(false);
-                match handshake::accept(stream, me, peer, handshake_timeout) {
-                    Ok(opened) => return Ok(opened),
+    let opened = thread::scope(|s| {
+        let (done, finished) = mpsc::channel::<Handshaken>();
+        // The handshakes running, oldest first: an id and a handle on the
+        // socket that ends the handshake when shut down.
+        let mut running: VecDeque<(u64, TcpStream)> = VecDeque::new();
+        // Handshakes ended to make room: their callers idled.
+        let mut dropped = std::collections::HashSet::new();
+        let mut next_id = 0u64;
+        let opened = 'accepting: loop {
+            if Instant::now() >= deadline || stop.load(Ordering::SeqCst) {
+                break None;
+            }
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let Ok(handle) = stream.try_clone() else {
+                        continue;
+                    };
+                    if running.len() >= MAX_HANDSHAKES_IN_FLIGHT
+                        && let Some((oldest, handle)) = running.pop_front()
+                    {
+                        let _ = handle.shutdown(Shutdown::Both);
+                        dropped.insert(oldest);
+                    }
+                    let id = next_id;
+                    next_id += 1;
+                    running.push_back((id, handle));
+                    let done = done.clone();
+                    s.spawn(move || {
+                        let outcome = handshake::accept(stream, me, peer, handshake_timeout);
+                        let _ = done.send(Handshaken { id, from, outcome });
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => eprintln!("warning: ring rank {}: accept failed: {e}", me.rank),
+            }
+            // Wait a little for a handshake to end, then look for callers.
+            let mut wait = Duration::from_millis(5);
+            while let Ok(ended) = finished.recv_timeout(wait) {
+                wait = Duration::ZERO;
+                running.retain(|(id, _)| *id != ended.id);
+                match ended.outcome {
+                    Ok(opened) => break 'accepting Some(opened),
                     Err(reason) => {
+                        let reason = if dropped.remove(&ended.id) {
+                            format!(
+                                "it sent nothing while {MAX_HANDSHAKES_IN_FLIGHT} newer callers waited"
+                            )
+                        } else {
+                            reason
+                        };
                         eprintln!(
-                            "warning: ring rank {}: refused a connection from {from}: {reason}",
-                            me.rank
+                            "warning: ring rank {}: refused a connection from {}: {reason}",
+                            me.rank, ended.from
                         );
-                        refused = Some(format!("{from}: {reason}"));
+                        refused = Some(format!("{}: {reason}", ended.from));
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
-                eprintln!("warning: ring rank {}: accept failed: {e}", me.rank);
-                thread::sleep(Duration::from_millis(10));
-            }
+        };
+        // The scope waits for every handshake thread: end them now.
+        for (_, handle) in &running {
+            let _ = handle.shutdown(Shutdown::Both);
         }
-    }
-    Err(CollectiveError::NoPeer {
+        opened
+    });
+    opened.ok_or_else(|| CollectiveError::NoPeer {
         rank: me.rank,
         peer,
         secs: started.elapsed().as_secs_f64(),
         refused,
     })
+}
+
+/// How one caller's handshake ended.
+struct Handshaken {
+    id: u64,
+    from: SocketAddr,
+    outcome: Result<handshake::Opened, String>,
 }
 
 /// A handshaken connection ready for traffic: its socket, its shared-memory
