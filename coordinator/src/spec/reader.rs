@@ -262,7 +262,10 @@ impl Reader<'_> {
         };
         let path = section.path_to(&entry.spelled);
         let node = entry.value;
-        let (must, expected) = if max >= i128::from(u32::MAX) {
+        // Wide ranges read better as the side that was crossed: "at least
+        // 1", or "at most 1000000000" for a value past it.
+        let wide = max > 4096;
+        let (must, expected) = if wide {
             (
                 format!("at least {min}"),
                 format!("an integer of at least {min}"),
@@ -276,6 +279,11 @@ impl Reader<'_> {
         match node.kind {
             Kind::Int(value) if (min..=max).contains(&value) => Field::Given(value),
             Kind::Int(value) => {
+                let must = if value > max && wide {
+                    format!("at most {max}")
+                } else {
+                    must
+                };
                 self.report(node.pos, path, format!("must be {must}, got {value}"));
                 Field::Invalid
             }

@@ -291,7 +291,7 @@ fn wrong_types_are_reported_at_the_value() {
     );
     assert_eq!(
         problem(&with(&format!("lora:\n  alpha: [1]\n{tail}"))),
-        "job.yaml:7:10: lora.alpha: expected a number greater than 0, got a list"
+        "job.yaml:7:10: lora.alpha: expected a number greater than 0 and at most 1e6, got a list"
     );
     assert_eq!(
         problem(&with(&format!("lora:\n  use_rslora: yes\n{tail}"))),
@@ -305,7 +305,7 @@ fn wrong_types_are_reported_at_the_value() {
         problem(&with(
             "training:\n  max_steps: 10\n  learning_rate: \"3e-4\"\n"
         )),
-        "job.yaml:8:18: training.learning_rate: expected a number greater than 0, got \"3e-4\""
+        "job.yaml:8:18: training.learning_rate: expected a number greater than 0 and at most 10, got \"3e-4\""
     );
     assert_eq!(
         problem(
@@ -324,11 +324,11 @@ fn lora_alpha_and_dropout_ranges() {
     let tail = "training:\n  max_steps: 10\n";
     assert_eq!(
         problem(&with(&format!("lora:\n  alpha: 0\n{tail}"))),
-        "job.yaml:7:10: lora.alpha: must be greater than 0, got 0"
+        "job.yaml:7:10: lora.alpha: must be greater than 0 and at most 1e6, got 0"
     );
     assert_eq!(
         problem(&with(&format!("lora:\n  alpha: -1.5\n{tail}"))),
-        "job.yaml:7:10: lora.alpha: must be greater than 0, got -1.5"
+        "job.yaml:7:10: lora.alpha: must be greater than 0 and at most 1e6, got -1.5"
     );
     assert_eq!(
         problem(&with(&format!("lora:\n  dropout: 1\n{tail}"))),
@@ -352,7 +352,7 @@ fn max_seq_len_is_at_least_8() {
         problem(
             "name: t\nmodel: {preset: tiny}\ndataset:\n  train: d\n  max_seq_len: 7\ntraining: {max_steps: 1}\n"
         ),
-        "job.yaml:5:16: dataset.max_seq_len: must be between 8 and 1048576, got 7"
+        "job.yaml:5:16: dataset.max_seq_len: must be at least 8, got 7"
     );
 }
 
@@ -411,8 +411,9 @@ fn elastic_workers_need_a_multiple_of_the_minimum() {
 #[test]
 fn learning_rate_is_positive_and_finite() {
     for (value, got) in [
-        ("0", "must be greater than 0, got 0"),
-        ("-1e-3", "must be greater than 0, got -0.001"),
+        ("0", "must be greater than 0 and at most 10, got 0"),
+        ("-1e-3", "must be greater than 0 and at most 10, got -0.001"),
+        ("11", "must be greater than 0 and at most 10, got 11"),
     ] {
         assert_eq!(
             problem(&with(&format!(
@@ -447,7 +448,7 @@ fn warmup_ratio_is_below_1() {
 fn max_grad_norm_is_non_negative_and_0_turns_clipping_off() {
     assert_eq!(
         problem(&with("training:\n  max_steps: 10\n  max_grad_norm: -1\n")),
-        "job.yaml:8:18: training.max_grad_norm: must be at least 0 (0 turns clipping off), got -1"
+        "job.yaml:8:18: training.max_grad_norm: must be between 0 and 1e6 (0 turns clipping off), got -1"
     );
     assert_eq!(
         ok(&with("training:\n  max_steps: 10\n  max_grad_norm: 0\n"))
@@ -477,7 +478,7 @@ fn counts_are_not_negative() {
     );
     assert_eq!(
         problem(&with("training:\n  max_steps: 10\n  adam_epsilon: 0\n")),
-        "job.yaml:8:17: training.adam_epsilon: must be greater than 0, got 0"
+        "job.yaml:8:17: training.adam_epsilon: must be in (0, 1], got 0"
     );
 }
 
@@ -715,7 +716,7 @@ checkpoint:
     // Problems name the key as written.
     assert_eq!(
         problem(&with("lora:\n  lora_alpha: 0\ntraining:\n  max_steps: 1\n")),
-        "job.yaml:7:15: lora.lora_alpha: must be greater than 0, got 0"
+        "job.yaml:7:15: lora.lora_alpha: must be greater than 0 and at most 1e6, got 0"
     );
 }
 
@@ -847,8 +848,8 @@ resources:
         "\
 invalid job spec job.yaml (4 problems):
 job.yaml:7:6: lora.r: must be between 1 and 1024, got 0
-job.yaml:8:10: lora.alpha: must be greater than 0, got -1
-job.yaml:11:18: training.learning_rate: must be greater than 0, got 0
+job.yaml:8:10: lora.alpha: must be greater than 0 and at most 1e6, got -1
+job.yaml:11:18: training.learning_rate: must be greater than 0 and at most 10, got 0
 job.yaml:13:12: resources.workers: must be between 1 and 4096, got 0"
     );
     let first = &error.problems()[0];
@@ -895,7 +896,7 @@ lora:
     assert_eq!(
         found,
         [
-            "job.yaml:6:16: lora.alpha: must be greater than 0, got 0",
+            "job.yaml:6:16: lora.alpha: must be greater than 0 and at most 1e6, got 0",
             "job.yaml:8:6: lora.r: must be between 1 and 1024, got 0",
         ]
     );
@@ -1181,4 +1182,53 @@ fn quickstart_spec_says_what_the_docs_say() {
         spec.output.dir,
         Some(PathOrUrl::Path(root.join("runs/quickstart/final")))
     );
+}
+
+#[test]
+fn every_count_has_an_upper_bound_checked_at_its_line() {
+    let huge = "18446744073709551615";
+    for (section, key, bound) in [
+        ("training", "max_steps", "at most 1000000000"),
+        ("training", "warmup_steps", "at most 1000000000"),
+        ("training", "eval_every", "at most 1000000000"),
+        ("training", "global_batch_size", "at most 1048576"),
+        ("training", "micro_batch_size", "at most 1048576"),
+        ("checkpoint", "every_steps", "at most 1000000000"),
+        ("checkpoint", "keep_last", "at most 10000"),
+        ("dataset", "max_seq_len", "at most 1048576"),
+    ] {
+        let yaml = match section {
+            "training" if key == "max_steps" => with(&format!("training:\n  max_steps: {huge}\n")),
+            "training" => with(&format!("training:\n  max_steps: 10\n  {key}: {huge}\n")),
+            "dataset" => format!("{BASE}  {key}: {huge}\ntraining:\n  max_steps: 10\n"),
+            other => with(&format!(
+                "training:\n  max_steps: 10\n{other}:\n  {key}: {huge}\n"
+            )),
+        };
+        let problem = problem(&yaml);
+        assert!(
+            problem.ends_with(&format!("{section}.{key}: must be {bound}, got {huge}")),
+            "{problem}"
+        );
+    }
+    for (key, value, message) in [
+        (
+            "epochs",
+            "1000000",
+            "must be at most 100000, got 1000000",
+        ),
+        (
+            "max_failures",
+            "5000",
+            "must be between 0 and 1000, got 5000",
+        ),
+    ] {
+        let text = if key == "epochs" {
+            format!("training:\n  epochs: {value}\n")
+        } else {
+            format!("training:\n  max_steps: 10\ncheckpoint:\n  {key}: {value}\n")
+        };
+        let problem = problem(&with(&text));
+        assert!(problem.ends_with(message), "{problem}");
+    }
 }

@@ -21,6 +21,34 @@ use super::types::{
 };
 use super::yaml::{Kind, Node, Pos};
 
+/// Upper bounds of the spec's numbers: far past any real job, low enough
+/// that no count overflows the store (SQLite's 64-bit integers) or sizes
+/// an allocation a machine cannot make. A value past one is one clear
+/// error at its line (exit 2), never a failure later.
+pub mod limits {
+    /// `training.max_steps`, `warmup_steps`, `eval_every`,
+    /// `checkpoint.every_steps`.
+    pub const STEPS: i128 = 1_000_000_000;
+    /// `training.epochs`.
+    pub const EPOCHS: i128 = 100_000;
+    /// `training.global_batch_size` and `micro_batch_size`, in samples.
+    pub const BATCH: i128 = 1 << 20;
+    /// `checkpoint.keep_last`.
+    pub const KEEP_LAST: i128 = 10_000;
+    /// `checkpoint.max_failures`.
+    pub const MAX_FAILURES: i128 = 1_000;
+    /// `dataset.max_seq_len`, in tokens.
+    pub const SEQ_LEN: i128 = 1 << 20;
+    /// `lora.r`.
+    pub const RANK: i128 = 1024;
+    /// `resources.threads_per_worker`.
+    pub const THREADS: i128 = 1024;
+    /// `training.learning_rate`.
+    pub const LEARNING_RATE: f64 = 10.0;
+    /// `lora.alpha`, `training.weight_decay`, `training.max_grad_norm`.
+    pub const SCALE: f64 = 1e6;
+}
+
 /// Reads `root` (the parsed document, `None` if empty) into a spec.
 pub(super) fn read(
     root: Option<&Node>,
@@ -186,7 +214,7 @@ impl Reader<'_> {
             DatasetFormat::NAMES,
             DatasetFormat::parse,
         );
-        let max_seq_len = self.int(&section, "max_seq_len", 8, 1 << 20);
+        let max_seq_len = self.int(&section, "max_seq_len", 8, limits::SEQ_LEN);
         let packing = self.boolean(&section, "packing");
         let train_on_inputs = self.boolean(&section, "train_on_inputs");
         let spec = train.given().map(|train| DatasetSpec {
@@ -205,8 +233,10 @@ impl Reader<'_> {
 
     fn lora(&mut self, top: &Section) -> LoraSpec {
         let section = self.child(top, "lora", &LORA);
-        let r = self.int(&section, "r", 1, 1024).map(as_u32);
-        let alpha = self.float(&section, "alpha", "greater than 0", |v| v > 0.0);
+        let r = self.int(&section, "r", 1, limits::RANK).map(as_u32);
+        let alpha = self.float(&section, "alpha", "greater than 0 and at most 1e6", |v| {
+            v > 0.0 && v <= limits::SCALE
+        });
         let dropout = self.float(&section, "dropout", "in [0, 1)", |v| {
             (0.0..1.0).contains(&v)
         });
@@ -304,7 +334,7 @@ impl Reader<'_> {
         let workers = self.workers(&section);
         let workers_ok = !matches!(workers, Field::Invalid);
         let backend = self.word(&section, "backend", Backend::NAMES, Backend::parse);
-        let threads = self.int(&section, "threads_per_worker", 1, 1024);
+        let threads = self.int(&section, "threads_per_worker", 1, limits::THREADS);
         let priority = self.int(&section, "priority", i32::MIN.into(), i32::MAX.into());
         ResourcesRead {
             spec: ResourcesSpec {
@@ -358,10 +388,10 @@ impl Reader<'_> {
         let section = self.child(top, "training", &TRAINING);
         let length = match self.one_of(&section, "max_steps", "epochs") {
             Some("max_steps") => self
-                .int(&section, "max_steps", 1, u64::MAX.into())
+                .int(&section, "max_steps", 1, limits::STEPS)
                 .map(|v| TrainingLength::MaxSteps(as_u64(v))),
             Some(_) => self
-                .int(&section, "epochs", 1, u32::MAX.into())
+                .int(&section, "epochs", 1, limits::EPOCHS)
                 .map(|v| TrainingLength::Epochs(as_u32(v))),
             None => {
                 if !section.broken {
@@ -374,13 +404,18 @@ impl Reader<'_> {
                 Field::Invalid
             }
         };
-        let global = self.int(&section, "global_batch_size", 1, u32::MAX.into());
-        let micro = self.int(&section, "micro_batch_size", 1, u32::MAX.into());
-        let learning_rate = self.float(&section, "learning_rate", "greater than 0", |v| v > 0.0);
+        let global = self.int(&section, "global_batch_size", 1, limits::BATCH);
+        let micro = self.int(&section, "micro_batch_size", 1, limits::BATCH);
+        let learning_rate = self.float(
+            &section,
+            "learning_rate",
+            "greater than 0 and at most 10",
+            |v| v > 0.0 && v <= limits::LEARNING_RATE,
+        );
         let schedule = self.word(&section, "schedule", Schedule::NAMES, Schedule::parse);
         let warmup = match self.one_of(&section, "warmup_steps", "warmup_ratio") {
             Some("warmup_steps") => self
-                .int(&section, "warmup_steps", 0, u64::MAX.into())
+                .int(&section, "warmup_steps", 0, limits::STEPS)
                 .map(|v| Warmup::Steps(as_u64(v))),
             Some(_) => self
                 .float(&section, "warmup_ratio", "in [0, 1)", |v| {
@@ -389,14 +424,16 @@ impl Reader<'_> {
                 .map(Warmup::Ratio),
             None => Field::Absent,
         };
-        let weight_decay = self.float(&section, "weight_decay", "at least 0", |v| v >= 0.0);
+        let weight_decay = self.float(&section, "weight_decay", "between 0 and 1e6", |v| {
+            (0.0..=limits::SCALE).contains(&v)
+        });
         let max_grad_norm = self.float(
             &section,
             "max_grad_norm",
-            "at least 0 (0 turns clipping off)",
-            |v| v >= 0.0,
+            "between 0 and 1e6 (0 turns clipping off)",
+            |v| (0.0..=limits::SCALE).contains(&v),
         );
-        let eval_every = self.int(&section, "eval_every", 0, u64::MAX.into());
+        let eval_every = self.int(&section, "eval_every", 0, limits::STEPS);
         let seed = self.int(&section, "seed", 0, u64::MAX.into());
         let beta1 = self.float(&section, "adam_beta1", "in [0, 1)", |v| {
             (0.0..1.0).contains(&v)
@@ -404,7 +441,9 @@ impl Reader<'_> {
         let beta2 = self.float(&section, "adam_beta2", "in [0, 1)", |v| {
             (0.0..1.0).contains(&v)
         });
-        let epsilon = self.float(&section, "adam_epsilon", "greater than 0", |v| v > 0.0);
+        let epsilon = self.float(&section, "adam_epsilon", "in (0, 1]", |v| {
+            v > 0.0 && v <= 1.0
+        });
 
         // The global batch splits evenly over micro-batches on every worker.
         let micro_ok = !matches!(micro, Field::Invalid);
@@ -484,11 +523,11 @@ impl Reader<'_> {
 
     fn checkpoint(&mut self, top: &Section) -> CheckpointRead {
         let section = self.child(top, "checkpoint", &CHECKPOINT);
-        let every_steps = self.int(&section, "every_steps", 0, u64::MAX.into());
-        let keep_last = self.int(&section, "keep_last", 1, u32::MAX.into());
+        let every_steps = self.int(&section, "every_steps", 0, limits::STEPS);
+        let keep_last = self.int(&section, "keep_last", 1, limits::KEEP_LAST);
         let keep_best = self.boolean(&section, "keep_best");
         let storage = self.path_or_url(&section, "storage");
-        let max_failures = self.int(&section, "max_failures", 0, u32::MAX.into());
+        let max_failures = self.int(&section, "max_failures", 0, limits::MAX_FAILURES);
         let keep_best_at =
             at(&section, "keep_best").filter(|_| keep_best.is_given_and(|&keep| keep));
         let storage = storage.given().unwrap_or_else(|| {

@@ -240,6 +240,49 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
+        // Far past every released Llama-family model, and small enough
+        // that nothing sized from these numbers alone (before any tensor is
+        // read) can exhaust memory or overflow.
+        let bounded = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1024),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("num_key_value_heads", self.num_key_value_heads, 1024),
+            ("head_dim", self.head_dim, 4096),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ];
+        for (name, value, most) in bounded {
+            if value > most {
+                return Err(format!("{name} is {value}, over the limit of {most}"));
+            }
+        }
+        let positive_finite = [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ];
+        for (name, value) in positive_finite {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("{name} must be a positive number, got {value}"));
+            }
+        }
+        if let Some(s) = &self.rope_scaling {
+            let factors = [
+                ("rope_scaling.factor", s.factor),
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+            ];
+            for (name, value) in factors {
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(format!("{name} must be a positive number, got {value}"));
+                }
+            }
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -344,6 +387,52 @@ mod tests {
             err.to_string(),
             "m/config.json: missing field `hidden_size`"
         );
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        let base = Preset::Tiny.config().to_hf_json();
+        for (key, value, message) in [
+            (
+                "num_hidden_layers",
+                serde_json::json!(1u64 << 30),
+                "num_hidden_layers is 1073741824, over the limit of 1024",
+            ),
+            (
+                "vocab_size",
+                serde_json::json!(u64::MAX),
+                "vocab_size is 18446744073709551615, over the limit of 4194304",
+            ),
+            (
+                "hidden_size",
+                serde_json::json!(1u64 << 40),
+                "over the limit of 65536",
+            ),
+            (
+                "intermediate_size",
+                serde_json::json!(1u64 << 32),
+                "intermediate_size is 4294967296, over the limit of 262144",
+            ),
+            (
+                "max_position_embeddings",
+                serde_json::json!(1u64 << 50),
+                "over the limit of 16777216",
+            ),
+            (
+                "rms_norm_eps",
+                serde_json::json!(-1.0),
+                "rms_norm_eps must be a positive number, got -1",
+            ),
+        ] {
+            let mut config = base.clone();
+            config[key] = value;
+            let err = LlamaConfig::from_hf_json(&config.to_string(), "m/config.json").unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.starts_with("m/config.json: ") && err.contains(message),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]
