@@ -1,9 +1,10 @@
 //! `lorafleet download JOB [--step N|latest|best] -o DIR`: fetch one
 //! checkpoint's files from the coordinator. Files land in a staging folder
 //! next to DIR, each checked against the SHA-256 the coordinator sends,
-//! and DIR is replaced by it only once everything arrived intact; a path
-//! that would leave DIR is refused. [`download_checkpoint`] is shared with
-//! `run`.
+//! and move into DIR only once everything arrived intact, one file at a
+//! time, leaving the user's other files in DIR alone
+//! (`output_folder::install`); a path that would leave DIR is refused.
+//! [`download_checkpoint`] is shared with `run`.
 //!
 //! Not here: which checkpoint `latest` or `best` means (the coordinator),
 //! or merging an adapter into a model (`export`).
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
 use super::UsageError;
+use super::output_folder::{install, staging_beside};
 use super::remote::{self, RemoteArgs, rpc};
 
 /// `lorafleet download JOB`.
@@ -125,7 +127,7 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
 /// `download --merged`: the checkpoint into a staging folder, then the
 /// merged model into the output folder (swapped in whole).
 fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
-    let adapter = staging_dir(&args.output)?;
+    let adapter = staging_beside(&args.output)?;
     let adapter_dir = adapter.path().join("adapter");
     let summary = remote::block_on(async {
         let conn = remote::connect(&args.remote).await?;
@@ -137,10 +139,10 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let spec = coordinator::JobSpec::from_yaml(&text, "job.yaml", "/")?;
     let (source, _) = super::local_job::model_source(&spec)
         .context("--merged needs the job's base model on this machine")?;
-    let merged = staging_dir(&args.output)?;
+    let merged = staging_beside(&args.output)?;
     let merged_what = super::export::write_merged(source, &adapter_dir, merged.path())?;
     drop(adapter);
-    replace_dir(merged, &args.output)?;
+    install(merged.path(), &args.output)?;
     if args.json {
         let mut out = summary.to_json();
         out["dir"] = json!(args.output.display().to_string());
@@ -158,15 +160,16 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
 }
 
 /// Downloads checkpoint `step` (a number, `latest` or `best`) of job
-/// `job_id` into `dir`, which holds exactly its files afterwards (or is
-/// left as it was if anything goes wrong).
+/// `job_id` into `dir`: every file is checked, then moved in, replacing
+/// only files of the same name (see `output_folder`); nothing is moved in
+/// if anything goes wrong.
 pub async fn download_checkpoint(
     conn: &Connection,
     job_id: &str,
     step: &str,
     dir: &Path,
 ) -> anyhow::Result<DownloadSummary> {
-    let staging = staging_dir(dir)?;
+    let staging = staging_beside(dir)?;
     let request = DownloadRequest {
         job_id: job_id.to_string(),
         step: step.to_string(),
@@ -185,67 +188,13 @@ pub async fn download_checkpoint(
         writer.accept(&chunk).with_context(failed)?;
     }
     let (step, files) = writer.finish().with_context(failed)?;
-    replace_dir(staging, dir)?;
+    install(staging.path(), dir)?;
     Ok(DownloadSummary {
         job: job_id.to_string(),
         step,
         dir: dir.to_path_buf(),
         files,
     })
-}
-
-/// An empty folder beside `dir` (same file system, so it can be renamed
-/// onto `dir`), removed when dropped.
-fn staging_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let name = dir
-        .file_name()
-        .with_context(|| format!("{} is not a folder name to download into", dir.display()))?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    tempfile::Builder::new()
-        .prefix(&format!(".{}.download-", name.to_string_lossy()))
-        .tempdir_in(parent)
-        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))
-}
-
-/// Puts the complete download `staging` where `dir` is, replacing what
-/// `dir` held; if that fails, `dir` keeps its old content.
-fn replace_dir(staging: tempfile::TempDir, dir: &Path) -> anyhow::Result<()> {
-    let mut old = None;
-    match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
-        Ok(meta) if !meta.is_dir() => {
-            bail!(
-                "{} exists and is not a folder: give another -o",
-                dir.display()
-            )
-        }
-        Ok(_) => {
-            // Move the old content aside until the new one is in place.
-            let aside = staging_dir(dir)?;
-            let aside_path = aside.path().join("previous");
-            std::fs::rename(dir, &aside_path)
-                .with_context(|| format!("cannot move the old {} aside", dir.display()))?;
-            old = Some((aside, aside_path));
-        }
-    }
-    if let Err(e) = std::fs::rename(staging.path(), dir) {
-        if let Some((_, aside_path)) = &old {
-            // Best effort: the rename error below is what the user needs.
-            let _ = std::fs::rename(aside_path, dir);
-        }
-        return Err(e).with_context(|| format!("cannot move the download into {}", dir.display()));
-    }
-    // The staging folder is `dir` now: nothing left to remove.
-    let _ = staging.keep();
-    // Dropping `old` deletes the previous content.
-    drop(old);
-    Ok(())
 }
 
 /// Turns a stream of chunks into files under one folder, checking each
@@ -526,25 +475,6 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
-    }
-
-    #[test]
-    fn a_finished_download_replaces_the_old_folder() {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("out");
-        std::fs::create_dir_all(dir.join("old")).unwrap();
-        std::fs::write(dir.join("old/stale.txt"), b"stale").unwrap();
-        let staging = staging_dir(&dir).unwrap();
-        std::fs::write(staging.path().join("new.txt"), b"new").unwrap();
-        replace_dir(staging, &dir).unwrap();
-        assert_eq!(std::fs::read(dir.join("new.txt")).unwrap(), b"new");
-        assert!(!dir.join("old").exists());
-        // Nothing is left beside it.
-        let entries: Vec<_> = std::fs::read_dir(base.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(entries, ["out"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod init_adapter;
 pub mod init_model;
 pub mod local_job;
+pub mod output_folder;
 pub mod preemption;
 pub mod ranks;
 pub mod train;

@@ -231,22 +231,14 @@ fn fmt_loss(v: &serde_json::Value) -> String {
     v.as_f64().map_or("n/a".into(), |x| format!("{x:.4}"))
 }
 
-/// Writes the state, its metrics and the spec next to `dir`, then swaps the
-/// new folder in, so `dir` never holds half a state.
+/// Writes the state, its metrics and the spec in a folder beside `dir`,
+/// then moves each file into `dir`, replacing only files of the same name:
+/// every file is whole, and the user's other files there stay
+/// (`output_folder::install`).
 fn save(dir: &Path, state: &TrainState, spec: &JobSpec, base_model: &str) -> anyhow::Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("final");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    write_state(&tmp, state, &spec.to_yaml(), base_model)?;
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("cannot replace {}", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
+    let staging = super::output_folder::staging_beside(dir)?;
+    write_state(staging.path(), state, &spec.to_yaml(), base_model)?;
+    super::output_folder::install(staging.path(), dir)?;
     Ok(())
 }
 
