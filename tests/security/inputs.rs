@@ -81,23 +81,9 @@ fn a_step_count_past_the_bound_is_refused_at_validate_and_submit() {
     );
     // Sent anyway, the coordinator refuses it the same way (not INTERNAL).
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let refused = runtime.block_on(async {
-        let conn = coordinator::client::Connection::open(
-            &fleet.url,
-            &fleet.token,
-            std::time::Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        let request = coordinator::api::SubmitRequest {
-            spec_yaml: std::fs::read_to_string(spec).unwrap(),
-            file_name: "job.yaml".into(),
-            base_dir: tmp.path().display().to_string(),
-            datasets: Default::default(),
-            version: coordinator::PROTOCOL_VERSION.into(),
-        };
-        conn.jobs().submit(request).await.unwrap_err()
-    });
+    let conn = crate::lab::connect(&runtime, &fleet.url, &fleet.token);
+    let request = crate::lab::submit_request(&std::fs::read_to_string(spec).unwrap(), tmp.path());
+    let refused = runtime.block_on(conn.jobs().submit(request)).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(
         refused.message().contains(expected),

@@ -12,7 +12,7 @@ use sha2::Digest;
 use tempfile::TempDir;
 use testkit::SeaweedFs;
 
-use crate::common::fleet::{CLUSTER_TOKEN, Fleet, spawn_server};
+use crate::common::fleet::{CLUSTER_TOKEN, Fleet, spawn_server, text};
 
 pub const TOKEN_A: &str = "tenant-a-token-for-the-attack-suite";
 pub const TOKEN_B: &str = "tenant-b-token-for-the-attack-suite";
@@ -115,26 +115,24 @@ impl Lab {
 
     /// A connection to the coordinator as `token`.
     pub fn connect(&self, token: &str) -> Connection {
-        let url = self.fleet.url.clone();
-        let token = token.to_string();
-        self.runtime
-            .block_on(Connection::open(&url, &token, Duration::from_secs(10)))
-            .unwrap()
+        connect(&self.runtime, &self.fleet.url, token)
     }
 
     /// Submits `spec_yaml` (paths relative to the lab's folder) as `token`.
     pub fn submit(&self, token: &str, spec_yaml: &str) -> Result<api::Job, tonic::Status> {
         let conn = self.connect(token);
-        let request = api::SubmitRequest {
-            spec_yaml: spec_yaml.to_string(),
-            file_name: "job.yaml".into(),
-            base_dir: self.root().display().to_string(),
-            datasets: Default::default(),
-            version: coordinator::PROTOCOL_VERSION.into(),
-        };
+        let request = submit_request(spec_yaml, self.root());
         self.runtime
             .block_on(conn.jobs().submit(request))
             .map(|r| r.into_inner())
+    }
+
+    /// The fleet as `token` sees it (`workers --json`'s `data`).
+    pub fn workers(&self, token: &str) -> Vec<serde_json::Value> {
+        let out = self.fleet.cli(Some(token), &["workers", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["data"].as_array().unwrap().clone()
     }
 
     /// Every file below `folder`, with its bytes.
@@ -153,6 +151,25 @@ impl Lab {
         }
         files.sort();
         files
+    }
+}
+
+/// A gRPC connection to the coordinator at `url` as `token`.
+pub fn connect(runtime: &tokio::runtime::Runtime, url: &str, token: &str) -> Connection {
+    runtime
+        .block_on(Connection::open(url, token, Duration::from_secs(10)))
+        .unwrap()
+}
+
+/// `Jobs.Submit` of `spec_yaml`, whose relative paths start at `base_dir`,
+/// as this version of lorafleet sends it.
+pub fn submit_request(spec_yaml: &str, base_dir: &Path) -> api::SubmitRequest {
+    api::SubmitRequest {
+        spec_yaml: spec_yaml.to_string(),
+        file_name: "job.yaml".into(),
+        base_dir: base_dir.display().to_string(),
+        datasets: Default::default(),
+        version: coordinator::PROTOCOL_VERSION.into(),
     }
 }
 

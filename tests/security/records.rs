@@ -139,14 +139,8 @@ fn a_record_over_the_limit_is_refused_by_validate_submit_and_the_coordinator() {
     // A client that uploads it anyway is refused at submit by the
     // coordinator, which reads it with the same limit.
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let conn = crate::lab::connect(&runtime, &fleet.url, &fleet.token);
     let refused = runtime.block_on(async {
-        let conn = coordinator::client::Connection::open(
-            &fleet.url,
-            &fleet.token,
-            std::time::Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
         let bytes = std::fs::read(&data).unwrap();
         let chunks: Vec<_> = bytes
             .chunks(coordinator::api::CHUNK_BYTES)
@@ -167,13 +161,7 @@ fn a_record_over_the_limit_is_refused_by_validate_submit_and_the_coordinator() {
             .await
             .unwrap()
             .into_inner();
-        let mut request = coordinator::api::SubmitRequest {
-            spec_yaml: std::fs::read_to_string(&spec).unwrap(),
-            file_name: "huge.yaml".into(),
-            base_dir: dir.display().to_string(),
-            datasets: Default::default(),
-            version: coordinator::PROTOCOL_VERSION.into(),
-        };
+        let mut request = crate::lab::submit_request(&std::fs::read_to_string(&spec).unwrap(), dir);
         request.datasets.insert("dataset.train".into(), stored.url);
         conn.jobs().submit(request).await.unwrap_err()
     });

@@ -151,17 +151,8 @@ fn an_upload_is_its_tenants_even_when_another_knows_its_hash() {
     }
     // Handed over as an upload reference.
     let conn = lab.connect(TOKEN_B);
-    let mut request = coordinator::api::SubmitRequest {
-        spec_yaml: spec(
-            &lab.b.join("data.jsonl").display().to_string(),
-            &own_runs,
-            5,
-        ),
-        file_name: "job.yaml".into(),
-        base_dir: lab.root().display().to_string(),
-        datasets: Default::default(),
-        version: coordinator::PROTOCOL_VERSION.into(),
-    };
+    let own_data = lab.b.join("data.jsonl").display().to_string();
+    let mut request = crate::lab::submit_request(&spec(&own_data, &own_runs, 5), lab.root());
     request
         .datasets
         .insert("dataset.train".into(), upload.clone());
@@ -182,14 +173,7 @@ fn an_upload_is_its_tenants_even_when_another_knows_its_hash() {
 fn only_an_operator_drains_and_tenants_see_only_their_own_jobs_on_workers() {
     let mut lab = Lab::start();
     lab.fleet.add_worker("shared-worker");
-    let workers = |token: &str| {
-        let out = lab.fleet.cli(Some(token), &["workers", "--json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    let workers = |token: &str| lab.workers(token);
     crate::common::fleet::wait_until(
         std::time::Duration::from_secs(30),
         "the worker to join",
@@ -268,5 +252,10 @@ fn an_upload_cut_short_by_a_coordinator_crash_leaves_no_file_behind() {
     lab.kill_and_restart_server();
     drop(tx);
     let _ = lab.runtime.block_on(upload);
-    assert_eq!(unfinished(), Vec::<std::path::PathBuf>::new());
+    // The new coordinator removes it as it starts.
+    crate::common::fleet::wait_until(
+        std::time::Duration::from_secs(10),
+        "the unfinished upload to be removed",
+        || unfinished().is_empty(),
+    );
 }

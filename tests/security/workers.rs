@@ -19,14 +19,7 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
         .env
         .push(("LORAFLEET_TEST_MARKER".into(), marker.clone()));
     lab.fleet.add_worker("victim");
-    let workers = |lab: &Lab| {
-        let out = lab.fleet.cli(Some(OPERATOR), &["workers", "--json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    let workers = |lab: &Lab| lab.workers(OPERATOR);
     wait_until(Duration::from_secs(30), "the victim to join", || {
         workers(&lab).len() == 1
     });
