@@ -254,6 +254,26 @@ fn a_rank_with_the_wrong_secret_is_refused() {
     );
 }
 
+/// Connects to `target`, retrying while it does not listen yet.
+fn connect_when_listening(target: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(target) {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{target} never listened: {e}"),
+        }
+    }
+}
+
+/// Joins a ring as `config` says and sums `value` (five of them) over it.
+fn sum_on_ring(config: &RingConfig, value: f32) -> Vec<f32> {
+    let mut ring = TcpRing::connect(config).unwrap();
+    let mut buf = vec![value; 5];
+    ring.all_reduce_sum(&mut buf).unwrap();
+    buf
+}
+
 #[test]
 fn strangers_are_refused_and_the_ring_still_forms() {
     let mut cs = configs(2, Transport::Tcp, 4096);
@@ -262,22 +282,10 @@ fn strangers_are_refused_and_the_ring_still_forms() {
     let c0 = cs.pop().unwrap();
     std::thread::scope(|s| {
         // Rank 0 listens, waiting for rank 1 ...
-        let rank0 = s.spawn(move || {
-            let mut ring = TcpRing::connect(&c0).unwrap();
-            let mut buf = vec![1.0f32; 5];
-            ring.all_reduce_sum(&mut buf).unwrap();
-            buf
-        });
+        let rank0 = s.spawn(move || sum_on_ring(&c0, 1.0));
         // ... and a stranger gets there first with random bytes: it is
         // dropped without an answer.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut stranger = loop {
-            match TcpStream::connect(&target) {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => panic!("rank 0 never listened: {e}"),
-            }
-        };
+        let mut stranger = connect_when_listening(&target);
         use std::io::{Read, Write};
         let mut rng = StdRng::seed_from_u64(9);
         let garbage: Vec<u8> = (0..300).map(|_| rng.random()).collect();
@@ -289,27 +297,10 @@ fn strangers_are_refused_and_the_ring_still_forms() {
         let _ = stranger.read_to_end(&mut answer);
         assert!(answer.is_empty(), "a stranger was answered: {answer:?}");
 
-        let rank1 = s.spawn(move || {
-            let mut ring = TcpRing::connect(&c1).unwrap();
-            let mut buf = vec![2.0f32; 5];
-            ring.all_reduce_sum(&mut buf).unwrap();
-            buf
-        });
+        let rank1 = s.spawn(move || sum_on_ring(&c1, 2.0));
         assert_eq!(rank0.join().unwrap(), vec![3.0; 5]);
         assert_eq!(rank1.join().unwrap(), vec![3.0; 5]);
     });
-}
-
-/// Connects to `target`, retrying while it does not listen yet.
-fn connect_when_listening(target: &str) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect(target) {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("{target} never listened: {e}"),
-        }
-    }
 }
 
 #[test]
@@ -324,12 +315,7 @@ fn idle_and_garbage_connections_do_not_keep_the_previous_rank_out() {
         let c0 = cs.pop().unwrap();
         let started = Instant::now();
         std::thread::scope(|s| {
-            let rank0 = s.spawn(move || {
-                let mut ring = TcpRing::connect(&c0).unwrap();
-                let mut buf = vec![1.0f32; 5];
-                ring.all_reduce_sum(&mut buf).unwrap();
-                buf
-            });
+            let rank0 = s.spawn(move || sum_on_ring(&c0, 1.0));
             // Callers that open a connection and say nothing, and some that
             // send garbage, all before rank 1 starts; they stay open.
             let mut held: Vec<TcpStream> =
@@ -341,12 +327,7 @@ fn idle_and_garbage_connections_do_not_keep_the_previous_rank_out() {
                 garbage.write_all(&bytes).unwrap();
                 held.push(garbage);
             }
-            let rank1 = s.spawn(move || {
-                let mut ring = TcpRing::connect(&c1).unwrap();
-                let mut buf = vec![2.0f32; 5];
-                ring.all_reduce_sum(&mut buf).unwrap();
-                buf
-            });
+            let rank1 = s.spawn(move || sum_on_ring(&c1, 2.0));
             assert_eq!(rank0.join().unwrap(), vec![3.0; 5], "{idle} idle callers");
             assert_eq!(rank1.join().unwrap(), vec![3.0; 5], "{idle} idle callers");
             drop(held);
