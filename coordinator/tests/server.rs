@@ -388,3 +388,29 @@ async fn a_failed_job_resumes_as_a_new_attempt_with_a_fresh_failure_budget() {
     drop((worker, jobs, conn));
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_past_the_last_step_is_not_recorded() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "rank0").await;
+    let job = tc.job(&mut jobs, "bounded", 1, 0).await;
+    let a = worker.next_assignment().await;
+    worker.report(&a, "running").await;
+    worker.step_event(&a, 1, 10).await;
+    wait_status(&mut jobs, &job.id, "running").await;
+    for step in [999_999, 5] {
+        let data = format!(r#"{{"step":{step},"path":"step-{step:09}"}}"#);
+        worker.event(&a, "checkpoint.saved", &data).await;
+    }
+    let listed = jobs
+        .list_checkpoints(JobRef { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let steps: Vec<u64> = listed.data.iter().map(|c| c.step).collect();
+    assert_eq!(steps, [5], "the forged step is not a checkpoint");
+    cancel(&mut jobs, &job.id).await;
+    tc.shutdown().await;
+}
