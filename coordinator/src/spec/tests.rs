@@ -1212,11 +1212,7 @@ fn every_count_has_an_upper_bound_checked_at_its_line() {
         );
     }
     for (key, value, message) in [
-        (
-            "epochs",
-            "1000000",
-            "must be at most 100000, got 1000000",
-        ),
+        ("epochs", "1000000", "must be at most 100000, got 1000000"),
         (
             "max_failures",
             "5000",
