@@ -15,6 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -210,13 +211,15 @@ pub fn connect(
 }
 
 /// Runs the receiver's half on an accepted connection that should come
-/// from rank `peer`. An error is the reason the caller was refused (also
+/// from rank `peer`, setting `hello_seen` once the caller has sent a
+/// well-formed hello. An error is the reason the caller was refused (also
 /// told to the caller when it spoke the protocol).
 pub fn accept(
     mut stream: TcpStream,
     me: &Identity<'_>,
     peer: usize,
     timeout: Duration,
+    hello_seen: &AtomicBool,
 ) -> Result<Opened, String> {
     let io = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -241,6 +244,7 @@ pub fn accept(
             &hello[..8]
         ));
     }
+    hello_seen.store(true, Ordering::SeqCst);
     let mut reply = [0u8; REPLY_BYTES];
     reply[..8].copy_from_slice(MAGIC);
     put_u32(&mut reply, 12, me.rank as u32);

@@ -2,16 +2,16 @@
 //! next rank (retrying until the timeout: ranks start in any order) and
 //! accepts the previous one, refusing and logging any other caller.
 //! Handshakes with callers run side by side, at most
-//! [`MAX_HANDSHAKES_IN_FLIGHT`] at once (the oldest is dropped to make
-//! room), so idle or garbage connections to a ring port cannot keep the
-//! previous rank from getting through. What
+//! [`MAX_HANDSHAKES_IN_FLIGHT`] at once (the oldest silent caller is
+//! dropped to make room), so idle or garbage connections to a ring port
+//! cannot keep the previous rank from getting through. What
 //! comes out is a pair of [`Links`], each over TCP or shared memory as the
 //! handshake chose; then, when every rank is on one host, a shared-memory
 //! group ([`form_group`]).
 //!
 //! Not here: what travels over the links once formed (`ring`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -26,10 +26,12 @@ use super::{Collective, CollectiveError, RingConfig};
 /// How long a handshake may take once a connection is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes an accepting rank runs at once. A new caller past this drops
-/// the oldest one still running: a real peer answers within milliseconds,
-/// so only a caller that idles is dropped.
-pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 16;
+/// Handshakes an accepting rank runs at once. A new caller past this ends
+/// the oldest one whose caller has not said hello yet (the oldest of all
+/// when every caller has): a real peer says hello as soon as it connects
+/// and finishes within milliseconds, so only a caller that idles is
+/// dropped.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 64;
 
 /// This rank's two connections.
 pub struct Links {
@@ -174,7 +176,9 @@ fn connect_next(
 
 /// Accepts connections until the previous rank completes a handshake,
 /// refusing (and logging) any other caller. Each caller's handshake runs on
-/// a thread of its own, at most [`MAX_HANDSHAKES_IN_FLIGHT`] at once.
+/// a thread of its own, at most [`MAX_HANDSHAKES_IN_FLIGHT`] at once; a
+/// caller past that ends the oldest that has not said hello yet (or, when
+/// all have, the oldest), so only a caller that idles is dropped.
 fn accept_prev(
     listener: &TcpListener,
     me: &Identity<'_>,
@@ -190,67 +194,82 @@ fn accept_prev(
         .map_err(|e| CollectiveError::Config(format!("cannot poll the ring listener: {e}")))?;
     let opened = thread::scope(|s| {
         let (done, finished) = mpsc::channel::<Handshaken>();
-        // The handshakes running, oldest first: an id and a handle on the
-        // socket that ends the handshake when shut down.
-        let mut running: VecDeque<(u64, TcpStream)> = VecDeque::new();
-        // Handshakes ended to make room: their callers idled.
-        let mut dropped = std::collections::HashSet::new();
+        let mut running: VecDeque<InFlight> = VecDeque::new();
+        // The handshakes ended to make room, and why they were chosen.
+        let mut dropped: HashMap<u64, &'static str> = HashMap::new();
         let mut next_id = 0u64;
+        let mut last_accept_error = String::new();
         let opened = 'accepting: loop {
             if Instant::now() >= deadline || stop.load(Ordering::SeqCst) {
                 break None;
             }
-            match listener.accept() {
-                Ok((stream, from)) => {
-                    let _ = stream.set_nonblocking(false);
-                    let Ok(handle) = stream.try_clone() else {
-                        continue;
-                    };
-                    if running.len() >= MAX_HANDSHAKES_IN_FLIGHT
-                        && let Some((oldest, handle)) = running.pop_front()
-                    {
-                        let _ = handle.shutdown(Shutdown::Both);
-                        dropped.insert(oldest);
+            // Take every caller waiting in the backlog.
+            loop {
+                let (stream, from) = match listener.accept() {
+                    Ok(accepted) => accepted,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // Say it once, not every poll (e.g. out of files).
+                        let e = e.to_string();
+                        if e != last_accept_error {
+                            eprintln!("warning: ring rank {}: accept failed: {e}", me.rank);
+                            last_accept_error = e;
+                        }
+                        break;
                     }
-                    let id = next_id;
-                    next_id += 1;
-                    running.push_back((id, handle));
-                    let done = done.clone();
-                    s.spawn(move || {
-                        let outcome = handshake::accept(stream, me, peer, handshake_timeout);
-                        let _ = done.send(Handshaken { id, from, outcome });
-                    });
+                };
+                let _ = stream.set_nonblocking(false);
+                let Ok(handle) = stream.try_clone() else {
+                    continue;
+                };
+                if running.len() >= MAX_HANDSHAKES_IN_FLIGHT {
+                    let silent = running.iter().position(|h| !h.hello.load(Ordering::SeqCst));
+                    if let Some(oldest) = running.remove(silent.unwrap_or(0)) {
+                        let _ = oldest.handle.shutdown(Shutdown::Both);
+                        let why = if silent.is_some() {
+                            "it sent nothing while the handshakes in flight were at their bound"
+                        } else {
+                            "it said hello but had not finished when the handshakes in flight were at their bound"
+                        };
+                        dropped.insert(oldest.id, why);
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => eprintln!("warning: ring rank {}: accept failed: {e}", me.rank),
+                let hello = Arc::new(AtomicBool::new(false));
+                let id = next_id;
+                next_id += 1;
+                running.push_back(InFlight {
+                    id,
+                    handle,
+                    hello: hello.clone(),
+                });
+                let done = done.clone();
+                s.spawn(move || {
+                    let outcome = handshake::accept(stream, me, peer, handshake_timeout, &hello);
+                    let _ = done.send(Handshaken { id, from, outcome });
+                });
             }
             // Wait a little for a handshake to end, then look for callers.
             let mut wait = Duration::from_millis(5);
             while let Ok(ended) = finished.recv_timeout(wait) {
                 wait = Duration::ZERO;
-                running.retain(|(id, _)| *id != ended.id);
-                match ended.outcome {
-                    Ok(opened) => break 'accepting Some(opened),
-                    Err(reason) => {
-                        let reason = if dropped.remove(&ended.id) {
-                            format!(
-                                "it sent nothing while {MAX_HANDSHAKES_IN_FLIGHT} newer callers waited"
-                            )
-                        } else {
-                            reason
-                        };
-                        eprintln!(
-                            "warning: ring rank {}: refused a connection from {}: {reason}",
-                            me.rank, ended.from
-                        );
-                        refused = Some(format!("{}: {reason}", ended.from));
-                    }
-                }
+                running.retain(|h| h.id != ended.id);
+                // A handshake ended to make room is refused even when it
+                // got through just before: its socket is shut down.
+                let reason = match (ended.outcome, dropped.remove(&ended.id)) {
+                    (Ok(opened), None) => break 'accepting Some(opened),
+                    (_, Some(why)) => why.to_string(),
+                    (Err(reason), None) => reason,
+                };
+                eprintln!(
+                    "warning: ring rank {}: refused a connection from {}: {reason}",
+                    me.rank, ended.from
+                );
+                refused = Some(format!("{}: {reason}", ended.from));
             }
         };
         // The scope waits for every handshake thread: end them now.
-        for (_, handle) in &running {
-            let _ = handle.shutdown(Shutdown::Both);
+        for h in &running {
+            let _ = h.handle.shutdown(Shutdown::Both);
         }
         opened
     });
@@ -260,6 +279,15 @@ fn accept_prev(
         secs: started.elapsed().as_secs_f64(),
         refused,
     })
+}
+
+/// A caller's handshake still running.
+struct InFlight {
+    id: u64,
+    /// Shutting it down ends the handshake.
+    handle: TcpStream,
+    /// Set once the caller has sent a well-formed hello.
+    hello: Arc<AtomicBool>,
 }
 
 /// How one caller's handshake ended.
