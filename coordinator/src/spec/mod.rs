@@ -133,6 +133,7 @@ pub use types::{
     PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength, TrainingSpec,
     URL_SCHEMES, Validation, Warmup, Workers, defaults,
 };
+pub use validate::limits;
 
 /// The largest spec accepted, in bytes.
 pub const MAX_SPEC_BYTES: usize = 1 << 20;

@@ -263,12 +263,14 @@ impl Reader<'_> {
         let path = section.path_to(&entry.spelled);
         let node = entry.value;
         // Wide ranges read better as the side that was crossed: "at least
-        // 1", or "at most 1000000000" for a value past it.
+        // 1", or "at most 1000000000" for a value past it. A value that is
+        // no integer at all (a float, `1e30`, a number past i128) is told
+        // both ends.
         let wide = max > 4096;
         let (must, expected) = if wide {
             (
                 format!("at least {min}"),
-                format!("an integer of at least {min}"),
+                format!("an integer between {min} and {max}"),
             )
         } else {
             (

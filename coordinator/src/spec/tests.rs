@@ -299,7 +299,7 @@ fn wrong_types_are_reported_at_the_value() {
     );
     assert_eq!(
         problem(&with("training:\n  max_steps: {a: 1}\n")),
-        "job.yaml:7:14: training.max_steps: expected an integer of at least 1, got a mapping"
+        "job.yaml:7:14: training.max_steps: expected an integer between 1 and 1000000000, got a mapping"
     );
     assert_eq!(
         problem(&with(
@@ -1227,4 +1227,101 @@ fn every_count_has_an_upper_bound_checked_at_its_line() {
         let problem = problem(&with(&text));
         assert!(problem.ends_with(message), "{problem}");
     }
+}
+
+#[test]
+fn every_bound_is_inclusive_and_one_past_it_is_refused() {
+    let cases = [
+        ("training", "max_steps", limits::STEPS),
+        ("training", "warmup_steps", limits::STEPS),
+        ("training", "eval_every", limits::STEPS),
+        ("training", "global_batch_size", limits::BATCH),
+        ("training", "micro_batch_size", limits::BATCH),
+        ("checkpoint", "every_steps", limits::STEPS),
+        ("checkpoint", "keep_last", limits::KEEP_LAST),
+        ("checkpoint", "max_failures", limits::MAX_FAILURES),
+        ("dataset", "max_seq_len", limits::SEQ_LEN),
+        ("lora", "r", limits::RANK),
+        ("resources", "threads_per_worker", limits::THREADS),
+    ];
+    // Validation data, so that `eval_every` is allowed.
+    let base = format!("{BASE}  validation_fraction: 0.1\n");
+    let yaml = |section: &str, key: &str, value: i128| {
+        let entry = format!("  {key}: {value}\n");
+        match section {
+            "dataset" => format!("{base}{entry}training:\n  max_steps: 10\n"),
+            "training" if key == "max_steps" => format!("{base}training:\n{entry}"),
+            "training" => format!("{base}training:\n  max_steps: 10\n{entry}"),
+            other => format!("{base}training:\n  max_steps: 10\n{other}:\n{entry}"),
+        }
+    };
+    for (section, key, most) in cases {
+        // The global batch must split over micro-batches: a batch of
+        // `most` samples is given with micro-batches of one.
+        ok(&yaml(section, key, most));
+        let problem = problem(&yaml(section, key, most + 1));
+        assert!(
+            problem.contains(&format!("{section}.{key}: must be "))
+                && problem.contains(&most.to_string())
+                && problem.ends_with(&format!("got {}", most + 1)),
+            "{problem}"
+        );
+    }
+    // Epochs and the other bounds of their own.
+    ok(&with(&format!("training:\n  epochs: {}\n", limits::EPOCHS)));
+    assert!(
+        problem(&with(&format!(
+            "training:\n  epochs: {}\n",
+            limits::EPOCHS + 1
+        )))
+        .ends_with("training.epochs: must be at most 100000, got 100001")
+    );
+    ok(&with(
+        "training:\n  max_steps: 10\nresources:\n  workers: 4096\n  priority: -2147483648\n  threads_per_worker: 1\ncheckpoint:\n  max_failures: 0\n",
+    ));
+    assert!(
+        problem(&with(
+            "training:\n  max_steps: 10\nresources:\n  workers: 4097\n"
+        ))
+        .ends_with("resources.workers: must be between 1 and 4096, got 4097")
+    );
+    assert!(
+        problem(&with(
+            "training:\n  max_steps: 10\nresources:\n  priority: 2147483648\n"
+        ))
+        .ends_with("resources.priority: must be at most 2147483647, got 2147483648")
+    );
+}
+
+#[test]
+fn numbers_that_are_no_integer_are_told_the_bounds() {
+    // Past i128 a number is read as a float; `1e30` is one.
+    for value in ["1e30", "1000000000000000000000000000000000000000000", "2.5"] {
+        let problem = problem(&with(&format!("training:\n  max_steps: {value}\n")));
+        assert!(
+            problem
+                .contains("training.max_steps: expected an integer between 1 and 1000000000, got "),
+            "{problem}"
+        );
+    }
+}
+
+#[test]
+fn a_seed_takes_any_u64() {
+    let spec = ok(&with(&format!(
+        "training:\n  max_steps: 10\n  seed: {}\n",
+        u64::MAX
+    )));
+    assert_eq!(spec.training.seed, u64::MAX);
+    assert_eq!(parse(&spec.to_yaml()).unwrap().training.seed, u64::MAX);
+    let problem = problem(&with(&format!(
+        "training:\n  max_steps: 10\n  seed: {}\n",
+        u128::from(u64::MAX) + 1
+    )));
+    assert!(
+        problem.ends_with(
+            "training.seed: expected an integer between 0 and 18446744073709551615, got 1.8446744073709552e19"
+        ),
+        "{problem}"
+    );
 }

@@ -25,6 +25,12 @@ use super::yaml::{Kind, Node, Pos};
 /// that no count overflows the store (SQLite's 64-bit integers) or sizes
 /// an allocation a machine cannot make. A value past one is one clear
 /// error at its line (exit 2), never a failure later.
+///
+/// The other numbers have bounds of their own: `resources.workers` at most
+/// [`Workers::LIMIT`], `resources.priority` an `i32`, fractions and Adam's
+/// betas below 1, `adam_epsilon` at most 1. `training.seed` takes any
+/// `u64`: the store keeps it only inside the spec's text, never in an
+/// integer column.
 pub mod limits {
     /// `training.max_steps`, `warmup_steps`, `eval_every`,
     /// `checkpoint.every_steps`.
