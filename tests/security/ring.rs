@@ -1,12 +1,27 @@
-//! Hostile ring peers: idle and garbage connections to a rank's ring port
-//! must not keep the real peers from joining.
+//! Hostile ring peers: idle and garbage connections to a rank's ring port,
+//! and a rank of another attempt, must not keep the real peers from
+//! joining.
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::fleet::text;
 use crate::common::{free_peers, spawn_rank, spec_in};
+
+/// Waits for `child`, killing it (and failing the test) past `limit`.
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("a rank was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
 
 #[test]
 fn idle_connections_to_a_ring_port_do_not_stop_a_two_rank_job() {
@@ -33,14 +48,43 @@ fn idle_connections_to_a_ring_port_do_not_stop_a_two_rank_job() {
         }
     }
     held[12].write_all(&[0xde; 300]).unwrap();
+    // A rank 1 of another attempt calls too, and is refused.
+    let stranger_peers = format!("{rank0_port},{}", free_peers(1));
+    let stranger = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["bench", "allreduce", "--sizes", "4K", "--iters", "1"])
+        .args(["--ring-timeout", "10", "--rank", "1", "--peers"])
+        .arg(&stranger_peers)
+        .env("LORAFLEET_RING_SECRET", "another attempt's secret, 32 ch!")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(stranger, Duration::from_secs(60));
+    assert!(!out.status.success(), "a wrong secret joined");
+    assert!(
+        text(&out.stderr).contains("secret"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let rank1 = spawn_rank(&["train", spec, "--ring-timeout", "20"], 1, 2, &peers);
+    let mut stderr = Vec::new();
     for (rank, child) in [rank0, rank1].into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
+        let out = wait_bounded(child, Duration::from_secs(120));
         assert!(out.status.success(), "rank {rank}: {}", text(&out.stderr));
+        stderr.push(text(&out.stderr));
     }
     drop(held);
     assert!(
         dir.join("runs/quickstart/final/adapter_model.safetensors")
             .is_file()
     );
+    // Rank 0 logged why it refused the garbage and the wrong secret.
+    for why in [
+        "not a lorafleet ring peer",
+        "does not know this attempt's secret",
+    ] {
+        assert!(stderr[0].contains(why), "{why}: {}", stderr[0]);
+    }
 }
