@@ -11,6 +11,32 @@ use serde_json::Value;
 
 use super::ModelError;
 
+/// Upper bounds of a model's sizes, checked by [`LlamaConfig::validate`]
+/// whichever file they come from (`config.json`, GGUF metadata): far past
+/// every released Llama-family model, and small enough that nothing sized
+/// from these numbers alone, before any tensor is read, can exhaust memory
+/// or overflow. Each tensor is then checked against the shape they imply
+/// as it is read (`Llama::from_weights`), so a file cannot claim more than
+/// it holds.
+pub mod limits {
+    /// `vocab_size` (GGUF: `llama.vocab_size` or the token list), 4,194,304.
+    pub const VOCAB: usize = 1 << 22;
+    /// `hidden_size` (`llama.embedding_length`), 65,536.
+    pub const HIDDEN: usize = 1 << 16;
+    /// `intermediate_size` (`llama.feed_forward_length`), 262,144.
+    pub const INTERMEDIATE: usize = 1 << 18;
+    /// `num_hidden_layers` (`llama.block_count`).
+    pub const LAYERS: usize = 1024;
+    /// `num_attention_heads` and `num_key_value_heads`
+    /// (`llama.attention.head_count`, `head_count_kv`).
+    pub const HEADS: usize = 1024;
+    /// `head_dim` (`llama.attention.key_length`).
+    pub const HEAD_DIM: usize = 4096;
+    /// `max_position_embeddings` (`llama.context_length`) and
+    /// `rope_scaling.original_max_position_embeddings`, 16,777,216.
+    pub const POSITIONS: usize = 1 << 24;
+}
+
 /// The architecture hyper-parameters of a Llama decoder, in HF naming.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -191,14 +217,27 @@ impl LlamaConfig {
             }
         };
 
+        // Token ids are kept as u32: a larger one is refused, not cut short
+        // into another token's id.
+        let token_id = |key: &str, n: u64| {
+            u32::try_from(n)
+                .map_err(|_| bad(format!("{key} is {n}, over the limit of {}", u32::MAX)))
+        };
         let eos_token_ids = match obj.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n) => vec![token_id("eos_token_id", n)?],
+                None => Vec::new(),
+            },
             Some(Value::Array(a)) => a
                 .iter()
                 .filter_map(Value::as_u64)
-                .map(|n| n as u32)
-                .collect(),
+                .map(|n| token_id("eos_token_id", n))
+                .collect::<Result<_, _>>()?,
             _ => Vec::new(),
+        };
+        let bos_token_id = match obj.get("bos_token_id").and_then(Value::as_u64) {
+            Some(n) => Some(token_id("bos_token_id", n)?),
+            None => None,
         };
 
         let config = LlamaConfig {
@@ -214,10 +253,7 @@ impl LlamaConfig {
             rope_theta,
             rope_scaling,
             tie_word_embeddings: flag("tie_word_embeddings"),
-            bos_token_id: obj
-                .get("bos_token_id")
-                .and_then(Value::as_u64)
-                .map(|n| n as u32),
+            bos_token_id,
             eos_token_ids,
         };
         config.validate().map_err(bad)?;
@@ -240,23 +276,39 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        // Far past every released Llama-family model, and small enough
-        // that nothing sized from these numbers alone (before any tensor is
-        // read) can exhaust memory or overflow.
-        let bounded = [
-            ("vocab_size", self.vocab_size, 1 << 22),
-            ("hidden_size", self.hidden_size, 1 << 16),
-            ("intermediate_size", self.intermediate_size, 1 << 18),
-            ("num_hidden_layers", self.num_hidden_layers, 1024),
-            ("num_attention_heads", self.num_attention_heads, 1024),
-            ("num_key_value_heads", self.num_key_value_heads, 1024),
-            ("head_dim", self.head_dim, 4096),
+        let mut bounded = vec![
+            ("vocab_size", self.vocab_size, limits::VOCAB),
+            ("hidden_size", self.hidden_size, limits::HIDDEN),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                limits::INTERMEDIATE,
+            ),
+            ("num_hidden_layers", self.num_hidden_layers, limits::LAYERS),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::HEADS,
+            ),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                limits::HEADS,
+            ),
+            ("head_dim", self.head_dim, limits::HEAD_DIM),
             (
                 "max_position_embeddings",
                 self.max_position_embeddings,
-                1 << 24,
+                limits::POSITIONS,
             ),
         ];
+        if let Some(s) = &self.rope_scaling {
+            bounded.push((
+                "rope_scaling.original_max_position_embeddings",
+                s.original_max_position_embeddings,
+                limits::POSITIONS,
+            ));
+        }
         for (name, value, most) in bounded {
             if value > most {
                 return Err(format!("{name} is {value}, over the limit of {most}"));
@@ -433,6 +485,65 @@ mod tests {
                 "{key}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn every_limit_is_inclusive() {
+        let mut c = Preset::Tiny.config();
+        c.vocab_size = limits::VOCAB;
+        c.hidden_size = limits::HIDDEN;
+        c.intermediate_size = limits::INTERMEDIATE;
+        c.num_hidden_layers = limits::LAYERS;
+        c.num_attention_heads = limits::HEADS;
+        c.num_key_value_heads = limits::HEADS;
+        c.head_dim = limits::HEAD_DIM;
+        c.max_position_embeddings = limits::POSITIONS;
+        assert_eq!(c.validate(), Ok(()));
+        c.head_dim = limits::HEAD_DIM + 2;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "head_dim is 4098, over the limit of 4096"
+        );
+    }
+
+    #[test]
+    fn rope_scaling_and_token_ids_are_bounded_too() {
+        let mut config = Preset::Tiny.config().to_hf_json();
+        config["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1e30,
+        });
+        let err = LlamaConfig::from_hf_json(&config.to_string(), "m/config.json").unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "rope_scaling.original_max_position_embeddings is 18446744073709551615, over the limit of 16777216"
+            ),
+            "{err}"
+        );
+        config["rope_scaling"]["original_max_position_embeddings"] = serde_json::json!(8192);
+        config["rope_scaling"]["factor"] = serde_json::json!(0.0);
+        let err = LlamaConfig::from_hf_json(&config.to_string(), "m/config.json").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("rope_scaling.factor must be a positive number, got 0"),
+            "{err}"
+        );
+
+        for key in ["bos_token_id", "eos_token_id"] {
+            let mut config = Preset::Tiny.config().to_hf_json();
+            config[key] = serde_json::json!((1u64 << 32) + 2);
+            let err = LlamaConfig::from_hf_json(&config.to_string(), "m/config.json").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("m/config.json: {key} is 4294967298, over the limit of 4294967295")
+            );
+        }
+        let mut config = Preset::Tiny.config().to_hf_json();
+        config["eos_token_id"] = serde_json::json!([2, 1u64 << 33]);
+        assert!(LlamaConfig::from_hf_json(&config.to_string(), "m/config.json").is_err());
     }
 
     #[test]

@@ -206,21 +206,15 @@ fn llama_config(
             .ok_or_else(|| bad("llama.vocab_size is missing and there is no token list".into()))?,
     };
     let rope_theta = opt_f64("rope.freq_base")?.unwrap_or(10000.0);
-    let rope_scaling = match gguf.meta_str("llama.rope.scaling.type") {
-        None | Some("none") => match gguf.tensor("rope_freqs.weight") {
-            None => None,
-            Some(info) => {
-                let factors = gguf.read_f32(info, bytes, source)?;
-                llama3_scaling_from_rope_freqs(&factors, head_dim, rope_theta).map_err(bad)?
-            }
-        },
-        Some(other) => {
-            return Err(bad(format!(
-                "llama.rope.scaling.type {other:?} is not supported (only llama3 frequency \
-                 factors in rope_freqs.weight, or none)"
-            )));
-        }
-    };
+    if let Some(other) = gguf
+        .meta_str("llama.rope.scaling.type")
+        .filter(|&kind| kind != "none")
+    {
+        return Err(bad(format!(
+            "llama.rope.scaling.type {other:?} is not supported (only llama3 frequency \
+             factors in rope_freqs.weight, or none)"
+        )));
+    }
     let mut eos_token_ids: Vec<u32> = Vec::new();
     for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {
         if let Some(id) = u32_meta(&format!("tokenizer.ggml.{key}"))
@@ -229,7 +223,7 @@ fn llama_config(
             eos_token_ids.push(id);
         }
     }
-    let config = LlamaConfig {
+    let mut config = LlamaConfig {
         vocab_size,
         hidden_size,
         intermediate_size: req_usize("feed_forward_length")?,
@@ -240,12 +234,19 @@ fn llama_config(
         max_position_embeddings: opt_usize("context_length")?.unwrap_or(2048),
         rms_norm_eps: opt_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
         rope_theta,
-        rope_scaling,
+        rope_scaling: None,
         tie_word_embeddings: gguf.tensor("output.weight").is_none(),
         bos_token_id: u32_meta("tokenizer.ggml.bos_token_id"),
         eos_token_ids,
     };
+    // The sizes are within their limits before any tensor is read.
     config.validate().map_err(bad)?;
+    if let Some(info) = gguf.tensor("rope_freqs.weight") {
+        let factors = gguf.read_f32(info, bytes, source)?;
+        config.rope_scaling =
+            llama3_scaling_from_rope_freqs(&factors, head_dim, rope_theta).map_err(bad)?;
+        config.validate().map_err(bad)?;
+    }
     Ok(config)
 }
 
@@ -833,6 +834,45 @@ mod tests {
         let (mut w, _) = tiny_llama();
         w.meta("llama.rope.scaling.type", Meta::Str("yarn".into()));
         assert!(load_error(&w).contains("llama.rope.scaling.type \"yarn\" is not supported"));
+    }
+
+    #[test]
+    fn absurd_sizes_in_metadata_are_refused_before_any_tensor_is_read() {
+        for (key, value, message) in [
+            (
+                "llama.block_count",
+                Meta::U64(1 << 30),
+                "tiny.gguf: num_hidden_layers is 1073741824, over the limit of 1024",
+            ),
+            (
+                "llama.embedding_length",
+                Meta::U64(u64::MAX),
+                "tiny.gguf: hidden_size is 18446744073709551615, over the limit of 65536",
+            ),
+            (
+                "llama.feed_forward_length",
+                Meta::U32(u32::MAX),
+                "tiny.gguf: intermediate_size is 4294967295, over the limit of 262144",
+            ),
+            (
+                "llama.context_length",
+                Meta::U64(1 << 40),
+                "tiny.gguf: max_position_embeddings is 1099511627776, over the limit of 16777216",
+            ),
+            (
+                "llama.vocab_size",
+                Meta::U32(1 << 30),
+                "tiny.gguf: vocab_size is 1073741824, over the limit of 4194304",
+            ),
+        ] {
+            let (mut w, _) = tiny_llama();
+            w.metadata.retain(|(k, _)| k != key);
+            w.meta(key, value);
+            // A rope_freqs tensor far too short for any head size: the
+            // bounds are checked before it is read.
+            w.f32_tensor("rope_freqs.weight", &[1], &[1.0]);
+            assert_eq!(load_error(&w), message, "{key}");
+        }
     }
 
     /// The factors `convert_hf_to_gguf.py` writes to `rope_freqs.weight`.
