@@ -52,12 +52,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // A closed stdout (`lorafleet ... | head`) is not a failure.
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            // `writeln!(stdout, ..)?` into a closed pipe (`lorafleet logs
+            // JOB | head -1`): quiet, as below. Only when this process's
+            // own output has lost its reader: a broken socket or child
+            // pipe is a failure like any other.
+            let broken_pipe = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe && (reader_gone(libc::STDOUT_FILENO) || reader_gone(libc::STDERR_FILENO))
             {
-                return ExitCode::SUCCESS;
+                end_by_sigpipe();
             }
             eprintln!("lorafleet: {err:#}");
             ExitCode::from(commands::exit_code(&err))
@@ -67,31 +73,55 @@ fn main() -> ExitCode {
 
 /// A command whose reader went away (`lorafleet jobs | head -1`) ends the
 /// way `ls` or `grep` do: killed by SIGPIPE, without a panic or an error
-/// message. Rust ignores SIGPIPE, so printing to a closed pipe panics
-/// (`failed printing to stdout: Broken pipe`); this hook turns that panic
-/// back into the signal. Sockets never raise SIGPIPE (the standard
-/// library sends with `MSG_NOSIGNAL`), so servers and workers are not
-/// affected. Errors returned as `io::ErrorKind::BrokenPipe` end the
-/// process with success in `main`.
+/// message (shells say nothing about it).
+///
+/// Rust sets SIGPIPE to ignored, so printing to a closed pipe panics
+/// (`failed printing to stdout: Broken pipe`); this hook turns that panic,
+/// on any thread, back into the signal. SIGPIPE itself stays ignored
+/// rather than restored at start: then only this process's own stdout
+/// and stderr end it, while a write to a closed socket or child pipe
+/// (the coordinator's clients, a worker's rank processes, ring peers)
+/// stays an `EPIPE` error that the caller handles. Long-running commands
+/// are no exception: `serve` and `worker` log through `tracing`, which
+/// drops what it cannot write, and `train` drops event lines nobody
+/// reads; a `worker` whose own stderr is gone ends at the next rank line
+/// it forwards there, and the coordinator moves its jobs as for any lost
+/// worker.
 fn end_quietly_on_closed_output() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
+        let message = info.payload_as_str().unwrap_or_default();
         if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
-            // SAFETY: restoring SIGPIPE's default action and raising it
-            // ends the process; nothing else is touched.
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                libc::raise(libc::SIGPIPE);
-            }
+            end_by_sigpipe();
         }
         default_hook(info);
     }));
+}
+
+/// Ends the process as a write to a pipe without a reader does by default.
+fn end_by_sigpipe() -> ! {
+    // SAFETY: restoring SIGPIPE's default action and raising it ends the
+    // process (the signal is delivered to this thread before `raise`
+    // returns); `_exit` only runs should it not.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+        libc::_exit(128 + libc::SIGPIPE)
+    }
+}
+
+/// Whether `fd` is a pipe or socket whose reading end is closed (poll
+/// reports an error condition on it). False for terminals, files, and
+/// pipes that still have a reader.
+fn reader_gone(fd: libc::c_int) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready == 1 && poll.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// A training step frees and allocates the same activation buffers again
@@ -105,5 +135,26 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reader_gone;
+
+    #[test]
+    fn a_pipe_without_its_reader_is_told_from_one_with_it() {
+        let mut fds = [0; 2];
+        // SAFETY: a two-element array for pipe's two ends.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let [read, write] = fds;
+        assert!(!reader_gone(write));
+        // SAFETY: closing the ends this test opened, once each.
+        unsafe { libc::close(read) };
+        assert!(reader_gone(write));
+        unsafe { libc::close(write) };
+        // A file is never a closed pipe.
+        let file = tempfile::tempfile().unwrap();
+        assert!(!reader_gone(std::os::fd::AsRawFd::as_raw_fd(&file)));
     }
 }
