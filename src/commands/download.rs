@@ -1,9 +1,9 @@
 //! `lorafleet download JOB [--step N|latest|best] -o DIR`: fetch one
-//! checkpoint's files from the coordinator. Files land in a staging folder
-//! next to DIR, each checked against the SHA-256 the coordinator sends,
-//! and move into DIR only once everything arrived intact, one file at a
-//! time, leaving the user's other files in DIR alone
-//! (`output_folder::install`); a path that would leave DIR is refused.
+//! checkpoint's files from the coordinator. Files land in a hidden staging
+//! folder inside DIR, each checked against the SHA-256 the coordinator
+//! sends, and move into DIR only once everything arrived intact, one
+//! rename per file, leaving the user's other files in DIR alone
+//! (`output_folder::Staging`); a path that would leave DIR is refused.
 //! [`download_checkpoint`] is shared with `run`.
 //!
 //! Not here: which checkpoint `latest` or `best` means (the coordinator),
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
 use super::UsageError;
-use super::output_folder::{install, staging_beside};
+use super::output_folder::Staging;
 use super::remote::{self, RemoteArgs, rpc};
 
 /// `lorafleet download JOB`.
@@ -125,9 +125,9 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
 }
 
 /// `download --merged`: the checkpoint into a staging folder, then the
-/// merged model into the output folder (swapped in whole).
+/// merged model into another, moved into the output folder file by file.
 fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
-    let adapter = staging_beside(&args.output)?;
+    let adapter = Staging::new(&args.output)?;
     let adapter_dir = adapter.path().join("adapter");
     let summary = remote::block_on(async {
         let conn = remote::connect(&args.remote).await?;
@@ -139,10 +139,10 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let spec = coordinator::JobSpec::from_yaml(&text, "job.yaml", "/")?;
     let (source, _) = super::local_job::model_source(&spec)
         .context("--merged needs the job's base model on this machine")?;
-    let merged = staging_beside(&args.output)?;
+    let merged = Staging::new(&args.output)?;
     let merged_what = super::export::write_merged(source, &adapter_dir, merged.path())?;
     drop(adapter);
-    install(merged.path(), &args.output)?;
+    merged.install()?;
     if args.json {
         let mut out = summary.to_json();
         out["dir"] = json!(args.output.display().to_string());
@@ -169,7 +169,7 @@ pub async fn download_checkpoint(
     step: &str,
     dir: &Path,
 ) -> anyhow::Result<DownloadSummary> {
-    let staging = staging_beside(dir)?;
+    let staging = Staging::new(dir)?;
     let request = DownloadRequest {
         job_id: job_id.to_string(),
         step: step.to_string(),
@@ -188,7 +188,7 @@ pub async fn download_checkpoint(
         writer.accept(&chunk).with_context(failed)?;
     }
     let (step, files) = writer.finish().with_context(failed)?;
-    install(staging.path(), dir)?;
+    staging.install()?;
     Ok(DownloadSummary {
         job: job_id.to_string(),
         step,

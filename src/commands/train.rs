@@ -6,8 +6,10 @@
 //! is committed to `checkpoint.storage` every `checkpoint.every_steps`
 //! steps and at the end, in the background (`checkpointing`); `--resume`
 //! continues from the newest one that verifies. At the end the final state
-//! is also written to `output.dir` (to a temporary folder, then swapped in,
-//! so the folder always holds one whole state).
+//! and its metrics are also written to `output.dir`: to a hidden staging
+//! folder inside it, then each file moved in with one rename, so every
+//! file there is whole and the user's other files stay
+//! (`output_folder::Staging`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -55,6 +57,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         output_dir,
         base_model,
     } = job;
+    // The writer of the results finds out before training, not after,
+    // that its output folder is a file.
+    if !args.no_output && args.ring.rank.is_none_or(|rank| rank == 0) {
+        super::output_folder::check(&output_dir)?;
+    }
     let mut collective = super::ranks::join(ring)?;
     let (rank, world) = (collective.rank(), collective.world());
     // Ranks must run the same job on the same data.
@@ -203,12 +210,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "world": world,
     });
     if !args.no_output {
-        save(&output_dir, &state, &spec, &base_model)?;
-        std::fs::write(
-            output_dir.join("final_metrics.json"),
-            serde_json::to_string_pretty(&summary)?,
-        )
-        .with_context(|| format!("cannot write {}", output_dir.display()))?;
+        save(&output_dir, &state, &spec, &base_model, &summary)?;
     }
     if args.events {
         TrainEvents::emit("train.finished", summary);
@@ -231,14 +233,26 @@ fn fmt_loss(v: &serde_json::Value) -> String {
     v.as_f64().map_or("n/a".into(), |x| format!("{x:.4}"))
 }
 
-/// Writes the state, its metrics and the spec in a folder beside `dir`,
-/// then moves each file into `dir`, replacing only files of the same name:
-/// every file is whole, and the user's other files there stay
-/// (`output_folder::install`).
-fn save(dir: &Path, state: &TrainState, spec: &JobSpec, base_model: &str) -> anyhow::Result<()> {
-    let staging = super::output_folder::staging_beside(dir)?;
+/// Writes the state, its metrics, the spec and the run's summary
+/// (`final_metrics.json`) in a staging folder inside `dir`, then moves
+/// each file into `dir`, replacing only files of the same name: every file
+/// is whole, and the user's other files there stay
+/// (`output_folder::Staging`).
+fn save(
+    dir: &Path,
+    state: &TrainState,
+    spec: &JobSpec,
+    base_model: &str,
+    summary: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let staging = super::output_folder::Staging::new(dir)?;
     write_state(staging.path(), state, &spec.to_yaml(), base_model)?;
-    super::output_folder::install(staging.path(), dir)?;
+    std::fs::write(
+        staging.path().join("final_metrics.json"),
+        serde_json::to_string_pretty(summary)?,
+    )
+    .with_context(|| format!("cannot write {}", dir.display()))?;
+    staging.install()?;
     Ok(())
 }
 

@@ -65,11 +65,69 @@ fn train_and_download_leave_the_users_files_in_their_output_folder() {
         assert!(downloads.join("MANIFEST.json").is_file());
         assert_kept(&downloads, &mine, &format!("download, round {round}"));
     }
-    // Nothing is left beside either folder.
-    let leftovers: Vec<_> = std::fs::read_dir(dir)
+
+    // `download --merged` into a third folder of the user's, twice.
+    let merged = dir.join("merged");
+    let mine_merged = users_folder(&merged);
+    for round in 0..2 {
+        fleet.json(&["download", &job, "--merged", "-o", merged.to_str().unwrap()]);
+        assert!(merged.join("config.json").is_file());
+        assert_kept(
+            &merged,
+            &mine_merged,
+            &format!("download --merged, round {round}"),
+        );
+    }
+
+    // Nothing is left inside or beside any of the folders: no staging
+    // folder, no temporary file.
+    for folder in [dir, &out, &downloads, &merged] {
+        let leftovers: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{}: {leftovers:?}", folder.display());
+    }
+}
+
+#[test]
+fn a_file_in_the_way_is_named_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // output.dir names the user's file.
+    let out = dir.join("out");
+    std::fs::write(&out, b"my file").unwrap();
+    let spec = short_spec(dir, "in-the-way", 1, &out);
+    let o = lorafleet(&["train", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&format!("{} exists and is not a folder", out.display())),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"my file");
+
+    // A folder of the user's where lorafleet writes a file: refused
+    // before any file moves in.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::create_dir_all(out.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(out.join("adapter_model.safetensors/mine.txt"), b"mine").unwrap();
+    let o = lorafleet(&["train", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .contains("is a folder, where lorafleet writes the file adapter_model.safetensors"),
+        "{}",
+        text(&o.stderr)
+    );
+    let names: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(names, ["adapter_model.safetensors"]);
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors/mine.txt")).unwrap(),
+        b"mine"
+    );
 }
