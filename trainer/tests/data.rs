@@ -3,8 +3,10 @@
 //! with the byte-level tokenizer of the `tiny` models (ids 0
 //! `<|endoftext|>`, 1 `<|im_start|>`, 2 `<|im_end|>` = EOS, byte `b` is
 //! `b + 3`), so every id and mask can be checked exactly; the sampler's
-//! distribution rules; the shipped quickstart dataset. Not here: unit tests
-//! of single functions (beside the code).
+//! distribution rules; the shipped quickstart dataset; long records (the
+//! size limit, and cutting before tokenizing, checked against a BPE
+//! tokenizer with merges). Not here: unit tests of single functions
+//! (beside the code).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,11 +15,14 @@ use std::sync::Arc;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
+use trainer::data::dataset::TOKENIZED_BYTES_AT_ONCE;
+use trainer::data::format::{encode_sample, fit_to_budget, text_bytes, tokenized_text_budget};
+use trainer::data::source::MAX_RECORD_BYTES;
 use trainer::data::{
-    DataError, DataOptions, DataSource, DatasetConfig, Format, MAX_PROBLEMS, Sampler, Shape,
-    TokenizedDataset, Validation, load_dataset, load_datasets, pad_id,
+    DataError, DataOptions, DataSource, DatasetConfig, Format, MAX_PROBLEMS, RawSample, Sampler,
+    Shape, TokenizedDataset, Validation, check_records, load_dataset, load_datasets, pad_id,
 };
-use trainer::tokenizer::TextTokenizer;
+use trainer::tokenizer::{ChatMessage, TextTokenizer};
 
 /// The byte-level ids of `s`.
 fn b(s: &str) -> Vec<u32> {
@@ -651,4 +656,238 @@ fn the_quickstart_dataset_loads_and_is_disjoint() {
             .iter()
             .all(|s| !train_prompts.contains(&prompt(s)))
     );
+}
+
+// ---- Long records: the size limit, and cutting before tokenizing ----
+
+/// A GPT-2 style byte-level BPE whose tokens stand for 1 to 64 bytes (runs
+/// of spaces, `a` and `-` merged up to 64, a few words), with ChatML
+/// specials and template, BOS before a prompt and `<|im_end|>` as EOS: a
+/// tokenizer where a token's text depends on its neighbours, unlike the
+/// one-token-per-byte tokenizer of the `tiny` models.
+fn bpe_tokenizer() -> TextTokenizer {
+    use std::collections::HashMap;
+    use trainer::tokenizer::{CHATML_TEMPLATE, byte_level_parts, byte_symbol};
+    let symbols =
+        |s: &str| -> Vec<String> { s.bytes().map(|b| byte_symbol(b).to_string()).collect() };
+    let mut merges: Vec<(String, String)> = Vec::new();
+    for c in [" ", "a", "-"] {
+        let mut run = symbols(c).concat();
+        while run.chars().count() < 64 {
+            merges.push((run.clone(), run.clone()));
+            run = run.repeat(2);
+        }
+    }
+    for word in [" the", " word", "é", "ing", " lo", "ng", "12"] {
+        let parts = symbols(word);
+        let mut merged = parts[0].clone();
+        for part in &parts[1..] {
+            merges.push((merged.clone(), part.clone()));
+            merged.push_str(part);
+        }
+    }
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    let names = specials
+        .iter()
+        .map(|s| s.to_string())
+        .chain((0..=255u8).map(|b| byte_symbol(b).to_string()))
+        .chain(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    for name in names {
+        let id = vocab.len() as u32;
+        vocab.entry(name).or_insert(id);
+    }
+    let mut parts = byte_level_parts(vocab, merges, &specials).unwrap();
+    parts.bos = Some(0);
+    parts.eos = Some(2);
+    parts.add_bos = true;
+    parts.chat_template = Some(CHATML_TEMPLATE.to_string());
+    TextTokenizer::from_parts(parts)
+}
+
+/// `bytes` of varied text: words the merges know and do not, runs of
+/// spaces, letters and dashes of 1 to 200 bytes, digits, newlines, `é`.
+fn varied_text(bytes: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut text = String::with_capacity(bytes + 256);
+    while text.len() < bytes {
+        let run = 1 + next(200) as usize;
+        match next(9) {
+            0 => text.push_str(" the"),
+            1 => text.push_str(" word"),
+            2 => text.push_str(&" ".repeat(run)),
+            3 => text.push_str(&"a".repeat(run)),
+            4 => text.push_str(&"-".repeat(run)),
+            5 => text.push_str(" lo-ng éé1234"),
+            6 => text.push('\n'),
+            7 => text.push_str("ing"),
+            _ => text.push_str(" xyzzy"),
+        }
+    }
+    text
+}
+
+/// Tokenizing all of `raw`, then truncating to `max_seq_len`: what
+/// cutting before tokenizing must give.
+fn whole_then_truncated(
+    raw: &RawSample,
+    tok: &TextTokenizer,
+    options: &DataOptions,
+) -> trainer::data::format::Encoded {
+    let whole = DataOptions {
+        max_seq_len: usize::MAX / 2,
+        ..*options
+    };
+    let mut e = encode_sample(raw.clone(), tok, &whole).unwrap();
+    e.truncated = e.sample.len() > options.max_seq_len;
+    e.sample.input_ids.truncate(options.max_seq_len);
+    e.sample.target_mask.truncate(options.max_seq_len);
+    e
+}
+
+#[test]
+fn cutting_before_tokenizing_gives_the_same_samples_with_a_bpe_tokenizer() {
+    let tok = bpe_tokenizer();
+    let max_seq_len = 64;
+    let budget = tokenized_text_budget(max_seq_len);
+    let long = varied_text(3 * budget, 1);
+    let turn = |role: &str, content: &str| ChatMessage::new(role, content);
+    let prefix = |n: usize| -> &str {
+        let mut end = n;
+        while !long.is_char_boundary(end) {
+            end -= 1;
+        }
+        &long[..end]
+    };
+    let completion = |prompt: &str, completion: &str| RawSample::Completion {
+        prompt: prompt.into(),
+        completion: completion.into(),
+    };
+    let cases = [
+        RawSample::Text(long.clone()),
+        completion("Summarize: ", &long),
+        completion(&long, "a summary"),
+        // The prompt ends just inside the budget; the completion gets the rest.
+        completion(prefix(budget - 10), &long),
+        completion(prefix(budget - 20_000), &long),
+        RawSample::Chat(vec![turn("system", &long), turn("assistant", "a")]),
+        RawSample::Chat(vec![turn("user", &long), turn("assistant", &long)]),
+        RawSample::Chat(vec![turn("user", "q"), turn("assistant", &long)]),
+        RawSample::Chat(
+            (0..40)
+                .map(|i| turn(["user", "assistant"][i % 2], prefix(budget / 8 + i)))
+                .collect(),
+        ),
+        // Short turns, many of them: cut by the length of the rendering.
+        RawSample::Chat(
+            (0..2_000)
+                .map(|i| turn(["user", "assistant"][i % 2], prefix(20 + i % 7)))
+                .collect(),
+        ),
+    ];
+    for train_on_inputs in [false, true] {
+        let options = DataOptions {
+            max_seq_len,
+            train_on_inputs,
+            ..options()
+        };
+        for (i, raw) in cases.iter().enumerate() {
+            let mut cut = raw.clone();
+            fit_to_budget(&mut cut, &tok, max_seq_len).unwrap();
+            assert!(
+                text_bytes(&cut) < text_bytes(raw),
+                "case {i} is not cut: {} bytes",
+                text_bytes(raw)
+            );
+            assert!(text_bytes(&cut) <= 2 * budget, "case {i}");
+            let got = encode_sample(raw.clone(), &tok, &options).unwrap();
+            let want = whole_then_truncated(raw, &tok, &options);
+            assert_eq!(got, want, "case {i}, train_on_inputs {train_on_inputs}");
+            assert!(got.truncated && got.sample.len() == max_seq_len, "case {i}");
+        }
+    }
+}
+
+#[test]
+fn loading_long_records_cuts_them_and_keeps_the_samples_of_the_whole_text() {
+    // More text than is tokenized at once, so tokenizing runs in groups.
+    let tok = bpe_tokenizer();
+    let records = TOKENIZED_BYTES_AT_ONCE * 3 / 100_000;
+    let mut content = String::new();
+    for i in 0..records {
+        let text = varied_text(100_000 + i * 1_000, i as u64);
+        content.push_str(&serde_json::json!({ "text": text }).to_string());
+        content.push('\n');
+        content.push_str("{\"text\": \"a short one\"}\n");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = DataSource::parse(&write(dir.path(), "long.jsonl", &content)).unwrap();
+    let options = DataOptions {
+        max_seq_len: 48,
+        ..options()
+    };
+    let ds = load_dataset(&source, &tok, &options).unwrap();
+    assert_eq!(ds.len(), 2 * records);
+    assert_eq!(ds.stats().truncated, records);
+    let whole = DataOptions {
+        max_seq_len: usize::MAX / 2,
+        ..options
+    };
+    let all = load_dataset(&source, &tok, &whole).unwrap();
+    for (i, (got, full)) in ds.samples().iter().zip(all.samples()).enumerate() {
+        let n = full.len().min(options.max_seq_len);
+        assert_eq!(got.input_ids, full.input_ids[..n], "sample {i}");
+        assert_eq!(got.target_mask, full.target_mask[..n], "sample {i}");
+    }
+}
+
+#[test]
+fn a_record_over_the_size_limit_is_refused_with_its_line_and_the_rest_is_checked() {
+    let huge = format!("{{\"text\": \"{}\"}}", "x".repeat(1_500_000));
+    let content = format!("{{\"text\": \"ok\"}}\n{huge}\n{{oops\n{{\"text\": \"ok\"}}\n{huge}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "d.jsonl", &content);
+    let source = DataSource::parse(&file)
+        .unwrap()
+        .with_max_record_bytes(1_000_000);
+    let expected = "d.jsonl:2: record is 1.5 MB, over the 1 MB limit\n\
+        d.jsonl:3: not JSON: key must be a string at column 2\n\
+        d.jsonl:5: record is 1.5 MB, over the 1 MB limit";
+    let tok = TextTokenizer::init_model_default();
+    let err = load_dataset(&source, &tok, &options()).unwrap_err();
+    assert_eq!(err.to_string().replace(&file, "d.jsonl"), expected);
+    // The check a coordinator runs before queuing reads with the same limit.
+    let err = check_records(&source, Format::Auto).unwrap_err();
+    assert_eq!(err.to_string().replace(&file, "d.jsonl"), expected);
+    // Under the default limit (16 MB) the same file is read, the long
+    // records cut to max_seq_len.
+    let source = DataSource::parse(&file).unwrap();
+    assert_eq!(MAX_RECORD_BYTES, 16_000_000);
+    let err = load_dataset(&source, &tok, &options()).unwrap_err();
+    assert_eq!(
+        err.to_string().replace(&file, "d.jsonl"),
+        "d.jsonl:3: not JSON: key must be a string at column 2"
+    );
+}
+
+#[test]
+fn a_long_record_under_the_size_limit_is_kept_and_truncated() {
+    let long = "word ".repeat(2_000_000 / 5);
+    let content = format!("{{\"text\": \"{long}\"}}\n{{\"text\": \"ok\"}}\n");
+    let options = DataOptions {
+        max_seq_len: 32,
+        ..options()
+    };
+    let ds = load_str(&content, &options).unwrap();
+    assert_eq!((ds.len(), ds.stats().truncated), (2, 1));
+    assert_eq!(ds.get(0).input_ids, b(&long[..32]));
+    let dir = tempfile::tempdir().unwrap();
+    let source = DataSource::parse(&write(dir.path(), "d.jsonl", &content)).unwrap();
+    assert_eq!(check_records(&source, Format::Auto).unwrap(), 2);
 }

@@ -2,8 +2,10 @@
 //! truncated to `max_seq_len`.
 //!
 //! Owns: how each shape is tokenized and which tokens are targets (the
-//! convention is in the [module doc](super)). Not here: parsing lines
-//! ([`super::jsonl`]), packing ([`super::packing`]) or batches.
+//! convention is in the [module doc](super)), and cutting a long record
+//! before tokenizing it to what `max_seq_len` tokens can use
+//! ([`fit_to_budget`]). Not here: parsing lines ([`super::jsonl`]),
+//! packing ([`super::packing`]) or batches.
 //!
 //! # Locating assistant turns in a chat
 //!
@@ -80,6 +82,10 @@ impl Builder {
         let truncated = self.ids.len() > max_seq_len;
         self.ids.truncate(max_seq_len);
         self.mask.truncate(max_seq_len);
+        // A kept sample holds only its tokens, not the capacity that the
+        // whole (cut) text needed: a dataset costs 5 bytes a kept token.
+        self.ids.shrink_to_fit();
+        self.mask.shrink_to_fit();
         if let Some(first) = self.mask.first_mut() {
             *first = false;
         }
@@ -102,67 +108,166 @@ const MAX_BYTES_PER_TOKEN: usize = 128;
 /// cut falls in, however long, is tokenized the same as in the whole text
 /// as long as it is shorter than this.
 const CUT_MARGIN_BYTES: usize = 64 << 10;
+/// A chat with more messages than this is also cut by the length of its
+/// rendering (the template's markup), not only by its contents.
+const MESSAGES_WITHOUT_RENDER_CUT: usize = 64;
 
-/// The bytes of any one text (a `text`, a prompt, a completion, a chat
-/// message) that are tokenized: what `max_seq_len` tokens can cover, plus
-/// a margin. What lies beyond could only give tokens that truncation drops,
-/// so tokenizing stays bounded (memory and time) however long a record is.
+/// The bytes of a sample's text that are tokenized: what `max_seq_len`
+/// tokens can cover, plus a margin. Text beyond could only give tokens
+/// that truncation drops, so tokenizing stays bounded (memory and time)
+/// however long a record is. The budget is shared by a sample's texts in
+/// order (a prompt, then its completion; a chat's messages).
 pub fn tokenized_text_budget(max_seq_len: usize) -> usize {
     max_seq_len
         .saturating_mul(MAX_BYTES_PER_TOKEN)
         .saturating_add(CUT_MARGIN_BYTES)
 }
 
-/// The head of `text` that fits in `budget` bytes, cut at a character
-/// boundary.
-fn head(text: &str, budget: usize) -> &str {
+/// Cuts `text` to at most `budget` bytes at a character boundary, giving
+/// the rest of its memory back; whether it was cut.
+fn cut_text(text: &mut String, budget: usize) -> bool {
     if text.len() <= budget {
-        return text;
+        return false;
     }
     let mut end = budget;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    text.truncate(end);
+    text.shrink_to_fit();
+    true
 }
 
-/// `raw` with every text cut to `budget` bytes (see
-/// [`tokenized_text_budget`]); borrowed when nothing is cut.
-fn cut_to_budget(raw: &RawSample, budget: usize) -> std::borrow::Cow<'_, RawSample> {
-    use std::borrow::Cow;
-    let long = |text: &str| text.len() > budget;
+/// Cuts `raw` in place to what `max_seq_len` tokens can use, so that
+/// tokenizing it gives the same first `max_seq_len` tokens and mask as
+/// tokenizing the whole record (the kept part of a sample is always its
+/// start), at a cost bounded by [`tokenized_text_budget`]:
+///
+/// - `text`: cut to the budget;
+/// - `completion`: the prompt cut to the budget, the completion to what the
+///   prompt left of it;
+/// - `chat`: the contents cut in order to the budget, the messages after
+///   the first one cut dropped; and when many messages remain, those that
+///   start past the budget in the rendered conversation dropped too (so the
+///   template's markup is bounded as well). A template renders the first
+///   messages of a conversation as the start of the whole one (what
+///   [`chat_pieces`] checks), so what is dropped lies past the budget.
+///
+/// Cutting again changes nothing. The error (a chat template that fails)
+/// is the message part of `FILE:LINE: message`.
+pub fn fit_to_budget(
+    raw: &mut RawSample,
+    tokenizer: &TextTokenizer,
+    max_seq_len: usize,
+) -> Result<(), String> {
+    let budget = tokenized_text_budget(max_seq_len);
     match raw {
-        RawSample::Text(text) if long(text) => {
-            Cow::Owned(RawSample::Text(head(text, budget).to_string()))
+        RawSample::Text(text) => {
+            cut_text(text, budget);
         }
-        RawSample::Completion { prompt, completion } if long(prompt) || long(completion) => {
-            Cow::Owned(RawSample::Completion {
-                prompt: head(prompt, budget).to_string(),
-                completion: head(completion, budget).to_string(),
-            })
+        RawSample::Completion { prompt, completion } => {
+            cut_text(prompt, budget);
+            cut_text(completion, budget - prompt.len());
         }
-        RawSample::Chat(messages) if messages.iter().any(|m| long(&m.content)) => {
-            Cow::Owned(RawSample::Chat(
-                messages
-                    .iter()
-                    .map(|m| ChatMessage::new(m.role.as_str(), head(&m.content, budget)))
-                    .collect(),
-            ))
+        RawSample::Chat(messages) => {
+            let mut left = budget;
+            if let Some(cut) = messages.iter_mut().position(|m| {
+                let was_cut = cut_text(&mut m.content, left);
+                left -= m.content.len();
+                was_cut
+            }) {
+                messages.truncate(cut + 1);
+            }
+            if messages.len() > MESSAGES_WITHOUT_RENDER_CUT {
+                let keep = messages_rendered_within(messages, tokenizer, budget)?;
+                messages.truncate(keep);
+            }
+            messages.shrink_to_fit();
         }
-        _ => Cow::Borrowed(raw),
+    }
+    Ok(())
+}
+
+/// The fewest first messages whose rendering is at least `budget` bytes
+/// long (all of them when the whole conversation is shorter): the later
+/// ones start past the budget. Renders O(log n) prefixes, none much longer
+/// than the budget plus one message.
+fn messages_rendered_within(
+    messages: &[ChatMessage],
+    tokenizer: &TextTokenizer,
+    budget: usize,
+) -> Result<usize, String> {
+    let reaches = |k: usize| -> Result<bool, String> {
+        let text = tokenizer
+            .render_chat(&messages[..k], false)
+            .map_err(|e| e.to_string())?;
+        Ok(text.len() >= budget)
+    };
+    // Double until a prefix reaches the budget, then bisect: `short`
+    // messages render shorter than the budget, `long` ones reach it.
+    let mut short = 0;
+    let mut long = 1;
+    loop {
+        if long >= messages.len() {
+            if !reaches(messages.len())? {
+                return Ok(messages.len());
+            }
+            long = messages.len();
+            break;
+        }
+        if reaches(long)? {
+            break;
+        }
+        short = long;
+        long *= 2;
+    }
+    while long - short > 1 {
+        let mid = short + (long - short) / 2;
+        if reaches(mid)? {
+            long = mid;
+        } else {
+            short = mid;
+        }
+    }
+    Ok(long)
+}
+
+/// The bytes of text `raw` gives the tokenizer, counting a chat's markup
+/// as [`CHAT_MARKUP_BYTES`] a message: what loading weighs to bound how
+/// much is tokenized at once.
+pub fn text_bytes(raw: &RawSample) -> usize {
+    match raw {
+        RawSample::Text(text) => text.len(),
+        RawSample::Completion { prompt, completion } => prompt.len() + completion.len(),
+        RawSample::Chat(messages) => messages
+            .iter()
+            .map(|m| m.content.len() + CHAT_MARKUP_BYTES)
+            .sum(),
     }
 }
 
-/// Tokenizes `raw` with its loss mask, each text cut first to what
-/// `max_seq_len` tokens can use. The error is the message part of
+/// What [`text_bytes`] counts for a chat template's markup around a
+/// message (ChatML writes 16 bytes plus the role).
+pub const CHAT_MARKUP_BYTES: usize = 32;
+
+/// Tokenizes `raw` with its loss mask, cut first by [`fit_to_budget`] to
+/// what `max_seq_len` tokens can use. The error is the message part of
 /// `FILE:LINE: message`.
 pub fn encode_sample(
+    mut raw: RawSample,
+    tokenizer: &TextTokenizer,
+    options: &DataOptions,
+) -> Result<Encoded, String> {
+    fit_to_budget(&mut raw, tokenizer, options.max_seq_len)?;
+    encode_whole(&raw, tokenizer, options)
+}
+
+/// Tokenizes all of `raw`, then truncates.
+fn encode_whole(
     raw: &RawSample,
     tokenizer: &TextTokenizer,
     options: &DataOptions,
 ) -> Result<Encoded, String> {
-    let raw = cut_to_budget(raw, tokenized_text_budget(options.max_seq_len));
-    let raw = raw.as_ref();
     let tok_err = |e: TokenizerError| e.to_string();
     let eos: Vec<u32> = tokenizer.eos_id().into_iter().collect();
     let mut b = Builder::default();
@@ -270,7 +375,7 @@ mod tests {
     #[test]
     fn text_targets_everything_after_the_first_token() {
         let t = TextTokenizer::init_model_default();
-        let e = encode_sample(&RawSample::Text("hi".into()), &t, &opts()).unwrap();
+        let e = encode_sample(RawSample::Text("hi".into()), &t, &opts()).unwrap();
         assert_eq!(e.sample.input_ids, [bytes("hi"), vec![2]].concat());
         assert_eq!(e.sample.target_mask, [false, true, true]);
         assert!(!e.truncated);
@@ -303,22 +408,26 @@ mod tests {
             max_seq_len: 3,
             ..opts()
         };
-        let e = encode_sample(&RawSample::Text("hello".into()), &t, &o).unwrap();
+        let e = encode_sample(RawSample::Text("hello".into()), &t, &o).unwrap();
         assert_eq!(e.sample.input_ids, bytes("hel"));
         assert!(e.truncated);
     }
 
     /// What encoding the whole sample and then truncating gives.
     fn whole_then_truncated(raw: &RawSample, t: &TextTokenizer, max_seq_len: usize) -> Encoded {
-        let whole = DataOptions {
-            max_seq_len: usize::MAX / MAX_BYTES_PER_TOKEN,
-            ..opts()
-        };
-        let mut e = encode_sample(raw, t, &whole).unwrap();
+        let mut e = encode_whole(raw, t, &opts()).unwrap();
         e.truncated = e.sample.input_ids.len() > max_seq_len;
         e.sample.input_ids.truncate(max_seq_len);
         e.sample.target_mask.truncate(max_seq_len);
         e
+    }
+
+    /// `raw` fitted to `max_seq_len`, and how many text bytes it keeps.
+    fn fitted(raw: &RawSample, t: &TextTokenizer, max_seq_len: usize) -> (RawSample, usize) {
+        let mut cut = raw.clone();
+        fit_to_budget(&mut cut, t, max_seq_len).unwrap();
+        let bytes = text_bytes(&cut);
+        (cut, bytes)
     }
 
     #[test]
@@ -329,6 +438,7 @@ mod tests {
         // Three times the budget, with a multi-byte character on the cut.
         let long: String = "ab é".repeat(budget);
         assert!(!long.is_char_boundary(budget) || !long.is_char_boundary(budget + 1));
+        let turn = |role: &str, content: &str| ChatMessage::new(role, content);
         let samples = [
             RawSample::Text(long.clone()),
             RawSample::Completion {
@@ -339,19 +449,36 @@ mod tests {
                 prompt: long.clone(),
                 completion: "a".into(),
             },
-            RawSample::Chat(vec![
-                ChatMessage::new("user", long.as_str()),
-                ChatMessage::new("assistant", long.as_str()),
-            ]),
+            RawSample::Chat(vec![turn("user", &long), turn("assistant", &long)]),
+            RawSample::Chat(vec![turn("user", "q"), turn("assistant", &long)]),
+            // Many turns, each under the budget: cut by their sum.
+            RawSample::Chat(
+                (0..40)
+                    .map(|i| turn(["user", "assistant"][i % 2], &long[..budget / 8]))
+                    .collect(),
+            ),
+            // Many short turns: cut by the length of their rendering.
+            RawSample::Chat(
+                (0..2_000)
+                    .map(|i| turn(["user", "assistant"][i % 2], ["0123456789", "é"][i % 2]))
+                    .collect(),
+            ),
         ];
         let o = DataOptions {
             max_seq_len,
             ..opts()
         };
         for raw in &samples {
-            let cut = cut_to_budget(raw, budget);
-            assert!(matches!(cut, std::borrow::Cow::Owned(_)));
-            let got = encode_sample(raw, &t, &o).unwrap();
+            let (cut, bytes) = fitted(raw, &t, max_seq_len);
+            assert!(cut != *raw, "{:?} was not cut", raw.shape());
+            assert!(
+                bytes <= 2 * budget + 128 * CHAT_MARKUP_BYTES,
+                "{:?}: {bytes} bytes left to tokenize",
+                raw.shape()
+            );
+            let (again, _) = fitted(&cut, &t, max_seq_len);
+            assert_eq!(again, cut, "cutting again changes nothing");
+            let got = encode_sample(raw.clone(), &t, &o).unwrap();
             assert_eq!(
                 got,
                 whole_then_truncated(raw, &t, max_seq_len),
@@ -360,11 +487,25 @@ mod tests {
             );
             assert!(got.truncated);
         }
-        // A short sample is not copied.
-        let short = RawSample::Text("hi".into());
-        assert!(matches!(
-            cut_to_budget(&short, budget),
-            std::borrow::Cow::Borrowed(_)
-        ));
+        // A short sample is left as it is.
+        let short = RawSample::Chat(vec![turn("user", "q"), turn("assistant", "a")]);
+        assert_eq!(fitted(&short, &t, max_seq_len).0, short);
+    }
+
+    #[test]
+    fn the_render_cut_keeps_the_fewest_messages_that_reach_the_budget() {
+        let t = TextTokenizer::init_model_default();
+        let messages: Vec<ChatMessage> = (0..1000)
+            .map(|i| ChatMessage::new(["user", "assistant"][i % 2], "abc"))
+            .collect();
+        let rendered = |k: usize| t.render_chat(&messages[..k], false).unwrap().len();
+        for budget in [1, 100, 5_000, rendered(1000), rendered(1000) + 1] {
+            let k = messages_rendered_within(&messages, &t, budget).unwrap();
+            if budget > rendered(1000) {
+                assert_eq!(k, 1000);
+            } else {
+                assert!(rendered(k) >= budget && (k == 1 || rendered(k - 1) < budget));
+            }
+        }
     }
 }

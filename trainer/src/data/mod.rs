@@ -51,7 +51,9 @@
 //! # Truncation, packing, validation
 //!
 //! A sample longer than `max_seq_len` keeps its first `max_seq_len` tokens
-//! (counted in [`DatasetStats::truncated`]); one left with no target at all
+//! (counted in [`DatasetStats::truncated`]), and only the text those can
+//! come from is tokenized ([`format::fit_to_budget`]), so a long record
+//! costs what its kept part does; one left with no target at all
 //! (a prompt longer than `max_seq_len`) is dropped and counted in
 //! [`DatasetStats::dropped_without_targets`]. With `packing`, consecutive
 //! samples are packed greedily, in file order, into rows of at most
@@ -61,6 +63,22 @@
 //! first token stays masked. Validation comes from its own file or from a
 //! held-out fraction of the training file chosen by the seed
 //! ([`dataset::split_held_out`]); the split happens before packing.
+//!
+//! # Memory
+//!
+//! A line longer than [`source::MAX_RECORD_BYTES`] (16 MB) is refused as
+//! `FILE:LINE: record is N MB, over the 16 MB limit` without being kept. A
+//! record costs about its size to parse ([`jsonl`] keeps only the strings
+//! a shape uses), and at most [`tokenized_text_budget`](format::tokenized_text_budget)`(max_seq_len)`
+//! bytes of each sample's text are tokenized (a chat: about twice that),
+//! at most [`TOKENIZED_BYTES_AT_ONCE`](dataset::TOKENIZED_BYTES_AT_ONCE)
+//! bytes (or one sample) at once whatever the number of threads.
+//! Tokenizing costs up to
+//! ~250 bytes a byte of text; what threads keep of it once freed is handed
+//! back when it grows past the same again. So loading a dataset holds, at
+//! its peak, at most 80 MiB + 8 × the largest record + 512 × max(256 KiB,
+//! the text tokenized for one sample), plus 5 bytes a kept token
+//! (tests/security/records.rs measures it).
 
 pub mod batch;
 pub mod dataset;

@@ -36,6 +36,8 @@ pub const MAX_RECORD_BYTES: usize = 16_000_000;
 #[derive(Clone, Debug)]
 pub struct DataSource {
     location: Location,
+    /// The longest line its reader accepts ([`MAX_RECORD_BYTES`] unless set).
+    max_record_bytes: usize,
 }
 
 impl DataSource {
@@ -46,7 +48,10 @@ impl DataSource {
             file: e.location,
             message: e.message,
         })?;
-        Ok(DataSource { location })
+        Ok(DataSource {
+            location,
+            max_record_bytes: MAX_RECORD_BYTES,
+        })
     }
 
     /// An object in a store the caller already has (a `memory://` store
@@ -58,7 +63,15 @@ impl DataSource {
     ) -> DataSource {
         DataSource {
             location: Location::from_store(store, path, name),
+            max_record_bytes: MAX_RECORD_BYTES,
         }
+    }
+
+    /// The same source with another limit on one record's bytes (tests use
+    /// small ones; the default is [`MAX_RECORD_BYTES`]).
+    pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> DataSource {
+        self.max_record_bytes = max_record_bytes;
+        self
     }
 
     /// The name errors use: the location as the user wrote it.
@@ -89,7 +102,7 @@ impl DataSource {
             next_line: 1,
             finished: false,
             oversized: None,
-            max_line: MAX_RECORD_BYTES,
+            max_line: self.max_record_bytes,
         }
     }
 }
@@ -179,16 +192,15 @@ impl LineReader {
         self.scanned = self.start;
         let number = self.next_line;
         self.next_line += 1;
-        let mb = |bytes: usize| bytes as f64 / 1e6;
         DataError::Invalid {
             file: self.name.clone(),
             problems: vec![super::LineProblem {
                 file: self.name.clone(),
                 line: number,
                 message: format!(
-                    "record is {:.1} MB, over the {} MB limit",
-                    mb(size),
-                    mb(self.max_line)
+                    "record is {} MB, over the {} MB limit",
+                    megabytes_over(size, self.max_line),
+                    self.max_line as f64 / 1e6
                 ),
             }],
             stopped_early: false,
@@ -207,6 +219,17 @@ impl LineReader {
         self.next_line += 1;
         (number, line)
     }
+}
+
+/// `size` in MB with one decimal, or as many as it takes to show that it is
+/// more than `limit` (`16.000001`, not `16.0`).
+fn megabytes_over(size: usize, limit: usize) -> String {
+    let mb = size as f64 / 1e6;
+    let limit_mb = limit as f64 / 1e6;
+    (1..=6)
+        .map(|decimals| format!("{mb:.decimals$}"))
+        .find(|shown| shown.parse::<f64>().is_ok_and(|s| s > limit_mb))
+        .unwrap_or_else(|| format!("{mb:.6}"))
 }
 
 impl Iterator for LineReader {
@@ -338,6 +361,14 @@ mod tests {
                 Err("mem:4: record is 1.5 MB, over the 1 MB limit".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn sizes_just_over_the_limit_show_that_they_are_over() {
+        assert_eq!(megabytes_over(100_000_000, 16_000_000), "100.0");
+        assert_eq!(megabytes_over(16_040_000, 16_000_000), "16.04");
+        assert_eq!(megabytes_over(16_000_001, 16_000_000), "16.000001");
+        assert_eq!(megabytes_over(1_500_000, 1_000_000), "1.5");
     }
 
     #[test]
