@@ -216,3 +216,27 @@ fn a_write_error_or_an_error_message_into_a_closed_pipe_ends_quietly() {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+#[test]
+fn printing_commands_end_quietly_when_their_reader_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fleet = Fleet::serve(&dir.join("state.db"), "127.0.0.1:0", None, "pipe-token");
+    // Queued jobs (no worker) give `status`, `logs` and `checkpoints`
+    // something to print.
+    let spec = short_spec(dir, "pipe", 1, &dir.join("out"));
+    let job = submit(&fleet, &spec);
+    let env = [
+        ("LORAFLEET_COORDINATOR", fleet.url.as_str()),
+        ("LORAFLEET_TOKEN", fleet.token.as_str()),
+    ];
+    for args in [
+        vec!["status", job.as_str()],
+        vec!["logs", job.as_str()],
+        vec!["workers"],
+        vec!["checkpoints", job.as_str()],
+        vec!["validate", spec.to_str().unwrap()],
+    ] {
+        assert_ended_by_sigpipe(&with_closed(1, &args, &env), &format!("{args:?}"));
+    }
+}

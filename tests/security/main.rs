@@ -10,7 +10,6 @@ mod common;
 mod inputs;
 mod lab;
 mod outputs;
-mod pipes;
 mod records;
 mod ring;
 mod tenants;
