@@ -6,15 +6,15 @@
 
 use std::io::BufRead;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::common::fleet::{Fleet, short_spec, submit, text};
 use crate::common::{lorafleet, spec_in};
 
-#[test]
-fn an_absurd_layer_count_in_config_json_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
+/// `init-model --preset tiny` into `dir/model`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
     let out = lorafleet(&[
         "init-model",
         "--preset",
@@ -23,6 +23,13 @@ fn an_absurd_layer_count_in_config_json_is_a_clear_error() {
         model.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    model
+}
+
+#[test]
+fn an_absurd_layer_count_in_config_json_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
     let config_path = model.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
@@ -181,15 +188,7 @@ fn jobs_into_a_reader_that_stops_after_one_line_ends_quietly() {
 #[test]
 fn a_write_error_or_an_error_message_into_a_closed_pipe_ends_quietly() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    let out = lorafleet(&[
-        "init-model",
-        "--preset",
-        "tiny",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = tiny_model(tmp.path());
     // `generate` returns its write error (`writeln!(..)?`) rather than
     // panicking in `println!`: the same quiet end.
     for json in [false, true] {
