@@ -29,6 +29,9 @@
 //! at fault. weed is `$LORAFLEET_WEED`, else `.venv-s3/bin/weed` at the
 //! workspace root; `scripts/test` installs it there.
 //!
+//! [`SeaweedFs::start_on`] starts one on a host of a [`netlab::Lab`]
+//! instead, listening on the host's lab address.
+//!
 //! Not here: lorafleet's own storage layer, which only ever sees an
 //! `object_store::ObjectStore` or the environment.
 
@@ -49,6 +52,8 @@ use object_store::{
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tempfile::TempDir;
+
+pub mod netlab;
 
 /// Names each instance's folder in the system temporary folder.
 const DIR_PREFIX: &str = "lorafleet-seaweedfs-";
@@ -79,6 +84,8 @@ pub struct SeaweedFs {
     access_key: String,
     secret_key: String,
     ports: Ports,
+    /// The lab host it runs on; `None`: this machine's loopback.
+    host: Option<netlab::Host>,
     /// `None` once stopped.
     running: Mutex<Option<Running>>,
 }
@@ -101,6 +108,20 @@ impl SeaweedFs {
     ///
     /// When weed cannot be found, does not start, or is not ready within 30 s.
     pub fn start() -> SeaweedFs {
+        SeaweedFs::start_at(None)
+    }
+
+    /// As [`SeaweedFs::start`], on `host` of a network lab: weed runs there
+    /// and listens on the host's lab address, which [`SeaweedFs::endpoint`]
+    /// and [`SeaweedFs::env`] name. Only processes on lab hosts (and
+    /// threads inside a host's namespace, see [`netlab::Lab::within`]) can
+    /// reach it, [`SeaweedFs::store`] included.
+    pub fn start_on(host: &netlab::Host) -> SeaweedFs {
+        SeaweedFs::start_at(Some(host))
+    }
+
+    fn start_at(host: Option<&netlab::Host>) -> SeaweedFs {
+        let ip = host.map_or("127.0.0.1", netlab::Host::ip);
         let weed = weed_path();
         let access_key = random_alnum(20);
         let secret_key = random_alnum(40);
@@ -114,13 +135,14 @@ impl SeaweedFs {
                 .tempdir()
                 .unwrap_or_else(|e| panic!("seaweedfs: cannot create a temporary folder: {e}"));
             write_owner(dir.path(), &ports);
-            let child = spawn_weed(&weed, &ports, dir.path(), &access_key, &secret_key);
+            let child = spawn_weed(&weed, host, &ports, dir.path(), &access_key, &secret_key);
             let weed_fs = SeaweedFs {
-                endpoint: format!("http://127.0.0.1:{}", ports.s3),
+                endpoint: format!("http://{ip}:{}", ports.s3),
                 bucket: BUCKET.to_owned(),
                 access_key: access_key.clone(),
                 secret_key: secret_key.clone(),
                 ports,
+                host: host.cloned(),
                 running: Mutex::new(Some(Running { child, dir })),
             };
             match weed_fs.wait_ready() {
@@ -168,7 +190,8 @@ impl SeaweedFs {
         })
     }
 
-    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    /// The S3 endpoint, `http://127.0.0.1:PORT` (the lab address on a lab
+    /// host).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -265,6 +288,11 @@ impl SeaweedFs {
         thread::scope(|scope| {
             scope
                 .spawn(|| {
+                    if let Some(host) = &self.host {
+                        host.enter_namespace().unwrap_or_else(|e| {
+                            panic!("seaweedfs: cannot enter {}'s namespace: {e}", host.name())
+                        });
+                    }
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -568,7 +596,15 @@ fn weed_path() -> PathBuf {
     path
 }
 
-fn spawn_weed(weed: &Path, ports: &Ports, dir: &Path, access_key: &str, secret_key: &str) -> Child {
+fn spawn_weed(
+    weed: &Path,
+    host: Option<&netlab::Host>,
+    ports: &Ports,
+    dir: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> Child {
+    let ip = host.map_or("127.0.0.1", netlab::Host::ip);
     let data = dir.join("data");
     fs::create_dir(&data)
         .unwrap_or_else(|e| panic!("seaweedfs: cannot create {}: {e}", data.display()));
@@ -577,14 +613,15 @@ fn spawn_weed(weed: &Path, ports: &Ports, dir: &Path, access_key: &str, secret_k
         fs::File::create(&path)
             .unwrap_or_else(|e| panic!("seaweedfs: cannot create {}: {e}", path.display()))
     };
-    let mut cmd = Command::new(weed);
+    let mut cmd = match host {
+        Some(host) => host.command(weed),
+        None => Command::new(weed),
+    };
     cmd.arg("mini")
         .arg(format!("-dir={}", data.display()))
-        .args([
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-        ])
+        .arg(format!("-ip={ip}"))
+        .arg(format!("-ip.bind={ip}"))
+        .arg("-master.telemetry=false")
         .args(["-webdav=false", "-admin.ui=false"])
         // Data is thrown away: skip the 1 s pause before the volume server stops.
         .arg("-volume.preStopSeconds=0")
