@@ -1,0 +1,270 @@
+//! The job every hosts test runs, and what the tests read about it.
+//!
+//! One spec: a tiny random Llama written by `init-model`, the quickstart
+//! dataset, checkpoints every [`CHECKPOINT_EVERY`] steps on the lab's S3
+//! server. [`reference_adapter`] is what one `lorafleet train` process
+//! makes of the same spec (once per test process); [`undisturbed_wall`]
+//! how long the job takes on the fleet undisturbed. [`JobWatch`] polls a
+//! job until it ends and keeps what it saw (attempts, steps, times).
+//!
+//! Not here: starting the fleet (`fleet`), injecting faults (the tests).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::common::{adapter, fleet::text, lorafleet, max_relative_difference, repo};
+use crate::fleet::{COORD, HostFleet};
+
+pub const STEPS: u64 = 60;
+pub const CHECKPOINT_EVERY: u64 = 5;
+/// The largest relative deviation from the 1-process adapter accepted.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// Where a job's inputs are, as its spec names them.
+pub struct JobInputs {
+    pub model: PathBuf,
+    pub dataset: String,
+}
+
+/// Writes the model and dataset where the fleet's workers can read them:
+/// today the model on the lab's shared folder and the dataset on S3
+/// (workers cannot see the coordinator's disk, which keeps uploads).
+pub fn prepare_inputs(fleet: &HostFleet) -> JobInputs {
+    let model = fleet.lab.shared_dir().join("model");
+    if !model.exists() {
+        let out = lorafleet(&[
+            "init-model",
+            "--preset",
+            "tiny",
+            "--seed",
+            "3",
+            "-o",
+            model.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "init-model: {}", text(&out.stderr));
+    }
+    let data = std::fs::read(repo("examples/data/quickstart-train.jsonl")).unwrap();
+    let store = fleet.s3.store();
+    let key = "inputs/train.jsonl";
+    fleet.lab.within(crate::fleet::STORAGE, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(object_store::ObjectStoreExt::put(
+                store.as_ref(),
+                &object_store::path::Path::from(key),
+                data.into(),
+            ))
+            .expect("the dataset uploads to S3");
+    });
+    JobInputs {
+        model,
+        dataset: fleet.s3.url(key),
+    }
+}
+
+/// A spec for `workers` ranks training on `inputs`, checkpointing to
+/// `storage`; written to `dir/NAME.yaml`.
+pub fn write_spec(
+    dir: &Path,
+    name: &str,
+    inputs: &JobInputs,
+    storage: &str,
+    workers: u32,
+    output: Option<&Path>,
+) -> PathBuf {
+    let output = output
+        .map(|o| format!("output:\n  dir: {}\n", o.display()))
+        .unwrap_or_default();
+    let yaml = format!(
+        "name: {name}\nmodel:\n  path: {model}\ndataset:\n  train: {dataset}\n  max_seq_len: 128\n\
+         lora:\n  r: 8\n  alpha: 16\n  target_modules: all-linear\n\
+         training:\n  max_steps: {STEPS}\n  global_batch_size: 8\n  micro_batch_size: 4\n  learning_rate: 1.0e-3\n  seed: 5\n\
+         resources:\n  workers: {workers}\n  threads_per_worker: 1\n\
+         checkpoint:\n  every_steps: {CHECKPOINT_EVERY}\n  keep_last: 3\n  max_failures: 6\n  storage: {storage}\n{output}",
+        model = inputs.model.display(),
+        dataset = inputs.dataset,
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The adapter one `lorafleet train` process trains from the job's spec
+/// (local dataset, local checkpoints); computed once per test process.
+pub fn reference_adapter(fleet: &HostFleet) -> &'static [(String, Vec<f32>)] {
+    static REFERENCE: OnceLock<(tempfile::TempDir, Vec<(String, Vec<f32>)>)> = OnceLock::new();
+    let model = fleet.lab.shared_dir().join("model");
+    &REFERENCE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let inputs = JobInputs {
+                model: dir.path().join("model"),
+                dataset: repo("examples/data/quickstart-train.jsonl")
+                    .display()
+                    .to_string(),
+            };
+            copy_dir(&model, &inputs.model);
+            let output = dir.path().join("adapter");
+            let storage = dir.path().join("checkpoints");
+            let spec = write_spec(
+                dir.path(),
+                "reference",
+                &inputs,
+                storage.to_str().unwrap(),
+                1,
+                Some(&output),
+            );
+            let out = lorafleet(&["train", spec.to_str().unwrap()]);
+            assert!(out.status.success(), "train: {}", text(&out.stderr));
+            let tensors = adapter(&output);
+            (dir, tensors)
+        })
+        .1
+}
+
+/// Downloads job `job`'s latest checkpoint on `coord` and returns its
+/// largest relative deviation from the 1-process adapter; the checkpoint
+/// must be the last step's.
+pub fn deviation_from_reference(fleet: &HostFleet, job: &str) -> f64 {
+    let dir = fleet.lab.host(COORD).private_dir().join(format!("download-{job}"));
+    let got = fleet.json(&["download", job, "-o", dir.to_str().unwrap()]);
+    assert_eq!(got["step"], STEPS, "the latest checkpoint is the last step's: {got}");
+    max_relative_difference(&adapter(&dir), reference_adapter(fleet))
+}
+
+/// How long the job takes on this kind of fleet undisturbed (measured
+/// once per test process, on the first fleet that asks).
+pub fn undisturbed_wall(fleet: &HostFleet, inputs: &JobInputs) -> Duration {
+    static WALL: OnceLock<Duration> = OnceLock::new();
+    *WALL.get_or_init(|| {
+        let watch = run_job(fleet, inputs, "undisturbed", 2, |_| {});
+        assert_eq!(watch.status, "succeeded", "{}", fleet.log_tails());
+        watch.wall
+    })
+}
+
+/// What a test saw of one job.
+#[derive(Debug, Default)]
+pub struct JobWatch {
+    pub id: String,
+    pub status: String,
+    pub attempt: u64,
+    pub failures: u64,
+    pub wall: Duration,
+    /// When the job was first seen at each attempt number.
+    pub attempt_seen: Vec<(u64, Duration)>,
+    /// (time since submit, step) of each poll while running.
+    pub steps: Vec<(Duration, u64)>,
+}
+
+impl JobWatch {
+    pub fn step_at(&self, since_submit: Duration) -> u64 {
+        self.steps
+            .iter()
+            .take_while(|(t, _)| *t <= since_submit)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Submits the job's spec as `name` for `workers` ranks and polls it until
+/// it ends (at most 4 minutes); `each_poll` runs after every poll, with
+/// what has been seen so far (faults are injected from there).
+pub fn run_job(
+    fleet: &HostFleet,
+    inputs: &JobInputs,
+    name: &str,
+    workers: u32,
+    mut each_poll: impl FnMut(&JobWatch),
+) -> JobWatch {
+    let dir = fleet.lab.host(COORD).private_dir().to_path_buf();
+    let storage = fleet.s3.url(&format!("checkpoints/{name}"));
+    let spec = write_spec(&dir, name, inputs, &storage, workers, None);
+    let submitted = Instant::now();
+    let job = fleet.json(&["submit", spec.to_str().unwrap()]);
+    let mut watch = JobWatch {
+        id: job["id"].as_str().unwrap().to_string(),
+        ..JobWatch::default()
+    };
+    let limit = Duration::from_secs(240);
+    loop {
+        let status = fleet.json(&["status", &watch.id]);
+        let now = submitted.elapsed();
+        watch.status = status["status"].as_str().unwrap_or_default().to_string();
+        watch.attempt = status["attempt"].as_u64().unwrap_or(0);
+        watch.failures = status["failures"].as_u64().unwrap_or(0);
+        if watch.attempt_seen.last().map(|(a, _)| *a) != Some(watch.attempt) {
+            watch.attempt_seen.push((watch.attempt, now));
+        }
+        if watch.status == "running" {
+            watch.steps.push((now, status["step"].as_u64().unwrap_or(0)));
+        }
+        if ["succeeded", "failed", "cancelled"].contains(&watch.status.as_str()) {
+            watch.wall = now;
+            return watch;
+        }
+        assert!(
+            now < limit,
+            "job {name} did not end within {limit:?}: {status}\n{}",
+            fleet.log_tails()
+        );
+        each_poll(&watch);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// Job `job`'s events, as `logs --json` prints them.
+pub fn events(fleet: &HostFleet, job: &str) -> Vec<serde_json::Value> {
+    let out = fleet.client(&["logs", job, "--json"]);
+    assert!(out.status.success(), "logs: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The worker names of each attempt, from the `job.starting` events.
+pub fn attempt_workers(fleet: &HostFleet, job: &str) -> Vec<Vec<String>> {
+    let names: Vec<(String, String)> = fleet
+        .workers()
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_str().unwrap_or_default().to_string(),
+                w["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    events(fleet, job)
+        .iter()
+        .filter(|e| e["type"] == "job.starting")
+        .map(|e| {
+            e["data"]["workers"]
+                .as_array()
+                .map(|ws| {
+                    ws.iter()
+                        .map(|w| {
+                            let id = w.as_str().unwrap_or_default();
+                            names
+                                .iter()
+                                .find(|(i, _)| i == id)
+                                .map_or(id.to_string(), |(_, n)| n.clone())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
