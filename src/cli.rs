@@ -31,6 +31,10 @@ pub enum Command {
     /// Write a full HF model folder with a LoRA adapter merged into the base weights.
     Export(ExportArgs),
     /// Run a job spec on an embedded fleet: a local coordinator and N worker processes.
+    ///
+    /// A coordinator that stops while the job runs is started again on its
+    /// address and state file (up to 3 times); the job's events continue as
+    /// with `logs -f` (reconnecting for up to 120 s).
     Run(crate::commands::run::RunArgs),
     /// Start a coordinator.
     Serve(crate::commands::fleet::ServeArgs),

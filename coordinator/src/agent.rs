@@ -75,6 +75,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Extra arguments for every `train` run (e.g. `--ring-timeout 30`).
     pub train_args: Vec<String>,
+    /// The only CA trusted for an `https://` coordinator (`--ca`); without
+    /// it, the public roots.
+    pub ca: Option<crate::client::TrustedCa>,
 }
 
 /// Why the agent stopped.
@@ -177,9 +180,10 @@ async fn connect_and_serve(
     first: bool,
 ) -> Result<String, AgentError> {
     let config = &shared.config;
-    let connection = match Connection::open(
+    let connection = match Connection::open_with(
         &config.coordinator,
         &config.cluster_token,
+        config.ca.as_ref(),
         Duration::from_secs(5),
     )
     .await

@@ -109,6 +109,7 @@ async fn connect(fleet: &EmbeddedFleet) -> anyhow::Result<Connection> {
     remote::connect(&RemoteArgs {
         coordinator: fleet.url.clone(),
         token: Some(fleet.token.clone()),
+        ca: None,
     })
     .await
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use coordinator::agent::{self, AgentConfig};
+use coordinator::client::{TrustedCa, coordinator_url};
+use coordinator::server::tls::ServerTls;
 use coordinator::server::{self, Access, DevTokens, ServerConfig};
 
 use super::UsageError;
@@ -50,6 +52,14 @@ pub struct ServeArgs {
     /// each failure of the job, up to 60.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub restart_backoff: f64,
+    /// Serve TLS on the listening port with this PEM certificate chain
+    /// (the coordinator's certificate first); clients then connect to
+    /// https://HOST:PORT and verify it (--ca or LORAFLEET_CA).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -92,12 +102,22 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         seconds("--restart-backoff", args.restart_backoff)?
     };
     config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = ServerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
+        config.tls = Some(tls);
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        println!("listening on http://{address}");
+        if config.tls.is_none() && !address.ip().is_loopback() {
+            tracing::warn!(
+                "serving without TLS on {address}: tokens and worker secrets cross the network in clear (see --tls-cert, --tls-key)"
+            );
+        }
+        println!("listening on {scheme}://{address}");
         use std::io::Write;
         std::io::stdout().flush()?;
         server::serve(config, listener, stop_signal())
@@ -133,6 +153,11 @@ pub struct WorkerArgs {
     /// Seconds a ring operation may wait on a peer.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub ring_timeout: f64,
+    /// The PEM CA bundle that signed the coordinator's TLS certificate:
+    /// the only roots trusted (default: the public ones); a bare
+    /// --coordinator host:port then means https://, and http:// is refused.
+    #[arg(long, env = "LORAFLEET_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -142,6 +167,16 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             "no cluster token: set {CLUSTER_TOKEN_ENV} (serve prints it in a development setup)"
         )));
     };
+    let ca = args
+        .ca
+        .as_deref()
+        .filter(|path| !path.as_os_str().is_empty())
+        .map(TrustedCa::load)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    // A URL that cannot be used with this CA is a mistake to say now,
+    // not a reason to retry.
+    coordinator_url(&args.coordinator, ca.as_ref()).map_err(|e| UsageError(e.to_string()))?;
     let host = hostname();
     let ring_port = match args.ring_port {
         0 => std::net::TcpListener::bind((args.ring_host.as_str(), 0))
@@ -177,6 +212,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         program: std::env::current_exe().context("cannot find this program's path")?,
         work_dir,
         train_args: vec!["--ring-timeout".into(), args.ring_timeout.to_string()],
+        ca,
     };
     block_on(agent::run(config, stop_signal())).context("the worker stopped")
 }

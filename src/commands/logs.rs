@@ -16,12 +16,12 @@ use coordinator::client::Connection;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio_stream::StreamExt;
-use tonic::Code;
 
 use super::remote::{self, RemoteArgs, event_json, rpc};
 
-/// How many times in a row a broken watch is opened again before giving up.
-const MAX_RETRIES: u32 = 5;
+pub mod reconnect;
+
+pub use reconnect::{CoordinatorLost, Reconnect, is_transient};
 
 /// `lorafleet logs JOB`.
 #[derive(clap::Args, Debug)]
@@ -29,7 +29,10 @@ pub struct LogsArgs {
     /// The job's id.
     pub job: String,
     /// Keep watching until the job ends; exit 1 if it failed or was
-    /// cancelled.
+    /// cancelled. A coordinator that goes away (restart, crash, network)
+    /// is tried again 0.5 s, then 1, 2, 4 and every 5 s after, for up to
+    /// 120 s (then exit 3); the events continue where they stopped, none
+    /// twice.
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// NDJSON: one event {"id", "created_at", "level", "type", "message",
@@ -56,10 +59,20 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
 /// returns the job as it ended. With `json`, each event is one NDJSON line
 /// on stdout; otherwise one text line each, and when stdout and stderr are
 /// terminals, progress bars on stderr with the lines above them (`train.step`
-/// events then feed the bar instead of printing). A watch the network
-/// breaks is opened again where it stopped. Needs a runtime with timers.
+/// events then feed the bar instead of printing).
+///
+/// A coordinator that goes away (restarted, crashed, cut off) is waited
+/// for as [`Reconnect`] says (up to [`reconnect::RECONNECT_FOR`], with a line on
+/// stderr), and the events continue after the last one printed: none twice,
+/// none lost, and a job that ended meanwhile is reported as it ended.
+/// Needs a runtime with timers.
 pub async fn follow(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<Job> {
-    let job = remote::get_job(conn, job_id).await?;
+    let mut reconnect = Reconnect::new(conn.url());
+    let job = reconnect
+        .retry(|| fetch_job(conn, job_id), say_on_stderr)
+        .await?
+        .map_err(rpc)
+        .with_context(|| format!("cannot get job {job_id}"))?;
     let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let mut view = if json {
         EventView::Json
@@ -68,7 +81,7 @@ pub async fn follow(conn: &Connection, job_id: &str, json: bool) -> anyhow::Resu
     } else {
         EventView::Lines
     };
-    let result = watch_until_final(conn, job_id, &mut view).await;
+    let result = watch_until_final(conn, job_id, &mut view, &mut reconnect).await;
     view.finish(result.as_ref().ok());
     result
 }
@@ -77,49 +90,72 @@ async fn watch_until_final(
     conn: &Connection,
     job_id: &str,
     view: &mut EventView,
+    reconnect: &mut Reconnect,
 ) -> anyhow::Result<Job> {
     let mut after_id = 0;
-    let mut retries = 0;
+    // The job as it ended, once seen final: one more watch, begun after
+    // that, gives whatever the last one missed (a coordinator that stopped
+    // closes watches before their job ends).
+    let mut ended: Option<Job> = None;
     loop {
-        let before = after_id;
-        let outcome = watch(conn, job_id, &mut after_id, true, view).await?;
-        if after_id > before {
-            retries = 0;
+        let end = watch(conn, job_id, &mut after_id, true, view).await?;
+        if end.opened {
+            reconnect.reached(|note| view.note(note));
         }
-        if let Err(status) = outcome {
-            if !retryable(&status) || retries == MAX_RETRIES {
+        if let Err(status) = end.outcome {
+            if !is_transient(&status) {
                 return Err(rpc(status))
                     .with_context(|| format!("lost the events of job {job_id}"));
             }
-            retries += 1;
-            tokio::time::sleep(Duration::from_secs(u64::from(retries))).await;
+            reconnect.pause(&status, |note| view.note(note)).await?;
             continue;
         }
-        let job = remote::get_job(conn, job_id).await?;
-        if remote::is_final(&job.status) {
+        if let Some(job) = ended {
             return Ok(job);
         }
-        // The coordinator closed the watch before the job ended (it may be
-        // restarting): watch again from the last event seen.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        match fetch_job(conn, job_id).await {
+            Ok(job) if remote::is_final(&job.status) => ended = Some(job),
+            // The watch was closed before the job ended (the coordinator
+            // may be stopping): watch again from the last event seen.
+            Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(status) if is_transient(&status) => {
+                reconnect.pause(&status, |note| view.note(note)).await?;
+            }
+            Err(status) => {
+                return Err(rpc(status)).with_context(|| format!("cannot get job {job_id}"));
+            }
+        }
     }
 }
 
-/// Whether a watch that failed this way is worth opening again.
-fn retryable(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown)
+/// Asks for job `id`, keeping the status for [`is_transient`].
+async fn fetch_job(conn: &Connection, id: &str) -> Result<Job, tonic::Status> {
+    let request = coordinator::api::JobRef { id: id.to_string() };
+    Ok(conn.jobs().get(request).await?.into_inner())
 }
 
-/// Streams events after `*after_id` into `view`, moving `*after_id` along.
-/// The outer error is local (printing failed); the inner one is the
-/// coordinator's.
+fn say_on_stderr(note: &str) {
+    eprintln!("{note}");
+}
+
+/// How one watch ended.
+struct WatchEnd {
+    /// Whether the coordinator answered the call (a stream was opened).
+    opened: bool,
+    /// The coordinator's error, if the stream did not end cleanly.
+    outcome: Result<(), tonic::Status>,
+}
+
+/// Streams the events after `*after_id` into `view`, moving `*after_id`
+/// along; an event at or below it is not shown again. The error is local
+/// (printing failed); the coordinator's is in the [`WatchEnd`].
 async fn watch(
     conn: &Connection,
     job_id: &str,
     after_id: &mut i64,
     follow: bool,
     view: &mut EventView,
-) -> anyhow::Result<Result<(), tonic::Status>> {
+) -> anyhow::Result<WatchEnd> {
     let request = WatchRequest {
         job_id: job_id.to_string(),
         after_id: *after_id,
@@ -127,18 +163,32 @@ async fn watch(
     };
     let mut stream = match conn.jobs().watch_events(request).await {
         Ok(reply) => reply.into_inner(),
-        Err(status) => return Ok(Err(status)),
+        Err(status) => {
+            return Ok(WatchEnd {
+                opened: false,
+                outcome: Err(status),
+            });
+        }
     };
     while let Some(item) = stream.next().await {
         match item {
+            Ok(event) if event.id <= *after_id => {}
             Ok(event) => {
-                *after_id = (*after_id).max(event.id);
+                *after_id = event.id;
                 view.show(&event)?;
             }
-            Err(status) => return Ok(Err(status)),
+            Err(status) => {
+                return Ok(WatchEnd {
+                    opened: true,
+                    outcome: Err(status),
+                });
+            }
         }
     }
-    Ok(Ok(()))
+    Ok(WatchEnd {
+        opened: true,
+        outcome: Ok(()),
+    })
 }
 
 async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<()> {
@@ -150,6 +200,7 @@ async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> any
     let mut after_id = 0;
     watch(conn, job_id, &mut after_id, false, &mut view)
         .await?
+        .outcome
         .map_err(rpc)
         .with_context(|| format!("cannot read the events of job {job_id}"))
 }
@@ -201,6 +252,17 @@ impl EventView {
             EventView::Json => writeln!(std::io::stdout().lock(), "{}", event_json(event)),
             EventView::Lines => writeln!(std::io::stdout().lock(), "{}", event_line(event)),
             EventView::Bars(bars) => bars.show(event),
+        }
+    }
+
+    /// A line for people about the connection: on stderr, above the bars
+    /// when there are some.
+    fn note(&self, text: &str) {
+        match self {
+            EventView::Bars(bars) => {
+                let _ = bars.multi.println(text);
+            }
+            EventView::Json | EventView::Lines => say_on_stderr(text),
         }
     }
 
@@ -406,6 +468,20 @@ mod tests {
         let err = final_outcome(&cancelled).unwrap_err();
         assert!(err.to_string().contains("cancelled"), "{err}");
         assert_eq!(crate::commands::exit_code(&err), 1);
+    }
+
+    #[test]
+    fn the_help_states_the_reconnect_bound() {
+        use clap::Args;
+        let command = LogsArgs::augment_args(clap::Command::new("logs"));
+        let follow = command
+            .get_arguments()
+            .find(|a| a.get_id() == "follow")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let bound = format!("up to {} s", reconnect::RECONNECT_FOR.as_secs());
+        assert!(follow.contains(&bound), "{follow}");
     }
 
     #[test]

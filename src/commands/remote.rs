@@ -1,5 +1,5 @@
 //! What every command that talks to a coordinator shares: the
-//! `--coordinator` / `--token` flags and connecting with them, a tokio
+//! `--coordinator` / `--token` / `--ca` flags and connecting with them, a tokio
 //! runtime to run the calls on, turning a gRPC status into a message and an
 //! exit code (DESIGN.md §5), and the `--json` shapes of a job and an event.
 //!
@@ -7,11 +7,12 @@
 //! connection itself (`coordinator::client`).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use coordinator::api::{Event, Job};
-use coordinator::client::{ConnectError, Connection};
+use coordinator::client::{ConnectError, Connection, TrustedCa};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -20,10 +21,11 @@ use super::UsageError;
 /// How long connecting to a coordinator may take before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the coordinator is and who is asking.
+/// Where the coordinator is, who is asking, and whom to trust.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RemoteArgs {
-    /// The coordinator's address (http://host:port).
+    /// The coordinator's address: http://host:port, or https://host:port
+    /// for one serving TLS.
     #[arg(
         long,
         env = "LORAFLEET_COORDINATOR",
@@ -34,6 +36,32 @@ pub struct RemoteArgs {
     /// The tenant token sent with every call.
     #[arg(long, env = "LORAFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The PEM CA bundle that signed the coordinator's TLS certificate:
+    /// the only roots trusted (default: the public ones). With it, a bare
+    /// host:port means https:// and an http:// address is refused, so the
+    /// token never goes out in clear.
+    #[arg(long, env = "LORAFLEET_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// The coordinator at `url` as `token`, trusting the public roots.
+    pub fn new(url: &str, token: &str) -> RemoteArgs {
+        RemoteArgs {
+            coordinator: url.to_string(),
+            token: Some(token.to_string()),
+            ca: None,
+        }
+    }
+
+    /// The CA bundle named by `--ca` / `LORAFLEET_CA`, read and checked.
+    pub fn trusted_ca(&self) -> anyhow::Result<Option<TrustedCa>> {
+        let Some(path) = self.ca.as_deref().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(None);
+        };
+        let ca = TrustedCa::load(path).map_err(|e| UsageError(e.to_string()))?;
+        Ok(Some(ca))
+    }
 }
 
 /// Connects to the coordinator named by `args`.
@@ -49,7 +77,9 @@ pub async fn connect(args: &RemoteArgs) -> anyhow::Result<Connection> {
                     .to_string(),
             )
         })?;
-    let connection = Connection::open(&args.coordinator, token, CONNECT_TIMEOUT).await?;
+    let ca = args.trusted_ca()?;
+    let connection =
+        Connection::open_with(&args.coordinator, token, ca.as_ref(), CONNECT_TIMEOUT).await?;
     Ok(connection)
 }
 
@@ -85,9 +115,14 @@ pub fn rpc(status: tonic::Status) -> anyhow::Error {
 }
 
 /// The exit code DESIGN.md §5 gives a failed call, if `err` comes from one:
-/// 2 bad request, 3 unreachable, 4 refused, 5 not found.
+/// 2 bad request (a malformed address, `http://` with a CA, a plain URL
+/// for a TLS port), 3 unreachable (also: its certificate refused, or lost
+/// for longer than a follower waits), 4 refused, 5 not found.
 pub fn rpc_exit_code(err: &anyhow::Error) -> Option<u8> {
     err.chain().find_map(|cause| {
+        if cause.is::<super::logs::CoordinatorLost>() {
+            return Some(3);
+        }
         if let Some(RpcError(status)) = cause.downcast_ref::<RpcError>() {
             return status_exit_code(status);
         }
@@ -95,9 +130,25 @@ pub fn rpc_exit_code(err: &anyhow::Error) -> Option<u8> {
             return status_exit_code(status);
         }
         match cause.downcast_ref::<ConnectError>()? {
-            ConnectError::Unreachable { .. } => Some(3),
-            ConnectError::BadAddress { .. } | ConnectError::BadToken => Some(2),
+            ConnectError::Unreachable { .. } | ConnectError::Tls { .. } => Some(3),
+            ConnectError::BadAddress { .. }
+            | ConnectError::BadToken
+            | ConnectError::PlainWithCa { .. }
+            | ConnectError::TlsExpected { .. } => Some(2),
         }
+    })
+}
+
+/// The status of a failed call in `err`'s chain, if it is one worth
+/// making again (`logs::is_transient`).
+pub fn transient_status(err: &anyhow::Error) -> Option<tonic::Status> {
+    err.chain().find_map(|cause| {
+        let status = match cause.downcast_ref::<RpcError>() {
+            Some(RpcError(status)) => status,
+            None => cause.downcast_ref::<tonic::Status>()?,
+        };
+        super::logs::is_transient(status)
+            .then(|| tonic::Status::new(status.code(), status.message()))
     })
 }
 
@@ -260,10 +311,7 @@ mod tests {
 
     #[test]
     fn a_missing_token_is_a_usage_error_naming_both_ways_to_give_one() {
-        let args = RemoteArgs {
-            coordinator: "http://127.0.0.1:1".to_string(),
-            token: Some("  ".to_string()),
-        };
+        let args = RemoteArgs::new("http://127.0.0.1:1", "  ");
         let err = block_on(connect(&args)).err().expect("no token must fail");
         assert!(err.is::<UsageError>());
         let text = err.to_string();

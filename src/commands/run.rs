@@ -5,7 +5,9 @@
 //! and stops every process it started, also on Ctrl-C (exit 130).
 //!
 //! It is the same path as a real cluster (`serve`, `worker`, `submit`,
-//! `download`), only on one machine. The processes' logs go to files in the
+//! `download`), only on one machine. A coordinator that stops while the
+//! job runs is started again on its address and state file (up to 3
+//! times); the workers and the follower reconnect to it. The processes' logs go to files in the
 //! temporary folder; the last lines of each are shown if the job fails.
 
 use std::io::{BufRead, BufReader};
@@ -21,9 +23,12 @@ use coordinator::spec::PathOrUrl;
 use super::UsageError;
 use super::download::download_checkpoint;
 use super::fleet::{CLUSTER_TOKEN_ENV, stop_signal};
-use super::logs::{final_outcome, follow};
+use super::logs::{Reconnect, final_outcome, follow};
 use super::remote::{self, RemoteArgs, block_on};
 use super::submit::submit_file;
+
+/// How many times `run` starts its coordinator again after it stopped.
+const MAX_RESTARTS: u32 = 3;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -72,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut fleet = EmbeddedFleet::start(scratch.path(), workers)?;
     let outcome = block_on(async {
         tokio::select! {
-            outcome = drive(&fleet, &args, &output) => outcome,
+            outcome = drive(&mut fleet, &args, &output) => outcome,
             () = stop_signal() => Err(Interrupted.into()),
         }
     });
@@ -83,12 +88,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Submit, follow, download.
-async fn drive(fleet: &EmbeddedFleet, args: &RunArgs, output: &Path) -> anyhow::Result<()> {
-    let remote = RemoteArgs {
-        coordinator: fleet.url.clone(),
-        token: Some(fleet.token.clone()),
-    };
+/// Submit, follow, download. The coordinator is started again if it
+/// stops while the job runs, and a download the coordinator breaks off
+/// is made again (both as `logs -f` waits: [`Reconnect`]).
+async fn drive(fleet: &mut EmbeddedFleet, args: &RunArgs, output: &Path) -> anyhow::Result<()> {
+    let remote = RemoteArgs::new(&fleet.url, &fleet.token);
     let conn = remote::connect(&remote).await?;
     fleet.wait_for_workers(&conn).await?;
     let job = submit_file(&conn, &args.file).await?;
@@ -99,9 +103,28 @@ async fn drive(fleet: &EmbeddedFleet, args: &RunArgs, output: &Path) -> anyhow::
         fleet.workers.len()
     );
     let started = Instant::now();
-    let job = follow(&conn, &job.id, args.json).await?;
+    let following = follow(&conn, &job.id, args.json);
+    tokio::pin!(following);
+    let job = loop {
+        tokio::select! {
+            job = &mut following => break job?,
+            () = tokio::time::sleep(Duration::from_millis(250)) => fleet.keep_coordinator_up()?,
+        }
+    };
     final_outcome(&job)?;
-    let summary = download_checkpoint(&conn, &job.id, "latest", output).await?;
+    let mut reconnect = Reconnect::new(conn.url());
+    let summary = loop {
+        match download_checkpoint(&conn, &job.id, "latest", output).await {
+            Ok(summary) => break summary,
+            Err(err) => match remote::transient_status(&err) {
+                Some(status) => {
+                    fleet.keep_coordinator_up()?;
+                    reconnect.pause(&status, |note| eprintln!("{note}")).await?;
+                }
+                None => return Err(err),
+            },
+        }
+    };
     eprintln!(
         "job {} succeeded in {:.1} s: step {}, adapter in {}",
         job.id,
@@ -126,6 +149,8 @@ pub(crate) struct EmbeddedFleet {
     pub server: Child,
     pub workers: Vec<Child>,
     logs: PathBuf,
+    /// How many times the coordinator was started again.
+    restarts: u32,
 }
 
 impl EmbeddedFleet {
@@ -141,23 +166,9 @@ impl EmbeddedFleet {
                 .with_context(|| format!("cannot create {}", path.display()))?
                 .into())
         };
-        let mut server = Command::new(&exe)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--grace",
-                "5",
-                "--state",
-            ])
-            .arg(dir.join("state.db"))
-            .env("LORAFLEET_TOKEN", &token)
-            .env(CLUSTER_TOKEN_ENV, &cluster)
-            .stdout(Stdio::piped())
-            .stderr(log("coordinator")?)
-            .spawn()
-            .context("cannot start the coordinator")?;
-        let stdout = server.stdout.take().expect("piped");
+        let listen = "127.0.0.1:0";
+        let (server, stdout) =
+            spawn_coordinator(&exe, dir, listen, &token, &cluster, log("coordinator")?)?;
         let mut fleet = EmbeddedFleet {
             url: String::new(),
             token,
@@ -165,12 +176,9 @@ impl EmbeddedFleet {
             server,
             workers: Vec::new(),
             logs: dir.to_path_buf(),
+            restarts: 0,
         };
-        let Some(url) = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("listening on ").map(str::to_string))
-        else {
+        let Some(url) = readiness(stdout) else {
             fleet.show_logs();
             fleet.stop();
             bail!("the coordinator did not start");
@@ -222,6 +230,49 @@ impl EmbeddedFleet {
         }
     }
 
+    /// Starts the coordinator again, on the same address and state file,
+    /// if it stopped (killed, crashed): the workers keep their jobs and
+    /// reconnect, and so does the follower. At most [`MAX_RESTARTS`] times.
+    fn keep_coordinator_up(&mut self) -> anyhow::Result<()> {
+        let Ok(Some(ended)) = self.server.try_wait() else {
+            return Ok(());
+        };
+        if self.restarts == MAX_RESTARTS {
+            bail!(
+                "the coordinator stopped ({ended}) after {MAX_RESTARTS} restarts; see its log lines below"
+            );
+        }
+        self.restarts += 1;
+        let address = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, rest)| rest)
+            .to_string();
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let path = self.logs.join("coordinator.log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let (server, stdout) = spawn_coordinator(
+            &exe,
+            &self.logs,
+            &address,
+            &self.token,
+            &self.cluster,
+            log.into(),
+        )?;
+        self.server = server;
+        match readiness(stdout) {
+            Some(url) if url == self.url => {
+                eprintln!("the coordinator stopped ({ended}); started it again on {address}");
+                Ok(())
+            }
+            _ => bail!("the coordinator stopped ({ended}) and did not start again on {address}"),
+        }
+    }
+
     /// Prints the last lines of every process's log.
     fn show_logs(&self) {
         let mut names = vec!["coordinator".to_string()];
@@ -255,6 +306,38 @@ impl Drop for EmbeddedFleet {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `serve` on `listen` with its state in `dir` and stderr into
+/// `log`; returns it and its stdout, where the readiness line comes.
+fn spawn_coordinator(
+    exe: &Path,
+    dir: &Path,
+    listen: &str,
+    token: &str,
+    cluster: &str,
+    log: Stdio,
+) -> anyhow::Result<(Child, std::process::ChildStdout)> {
+    let mut server = Command::new(exe)
+        .args(["serve", "--listen", listen, "--grace", "5", "--state"])
+        .arg(dir.join("state.db"))
+        .env("LORAFLEET_TOKEN", token)
+        .env(CLUSTER_TOKEN_ENV, cluster)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the coordinator")?;
+    let stdout = server.stdout.take().expect("piped");
+    Ok((server, stdout))
+}
+
+/// The URL of `serve`'s readiness line, once it comes (`None` if it
+/// exits first).
+fn readiness(stdout: std::process::ChildStdout) -> Option<String> {
+    BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_string))
 }
 
 fn terminate(children: &mut [&mut Child]) {

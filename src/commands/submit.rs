@@ -22,7 +22,9 @@ use super::remote::{self, RemoteArgs, rpc};
 pub struct SubmitArgs {
     /// The YAML job spec.
     pub file: std::path::PathBuf,
-    /// Follow the job until it ends (exit 1 if it fails or is cancelled).
+    /// Follow the job until it ends (exit 1 if it fails or is cancelled),
+    /// riding out a coordinator restart as `logs -f` does: retried 0.5 s,
+    /// then 1, 2, 4 and every 5 s after, for up to 120 s (then exit 3).
     #[arg(long)]
     pub wait: bool,
     /// Print the job object (and with --wait, the events as NDJSON).
@@ -89,6 +91,7 @@ pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> 
         base_dir: base_dir.display().to_string(),
         datasets,
         version: coordinator::PROTOCOL_VERSION.to_string(),
+        ..SubmitRequest::default()
     };
     let job = conn
         .jobs()
@@ -119,6 +122,7 @@ async fn upload(conn: &Connection, path: &Path) -> anyhow::Result<String> {
             let chunk = DatasetChunk {
                 file_name: if first { name.clone() } else { String::new() },
                 data,
+                ..DatasetChunk::default()
             };
             first = false;
             if tx.blocking_send(chunk).is_err() || n == 0 {

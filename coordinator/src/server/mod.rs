@@ -23,6 +23,7 @@ mod checkpoints;
 mod control;
 mod jobs;
 mod recovery;
+pub mod tls;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     /// The wait before a failed job's next attempt; it doubles with each
     /// failure of the job (up to a minute). Preemptions do not wait.
     pub restart_backoff: Duration,
+    /// The certificate and key served over TLS on the same port; `None`
+    /// serves in clear.
+    pub tls: Option<tls::ServerTls>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             lost_after: Duration::from_secs(15),
             grace: Duration::from_secs(30),
             restart_backoff: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -195,6 +200,10 @@ pub async fn serve(
             coordinator.inner.stopping.send_replace(true);
         }
     };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &coordinator.inner.config.tls {
+        builder = builder.tls_config(tls.tonic_config())?;
+    }
     let control = tokio::spawn(coordinator.clone().run_control());
     let jobs = JobsServer::new(coordinator.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -202,7 +211,7 @@ pub async fn serve(
     let workers = WorkersServer::new(coordinator.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(jobs)

@@ -206,6 +206,7 @@ async fn chaos(
     let remote = RemoteArgs {
         coordinator: cluster.url.clone(),
         token: Some(cluster.token.clone()),
+        ca: None,
     };
     let conn = remote::connect(&remote).await?;
     let mut notes = Vec::new();

@@ -1,0 +1,127 @@
+//! The coordinator's side of TLS (`serve --tls-cert FILE --tls-key FILE`):
+//! its certificate chain and private key read from PEM files and checked
+//! before the port opens, so a wrong file is one clear error naming it
+//! rather than a refused handshake later.
+//!
+//! Not here: serving (`server::serve` hands [`ServerTls::tonic_config`] to
+//! tonic), the clients' side (`client::tls`).
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// A certificate chain and its private key, read and checked.
+#[derive(Clone)]
+pub struct ServerTls {
+    cert_path: PathBuf,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the certificate or key cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the TLS certificate file {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+        path.display()
+    )]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "the TLS key file {} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----, RSA or EC): {reason}",
+        path.display()
+    )]
+    NoKey { path: PathBuf, reason: String },
+    #[error("the TLS certificate file {} is not valid PEM: {reason}", path.display())]
+    BadPem { path: PathBuf, reason: String },
+    #[error(
+        "the key in {} does not go with the certificate in {}: {reason}",
+        key.display(),
+        cert.display()
+    )]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+}
+
+impl ServerTls {
+    /// Reads `cert` (the server's certificate first, then any
+    /// intermediates) and `key`, and checks that they form a usable pair.
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, ServerTlsError> {
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| ServerTlsError::Read {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let cert_pem = read("certificate file", cert)?;
+        let key_pem = read("key file", key)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ServerTlsError::BadPem {
+                path: cert.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(ServerTlsError::NoCertificate {
+                path: cert.to_path_buf(),
+            });
+        }
+        let private_key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| ServerTlsError::NoKey {
+                path: key.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let mismatch = |reason: String| ServerTlsError::Mismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            reason,
+        };
+        // What tonic will do at start, done here to name the files.
+        rustls::ServerConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| mismatch(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|e| mismatch(e.to_string()))?;
+        Ok(ServerTls {
+            cert_path: cert.to_path_buf(),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// The certificate file served.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// tonic's settings for this identity. Installs ring as this process's
+    /// rustls provider first (tonic's server takes the process default).
+    pub(crate) fn tonic_config(&self) -> ServerTlsConfig {
+        crate::client::use_ring_provider();
+        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
