@@ -36,7 +36,8 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(120);
 /// (fields drop in order: workers, coordinator, S3 server, lab).
 pub struct HostFleet {
     workers: Vec<(String, HostProcess)>,
-    coordinator: HostProcess,
+    /// Held for its drop, which stops it.
+    _coordinator: HostProcess,
     pub s3: SeaweedFs,
     /// `http://COORD_IP:PORT`.
     pub url: String,
@@ -66,7 +67,7 @@ impl HostFleet {
         let (coordinator, url) = coordinator;
         let mut fleet = HostFleet {
             workers: Vec::new(),
-            coordinator,
+            _coordinator: coordinator,
             s3,
             url,
             logs,
@@ -146,20 +147,14 @@ impl HostFleet {
         self.json(&["workers"])["data"].as_array().unwrap().clone()
     }
 
-    /// The coordinator's id of the worker named `name`.
-    pub fn worker_id(&self, name: &str) -> String {
-        self.workers()
-            .iter()
-            .find(|w| w["name"] == name)
-            .and_then(|w| w["id"].as_str())
-            .unwrap_or_else(|| panic!("no worker named {name}"))
-            .to_string()
-    }
-
     pub fn wait_for_idle_workers(&self, count: usize, limit: Duration) {
         let start = std::time::Instant::now();
         loop {
-            let idle = self.workers().iter().filter(|w| w["state"] == "idle").count();
+            let idle = self
+                .workers()
+                .iter()
+                .filter(|w| w["state"] == "idle")
+                .count();
             if idle >= count {
                 return;
             }

@@ -9,12 +9,16 @@
 //!
 //! Not here: starting the fleet (`fleet`), injecting faults (the tests).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::common::{adapter, fleet::text, lorafleet, max_relative_difference, repo};
 use crate::fleet::{COORD, HostFleet};
+
+/// An adapter's tensors by name.
+type Tensors = Vec<(String, Vec<f32>)>;
 
 pub const STEPS: u64 = 60;
 pub const CHECKPOINT_EVERY: u64 = 5;
@@ -96,7 +100,7 @@ pub fn write_spec(
 /// The adapter one `lorafleet train` process trains from the job's spec
 /// (local dataset, local checkpoints); computed once per test process.
 pub fn reference_adapter(fleet: &HostFleet) -> &'static [(String, Vec<f32>)] {
-    static REFERENCE: OnceLock<(tempfile::TempDir, Vec<(String, Vec<f32>)>)> = OnceLock::new();
+    static REFERENCE: OnceLock<(tempfile::TempDir, Tensors)> = OnceLock::new();
     let model = fleet.lab.shared_dir().join("model");
     &REFERENCE
         .get_or_init(|| {
@@ -130,21 +134,32 @@ pub fn reference_adapter(fleet: &HostFleet) -> &'static [(String, Vec<f32>)] {
 /// largest relative deviation from the 1-process adapter; the checkpoint
 /// must be the last step's.
 pub fn deviation_from_reference(fleet: &HostFleet, job: &str) -> f64 {
-    let dir = fleet.lab.host(COORD).private_dir().join(format!("download-{job}"));
+    let dir = fleet
+        .lab
+        .host(COORD)
+        .private_dir()
+        .join(format!("download-{job}"));
     let got = fleet.json(&["download", job, "-o", dir.to_str().unwrap()]);
-    assert_eq!(got["step"], STEPS, "the latest checkpoint is the last step's: {got}");
+    assert_eq!(
+        got["step"], STEPS,
+        "the latest checkpoint is the last step's: {got}"
+    );
     max_relative_difference(&adapter(&dir), reference_adapter(fleet))
 }
 
-/// How long the job takes on this kind of fleet undisturbed (measured
-/// once per test process, on the first fleet that asks).
-pub fn undisturbed_wall(fleet: &HostFleet, inputs: &JobInputs) -> Duration {
-    static WALL: OnceLock<Duration> = OnceLock::new();
-    *WALL.get_or_init(|| {
-        let watch = run_job(fleet, inputs, "undisturbed", 2, |_| {});
-        assert_eq!(watch.status, "succeeded", "{}", fleet.log_tails());
-        watch.wall
-    })
+/// How long the job takes on this kind of fleet undisturbed with `ranks`
+/// ranks (measured once per test process and rank count, on the first
+/// fleet that asks).
+pub fn undisturbed_wall(fleet: &HostFleet, inputs: &JobInputs, ranks: u32) -> Duration {
+    static WALLS: Mutex<BTreeMap<u32, Duration>> = Mutex::new(BTreeMap::new());
+    if let Some(wall) = WALLS.lock().unwrap().get(&ranks) {
+        return *wall;
+    }
+    let name = format!("undisturbed-{ranks}");
+    let watch = run_job(fleet, inputs, &name, ranks, |_| {});
+    assert_eq!(watch.status, "succeeded", "{}", fleet.log_tails());
+    WALLS.lock().unwrap().insert(ranks, watch.wall);
+    watch.wall
 }
 
 /// What a test saw of one job.
@@ -155,6 +170,10 @@ pub struct JobWatch {
     pub attempt: u64,
     pub failures: u64,
     pub wall: Duration,
+    /// Time since submit of the latest poll.
+    pub last_poll: Duration,
+    /// When it was submitted.
+    pub submitted_at: Option<std::time::SystemTime>,
     /// When the job was first seen at each attempt number.
     pub attempt_seen: Vec<(u64, Duration)>,
     /// (time since submit, step) of each poll while running.
@@ -162,6 +181,7 @@ pub struct JobWatch {
 }
 
 impl JobWatch {
+    /// The highest step seen running by `since_submit`.
     pub fn step_at(&self, since_submit: Duration) -> u64 {
         self.steps
             .iter()
@@ -186,15 +206,18 @@ pub fn run_job(
     let storage = fleet.s3.url(&format!("checkpoints/{name}"));
     let spec = write_spec(&dir, name, inputs, &storage, workers, None);
     let submitted = Instant::now();
+    let submitted_at = std::time::SystemTime::now();
     let job = fleet.json(&["submit", spec.to_str().unwrap()]);
     let mut watch = JobWatch {
         id: job["id"].as_str().unwrap().to_string(),
+        submitted_at: Some(submitted_at),
         ..JobWatch::default()
     };
     let limit = Duration::from_secs(240);
     loop {
         let status = fleet.json(&["status", &watch.id]);
         let now = submitted.elapsed();
+        watch.last_poll = now;
         watch.status = status["status"].as_str().unwrap_or_default().to_string();
         watch.attempt = status["attempt"].as_u64().unwrap_or(0);
         watch.failures = status["failures"].as_u64().unwrap_or(0);
@@ -202,7 +225,9 @@ pub fn run_job(
             watch.attempt_seen.push((watch.attempt, now));
         }
         if watch.status == "running" {
-            watch.steps.push((now, status["step"].as_u64().unwrap_or(0)));
+            watch
+                .steps
+                .push((now, status["step"].as_u64().unwrap_or(0)));
         }
         if ["succeeded", "failed", "cancelled"].contains(&watch.status.as_str()) {
             watch.wall = now;
@@ -267,4 +292,36 @@ fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// The checkpoint manifests under `checkpoints/{name}` on the S3 server:
+/// (step, when it was last written).
+pub fn manifests(fleet: &HostFleet, name: &str) -> Vec<(u64, std::time::SystemTime)> {
+    let store = fleet.s3.store();
+    let prefix = object_store::path::Path::from(format!("checkpoints/{name}"));
+    fleet.lab.within(crate::fleet::STORAGE, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use futures::TryStreamExt;
+            let listed: Vec<object_store::ObjectMeta> = store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            listed
+                .into_iter()
+                .filter(|meta| meta.location.filename() == Some("MANIFEST.json"))
+                .filter_map(|meta| {
+                    let step = meta
+                        .location
+                        .parts()
+                        .find_map(|p| p.as_ref().strip_prefix("step-")?.parse().ok())?;
+                    Some((step, std::time::SystemTime::from(meta.last_modified)))
+                })
+                .collect()
+        })
+    })
 }

@@ -37,7 +37,11 @@ fn a_two_rank_job_across_hosts_trains_the_one_process_adapter_over_tcp() {
                 continue;
             }
             rank_hosts.insert(name.clone());
-            shm_seen.extend(shm_files(ranks[0]).into_iter().map(|f| format!("{name}: {f}")));
+            shm_seen.extend(
+                shm_files(ranks[0])
+                    .into_iter()
+                    .map(|f| format!("{name}: {f}")),
+            );
             for (local, remote) in established(worker) {
                 let is_worker = |ip: Ipv4Addr| worker_ips.iter().any(|(_, w)| *w == ip);
                 if is_worker(local.0) && is_worker(remote.0) && local.0 != remote.0 {
@@ -46,7 +50,12 @@ fn a_two_rank_job_across_hosts_trains_the_one_process_adapter_over_tcp() {
             }
         }
     });
-    assert_eq!(watch.status, "succeeded", "{watch:?}\n{}", fleet.log_tails());
+    assert_eq!(
+        watch.status,
+        "succeeded",
+        "{watch:?}\n{}",
+        fleet.log_tails()
+    );
     assert_eq!(watch.attempt, 1, "{watch:?}");
     assert_eq!(rank_hosts.len(), 2, "ranks ran on {rank_hosts:?}");
     assert!(

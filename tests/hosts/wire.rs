@@ -58,7 +58,9 @@ pub fn processes_beside(pid: u32, word: &str) -> Vec<u32> {
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|other| {
-                    std::fs::read_link(format!("/proc/{other}/ns/net")).ok().as_ref()
+                    std::fs::read_link(format!("/proc/{other}/ns/net"))
+                        .ok()
+                        .as_ref()
                         == Some(&namespace)
                 })
                 .filter(|other| {
