@@ -111,6 +111,10 @@ pub struct TrainArgs {
     /// The job's tenant in that path (default: local).
     #[arg(long, value_name = "TENANT")]
     pub tenant: Option<String>,
+    /// The fleet attempt this run is (a worker's rank): written into the
+    /// manifests of the checkpoints it commits.
+    #[arg(long, hide = true, value_name = "N")]
+    pub attempt: Option<u32>,
     /// Leave the final adapter in the checkpoints only (what workers do);
     /// output.dir is not written.
     #[arg(long, hide = true)]

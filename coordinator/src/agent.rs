@@ -1,41 +1,47 @@
 //! The worker agent (`lorafleet worker`): registers with the coordinator,
 //! reports on the heartbeat stream, and runs what it is assigned.
 //!
-//! Each assignment runs as a child process, one rank of the job's ring:
-//! `<program> train SPEC --events --rank R --world N --peers ...` with the
-//! attempt's secret in the environment (never on the command line). The
-//! child prints one JSON event per line on stdout; the agent forwards them
-//! with `ReportEvents` and reports the rank's end (finished, or failed with
-//! the last lines of its stderr) in its heartbeats until the next
-//! assignment. A stop order kills the child at once; a preempt order (a
-//! drain, a resize) sends it SIGTERM, and the ranks stop together at the
-//! next step boundary after a checkpoint (exit status
-//! [`PREEMPTED_EXIT_CODE`], reported as `preempted`). The child dies with
-//! the agent (PR_SET_PDEATHSIG), so a killed worker leaves no rank
-//! training on behind it.
+//! * `agent` (this file): the connection loop, orders, and the fence.
+//! * [`rank`]: one rank of an assignment, a child `lorafleet train`.
+//! * [`inputs`]: the input cache (uploaded datasets and models fetched
+//!   from the coordinator, kept by SHA-256).
+//! * [`outbox`]: the ranks' events on their way to the coordinator,
+//!   numbered so none is stored twice.
 //!
 //! If the coordinator goes away, the child keeps training and the agent
 //! reconnects, registering under its old id with the attempt it runs, so a
-//! restarted coordinator finds the job again.
+//! restarted coordinator finds the job again. But not for ever: every
+//! report is numbered and the coordinator acknowledges it, and once the
+//! newest acknowledged report was sent longer ago than the coordinator's
+//! lost-after bound (which it sends at `Register`), the coordinator may
+//! have declared this worker lost and restarted its job elsewhere. The
+//! agent then kills its rank itself (the fence), so a cut-off rank never
+//! writes checkpoints beside the job's next attempt.
 //!
 //! Not here: training itself (the child is a `lorafleet train` process),
 //! or deciding anything about jobs.
 
+mod inputs;
+mod outbox;
+mod rank;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::{self, order};
 use crate::client::Connection;
+
+use outbox::Outbox;
+use rank::RankProcess;
+
+pub use rank::kill_when_parent_dies;
 
 /// The environment variable that carries an attempt's ring secret to a rank.
 pub const RING_SECRET_ENV: &str = "LORAFLEET_RING_SECRET";
@@ -52,8 +58,8 @@ pub const TENANT_TOKEN_ENV: &str = "LORAFLEET_TOKEN";
 /// committing a checkpoint at a step boundary (BSD's `EX_TEMPFAIL`).
 pub const PREEMPTED_EXIT_CODE: i32 = 75;
 
-/// Lines of a failed rank's stderr kept for its error.
-const STDERR_TAIL: usize = 12;
+/// How often the fence looks at the time.
+const FENCE_TICK: Duration = Duration::from_millis(100);
 
 /// What a worker is and where it reports.
 #[derive(Clone, Debug)]
@@ -66,8 +72,12 @@ pub struct AgentConfig {
     pub backend: String,
     pub device: String,
     pub memory_bytes: u64,
-    /// `host:port` this worker's rank listens on when it trains.
-    pub ring_addr: String,
+    /// The address this worker's ranks listen on and other hosts reach
+    /// them at; `None`: the local address of its connection to the
+    /// coordinator, found at every connection.
+    pub ring_host: Option<String>,
+    /// The port this worker's ranks listen on.
+    pub ring_port: u16,
     /// The program started for each rank (`lorafleet`), run as
     /// `<program> train ...`.
     pub program: PathBuf,
@@ -104,6 +114,52 @@ struct Report {
     error: String,
 }
 
+/// What the fence knows: when the coordinator last surely heard from us.
+#[derive(Default)]
+struct FenceClock {
+    /// The coordinator's lost-after bound (from `Register`).
+    lost_after: Option<Duration>,
+    /// Reports sent and not yet acknowledged: number and send time.
+    sent: VecDeque<(u64, Instant)>,
+    /// The send time of the newest report (or registration) the
+    /// coordinator acknowledged.
+    heard: Option<Instant>,
+    next_seq: u64,
+}
+
+impl FenceClock {
+    /// Numbers a report about to be sent now.
+    fn sending(&mut self) -> u64 {
+        self.next_seq += 1;
+        if self.sent.len() >= 4096 {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.next_seq, Instant::now()));
+        self.next_seq
+    }
+
+    /// The coordinator acknowledged report `seq`.
+    fn acked(&mut self, seq: u64) {
+        while let Some(&(n, at)) = self.sent.front() {
+            if n > seq {
+                break;
+            }
+            self.sent.pop_front();
+            if n == seq {
+                self.heard = Some(self.heard.map_or(at, |h| h.max(at)));
+            }
+        }
+    }
+
+    /// How long ago the coordinator was last surely heard from, once that
+    /// is past its lost-after bound.
+    fn expired(&self) -> Option<Duration> {
+        let (bound, heard) = (self.lost_after?, self.heard?);
+        let silent = heard.elapsed();
+        (silent > bound).then_some(silent)
+    }
+}
+
 /// State shared by the agent's tasks.
 struct Shared {
     config: AgentConfig,
@@ -111,12 +167,26 @@ struct Shared {
     /// Rings when the report changed in a way the coordinator should hear
     /// at once (a rank ended).
     changed: Notify,
-    /// Events waiting to be sent, with the job attempt they belong to.
-    outbox: Mutex<VecDeque<(String, u32, api::Event)>>,
-    outbox_ready: Notify,
-    worker_id: Mutex<String>,
-    /// The session secret the coordinator gave with `worker_id`.
-    worker_secret: Mutex<String>,
+    outbox: Outbox,
+    /// The worker id and session secret the coordinator gave.
+    identity: Mutex<(String, String)>,
+    /// The rank this worker runs, if any.
+    rank: tokio::sync::Mutex<Option<RankProcess>>,
+    fence: Mutex<FenceClock>,
+}
+
+impl Shared {
+    fn worker_id(&self) -> String {
+        self.identity.lock().expect("identity lock").0.clone()
+    }
+
+    fn worker_secret(&self) -> String {
+        self.identity.lock().expect("identity lock").1.clone()
+    }
+
+    fn fence(&self) -> std::sync::MutexGuard<'_, FenceClock> {
+        self.fence.lock().expect("fence lock")
+    }
 }
 
 /// Runs the agent until `shutdown` completes; any child is killed then.
@@ -135,50 +205,110 @@ pub async fn run(
             ..Report::default()
         }),
         changed: Notify::new(),
-        outbox: Mutex::new(VecDeque::new()),
-        outbox_ready: Notify::new(),
-        worker_id: Mutex::new(String::new()),
-        worker_secret: Mutex::new(String::new()),
+        outbox: Outbox::default(),
+        identity: Mutex::new((String::new(), String::new())),
+        rank: tokio::sync::Mutex::new(None),
+        fence: Mutex::new(FenceClock::default()),
     });
-    let mut rank: Option<RankProcess> = None;
+    let fence = tokio::spawn(keep_fence(shared.clone()));
     tokio::pin!(shutdown);
     let mut first = true;
-    loop {
+    let outcome = loop {
         let session = tokio::select! {
-            () = &mut shutdown => break,
-            result = connect_and_serve(&shared, &mut rank, first) => result,
+            () = &mut shutdown => break Ok(()),
+            result = connect_and_serve(&shared, first) => result,
         };
         first = false;
         match session {
-            Err(AgentError::Refused(why)) => {
-                if let Some(mut r) = rank.take() {
-                    r.kill().await;
-                }
-                return Err(AgentError::Refused(why));
-            }
-            Err(other) => return Err(other),
+            Err(error) => break Err(error),
             Ok(why) => {
                 tracing::warn!("lost the coordinator ({why}); reconnecting");
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    () = &mut shutdown => break Ok(()),
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
         }
-    }
-    if let Some(mut r) = rank.take() {
+    };
+    fence.abort();
+    if let Some(mut r) = shared.rank.lock().await.take() {
         r.kill().await;
     }
-    Ok(())
+    outcome
+}
+
+/// Kills the rank once the coordinator may have declared this worker lost.
+async fn keep_fence(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(FENCE_TICK).await;
+        let Some(silent) = shared.fence().expired() else {
+            continue;
+        };
+        let mut slot = shared.rank.lock().await;
+        let Some(mut process) = slot.take() else {
+            continue;
+        };
+        process.kill().await;
+        drop(slot);
+        let bound = shared.fence().lost_after.unwrap_or_default();
+        let error = format!(
+            "fenced: no word from the coordinator for {:.1} s (its lost-after bound is {:.1} s), so this rank was stopped before the job restarts elsewhere",
+            silent.as_secs_f64(),
+            bound.as_secs_f64()
+        );
+        tracing::warn!(
+            "job {} attempt {}: {error}",
+            process.job_id,
+            process.attempt
+        );
+        {
+            let mut report = shared.report.lock().expect("report lock");
+            if report.job_id == process.job_id && report.attempt == process.attempt {
+                report.state = "failed";
+                report.error = error.clone();
+            }
+        }
+        shared.outbox.push(
+            &process.job_id,
+            process.attempt,
+            "rank.fenced",
+            Some("error".into()),
+            error.clone(),
+            serde_json::json!({"error": error, "silent_s": silent.as_secs_f64()}),
+        );
+        shared.changed.notify_one();
+    }
+}
+
+/// The address other hosts reach this host at: the local address of a
+/// connection to the coordinator at `url`.
+async fn discover_ring_host(url: &str) -> Result<String, String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let default_port = if url.starts_with("https://") { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("{url}: bad port {port:?}"))?,
+        ),
+        _ => (authority, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| format!("no connection to {host}:{port} within 5 s"))?
+    .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    Ok(local.ip().to_string())
 }
 
 /// One connection: register, then report and obey until the stream ends.
 /// Returns why it ended; `Err` only for what reconnecting cannot fix.
-async fn connect_and_serve(
-    shared: &Arc<Shared>,
-    rank: &mut Option<RankProcess>,
-    first: bool,
-) -> Result<String, AgentError> {
+async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, AgentError> {
     let config = &shared.config;
     let connection = match Connection::open_with(
         &config.coordinator,
@@ -196,9 +326,20 @@ async fn connect_and_serve(
             return Ok(e.to_string());
         }
     };
+    let ring_host = match &config.ring_host {
+        Some(host) => host.clone(),
+        None => match discover_ring_host(&config.coordinator).await {
+            Ok(host) => host,
+            Err(e) => return Ok(format!("cannot find this host's address: {e}")),
+        },
+    };
+    let ring_addr = match ring_host.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, config.ring_port).to_string(),
+        Err(_) => format!("{ring_host}:{}", config.ring_port),
+    };
     let mut workers = connection.workers();
     let report = shared.report.lock().expect("report lock").clone();
-    let worker_id = shared.worker_id.lock().expect("id lock").clone();
+    let (worker_id, worker_secret) = shared.identity.lock().expect("identity lock").clone();
     let request = api::RegisterRequest {
         name: config.name.clone(),
         host: config.host.clone(),
@@ -206,12 +347,14 @@ async fn connect_and_serve(
         device: config.device.clone(),
         memory_bytes: config.memory_bytes,
         version: crate::PROTOCOL_VERSION.to_string(),
-        ring_addr: config.ring_addr.clone(),
+        ring_addr: ring_addr.clone(),
         worker_id,
         job_id: report.job_id.clone(),
         attempt: report.attempt,
-        worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
+        worker_secret,
+        boot_id: crate::server::hosts::boot_id(),
     };
+    let asked_at = Instant::now();
     let reply = match workers.register(request).await {
         Ok(reply) => reply.into_inner(),
         Err(status) => {
@@ -226,11 +369,17 @@ async fn connect_and_serve(
             };
         }
     };
-    *shared.worker_id.lock().expect("id lock") = reply.worker_id.clone();
-    *shared.worker_secret.lock().expect("secret lock") = reply.worker_secret.clone();
+    *shared.identity.lock().expect("identity lock") =
+        (reply.worker_id.clone(), reply.worker_secret.clone());
+    {
+        let mut fence = shared.fence();
+        fence.lost_after = (reply.lost_after_ms > 0)
+            .then(|| Duration::from_millis(u64::from(reply.lost_after_ms)));
+        fence.heard = Some(fence.heard.map_or(asked_at, |h| h.max(asked_at)));
+    }
     if first {
         tracing::info!(
-            "registered with {} as worker {} ({})",
+            "registered with {} as worker {} ({}), ring at {ring_addr}",
             connection.url(),
             reply.worker_id,
             config.name
@@ -264,7 +413,7 @@ async fn connect_and_serve(
             }
         }
     });
-    let forwarder = tokio::spawn(forward_events(shared.clone(), connection.clone()));
+    let forwarder = tokio::spawn(outbox::forward(shared.clone(), connection.clone()));
     let result = workers.heartbeat(ReceiverStream::new(outgoing)).await;
     let why = match result {
         Err(status) => status.message().to_string(),
@@ -274,7 +423,12 @@ async fn connect_and_serve(
                 match orders.next().await {
                     None => break "the coordinator closed the stream".to_string(),
                     Some(Err(status)) => break status.message().to_string(),
-                    Some(Ok(order)) => obey(shared, rank, order).await,
+                    Some(Ok(order)) => {
+                        if order.ack > 0 {
+                            shared.fence().acked(order.ack);
+                        }
+                        obey(shared, &connection, order).await;
+                    }
                 }
             }
         }
@@ -293,39 +447,31 @@ fn current_report(shared: &Shared, worker_id: &str) -> api::WorkerReport {
         step: r.step,
         state: r.state.to_string(),
         error: r.error,
-        worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
+        worker_secret: shared.worker_secret(),
+        seq: shared.fence().sending(),
     }
 }
 
 /// Carries out one order.
-async fn obey(shared: &Arc<Shared>, rank: &mut Option<RankProcess>, order: api::Order) {
+async fn obey(shared: &Arc<Shared>, connection: &Connection, order: api::Order) {
     match order.kind {
         Some(order::Kind::Assign(assignment)) => {
-            if let Some(mut old) = rank.take() {
+            let mut slot = shared.rank.lock().await;
+            if let Some(mut old) = slot.take() {
                 old.kill().await;
             }
-            let (job, attempt) = (assignment.job_id.clone(), assignment.attempt);
-            match RankProcess::start(shared.clone(), assignment).await {
-                Ok(process) => *rank = Some(process),
-                Err(error) => {
-                    let mut report = shared.report.lock().expect("report lock");
-                    *report = Report {
-                        job_id: job,
-                        attempt,
-                        state: "failed",
-                        step: 0,
-                        error,
-                    };
-                    drop(report);
-                    shared.changed.notify_one();
-                }
-            }
+            *slot = Some(RankProcess::start(
+                shared.clone(),
+                connection.clone(),
+                assignment,
+            ));
         }
         Some(order::Kind::Stop(stop)) => {
-            let ours = rank
+            let mut slot = shared.rank.lock().await;
+            let ours = slot
                 .as_ref()
                 .is_some_and(|r| r.job_id == stop.job_id && r.attempt == stop.attempt);
-            if ours && let Some(mut process) = rank.take() {
+            if ours && let Some(mut process) = slot.take() {
                 tracing::info!(
                     "stopping rank of job {} attempt {}: {}",
                     stop.job_id,
@@ -349,7 +495,8 @@ async fn obey(shared: &Arc<Shared>, rank: &mut Option<RankProcess>, order: api::
             tracing::info!("undrained: this worker takes jobs again");
         }
         Some(order::Kind::Preempt(preempt)) => {
-            let ours = rank
+            let slot = shared.rank.lock().await;
+            let ours = slot
                 .as_ref()
                 .filter(|r| r.job_id == preempt.job_id && r.attempt == preempt.attempt);
             if let Some(process) = ours {
@@ -366,372 +513,31 @@ async fn obey(shared: &Arc<Shared>, rank: &mut Option<RankProcess>, order: api::
     }
 }
 
-/// A running rank: the child process of one assignment.
-struct RankProcess {
-    job_id: String,
-    attempt: u32,
-    child: Arc<tokio::sync::Mutex<Child>>,
-    watcher: tokio::task::JoinHandle<()>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl RankProcess {
-    async fn start(shared: Arc<Shared>, a: api::Assignment) -> Result<RankProcess, String> {
-        let config = &shared.config;
-        let spec_file = config
-            .work_dir
-            .join(format!("{}-{}-rank{}.yaml", a.job_id, a.attempt, a.rank));
-        std::fs::write(&spec_file, &a.spec_yaml)
-            .map_err(|e| format!("cannot write {}: {e}", spec_file.display()))?;
-        let mut command = Command::new(&config.program);
-        command
-            .arg("train")
-            .arg(&spec_file)
-            .arg("--events")
-            .arg("--no-output")
-            .arg("--job-id")
-            .arg(&a.job_id)
-            .arg("--tenant")
-            .arg(&a.tenant);
-        if a.world > 1 {
-            command
-                .arg("--rank")
-                .arg(a.rank.to_string())
-                .arg("--world")
-                .arg(a.world.to_string())
-                .arg("--peers")
-                .arg(a.peers.join(","));
-        }
-        if a.attempt > 1 {
-            // Continue from what the last attempt saved, if anything.
-            command.arg("--resume");
-        }
-        command
-            .args(&config.train_args)
-            .env(RING_SECRET_ENV, &a.secret)
-            // A rank needs no coordinator credential: it reports through
-            // this agent.
-            .env_remove(CLUSTER_TOKEN_ENV)
-            .env_remove(TENANT_TOKEN_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", config.program.display()))?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        {
-            let mut report = shared.report.lock().expect("report lock");
-            *report = Report {
-                job_id: a.job_id.clone(),
-                attempt: a.attempt,
-                state: "running",
-                step: 0,
-                error: String::new(),
-            };
-        }
-        shared.changed.notify_one();
-        let worker_id = shared.worker_id.lock().expect("id lock").clone();
-        push_event(
-            &shared,
-            &a.job_id,
-            a.attempt,
-            "rank.started",
-            None,
-            format!(
-                "rank {} of {} started on worker {}",
-                a.rank, a.world, config.name
-            ),
-            serde_json::json!({
-                "rank": a.rank, "world": a.world, "worker_id": worker_id,
-                "worker_name": config.name, "host": config.host,
-            }),
-        );
-        let child = Arc::new(tokio::sync::Mutex::new(child));
-        let watcher = tokio::spawn(watch_rank(
-            shared.clone(),
-            child.clone(),
-            stdout,
-            stderr,
-            a.job_id.clone(),
-            a.attempt,
-            a.rank,
-        ));
-        Ok(RankProcess {
-            job_id: a.job_id,
-            attempt: a.attempt,
-            child,
-            watcher,
-        })
-    }
-
-    /// Asks the child to stop at its next step boundary (SIGTERM).
-    async fn terminate(&self) {
-        if let Some(pid) = self.child.lock().await.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-    }
-
-    /// Kills the child and waits for it.
-    async fn kill(&mut self) {
-        self.watcher.abort();
-        let mut child = self.child.lock().await;
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-}
-
-/// Makes the child get SIGKILL when the agent dies, however it dies.
-fn die_with_parent(command: &mut Command) {
-    let hook = kill_when_parent_dies();
-    // SAFETY: the hook makes only async-signal-safe calls.
-    unsafe {
-        command.pre_exec(hook);
-    }
-}
-
-/// A `pre_exec` hook that has the kernel SIGKILL the child once the thread
-/// that starts it ends (with its process, however that dies). Start
-/// children from a thread that lives as long as the process.
-pub fn kill_when_parent_dies() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-    let parent = std::process::id() as libc::pid_t;
-    move || {
-        // SAFETY: prctl, getppid and _exit are async-signal-safe.
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Follows a rank's output until it exits, then records how it ended.
-async fn watch_rank(
-    shared: Arc<Shared>,
-    child: Arc<tokio::sync::Mutex<Child>>,
-    stdout: tokio::process::ChildStdout,
-    stderr: tokio::process::ChildStderr,
-    job_id: String,
-    attempt: u32,
-    rank: u32,
-) {
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let errors = tokio::spawn({
-        let tail = tail.clone();
-        let prefix = format!("[{job_id} rank {rank}]");
-        async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{prefix} {line}");
-                let mut tail = tail.lock().expect("tail lock");
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-    });
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
+    #[test]
+    fn the_fence_counts_from_the_newest_acknowledged_report() {
+        let mut clock = FenceClock {
+            lost_after: Some(Duration::from_millis(50)),
+            ..FenceClock::default()
         };
-        let kind = value["type"].as_str().unwrap_or("train.log").to_string();
-        if let Some(step) = value["step"].as_u64() {
-            let mut report = shared.report.lock().expect("report lock");
-            if report.job_id == job_id && report.attempt == attempt {
-                report.step = report.step.max(step);
-            }
-        }
-        let message = value["message"].as_str().unwrap_or_default().to_string();
-        let message = if message.is_empty() {
-            describe(&kind, &value)
-        } else {
-            message
-        };
-        let level = value["level"].as_str().map(str::to_string);
-        push_event(&shared, &job_id, attempt, &kind, level, message, value);
-    }
-    let _ = errors.await;
-    let status = child.lock().await.wait().await;
-    let tail: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
-    let (state, error, kind, message) = match status {
-        Ok(s) if s.success() => (
-            "finished",
-            String::new(),
-            "rank.finished",
-            format!("rank {rank} finished"),
-        ),
-        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => (
-            "preempted",
-            String::new(),
-            "rank.preempted",
-            format!("rank {rank} stopped after a checkpoint, as asked"),
-        ),
-        Ok(s) => {
-            let last = tail
-                .iter()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .cloned()
-                .unwrap_or_else(|| format!("exited with {s}"));
-            let message = format!("rank {rank} failed ({s}): {last}");
-            ("failed", last, "rank.failed", message)
-        }
-        Err(e) => (
-            "failed",
-            e.to_string(),
-            "rank.failed",
-            format!("rank {rank}: {e}"),
-        ),
-    };
-    push_event(
-        &shared,
-        &job_id,
-        attempt,
-        kind,
-        None,
-        message,
-        serde_json::json!({"rank": rank, "error": error, "stderr_tail": tail}),
-    );
-    // The coordinator must have every event (the last checkpoint above
-    // all) before it hears that the rank ended.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline && has_pending(&shared, &job_id, attempt) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    {
-        let mut report = shared.report.lock().expect("report lock");
-        if report.job_id == job_id && report.attempt == attempt {
-            report.state = state;
-            report.error = error;
-        }
-    }
-    shared.changed.notify_one();
-}
-
-/// Whether events of this job attempt are still waiting to be sent.
-fn has_pending(shared: &Shared, job_id: &str, attempt: u32) -> bool {
-    let outbox = shared.outbox.lock().expect("outbox lock");
-    outbox.iter().any(|(j, a, _)| j == job_id && *a == attempt)
-}
-
-/// A one-line message for an event the child printed without one.
-fn describe(kind: &str, v: &serde_json::Value) -> String {
-    match kind {
-        "train.step" => format!(
-            "step {}/{}: loss {:.4}, {:.0} tokens/s",
-            v["step"],
-            v["total_steps"],
-            v["loss"].as_f64().unwrap_or(f64::NAN),
-            v["tokens_per_s"].as_f64().unwrap_or(0.0)
-        ),
-        "train.eval" => format!(
-            "step {}: validation loss {:.4}",
-            v["step"],
-            v["eval_loss"].as_f64().unwrap_or(f64::NAN)
-        ),
-        "checkpoint.saved" => format!(
-            "checkpoint at step {} saved to {}",
-            v["step"],
-            v["path"].as_str().unwrap_or("?")
-        ),
-        "checkpoint.deleted" => format!("checkpoint at step {} deleted (retention)", v["step"]),
-        "train.preempted" => format!("stopped at step {} after a checkpoint, as asked", v["step"]),
-        "train.finished" => format!(
-            "training done: {} steps, train loss {:.4}",
-            v["steps"],
-            v["train_loss"].as_f64().unwrap_or(f64::NAN)
-        ),
-        other => other.to_string(),
-    }
-}
-
-fn push_event(
-    shared: &Shared,
-    job_id: &str,
-    attempt: u32,
-    kind: &str,
-    level: Option<String>,
-    message: String,
-    data: serde_json::Value,
-) {
-    let level = match level.as_deref() {
-        Some(l @ ("info" | "warn" | "error")) => l,
-        _ if kind.ends_with(".failed") => "error",
-        _ => "info",
-    };
-    let event = api::Event {
-        id: 0,
-        job_id: job_id.to_string(),
-        created_at: 0,
-        level: level.to_string(),
-        r#type: kind.to_string(),
-        message,
-        data_json: data.to_string(),
-    };
-    let mut outbox = shared.outbox.lock().expect("outbox lock");
-    // Bounded: a coordinator away for long loses the oldest news, never
-    // this process's memory.
-    if outbox.len() >= 10_000 {
-        outbox.pop_front();
-    }
-    outbox.push_back((job_id.to_string(), attempt, event));
-    drop(outbox);
-    shared.outbox_ready.notify_one();
-}
-
-/// Sends queued events in batches, one job attempt per call; what fails
-/// to go out stays queued for the next connection.
-async fn forward_events(shared: Arc<Shared>, connection: Connection) {
-    let mut workers = connection.workers();
-    loop {
-        let batch: Vec<(String, u32, api::Event)> = {
-            let outbox = shared.outbox.lock().expect("outbox lock");
-            match outbox.front() {
-                // Left queued until sent: the rank's end waits for an
-                // empty queue.
-                Some((job, attempt, _)) => outbox
-                    .iter()
-                    .take(500)
-                    .take_while(|(j, a, _)| j == job && a == attempt)
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        if batch.is_empty() {
-            shared.outbox_ready.notified().await;
-            continue;
-        }
-        let (job_id, attempt) = (batch[0].0.clone(), batch[0].1);
-        let request = api::ReportEventsRequest {
-            worker_id: shared.worker_id.lock().expect("id lock").clone(),
-            job_id,
-            attempt,
-            events: batch.iter().map(|(_, _, e)| e.clone()).collect(),
-            worker_secret: shared.worker_secret.lock().expect("secret lock").clone(),
-        };
-        match workers.report_events(request).await {
-            Ok(_) => {
-                let mut outbox = shared.outbox.lock().expect("outbox lock");
-                let sent = batch.len().min(outbox.len());
-                outbox.drain(..sent);
-            }
-            Err(status) => {
-                tracing::warn!("cannot report events: {}", status.message());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        assert_eq!(clock.expired(), None, "never registered: no fence");
+        clock.heard = Some(Instant::now());
+        let first = clock.sending();
+        std::thread::sleep(Duration::from_millis(30));
+        let second = clock.sending();
+        // A late acknowledgement of an old report moves the clock only to
+        // when that report was sent.
+        clock.acked(first);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(clock.expired().is_some(), "60 ms since the acked report");
+        clock.acked(second);
+        assert_eq!(clock.expired(), None, "30 ms since the newer one");
+        // Acknowledging an old number again changes nothing.
+        clock.acked(first);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(clock.expired().is_some());
     }
 }

@@ -42,3 +42,21 @@ pub const VERSION_HEADER: &str = "x-lorafleet-version";
 pub fn version_of<T>(request: &tonic::Request<T>) -> Option<&str> {
     request.metadata().get(VERSION_HEADER)?.to_str().ok()
 }
+
+impl Order {
+    /// An order of `kind` (not an acknowledgement).
+    pub fn of(kind: order::Kind) -> Order {
+        Order {
+            kind: Some(kind),
+            ack: 0,
+        }
+    }
+
+    /// The acknowledgement of the report numbered `seq`.
+    pub fn ack(seq: u64) -> Order {
+        Order {
+            kind: None,
+            ack: seq,
+        }
+    }
+}

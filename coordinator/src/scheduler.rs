@@ -18,6 +18,10 @@
 //!   `idle` workers of the job's backend are used, taken in worker-id order;
 //!   rank `r` is the `r`-th of them. An elastic job (several sizes) takes
 //!   the largest size that is free now.
+//! * **Broken pairs.** When two workers' ranks could not reach each other,
+//!   the job's next gangs leave out one of the two if other idle workers
+//!   can stand in (the lowest ids that do); if none can, the pair is used
+//!   again rather than leaving the job waiting.
 //! * **Backfill with a deadline.** A job that cannot get its gang now does
 //!   not stop later jobs from starting on the free workers of its backend,
 //!   as long as it has waited less than [`Scheduler::backfill_window`].
@@ -75,6 +79,9 @@ pub struct WaitingJob {
     pub waiting_since: i64,
     /// Give up after waiting this many seconds.
     pub max_wait: Option<u64>,
+    /// Pairs of workers whose ranks could not reach each other in an
+    /// earlier attempt: a gang without any of them is preferred.
+    pub avoid_pairs: Vec<(WorkerId, WorkerId)>,
 }
 
 /// A worker as the scheduler sees it.
@@ -159,6 +166,65 @@ impl Default for Scheduler {
     }
 }
 
+/// Takes `size` workers from `pool` (the smallest ids are at its end):
+/// the first gang in id order that holds no pair of `avoid` (searched
+/// depth-first, within a bound), or, if there is none, the first `size`.
+fn take_gang(
+    pool: &mut Vec<&WorkerId>,
+    size: usize,
+    avoid: &[(WorkerId, WorkerId)],
+) -> Vec<WorkerId> {
+    let in_order: Vec<usize> = (0..pool.len()).rev().collect();
+    let mut chosen = Vec::new();
+    let mut budget = 10_000u32;
+    let found =
+        !avoid.is_empty() && gang_without(pool, &in_order, size, avoid, &mut chosen, &mut budget);
+    if !found {
+        chosen = in_order.into_iter().take(size).collect();
+    }
+    let gang = chosen.iter().map(|&i| pool[i].clone()).collect();
+    chosen.sort_unstable_by(|a, b| b.cmp(a));
+    for i in chosen {
+        pool.remove(i);
+    }
+    gang
+}
+
+/// Extends `chosen` (indices into `pool`) from `candidates` to `size`
+/// workers with no pair of `avoid` among them; false if it cannot (or the
+/// search `budget` ran out).
+fn gang_without(
+    pool: &[&WorkerId],
+    candidates: &[usize],
+    size: usize,
+    avoid: &[(WorkerId, WorkerId)],
+    chosen: &mut Vec<usize>,
+    budget: &mut u32,
+) -> bool {
+    if chosen.len() == size {
+        return true;
+    }
+    let broken = |a: &WorkerId, b: &WorkerId| {
+        avoid
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    };
+    for (n, &i) in candidates.iter().enumerate() {
+        if *budget == 0 || candidates.len() - n < size - chosen.len() {
+            return false;
+        }
+        *budget -= 1;
+        if chosen.iter().all(|&j| !broken(pool[i], pool[j])) {
+            chosen.push(i);
+            if gang_without(pool, &candidates[n + 1..], size, avoid, chosen, budget) {
+                return true;
+            }
+            chosen.pop();
+        }
+    }
+    false
+}
+
 impl Scheduler {
     /// Ten minutes: long enough for small jobs to fill gaps, short enough
     /// that a big job waits for running jobs, not for the queue.
@@ -240,7 +306,7 @@ impl Scheduler {
             let blocked = match (held.get(&job.backend), size) {
                 (Some(holder), _) => Blocked::HeldFor((*holder).clone()),
                 (None, Some(size)) => {
-                    let workers = (0..size).filter_map(|_| pool.pop()).cloned().collect();
+                    let workers = take_gang(pool, size as usize, &job.avoid_pairs);
                     if let Some(left) = quota_left.get_mut(&job.tenant) {
                         *left -= size;
                     }

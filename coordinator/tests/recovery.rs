@@ -166,6 +166,9 @@ async fn a_drained_worker_hands_its_job_on_after_a_checkpoint_without_a_failure(
     let mut staying = fleet.pop().unwrap();
     leaving.report(&first, "running").await;
     leaving.step_event(&first, 5, 10).await;
+    // The checkpoint is in storage (where the coordinator checks), and
+    // its event says so.
+    tc.commit_checkpoint(&job.id, 5).await;
     leaving
         .event(
             &first,
@@ -238,8 +241,13 @@ async fn an_elastic_job_shrinks_when_a_worker_is_lost_and_grows_back() {
     }
     wait_status(&mut jobs, &job.id, "running").await;
 
-    // One worker dies: the job goes on alone on the other.
-    drop(fleet.pop());
+    // One worker's rank fails and the worker leaves: the job goes on
+    // alone on the other. (A worker that dies without a word holds the
+    // restart for the fence bound, `lost_after` + 1 s, 600 s here.)
+    let leaving = fleet.pop().unwrap();
+    let theirs = log.iter().find(|(id, _)| id == &leaving.id).unwrap();
+    leaving.report(&theirs.1, "failed").await;
+    drop(leaving);
     let mut survivor = fleet.pop().unwrap();
     let alone = survivor.next_assignment_after_stops().await;
     assert_eq!((alone.attempt, alone.world), (2, 1));

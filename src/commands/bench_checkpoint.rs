@@ -193,6 +193,7 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
                 false,
                 false,
                 &base_model,
+                "",
             )?),
             None => None,
         };

@@ -251,7 +251,7 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
         tokio::select! {
             _ = tick.tick() => tx.send(report(&current.0, current.1)).await?,
             order = orders.next() => match order {
-                Some(Ok(api::Order { kind: Some(api::order::Kind::Assign(a)) })) => {
+                Some(Ok(api::Order { kind: Some(api::order::Kind::Assign(a)), .. })) => {
                     current = (a.job_id, a.attempt);
                 }
                 Some(Ok(_)) => {}

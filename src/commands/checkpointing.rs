@@ -45,6 +45,8 @@ impl RunCheckpoints {
     /// (`resume` false), checkpoints left by an earlier run of the same job
     /// are removed first, so they can neither be resumed by mistake nor
     /// outrank the new run's in retention.
+    /// `writer` signs the manifests rank 0 commits (empty: unsigned).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         spec: &JobSpec,
         tenant: &str,
@@ -53,10 +55,12 @@ impl RunCheckpoints {
         resume: bool,
         events: bool,
         base_model: &str,
+        writer: &str,
     ) -> anyhow::Result<RunCheckpoints> {
         let storage = spec.checkpoint.storage.to_string();
         let store = CheckpointStore::open(&storage, tenant, job)
-            .context("checkpoint.storage cannot be opened")?;
+            .context("checkpoint.storage cannot be opened")?
+            .with_writer(writer);
         let mut committed = Vec::new();
         if rank == 0 {
             let steps = block_on(store.steps())

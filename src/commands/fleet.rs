@@ -106,7 +106,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let tls = ServerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
         config.tls = Some(tls);
     }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -141,9 +145,11 @@ pub struct WorkerArgs {
     /// A name for people (default: HOST/PID).
     #[arg(long)]
     pub name: Option<String>,
-    /// The address other ranks reach this worker's ring on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub ring_host: String,
+    /// The address other ranks reach this worker's ring on (default: the
+    /// local address of its connection to the coordinator, found again at
+    /// every connection).
+    #[arg(long)]
+    pub ring_host: Option<String>,
     /// The ring port (0: a free one picked at start).
     #[arg(long, default_value_t = 0)]
     pub ring_port: u16,
@@ -179,10 +185,13 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     coordinator_url(&args.coordinator, ca.as_ref()).map_err(|e| UsageError(e.to_string()))?;
     let host = hostname();
     let ring_port = match args.ring_port {
-        0 => std::net::TcpListener::bind((args.ring_host.as_str(), 0))
-            .and_then(|l| l.local_addr())
-            .with_context(|| format!("cannot find a free port on {}", args.ring_host))?
-            .port(),
+        0 => {
+            let host = args.ring_host.as_deref().unwrap_or("0.0.0.0");
+            std::net::TcpListener::bind((host, 0))
+                .and_then(|l| l.local_addr())
+                .with_context(|| format!("cannot find a free port on {host}"))?
+                .port()
+        }
         port => port,
     };
     // A temporary folder only when none is given: a worker killed with
@@ -208,7 +217,8 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         backend: "cpu".into(),
         device: "cpu".into(),
         memory_bytes: total_memory(),
-        ring_addr: format!("{}:{ring_port}", args.ring_host),
+        ring_host: args.ring_host,
+        ring_port,
         program: std::env::current_exe().context("cannot find this program's path")?,
         work_dir,
         train_args: vec!["--ring-timeout".into(), args.ring_timeout.to_string()],

@@ -39,6 +39,34 @@ pub struct Preempted {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let events = args.events;
+    let result = train(args);
+    if events && let Err(error) = &result {
+        report_failure(error);
+    }
+    result
+}
+
+/// Tells the agent why the run failed, with the ring peer it could not
+/// reach when that is the reason (the coordinator then avoids the pair).
+fn report_failure(error: &anyhow::Error) {
+    use trainer::collective::CollectiveError as E;
+    let peer = error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<E>()? {
+            E::Connect { peer, .. } | E::NoPeer { peer, .. } | E::Timeout { peer, .. } => {
+                Some(*peer)
+            }
+            _ => None,
+        });
+    let mut fields = serde_json::json!({ "error": format!("{error:#}") });
+    if let Some(peer) = peer {
+        fields["ring_peer"] = peer.into();
+    }
+    TrainEvents::emit_at("error", "train.failed", &format!("{error:#}"), fields);
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
     preemption::listen_for_sigterm();
     let spec = JobSpec::from_file(&args.file)?;
     // Before any work: tokenization and tensors share this pool.
@@ -86,6 +114,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.resume,
         args.events,
         &base_model,
+        &args
+            .attempt
+            .map(|a| format!("job {job_id} attempt {a}"))
+            .unwrap_or_default(),
     )?;
     let restored = if args.resume {
         checkpoints.restore(&model.config)?

@@ -55,6 +55,7 @@ fn job(name: &str, seq: i64, count: u32) -> WaitingJob {
         backend: Backend::Cpu,
         waiting_since: NOW,
         max_wait: None,
+        avoid_pairs: Vec::new(),
     }
 }
 
@@ -360,5 +361,36 @@ fn an_empty_snapshot_gives_an_empty_plan() {
     assert_eq!(
         Scheduler::default().plan(&Snapshot::default()),
         Plan::default()
+    );
+}
+
+fn pair(a: &str, b: &str) -> (WorkerId, WorkerId) {
+    (WorkerId::from(a), WorkerId::from(b))
+}
+
+#[test]
+fn a_pair_that_could_not_reach_each_other_is_split_when_another_worker_is_idle() {
+    let mut retry = job("retry", 1, 2);
+    retry.avoid_pairs = vec![pair("w0", "w1")];
+    check(
+        &snapshot(vec![retry.clone()], idle_cpu(3)),
+        "place retry: w0 w2",
+    );
+    // Both members of two broken pairs: the gang leaves one of each out.
+    retry.avoid_pairs = vec![pair("w1", "w0"), pair("w0", "w2")];
+    check(
+        &snapshot(vec![retry.clone()], idle_cpu(3)),
+        "place retry: w1 w2",
+    );
+}
+
+#[test]
+fn a_broken_pair_is_used_again_when_no_one_can_stand_in() {
+    let mut retry = job("retry", 1, 2);
+    retry.avoid_pairs = vec![pair("w0", "w1")];
+    check(
+        &snapshot(vec![retry, job("other", 2, 1)], idle_cpu(2)),
+        "place retry: w0 w1
+         wait other: needs 1 idle cpu workers, 0 free",
     );
 }

@@ -20,7 +20,7 @@ use trainer::checkpoint::{CheckpointStore, FileCheck, MANIFEST_FILE};
 
 use crate::api::{self, CHUNK_BYTES};
 use crate::spec::JobSpec;
-use crate::store::{Checkpoint, Job};
+use crate::store::{Checkpoint, Job, NewCheckpoint};
 
 use super::control::job_checkpoints;
 use super::{Coordinator, status_of};
@@ -29,6 +29,73 @@ pub(super) type FileStream = Pin<Box<dyn Stream<Item = Result<api::FileChunk, St
 type ChunkSender = mpsc::Sender<Result<api::FileChunk, Status>>;
 
 impl Coordinator {
+    /// Makes the store's list of `job`'s checkpoints what checkpoint
+    /// storage holds: a checkpoint is committed when its manifest is there
+    /// (whatever events said or failed to say), so ones the store lacks
+    /// are recorded from their manifests and ones storage lacks are
+    /// forgotten. Called when an attempt starts, before a restart picks
+    /// its resume step, and before a job is marked succeeded. Says what
+    /// changed, for the log; an unreachable storage changes nothing.
+    pub(super) async fn reconcile_checkpoints(&self, job: &Job) -> Result<(), String> {
+        let spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+            .map_err(|e| format!("the stored spec no longer reads: {e}"))?;
+        let storage = job_checkpoints(&spec, job.tenant.as_str(), &job.id)?;
+        let committed = storage
+            .committed()
+            .await
+            .map_err(|e| format!("cannot list the checkpoints: {e}"))?;
+        let store = self.store();
+        let recorded = store
+            .list_checkpoints(&job.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        for manifest in &committed {
+            if recorded.iter().any(|c| c.step == manifest.step) {
+                continue;
+            }
+            tracing::info!(
+                "job {}: checkpoint at step {} found in storage (its event was lost); recorded",
+                job.id,
+                manifest.step
+            );
+            let checkpoint = NewCheckpoint {
+                job: job.id.clone(),
+                step: manifest.step,
+                url: storage.location(manifest.step).name().to_string(),
+                metrics: manifest.metrics.clone(),
+            };
+            store
+                .record_checkpoint(&checkpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        for checkpoint in &recorded {
+            if committed.iter().any(|m| m.step == checkpoint.step) {
+                continue;
+            }
+            tracing::info!(
+                "job {}: checkpoint at step {} is not in storage; forgotten",
+                job.id,
+                checkpoint.step
+            );
+            store
+                .delete_checkpoint(&job.id, checkpoint.step)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// [`Coordinator::reconcile_checkpoints`], with a failure logged.
+    pub(super) async fn reconcile_or_log(&self, job: &Job) {
+        if let Err(error) = self.reconcile_checkpoints(job).await {
+            tracing::warn!(
+                "job {}: checkpoints not checked against storage: {error}",
+                job.id
+            );
+        }
+    }
+
     /// Job `job`'s committed checkpoints, oldest first.
     pub(super) async fn checkpoint_list(&self, job: &Job) -> Result<api::CheckpointList, Status> {
         let checkpoints = self

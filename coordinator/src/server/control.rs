@@ -34,8 +34,15 @@ impl Coordinator {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_round = Instant::now() - IDLE_ROUND;
         loop {
-            // A job's restart backoff running out is worth a round.
-            let backoff_ends = self.fleet().not_before.values().min().copied();
+            // A job's restart backoff or fence wait running out is worth
+            // a round.
+            let backoff_ends = {
+                let mut fleet = self.fleet();
+                let now = Instant::now();
+                fleet.unfenced.retain(|_, u| u.until > now);
+                let fences = fleet.unfenced.values().map(|u| u.until);
+                fleet.not_before.values().copied().chain(fences).min()
+            };
             let backoff = async move {
                 match backoff_ends {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -76,6 +83,8 @@ impl Coordinator {
             fleet.not_before.retain(|_, until| *until > now);
             waiting.retain(|job| !fleet.not_before.contains_key(&job.id));
         }
+        // So do jobs whose earlier attempt may still run somewhere.
+        waiting.retain(|job| self.fenced_until(&job.id).is_none());
         if waiting.is_empty() {
             return Ok(());
         }
@@ -123,7 +132,10 @@ impl Coordinator {
                             .get(&job.id)
                             .cloned()
                             .unwrap_or_else(|| gang_sizes(job));
-                        waiting_job(job, sizes)
+                        let mut waiting = waiting_job(job, sizes);
+                        waiting.avoid_pairs =
+                            fleet.broken_pairs.get(&job.id).cloned().unwrap_or_default();
+                        waiting
                     })
                     .collect(),
                 workers: workers
@@ -188,6 +200,16 @@ impl Coordinator {
                 return self.end_failed(job, attempt, &message, false).await;
             }
         };
+        let uploads = self.config().data_dir.join("datasets");
+        let inputs = match JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+            .map_err(|e| e.to_string())
+            .and_then(|spec| super::inputs::assignment_inputs(&spec, &uploads))
+        {
+            Ok(inputs) => inputs.into_iter().map(|i| i.file).collect::<Vec<_>>(),
+            Err(message) => {
+                return self.end_failed(job, attempt, &message, false).await;
+            }
+        };
         let peers: Option<Vec<String>> = {
             let fleet = self.fleet();
             attempt
@@ -203,24 +225,25 @@ impl Coordinator {
             let message = "a worker of the gang disconnected before it got its assignment";
             return self.end_failed(job, attempt, message, true).await;
         };
+        self.reconcile_or_log(job).await;
         let Some(secret) = attempt.secret.clone() else {
             let message = "the attempt's ring secret is only known when it starts";
             return self.end_failed(job, attempt, message, true).await;
         };
         for (rank, worker) in attempt.workers.iter().enumerate() {
-            let order = Order {
-                kind: Some(order::Kind::Assign(api::Assignment {
-                    job_id: job.id.to_string(),
-                    attempt: attempt.number,
-                    rank: rank as u32,
-                    world: attempt.workers.len() as u32,
-                    peers: peers.clone(),
-                    secret: secret.clone(),
-                    spec_yaml: spec_yaml.clone(),
-                    output_url: output.clone(),
-                    tenant: job.tenant.to_string(),
-                })),
-            };
+            let order = Order::of(order::Kind::Assign(api::Assignment {
+                job_id: job.id.to_string(),
+                attempt: attempt.number,
+                rank: rank as u32,
+                world: attempt.workers.len() as u32,
+                peers: peers.clone(),
+                secret: secret.clone(),
+                spec_yaml: spec_yaml.clone(),
+                output_url: output.clone(),
+                tenant: job.tenant.to_string(),
+                inputs: inputs.clone(),
+                lost_after_ms: self.config().lost_after.as_millis() as u32,
+            }));
             if !self.send(worker, order) {
                 let message = format!("worker {worker} (rank {rank}) could not be reached");
                 return self.end_failed(job, attempt, &message, true).await;
@@ -376,6 +399,7 @@ impl Coordinator {
         if any_preempted {
             return self.end_preempted(&current, attempt, why).await;
         }
+        self.reconcile_or_log(&current).await;
         store.finish_attempt(&job.id, attempt.number, None).await?;
         if current.status == JobStatus::Starting {
             store.move_job(&job.id, JobStatus::Running, None).await?;
@@ -464,6 +488,7 @@ fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
         backend: job.backend,
         waiting_since: job.waiting_since,
         max_wait: None,
+        avoid_pairs: Vec::new(),
     }
 }
 

@@ -22,16 +22,19 @@ use trainer::storage::ObjectAddress;
 
 use crate::api;
 use crate::api::jobs_server::Jobs;
-use crate::spec::{JobSpec, PathOrUrl, Validation};
+use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 use crate::store::{Job, JobId, JobQuery, JobStatus, NewJob};
 
 use super::access::TenantPolicy;
 use super::checkpoints::FileStream;
 use super::control::job_checkpoints;
+use super::inputs;
 use super::{Coordinator, status_of};
 
 /// The largest dataset an upload may send.
 const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// The largest file of a base model an upload may send.
+const MAX_MODEL_FILE_BYTES: u64 = 64 << 30;
 /// The name an upload has until it is whole; a coordinator that crashed
 /// mid-upload removes such files when it starts again.
 const UNFINISHED_UPLOAD: &str = ".upload-";
@@ -70,9 +73,13 @@ impl Jobs for Coordinator {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let uploads = self.uploads(&tenant);
         apply_uploads(&mut spec, &r.datasets, &uploads)?;
+        if !r.model_files.is_empty() {
+            apply_model_upload(&mut spec, &r.model_files, r.model_is_folder, &uploads)?;
+        }
         tenant
             .check_storage(&spec, &uploads)
             .map_err(Status::permission_denied)?;
+        self.check_storage_reach(&spec)?;
         // Checkpoint storage must open and answer now, not after training.
         let checkpoints = job_checkpoints(&spec, tenant.id.as_str(), &JobId::from("check"))
             .map_err(Status::invalid_argument)?;
@@ -110,11 +117,21 @@ impl Jobs for Coordinator {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut extension = String::from("jsonl");
+        let mut limit = MAX_UPLOAD_BYTES;
         let outcome: Result<(), Status> = async {
             let mut first = true;
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
                 if first {
+                    limit = match chunk.purpose.as_str() {
+                        "" | "dataset" => MAX_UPLOAD_BYTES,
+                        "model" => MAX_MODEL_FILE_BYTES,
+                        other => {
+                            return Err(Status::invalid_argument(format!(
+                                "upload purpose {other:?}: expected dataset or model"
+                            )));
+                        }
+                    };
                     if let Some(ext) = Path::new(&chunk.file_name)
                         .extension()
                         .and_then(|e| e.to_str())
@@ -125,10 +142,10 @@ impl Jobs for Coordinator {
                     first = false;
                 }
                 size += chunk.data.len() as u64;
-                if size > MAX_UPLOAD_BYTES {
+                if size > limit {
                     return Err(Status::resource_exhausted(format!(
-                        "the dataset is larger than {} GiB",
-                        MAX_UPLOAD_BYTES >> 30
+                        "the file is larger than the {} GiB an upload may be",
+                        limit >> 30
                     )));
                 }
                 hasher.update(&chunk.data);
@@ -377,6 +394,58 @@ pub(super) fn remove_unfinished_uploads(uploads: &Path) {
     }
 }
 
+/// The local path of upload `url`, if it is one of the uploads in
+/// `folder` (the tenant's); `key` names it in the error.
+fn own_upload(key: &str, url: &str, folder: &Path) -> Result<PathBuf, Status> {
+    let ours = match (
+        ObjectAddress::parse(url),
+        ObjectAddress::parse(&folder.to_string_lossy()),
+    ) {
+        (Ok(upload), Ok(folder)) => upload.is_within(&folder),
+        _ => false,
+    };
+    if !ours || url.contains("://") {
+        return Err(Status::permission_denied(format!(
+            "{key}: {url} is not one of this tenant's uploads"
+        )));
+    }
+    Ok(PathBuf::from(url))
+}
+
+/// Replaces `model.path` by the model the client uploaded: one file, or
+/// a folder made of the uploaded files under their names.
+fn apply_model_upload(
+    spec: &mut JobSpec,
+    files: &[api::UploadedFile],
+    is_folder: bool,
+    folder: &Path,
+) -> Result<(), Status> {
+    if !matches!(spec.model, ModelSpec::Path(_)) {
+        return Err(Status::invalid_argument(
+            "model_files: the spec names no model.path to replace",
+        ));
+    }
+    let mut paths = Vec::new();
+    for file in files {
+        let key = format!("model.path ({})", file.name);
+        paths.push((file.name.clone(), own_upload(&key, &file.url, folder)?));
+    }
+    let path = if is_folder {
+        inputs::model_folder(folder, &paths)?
+    } else {
+        match paths.as_slice() {
+            [(_, path)] => path.clone(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "model_files: a model that is not a folder is one file",
+                ));
+            }
+        }
+    };
+    spec.model = ModelSpec::Path(PathOrUrl::Path(path));
+    Ok(())
+}
+
 /// Replaces the datasets the client uploaded by where they were stored.
 fn apply_uploads(
     spec: &mut JobSpec,
@@ -384,19 +453,7 @@ fn apply_uploads(
     folder: &Path,
 ) -> Result<(), Status> {
     for (key, url) in uploads {
-        let path = PathBuf::from(url);
-        let ours = match (
-            ObjectAddress::parse(url),
-            ObjectAddress::parse(&folder.to_string_lossy()),
-        ) {
-            (Ok(upload), Ok(folder)) => upload.is_within(&folder),
-            _ => false,
-        };
-        if !ours || url.contains("://") {
-            return Err(Status::permission_denied(format!(
-                "{key}: {url} is not one of this tenant's uploads"
-            )));
-        }
+        let path = own_upload(key, url, folder)?;
         match key.as_str() {
             "dataset.train" => spec.dataset.train = PathOrUrl::Path(path),
             "dataset.validation" => {

@@ -21,6 +21,8 @@
 pub mod access;
 mod checkpoints;
 mod control;
+pub mod hosts;
+mod inputs;
 mod jobs;
 mod recovery;
 pub mod tls;
@@ -149,7 +151,28 @@ struct Fleet {
     gang_sizes: HashMap<JobId, Vec<u32>>,
     /// Jobs already told they cannot fit (told once).
     told_unfit: HashSet<JobId>,
+    /// Each registered worker's host (kernel boot id).
+    boot_ids: HashMap<WorkerId, String>,
+    /// The job attempt each worker last reported on, and its state then.
+    last_state: HashMap<WorkerId, (String, u32, String)>,
+    /// Workers whose rank of an attempt that ended early may still run:
+    /// told to stop but not yet heard from since. The job's next attempt
+    /// waits for each to answer or for its fence time to pass.
+    unfenced: HashMap<WorkerId, Unfenced>,
+    /// Pairs of workers whose ranks could not reach each other, per job:
+    /// its next attempts prefer gangs without them.
+    broken_pairs: HashMap<JobId, Vec<(WorkerId, WorkerId)>>,
     next_session: u64,
+}
+
+/// A rank that may still be running after its attempt ended.
+#[derive(Clone, Debug)]
+struct Unfenced {
+    job: JobId,
+    attempt: u32,
+    /// By then the worker has stopped the rank itself, if it never heard
+    /// the stop order: it was last heard from before `until - lost_after`.
+    until: Instant,
 }
 
 /// A connected worker: where its orders go.

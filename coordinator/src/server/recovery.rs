@@ -16,10 +16,14 @@ use crate::store::{
     Attempt, Job, JobError, JobId, JobStatus, Level, RestartPlan, StoreError, WorkerId, WorkerState,
 };
 
-use super::Coordinator;
+use super::{Coordinator, Unfenced};
 
 /// The longest wait between attempts, however many failures came before.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What a worker's fence may take beyond the lost-after bound: its clock
+/// tick, killing the rank, and the acknowledgement's way back.
+pub(super) const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why a live attempt was told to stop at its next step boundary.
 #[derive(Clone, Debug)]
@@ -73,6 +77,7 @@ impl Coordinator {
             fleet.preempting.remove(&key)
         };
         self.stop_gang(attempt, reason);
+        self.hold_until_fenced(attempt);
         if counts && preempting.is_some() {
             store.finish_attempt(&job.id, attempt.number, None).await?;
             return self.restart(job, None, Duration::ZERO).await;
@@ -148,6 +153,7 @@ impl Coordinator {
         backoff: Duration,
     ) -> Result<(), StoreError> {
         let store = self.store();
+        self.reconcile_or_log(job).await;
         let plan = RestartPlan {
             resume_step: store.latest_checkpoint(&job.id).await?.map(|c| c.step),
             backoff_s: backoff.as_secs_f64(),
@@ -171,6 +177,51 @@ impl Coordinator {
         (base * 2u32.pow(doublings)).min(MAX_BACKOFF)
     }
 
+    /// Notes every rank of `attempt` (which ended early) as possibly still
+    /// running until its worker answers the stop order or its fence time
+    /// passes: `lost_after` + [`FENCE_MARGIN`] after the coordinator last
+    /// heard from it. The job's next attempt waits for both.
+    fn hold_until_fenced(&self, attempt: &Attempt) {
+        let bound = self.config().lost_after + FENCE_MARGIN;
+        let now = Instant::now();
+        let mut fleet = self.fleet();
+        for worker in &attempt.workers {
+            // A rank its worker reported ended is not running.
+            let ended = fleet.last_state.get(worker).is_some_and(|(job, n, state)| {
+                job == attempt.job.as_str()
+                    && *n == attempt.number
+                    && matches!(state.as_str(), "failed" | "finished" | "preempted")
+            });
+            if ended {
+                continue;
+            }
+            let heard = fleet.last_report.get(worker).copied().unwrap_or(now);
+            let until = heard + bound;
+            fleet.unfenced.insert(
+                worker.clone(),
+                Unfenced {
+                    job: attempt.job.clone(),
+                    attempt: attempt.number,
+                    until,
+                },
+            );
+        }
+    }
+
+    /// When job `job` may start its next attempt as far as the fence goes:
+    /// `None` once no rank of an earlier attempt may still run.
+    pub(super) fn fenced_until(&self, job: &JobId) -> Option<Instant> {
+        let now = Instant::now();
+        let mut fleet = self.fleet();
+        fleet.unfenced.retain(|_, u| u.until > now);
+        fleet
+            .unfenced
+            .values()
+            .filter(|u| &u.job == job)
+            .map(|u| u.until)
+            .max()
+    }
+
     /// Tells every connected rank of `attempt` to stop.
     pub(super) fn stop_gang(&self, attempt: &Attempt, reason: &str) {
         for worker in &attempt.workers {
@@ -186,13 +237,11 @@ impl Coordinator {
             Preemption::Drain { name, .. } => format!("worker {name} is draining"),
             Preemption::Grow { from, to } => format!("growing from {from} to {to} workers"),
         };
-        let order = Order {
-            kind: Some(order::Kind::Preempt(api::Stop {
-                job_id: attempt.job.to_string(),
-                attempt: attempt.number,
-                reason,
-            })),
-        };
+        let order = Order::of(order::Kind::Preempt(api::Stop {
+            job_id: attempt.job.to_string(),
+            attempt: attempt.number,
+            reason,
+        }));
         let sent = self.send(worker, order);
         if sent {
             self.fleet()
@@ -276,11 +325,9 @@ impl Coordinator {
 }
 
 pub(super) fn stop_order(job: &JobId, attempt: u32, reason: &str) -> Order {
-    Order {
-        kind: Some(order::Kind::Stop(api::Stop {
-            job_id: job.to_string(),
-            attempt,
-            reason: reason.to_string(),
-        })),
-    }
+    Order::of(order::Kind::Stop(api::Stop {
+        job_id: job.to_string(),
+        attempt,
+        reason: reason.to_string(),
+    }))
 }

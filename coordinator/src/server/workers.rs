@@ -29,8 +29,10 @@ use crate::spec::Backend;
 use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
 
 use super::access::FleetCaller;
+use super::checkpoints::FileStream;
 use super::recovery::{Preemption, stop_order};
 use super::{Coordinator, Link, status_of};
+use super::{hosts, inputs};
 
 /// Most events one `ReportEvents` call may carry.
 const MAX_EVENTS_PER_REPORT: usize = 1000;
@@ -46,6 +48,7 @@ impl Workers for Coordinator {
         request: Request<api::RegisterRequest>,
     ) -> Result<Response<api::RegisterReply>, Status> {
         self.config().access.worker(&request)?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
         if r.version != crate::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -56,12 +59,7 @@ impl Workers for Coordinator {
         }
         let backend = Backend::parse(&r.backend)
             .ok_or_else(|| Status::invalid_argument(format!("unknown backend {:?}", r.backend)))?;
-        if r.ring_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "ring_addr {:?} is not a host:port address",
-                r.ring_addr
-            )));
-        }
+        hosts::check_ring_addr(&r.name, &r.ring_addr, peer)?;
         let store = self.store();
         let known = if r.worker_id.is_empty() {
             None
@@ -111,13 +109,16 @@ impl Workers for Coordinator {
             worker.id,
             r.ring_addr
         );
-        self.fleet()
-            .ring_addrs
-            .insert(worker.id.clone(), r.ring_addr);
+        {
+            let mut fleet = self.fleet();
+            fleet.ring_addrs.insert(worker.id.clone(), r.ring_addr);
+            fleet.boot_ids.insert(worker.id.clone(), r.boot_id);
+        }
         Ok(Response::new(api::RegisterReply {
             worker_id: worker.id.to_string(),
             heartbeat_ms: self.config().heartbeat.as_millis() as u32,
             worker_secret: secret,
+            lost_after_ms: self.config().lost_after.as_millis() as u32,
         }))
     }
 
@@ -171,8 +172,14 @@ impl Workers for Coordinator {
                 if write {
                     last_write = Some(Instant::now());
                 }
+                let seq = report.seq;
                 if let Err(error) = coordinator.on_report(&id, report, write).await {
                     tracing::error!("report of worker {id}: {error}");
+                }
+                // The worker times its fence from the newest report
+                // acknowledged: one it knows the coordinator heard.
+                if seq > 0 {
+                    coordinator.send(&id, Order::ack(seq));
                 }
                 next = tokio::select! {
                     next = reports.next() => next,
@@ -225,11 +232,64 @@ impl Workers for Coordinator {
             // A straggler from an attempt that is over: its news is stale.
             return Ok(Response::new(api::ReportEventsReply {}));
         };
-        for event in r.events {
-            self.rank_event(&job, rank, event).await?;
+        // A batch sent again (its reply was lost) is stored once: events
+        // at or below the worker's cursor are skipped.
+        let cursor = if r.first_seq > 0 {
+            self.store()
+                .event_cursor(&job, r.attempt, &worker)
+                .await
+                .map_err(status_of)?
+        } else {
+            0
+        };
+        for (i, event) in r.events.into_iter().enumerate() {
+            let seq = if r.first_seq > 0 {
+                r.first_seq + i as u64
+            } else {
+                0
+            };
+            if seq > 0 && seq <= cursor {
+                continue;
+            }
+            let from = Reporter {
+                worker: &worker,
+                rank,
+                attempt: r.attempt,
+                seq,
+            };
+            self.rank_event(&job, &from, event).await?;
         }
         self.publish();
         Ok(Response::new(api::ReportEventsReply {}))
+    }
+
+    type FetchInputStream = FileStream;
+
+    async fn fetch_input(
+        &self,
+        request: Request<api::FetchInputRequest>,
+    ) -> Result<Response<FileStream>, Status> {
+        self.config().access.worker(&request)?;
+        let r = request.into_inner();
+        let worker = WorkerId::from(r.worker_id.as_str());
+        self.check_worker(&worker, &r.worker_secret, "fetched an input")
+            .await?;
+        let job = JobId::from(r.job_id.as_str());
+        if self.live_rank(&job, r.attempt, &worker).await?.is_none() {
+            return Err(not_its_attempt(&worker, &job, r.attempt));
+        }
+        let row = self.store().get_job(&job).await.map_err(status_of)?;
+        let spec = crate::spec::JobSpec::from_yaml(&row.spec_yaml, "job.yaml", "/")
+            .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
+        let uploads = self.config().data_dir.join("datasets");
+        let served = inputs::assignment_inputs(&spec, &uploads).map_err(Status::not_found)?;
+        let Some(input) = served.into_iter().find(|i| i.file.sha256 == r.sha256) else {
+            return Err(Status::not_found(format!(
+                "job {job} has no input {}",
+                r.sha256
+            )));
+        };
+        Ok(Response::new(inputs::file_stream(input)))
     }
 
     async fn list(
@@ -274,12 +334,7 @@ impl Workers for Coordinator {
         let id = WorkerId::from(request.into_inner().id.as_str());
         let worker = self.store().drain_worker(&id).await.map_err(status_of)?;
         tracing::info!("operator {operator} drained worker {id}");
-        self.send(
-            &id,
-            Order {
-                kind: Some(api::order::Kind::Drain(true)),
-            },
-        );
+        self.send(&id, Order::of(api::order::Kind::Drain(true)));
         // Its job stops at the next step boundary after a checkpoint and
         // is placed again elsewhere, without counting as a failure.
         if let Some((job, _)) = &worker.assignment {
@@ -317,12 +372,7 @@ impl Workers for Coordinator {
             "operator {operator} undrained worker {id}: {}",
             worker.state
         );
-        self.send(
-            &id,
-            Order {
-                kind: Some(api::order::Kind::Drain(false)),
-            },
-        );
+        self.send(&id, Order::of(api::order::Kind::Drain(false)));
         self.wake();
         let ring = self.fleet().ring_addrs.get(&id).cloned();
         Ok(Response::new(worker_info(
@@ -371,6 +421,23 @@ impl Coordinator {
     ) -> Result<(), Status> {
         if write {
             self.store().heartbeat_worker(id).await.map_err(status_of)?;
+        }
+        {
+            // A worker told to stop a rank answers with a report that no
+            // longer runs it: that rank is gone.
+            let mut fleet = self.fleet();
+            let stopped = fleet.unfenced.get(id).is_some_and(|u| {
+                u.job.as_str() != report.job_id
+                    || u.attempt != report.attempt
+                    || report.state != "running"
+            });
+            if stopped {
+                fleet.unfenced.remove(id);
+            }
+            fleet.last_state.insert(
+                id.clone(),
+                (report.job_id.clone(), report.attempt, report.state.clone()),
+            );
         }
         if report.job_id.is_empty() {
             return Ok(());
@@ -452,7 +519,13 @@ impl Coordinator {
 
     /// Stores one event a rank reported, and acts on the ones that carry
     /// progress or a checkpoint.
-    async fn rank_event(&self, job: &JobId, rank: u32, event: api::Event) -> Result<(), Status> {
+    async fn rank_event(
+        &self,
+        job: &JobId,
+        from: &Reporter<'_>,
+        event: api::Event,
+    ) -> Result<(), Status> {
+        let rank = from.rank;
         let store = self.store();
         let data: serde_json::Value =
             serde_json::from_str(&event.data_json).unwrap_or(serde_json::Value::Null);
@@ -513,6 +586,12 @@ impl Coordinator {
                         .map_err(status_of)?;
                 }
             }
+            "train.failed" => {
+                if let Some(peer) = data["ring_peer"].as_u64() {
+                    self.note_broken_pair(job, from.attempt, rank, peer as u32)
+                        .await?;
+                }
+            }
             _ => {}
         }
         let new = NewEvent {
@@ -522,9 +601,62 @@ impl Coordinator {
             message,
             data,
         };
-        store.append_event(&new).await.map_err(status_of)?;
+        if from.seq > 0 {
+            store
+                .append_reported_event(&new, from.attempt, from.worker, from.seq)
+                .await
+                .map_err(status_of)?;
+        } else {
+            store.append_event(&new).await.map_err(status_of)?;
+        }
         Ok(())
     }
+
+    /// Ranks `rank` and `peer` of attempt `attempt` could not reach each
+    /// other: the job's next attempts prefer gangs without that pair.
+    async fn note_broken_pair(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        rank: u32,
+        peer: u32,
+    ) -> Result<(), Status> {
+        let gang = self
+            .store()
+            .get_attempt(job, attempt)
+            .await
+            .map_err(status_of)?
+            .workers;
+        let (Some(a), Some(b)) = (gang.get(rank as usize), gang.get(peer as usize)) else {
+            return Ok(());
+        };
+        if a == b {
+            return Ok(());
+        }
+        let pair = if a < b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        tracing::warn!(
+            "job {job}: ranks {rank} ({a}) and {peer} ({b}) could not reach each other; the next attempt avoids that pair"
+        );
+        let mut fleet = self.fleet();
+        let pairs = fleet.broken_pairs.entry(job.clone()).or_default();
+        if !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+        Ok(())
+    }
+}
+
+/// Who reported an event: the worker, its rank in the attempt, and the
+/// number its agent gave the event (0: none).
+struct Reporter<'a> {
+    worker: &'a WorkerId,
+    rank: u32,
+    attempt: u32,
+    seq: u64,
 }
 
 /// Refuses a call that names worker `id` without proving it is that

@@ -11,7 +11,9 @@ use std::fmt;
 
 use sqlx::Row;
 
-use super::{Connection, DbRow, JobId, Store, StoreError, parse_json, parse_word, unix_now};
+use super::{
+    Connection, DbRow, JobId, Store, StoreError, WorkerId, parse_json, parse_word, unix_now,
+};
 
 /// How much an event matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +99,58 @@ impl Store {
             self.get_job(job).await?;
         }
         rows.iter().map(event_from_row).collect()
+    }
+}
+
+impl Store {
+    /// The number of the newest event that worker `worker` reported for
+    /// attempt `attempt` of `job` (0: none yet).
+    pub async fn event_cursor(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        worker: &WorkerId,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT last_seq FROM event_cursors \
+             WHERE job_id = $1 AND attempt = $2 AND worker_id = $3",
+        )
+        .bind(job.as_str())
+        .bind(i64::from(attempt))
+        .bind(worker.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<i64, _>("last_seq")?.max(0) as u64,
+            None => 0,
+        })
+    }
+
+    /// Appends `event`, the one numbered `seq` by the agent of `worker` for
+    /// attempt `attempt`, and moves that agent's cursor to it, in one
+    /// transaction: a crash keeps both or neither.
+    pub async fn append_reported_event(
+        &self,
+        event: &NewEvent,
+        attempt: u32,
+        worker: &WorkerId,
+        seq: u64,
+    ) -> Result<Event, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = insert(&mut tx, event).await?;
+        sqlx::query(
+            "INSERT INTO event_cursors (job_id, attempt, worker_id, last_seq) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job_id, attempt, worker_id) DO UPDATE SET last_seq = excluded.last_seq",
+        )
+        .bind(event.job.as_str())
+        .bind(i64::from(attempt))
+        .bind(worker.as_str())
+        .bind(seq as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 }
 

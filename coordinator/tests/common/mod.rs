@@ -82,6 +82,20 @@ impl TestCoordinator {
         stopped.unwrap().unwrap();
     }
 
+    /// Commits an empty checkpoint at `step` of `job` (tenant `default`)
+    /// to the storage of [`TestCoordinator::spec`]'s jobs.
+    pub async fn commit_checkpoint(&self, job: &str, step: u64) {
+        let runs = self.dir.path().join("runs");
+        let store =
+            trainer::checkpoint::CheckpointStore::open(&runs.display().to_string(), "default", job)
+                .unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        store
+            .commit(step, empty.path(), serde_json::json!({"train_loss": 1.0}))
+            .await
+            .unwrap();
+    }
+
     /// A valid spec training on the quickstart data.
     pub fn spec(&self, name: &str, workers: u32, priority: i32) -> String {
         self.spec_on(&quickstart_data(), name, workers, priority)
@@ -102,8 +116,8 @@ impl TestCoordinator {
             spec_yaml: spec_yaml.to_string(),
             file_name: "job.yaml".into(),
             base_dir: self.dir.path().display().to_string(),
-            datasets: Default::default(),
             version: PROTOCOL_VERSION.into(),
+            ..Default::default()
         }
     }
 
@@ -211,6 +225,16 @@ impl SimWorker {
         self.reports.send(report).await.unwrap();
     }
 
+    /// Reports no rank running.
+    pub async fn idle(&self) {
+        let report = WorkerReport {
+            worker_id: self.id.clone(),
+            state: "idle".into(),
+            ..Default::default()
+        };
+        self.reports.send(report).await.unwrap();
+    }
+
     /// Reports the rank running, then finished.
     pub async fn finish(&self, a: &Assignment) {
         self.report(a, "running").await;
@@ -229,7 +253,8 @@ impl SimWorker {
         loop {
             match self.next_order(WAIT).await {
                 Some(order::Kind::Assign(a)) => return a,
-                Some(order::Kind::Stop(_)) => {}
+                // As an agent does: the rank is killed, the worker idle.
+                Some(order::Kind::Stop(_)) => self.idle().await,
                 other => panic!("worker {} expected an assignment, got {other:?}", self.id),
             }
         }
@@ -283,6 +308,7 @@ impl SimWorker {
             attempt: a.attempt,
             events: vec![event],
             worker_secret: self.secret.clone(),
+            ..Default::default()
         };
         self.conn.workers().report_events(request).await.unwrap();
     }

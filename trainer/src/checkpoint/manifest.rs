@@ -34,6 +34,10 @@ pub struct CheckpointManifest {
     #[serde(default)]
     pub metrics: serde_json::Value,
     pub files: Vec<ManifestFile>,
+    /// Who committed it, in the writer's words (a fleet's rank says its
+    /// job and attempt); empty when unsaid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
 }
 
 impl CheckpointManifest {
@@ -106,6 +110,7 @@ mod tests {
                 bytes: 3,
                 sha256: "a".repeat(64),
             }],
+            writer: String::new(),
         }
     }
 

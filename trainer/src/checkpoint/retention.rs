@@ -50,6 +50,7 @@ mod tests {
                 created_at: 0,
                 metrics: serde_json::json!({ "eval_loss": loss }),
                 files: Vec::new(),
+                writer: String::new(),
             })
             .collect()
     }

@@ -39,6 +39,8 @@ pub const PART_CONCURRENCY: usize = 8;
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     root: Location,
+    /// Goes into the manifest of every commit (`CheckpointManifest::writer`).
+    writer: String,
 }
 
 /// The folder name of the checkpoint at `step`.
@@ -55,12 +57,21 @@ impl CheckpointStore {
         job: &str,
     ) -> Result<CheckpointStore, CheckpointError> {
         let root = Location::parse(storage)?.join(tenant).join(job);
-        Ok(CheckpointStore { root })
+        Ok(CheckpointStore::at(root))
     }
 
     /// The checkpoints under `root` (the job's own folder).
     pub fn at(root: Location) -> CheckpointStore {
-        CheckpointStore { root }
+        CheckpointStore {
+            root,
+            writer: String::new(),
+        }
+    }
+
+    /// This store, signing every manifest it commits with `writer`.
+    pub fn with_writer(mut self, writer: impl Into<String>) -> CheckpointStore {
+        self.writer = writer.into();
+        self
     }
 
     /// The job's folder.
@@ -165,6 +176,7 @@ impl CheckpointStore {
             created_at: unix_now(),
             metrics,
             files,
+            writer: self.writer.clone(),
         };
         at.store()
             .put(manifest_at.path(), PutPayload::from(manifest.to_json()))

@@ -1,0 +1,430 @@
+//! One rank of an assignment: its inputs fetched, then the child process
+//! `<program> train SPEC --events --rank R --world N --peers ...` with the
+//! attempt's secret in the environment (never on the command line), its
+//! JSON event lines forwarded, its end reported.
+//!
+//! A stop order or a fence kills the child at once; a preempt order sends
+//! it SIGTERM, and the ranks stop together at the next step boundary after
+//! a checkpoint (exit status [`PREEMPTED_EXIT_CODE`], reported as
+//! `preempted`). The child dies with the agent (PR_SET_PDEATHSIG), so a
+//! killed worker leaves no rank training on behind it.
+//!
+//! Not here: training itself, the connection (`agent`), the input cache
+//! (`inputs`).
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::api;
+use crate::client::Connection;
+
+use super::{
+    CLUSTER_TOKEN_ENV, PREEMPTED_EXIT_CODE, RING_SECRET_ENV, Report, Shared, TENANT_TOKEN_ENV,
+    inputs,
+};
+
+/// Lines of a failed rank's stderr kept for its error.
+const STDERR_TAIL: usize = 12;
+
+/// A rank: fetching its inputs, then its child process.
+pub(super) struct RankProcess {
+    pub job_id: String,
+    pub attempt: u32,
+    child: Arc<tokio::sync::Mutex<Option<Child>>>,
+    /// Set by a preempt order that came before the child started.
+    terminate_asked: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RankProcess {
+    /// Starts assignment `a`: reports it running at once, fetches its
+    /// inputs over `connection`, then starts the child and follows it.
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        connection: Connection,
+        a: api::Assignment,
+    ) -> RankProcess {
+        {
+            let mut report = shared.report.lock().expect("report lock");
+            *report = Report {
+                job_id: a.job_id.clone(),
+                attempt: a.attempt,
+                state: "running",
+                step: 0,
+                error: String::new(),
+            };
+        }
+        shared.changed.notify_one();
+        let child = Arc::new(tokio::sync::Mutex::new(None));
+        let terminate_asked = Arc::new(AtomicBool::new(false));
+        let (job_id, attempt) = (a.job_id.clone(), a.attempt);
+        let task = tokio::spawn(run_rank(
+            shared,
+            connection,
+            a,
+            child.clone(),
+            terminate_asked.clone(),
+        ));
+        RankProcess {
+            job_id,
+            attempt,
+            child,
+            terminate_asked,
+            task,
+        }
+    }
+
+    /// Asks the child to stop at its next step boundary (SIGTERM); one
+    /// that has not started yet gets it as it starts.
+    pub(super) async fn terminate(&self) {
+        self.terminate_asked.store(true, Ordering::SeqCst);
+        if let Some(child) = self.child.lock().await.as_ref() {
+            sigterm(child);
+        }
+    }
+
+    /// Kills the child (or stops fetching) and waits for it.
+    pub(super) async fn kill(&mut self) {
+        self.task.abort();
+        let mut child = self.child.lock().await;
+        if let Some(child) = child.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+/// A rank's whole life: inputs, child, events, end.
+async fn run_rank(
+    shared: Arc<Shared>,
+    connection: Connection,
+    a: api::Assignment,
+    slot: Arc<tokio::sync::Mutex<Option<Child>>>,
+    terminate_asked: Arc<AtomicBool>,
+) {
+    let config = &shared.config;
+    let spec_yaml = match inputs::prepare(&shared, &connection, &a).await {
+        Ok(spec) => spec,
+        Err(error) => {
+            let message = format!("rank {} could not start: {error}", a.rank);
+            let data = serde_json::json!({"rank": a.rank, "error": error});
+            end_rank(
+                &shared,
+                &a.job_id,
+                a.attempt,
+                "failed",
+                error,
+                "rank.failed",
+                message,
+                data,
+            )
+            .await;
+            return;
+        }
+    };
+    let spec_file = config
+        .work_dir
+        .join(format!("{}-{}-rank{}.yaml", a.job_id, a.attempt, a.rank));
+    if let Err(e) = std::fs::write(&spec_file, &spec_yaml) {
+        let error = format!("cannot write {}: {e}", spec_file.display());
+        let data = serde_json::json!({"rank": a.rank, "error": error});
+        end_rank(
+            &shared,
+            &a.job_id,
+            a.attempt,
+            "failed",
+            error.clone(),
+            "rank.failed",
+            error,
+            data,
+        )
+        .await;
+        return;
+    }
+    let mut command = Command::new(&config.program);
+    command
+        .arg("train")
+        .arg(&spec_file)
+        .arg("--events")
+        .arg("--no-output")
+        .arg("--job-id")
+        .arg(&a.job_id)
+        .arg("--tenant")
+        .arg(&a.tenant)
+        .arg("--attempt")
+        .arg(a.attempt.to_string());
+    if a.world > 1 {
+        command
+            .arg("--rank")
+            .arg(a.rank.to_string())
+            .arg("--world")
+            .arg(a.world.to_string())
+            .arg("--peers")
+            .arg(a.peers.join(","));
+    }
+    if a.attempt > 1 {
+        // Continue from what the last attempt saved, if anything.
+        command.arg("--resume");
+    }
+    command
+        .args(&config.train_args)
+        .env(RING_SECRET_ENV, &a.secret)
+        // A rank needs no coordinator credential: it reports through
+        // this agent.
+        .env_remove(CLUSTER_TOKEN_ENV)
+        .env_remove(TENANT_TOKEN_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    let (stdout, stderr) = {
+        let mut slot = slot.lock().await;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                drop(slot);
+                let error = format!("cannot start {}: {e}", config.program.display());
+                let data = serde_json::json!({"rank": a.rank, "error": error});
+                end_rank(
+                    &shared,
+                    &a.job_id,
+                    a.attempt,
+                    "failed",
+                    error.clone(),
+                    "rank.failed",
+                    error,
+                    data,
+                )
+                .await;
+                return;
+            }
+        };
+        if terminate_asked.load(Ordering::SeqCst) {
+            sigterm(&child);
+        }
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        *slot = Some(child);
+        (stdout, stderr)
+    };
+    shared.outbox.push(
+        &a.job_id,
+        a.attempt,
+        "rank.started",
+        None,
+        format!(
+            "rank {} of {} started on worker {}",
+            a.rank, a.world, config.name
+        ),
+        serde_json::json!({
+            "rank": a.rank, "world": a.world, "worker_id": shared.worker_id(),
+            "worker_name": config.name, "host": config.host,
+        }),
+    );
+    watch_rank(
+        shared.clone(),
+        slot,
+        stdout,
+        stderr,
+        a.job_id.clone(),
+        a.attempt,
+        a.rank,
+    )
+    .await;
+}
+
+/// Records how a rank ended: its last event, then (once the coordinator
+/// has every event of the attempt, the last checkpoint above all) the
+/// state its heartbeats report.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn end_rank(
+    shared: &Shared,
+    job_id: &str,
+    attempt: u32,
+    state: &'static str,
+    error: String,
+    kind: &str,
+    message: String,
+    data: serde_json::Value,
+) {
+    shared
+        .outbox
+        .push(job_id, attempt, kind, None, message, data);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline && shared.outbox.has_pending(job_id, attempt) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        let mut report = shared.report.lock().expect("report lock");
+        if report.job_id == job_id && report.attempt == attempt {
+            report.state = state;
+            report.error = error;
+        }
+    }
+    shared.changed.notify_one();
+}
+
+/// Makes the child get SIGKILL when the agent dies, however it dies.
+fn die_with_parent(command: &mut Command) {
+    let hook = kill_when_parent_dies();
+    // SAFETY: the hook makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// A `pre_exec` hook that has the kernel SIGKILL the child once the thread
+/// that starts it ends (with its process, however that dies). Start
+/// children from a thread that lives as long as the process.
+pub fn kill_when_parent_dies() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id() as libc::pid_t;
+    move || {
+        // SAFETY: prctl, getppid and _exit are async-signal-safe.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Follows a rank's output until it exits, then records how it ended.
+async fn watch_rank(
+    shared: Arc<Shared>,
+    child: Arc<tokio::sync::Mutex<Option<Child>>>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+    job_id: String,
+    attempt: u32,
+    rank: u32,
+) {
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let errors = tokio::spawn({
+        let tail = tail.clone();
+        let prefix = format!("[{job_id} rank {rank}]");
+        async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix} {line}");
+                let mut tail = tail.lock().expect("tail lock");
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let kind = value["type"].as_str().unwrap_or("train.log").to_string();
+        if let Some(step) = value["step"].as_u64() {
+            let mut report = shared.report.lock().expect("report lock");
+            if report.job_id == job_id && report.attempt == attempt {
+                report.step = report.step.max(step);
+            }
+        }
+        let message = value["message"].as_str().unwrap_or_default().to_string();
+        let message = if message.is_empty() {
+            describe(&kind, &value)
+        } else {
+            message
+        };
+        let level = value["level"].as_str().map(str::to_string);
+        shared
+            .outbox
+            .push(&job_id, attempt, &kind, level, message, value);
+    }
+    let _ = errors.await;
+    let status = match child.lock().await.as_mut() {
+        Some(child) => child.wait().await,
+        None => return,
+    };
+    let tail: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
+    let (state, error, kind, message) = match status {
+        Ok(s) if s.success() => (
+            "finished",
+            String::new(),
+            "rank.finished",
+            format!("rank {rank} finished"),
+        ),
+        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => (
+            "preempted",
+            String::new(),
+            "rank.preempted",
+            format!("rank {rank} stopped after a checkpoint, as asked"),
+        ),
+        Ok(s) => {
+            let last = tail
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .cloned()
+                .unwrap_or_else(|| format!("exited with {s}"));
+            let message = format!("rank {rank} failed ({s}): {last}");
+            ("failed", last, "rank.failed", message)
+        }
+        Err(e) => (
+            "failed",
+            e.to_string(),
+            "rank.failed",
+            format!("rank {rank}: {e}"),
+        ),
+    };
+    let data = serde_json::json!({"rank": rank, "error": error, "stderr_tail": tail});
+    end_rank(&shared, &job_id, attempt, state, error, kind, message, data).await;
+}
+
+/// A one-line message for an event the child printed without one.
+pub(super) fn describe(kind: &str, v: &serde_json::Value) -> String {
+    match kind {
+        "train.step" => format!(
+            "step {}/{}: loss {:.4}, {:.0} tokens/s",
+            v["step"],
+            v["total_steps"],
+            v["loss"].as_f64().unwrap_or(f64::NAN),
+            v["tokens_per_s"].as_f64().unwrap_or(0.0)
+        ),
+        "train.eval" => format!(
+            "step {}: validation loss {:.4}",
+            v["step"],
+            v["eval_loss"].as_f64().unwrap_or(f64::NAN)
+        ),
+        "checkpoint.saved" => format!(
+            "checkpoint at step {} saved to {}",
+            v["step"],
+            v["path"].as_str().unwrap_or("?")
+        ),
+        "checkpoint.deleted" => format!("checkpoint at step {} deleted (retention)", v["step"]),
+        "train.preempted" => format!("stopped at step {} after a checkpoint, as asked", v["step"]),
+        "train.finished" => format!(
+            "training done: {} steps, train loss {:.4}",
+            v["steps"],
+            v["train_loss"].as_f64().unwrap_or(f64::NAN)
+        ),
+        other => other.to_string(),
+    }
+}
