@@ -2,8 +2,11 @@
 //! disturbed job gets a [`JobReport`]: its adapter's deviation from the
 //! baseline's, and its extra time against an allowance of what its faults
 //! may cost. A fault may cost the detection bound (if it froze a worker),
-//! the restart backoff of the failure it causes (base·2^(k−1) for the
-//! job's k-th, capped at 60 s), a fresh start-up (the baseline's time to
+//! the wait before the restart: the backoff of the failure it causes
+//! (base·2^(k−1) for the job's k-th, capped at 60 s) or, if longer, the
+//! fence (a rank whose worker went silent may run until the detection
+//! bound plus [`FENCE_MARGIN_S`] after it was last heard from, and the
+//! coordinator waits that out), a fresh start-up (the baseline's time to
 //! its first step), and the steps since the last checkpoint
 //! (`every_steps` × the mean step time); a fixed slack of
 //! [`SLACK_S`] covers noise on a shared machine. A job whose steps ran
@@ -26,6 +29,9 @@ pub const SLACK_S: f64 = 3.0;
 pub const MAX_DEVIATION: f64 = 1e-4;
 /// The coordinator's longest restart backoff, in seconds.
 const BACKOFF_CAP_S: f64 = 60.0;
+/// What the coordinator adds to the detection bound before it restarts a
+/// job whose rank may still run on a silent worker (its `FENCE_MARGIN`).
+pub const FENCE_MARGIN_S: f64 = 1.0;
 
 /// What the undisturbed job measured, and the settings faults are judged by.
 #[derive(Clone, Debug)]
@@ -64,11 +70,14 @@ impl Baseline {
         let per_fault: f64 = (1u32..)
             .zip(faults)
             .map(|(k, fault)| {
-                let detection = match fault.kind {
-                    FaultKind::Freeze { .. } => self.detection_bound_s,
-                    FaultKind::Kill { .. } => 0.0,
+                // A killed worker is noticed at once, but its rank counts
+                // as running until the fence; a frozen one is noticed at
+                // the bound, a margin before its fence.
+                let (detection, fence) = match fault.kind {
+                    FaultKind::Freeze { .. } => (self.detection_bound_s, FENCE_MARGIN_S),
+                    FaultKind::Kill { .. } => (0.0, self.detection_bound_s + FENCE_MARGIN_S),
                 };
-                detection + self.backoff_s(k) + self.startup_s + lost_steps
+                detection + self.backoff_s(k).max(fence) + self.startup_s + lost_steps
             })
             .sum();
         per_fault + SLACK_S
@@ -400,10 +409,11 @@ mod tests {
             frozen_for: Duration::from_secs(4),
         });
         let b = baseline();
-        // kill: 0.5 backoff + 2 start-up + 1 (5 steps of 0.2 s).
-        assert!((b.allowance_s(std::slice::from_ref(&kill)) - 6.5).abs() < 1e-9);
-        // then a freeze: 3 detection + 1 backoff + 2 + 1.
-        assert!((b.allowance_s(&[kill, freeze]) - 13.5).abs() < 1e-9);
+        // kill: the fence (3 bound + 1 margin, over the 0.5 backoff) + 2
+        // start-up + 1 (5 steps of 0.2 s).
+        assert!((b.allowance_s(std::slice::from_ref(&kill)) - 10.0).abs() < 1e-9);
+        // then a freeze: 3 detection + 1 (backoff and margin) + 2 + 1.
+        assert!((b.allowance_s(&[kill, freeze]) - 17.0).abs() < 1e-9);
         assert_eq!(b.allowance_s(&[]), SLACK_S);
     }
 
@@ -414,13 +424,13 @@ mod tests {
             dead_for: Duration::from_secs(1),
         });
         // Steps twice as slow: the baseline becomes 40 s, the allowance
-        // 0.5 + 4 + 2 + 3 = 9.5 s.
-        let mut slow_machine = run("succeeded", 48.0, vec![kill.clone()]);
+        // 4 (the fence) + 4 + 2 + 3 = 13 s.
+        let mut slow_machine = run("succeeded", 52.0, vec![kill.clone()]);
         slow_machine.mean_step_s = Some(0.4);
         let judged = JobReport::new(slow_machine, &b, Ok(0.0));
         assert_eq!(judged.pace, 2.0);
-        assert!((judged.extra_s - 8.0).abs() < 1e-9);
-        assert!((judged.allowance_s - 9.5).abs() < 1e-9);
+        assert!((judged.extra_s - 12.0).abs() < 1e-9);
+        assert!((judged.allowance_s - 13.0).abs() < 1e-9);
         assert!(!judged.over_allowance());
         // Faster steps never shrink the baseline.
         let mut fast = run("succeeded", 25.0, vec![kill]);
