@@ -61,8 +61,13 @@ impl Follower {
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
-    /// Waits (at most `limit`) for it to exit; its status and stderr.
-    fn finish(mut self, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+    /// Waits (at most `limit`) for it to exit; its status, stderr and
+    /// events.
+    fn finish(
+        mut self,
+        limit: Duration,
+        what: &str,
+    ) -> (std::process::ExitStatus, String, Vec<serde_json::Value>) {
         let start = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -84,7 +89,7 @@ impl Follower {
             .take()
             .unwrap()
             .read_to_string(&mut stderr);
-        (status, stderr)
+        (status, stderr, self.events())
     }
 }
 
@@ -165,8 +170,8 @@ fn submit_wait_and_logs_follow_ride_out_a_coordinator_killed_mid_job() {
         ("logs -f", follower),
         ("logs -f (frozen)", sleeper),
     ] {
-        let events = runner.events();
-        let (exit, stderr) = runner.finish(limit, name);
+        let (exit, stderr, events) = runner.finish(limit, name);
+        eprintln!("{name} said on stderr:\n{stderr}");
         assert!(exit.success(), "{name}: {exit}: {stderr}");
         assert_eq!(ids(&events), all, "{name}: every event once, in order");
         assert_eq!(events.last().unwrap()["type"], "job.succeeded", "{name}");
@@ -210,17 +215,9 @@ fn run_starts_its_coordinator_again_when_it_is_killed() {
     // SAFETY: a process of this test's own `run`.
     unsafe { libc::kill(coordinator as libc::pid_t, libc::SIGKILL) };
 
-    let lines = run.lines.clone();
-    let (exit, stderr) = run.finish(Duration::from_secs(180), "run");
+    let (exit, stderr, events) = run.finish(Duration::from_secs(180), "run");
     assert!(exit.success(), "run: {exit}: {stderr}");
     assert!(stderr.contains("started it again"), "{stderr}");
-    let events: Vec<serde_json::Value> = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("type").is_some())
-        .collect();
     let ids = ids(&events);
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),

@@ -11,8 +11,10 @@
 //! last event id), connecting (`coordinator::client`).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// tokio's clock, so the tests can pause it; the same as std's otherwise.
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 /// How long a follower keeps trying to reach its coordinator again, from
