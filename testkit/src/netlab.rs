@@ -35,10 +35,17 @@
 //!
 //! Not here: lorafleet's processes and what a test asserts about them.
 
+// Paths spelled out: `lorafleet chaos --hosts` compiles this module into
+// the binary too (`#[path]` from src/commands/chaos/hosts.rs), where the
+// submodules must be found from this file's folder.
+#[path = "netlab/delay.rs"]
 mod delay;
+#[path = "netlab/host.rs"]
 mod host;
+#[path = "netlab/ip.rs"]
 mod ip;
 #[cfg(test)]
+#[path = "netlab/tests.rs"]
 mod tests;
 
 use std::collections::BTreeSet;
@@ -217,13 +224,25 @@ impl Lab {
     pub fn heal(&self) {
         let cuts = std::mem::take(&mut *self.lock_cuts());
         for (a, b) in cuts {
-            for (from, to) in [(a, b), (b, a)] {
-                let (from, to) = (&self.hosts[from], &self.hosts[to]);
-                ip_in(
-                    &from.namespace,
-                    &["neigh", "del", &to.ip, "dev", HOST_INTERFACE],
-                );
-            }
+            self.uncut(a, b);
+        }
+    }
+
+    /// Ends the cuts between `host` and any other host.
+    pub fn heal_host(&self, host: &str) {
+        let index = self.index(host);
+        let mut cuts = self.lock_cuts();
+        let ending: Vec<(usize, usize)> = cuts
+            .iter()
+            .copied()
+            .filter(|(a, b)| *a == index || *b == index)
+            .collect();
+        for pair in &ending {
+            cuts.remove(pair);
+        }
+        drop(cuts);
+        for (a, b) in ending {
+            self.uncut(a, b);
         }
     }
 
@@ -326,6 +345,16 @@ impl Lab {
                     "nud",
                     "permanent",
                 ],
+            );
+        }
+    }
+
+    fn uncut(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let (from, to) = (&self.hosts[from], &self.hosts[to]);
+            ip_in(
+                &from.namespace,
+                &["neigh", "del", &to.ip, "dev", HOST_INTERFACE],
             );
         }
     }

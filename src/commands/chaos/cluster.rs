@@ -1,11 +1,13 @@
-//! [`ChaosCluster`]: the processes a chaos run starts on 127.0.0.1 and the
+//! [`ChaosCluster`]: the processes a chaos run starts on 127.0.0.1 (or,
+//! with `--hosts`, each on a host of a network lab, `hosts`) and the
 //! faults it does to them. A coordinator (`serve`) with its state in the
 //! run's folder, and worker slots, each holding one `worker` process in a
 //! process group of its own, so that a signal to the group reaches the
 //! agent and the `train` rank it started, as a dead or frozen machine
 //! would. Every process writes its output to a log file in the folder.
 //! Everything is stopped when the cluster is dropped, frozen groups
-//! included.
+//! included. On the lab a worker can also be cut off the network
+//! ([`ChaosCluster::partition`]) and let back on ([`ChaosCluster::heal`]).
 //!
 //! Not here: when faults happen (`plan`, `drive`), or talking to the
 //! coordinator beyond reading its readiness line.
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::hosts::HostLab;
 use crate::commands::fleet::CLUSTER_TOKEN_ENV;
 
 /// How the coordinator and workers are set up.
@@ -32,6 +35,8 @@ pub struct ClusterOptions {
     pub restart_backoff: f64,
     /// The workers' `--ring-timeout`.
     pub ring_timeout: f64,
+    /// Each process on a host of its own in a network lab.
+    pub hosts: bool,
 }
 
 /// A coordinator and its worker slots.
@@ -45,6 +50,8 @@ pub struct ChaosCluster {
     options: ClusterOptions,
     server: Option<Child>,
     slots: Vec<WorkerSlot>,
+    /// The network lab, with `--hosts`; dropped after the processes.
+    lab: Option<HostLab>,
 }
 
 /// One worker's place in the fleet: the process now filling it, if any.
@@ -55,6 +62,8 @@ struct WorkerSlot {
     /// Processes started for this slot so far.
     started: u32,
     frozen: bool,
+    /// Cut off the network (on the lab).
+    cut: bool,
 }
 
 impl ChaosCluster {
@@ -76,17 +85,38 @@ impl ChaosCluster {
                     process: None,
                     started: 0,
                     frozen: false,
+                    cut: false,
                 })
                 .collect(),
             options,
             server: None,
+            lab: None,
         };
+        if cluster.options.hosts {
+            let mut lab = HostLab::start(dir, &cluster.names())?;
+            lab.enter()?;
+            cluster.lab = Some(lab);
+        }
         let log = cluster.log_file("coordinator.log")?;
-        let mut server = Command::new(&cluster.exe);
+        let (mut server, listen, state) = match &cluster.lab {
+            Some(lab) => {
+                let host = lab.coordinator_host();
+                // Only the coordinator's host sees its state and uploads.
+                let state = host.private_dir().join("state.db");
+                let mut command = host.command(&cluster.exe);
+                command.envs(lab.s3_env().iter().map(|(k, v)| (k, v)));
+                (command, format!("{}:0", host.ip()), state)
+            }
+            None => (
+                Command::new(&cluster.exe),
+                "127.0.0.1:0".to_string(),
+                dir.join("state.db"),
+            ),
+        };
         server
-            .args(["serve", "--listen", "127.0.0.1:0", "--grace", "1"])
+            .args(["serve", "--listen", &listen, "--grace", "1"])
             .arg("--state")
-            .arg(dir.join("state.db"))
+            .arg(state)
             .arg("--lost-after")
             .arg(cluster.options.detection_bound.to_string())
             .args(["--heartbeat-ms", "250"])
@@ -137,11 +167,36 @@ impl ChaosCluster {
         &self.slots[slot].name
     }
 
-    /// The slots whose process runs and is not frozen.
+    /// The slots whose process runs, is not frozen and not cut off.
     pub fn alive(&self) -> Vec<usize> {
         (0..self.slots.len())
-            .filter(|&i| self.slots[i].process.is_some() && !self.slots[i].frozen)
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.process.is_some() && !s.frozen && !s.cut
+            })
             .collect()
+    }
+
+    /// Where jobs keep checkpoints on the lab (its S3 server); `None` on
+    /// 127.0.0.1, where a folder does.
+    pub fn checkpoint_url(&self) -> Option<String> {
+        self.lab.as_ref().map(HostLab::checkpoint_url)
+    }
+
+    /// Cuts slot `slot`'s host from every other host, silently.
+    pub fn partition(&mut self, slot: usize) {
+        if let Some(lab) = &self.lab {
+            lab.cut_off(&self.slots[slot].name);
+            self.slots[slot].cut = true;
+        }
+    }
+
+    /// Ends slot `slot`'s partition.
+    pub fn heal(&mut self, slot: usize) {
+        if let Some(lab) = &self.lab {
+            lab.heal(&self.slots[slot].name);
+        }
+        self.slots[slot].cut = false;
     }
 
     /// SIGKILL to slot `slot`'s process group; the slot is empty until
@@ -182,9 +237,25 @@ impl ChaosCluster {
         let tag = format!("{}.{run}", s.name);
         let work = self.dir.join("work").join(&tag);
         let log = self.log_file(&format!("{tag}.log"))?;
-        let mut command = Command::new(&self.exe);
+        let mut command = match &self.lab {
+            Some(lab) => {
+                let host = lab.host(&s.name);
+                let mut command = host.command(&self.exe);
+                command
+                    .args(["worker", "--coordinator", &self.url, "--name", &s.name])
+                    .envs(lab.s3_env().iter().map(|(k, v)| (k, v)));
+                if ring_host_needed(&self.exe) {
+                    command.args(["--ring-host", host.ip()]);
+                }
+                command
+            }
+            None => {
+                let mut command = Command::new(&self.exe);
+                command.args(["worker", "--coordinator", &self.url, "--name", &s.name]);
+                command
+            }
+        };
         command
-            .args(["worker", "--coordinator", &self.url, "--name", &s.name])
             .arg("--ring-timeout")
             .arg(self.options.ring_timeout.to_string())
             .arg("--work-dir")
@@ -286,6 +357,21 @@ impl Drop for ChaosCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `worker` still needs `--ring-host` to advertise an address
+/// other hosts reach (its help shows a 127.0.0.1 default).
+fn ring_host_needed(exe: &Path) -> bool {
+    static NEEDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NEEDED.get_or_init(|| {
+        let help = Command::new(exe).args(["worker", "--help"]).output();
+        help.map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.contains("--ring-host") && l.contains("[default: 127.0.0.1]"))
+        })
+        .unwrap_or(false)
+    })
 }
 
 /// Sends `signal` to the process group `child` leads.

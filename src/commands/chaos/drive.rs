@@ -1,6 +1,7 @@
 //! Running one job of a chaos run: submit it, fire its planned faults at
 //! their moments on workers that are alive at that moment, bring killed
-//! workers back and thaw frozen ones when their time is up, and follow the
+//! workers back, thaw frozen ones and heal cut-off ones when their time is
+//! up, and follow the
 //! job to its end (cancelling it past a time limit). Also what is learnt
 //! from the job afterwards (the mean step time from its `train.step`
 //! events) and putting the fleet back together before the next job.
@@ -67,10 +68,11 @@ pub struct JobRun {
 }
 
 /// What is put right when its time comes: a killed worker respawned, a
-/// frozen one thawed.
+/// frozen one thawed, a cut-off one healed.
 enum Restore {
     Respawn(usize),
     Thaw(usize),
+    Heal(usize),
 }
 
 /// Submits `spec` and follows the job to its end while `plan`'s faults
@@ -242,6 +244,10 @@ async fn fire(
             cluster.freeze(slot);
             Restore::Thaw(slot)
         }
+        FaultKind::Partition { .. } => {
+            cluster.partition(slot);
+            Restore::Heal(slot)
+        }
     };
     Ok(Some((injected, restore)))
 }
@@ -257,6 +263,10 @@ fn apply(cluster: &mut ChaosCluster, restore: &Restore, elapsed: Duration) -> an
             cluster.thaw(slot);
             eprintln!("  {at:.1} s: worker {} thawed", cluster.name(slot));
         }
+        Restore::Heal(slot) => {
+            cluster.heal(slot);
+            eprintln!("  {at:.1} s: worker {} reconnected", cluster.name(slot));
+        }
     }
     Ok(())
 }
@@ -266,6 +276,7 @@ pub fn describe(fault: &InjectedFault, out_for: Duration) -> String {
     let what = match fault.kind {
         FaultKind::Kill { .. } => "dead",
         FaultKind::Freeze { .. } => "frozen",
+        FaultKind::Partition { .. } => "cut off",
     };
     format!(
         "{:.1} s: {} {} ({}), {what} for {:.1} s",

@@ -1,22 +1,25 @@
 //! `lorafleet chaos --runs N`: fault injection that shows fleet jobs
-//! survive dead and frozen workers. It starts its own coordinator and
-//! workers on 127.0.0.1 in a scratch folder, runs one undisturbed job, then
-//! N jobs of the same spec while workers are killed (SIGKILL, respawned a
-//! moment later) or frozen (SIGSTOP past the detection bound, then
-//! SIGCONT), and checks that each job succeeded, that its adapter matches
+//! survive dead, frozen and cut-off workers. It starts its own coordinator
+//! and workers on 127.0.0.1 in a scratch folder (with `--hosts`, each on a
+//! host of its own in a network lab, checkpoints on an S3 server there),
+//! runs one undisturbed job, then N jobs of the same spec while workers
+//! are killed (SIGKILL, respawned a moment later), frozen (SIGSTOP past
+//! the detection bound, then SIGCONT) or, on the lab, partitioned (cut
+//! from every other host for less or more than the bound), and checks that each job succeeded, that its adapter matches
 //! the undisturbed one (deviation ≤ 1e-4), and that its faults cost no
 //! more time than they should. Exit 0 only then; otherwise an error naming
 //! each job and what went wrong, with the logs and state kept.
 //!
 //! This module holds the flags, the job spec the run submits, and the
 //! order of things; the parts are in `cluster` (the processes and the
-//! signals), `plan` (which faults, when), `drive` (one job under its
+//! signals), `hosts` (the network lab), `plan` (which faults, when), `drive` (one job under its
 //! faults), `adapter` (comparing adapters) and `verdict` (allowances, the
 //! report, the exit status).
 
 mod adapter;
 mod cluster;
 mod drive;
+mod hosts;
 mod plan;
 mod verdict;
 
@@ -39,7 +42,7 @@ use super::run::Interrupted;
 use adapter::{AdapterTensors, deviation};
 use cluster::{ChaosCluster, ClusterOptions};
 use drive::{JobRun, run_job, wait_for_fleet};
-use plan::FaultPlan;
+use plan::{FaultPlan, KindName};
 use verdict::{Baseline, ChaosReport, JobReport};
 
 /// Ranks of every chaos job: two, so a fleet of three keeps a spare.
@@ -85,6 +88,17 @@ pub struct ChaosArgs {
     /// --restart-backoff), doubling with each failure of the job.
     #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
     pub restart_backoff: f64,
+    /// Run every process on a host of its own: network namespaces with
+    /// their own addresses, hostnames, /dev/shm and boot ids, joined by a
+    /// bridge, checkpoints on a SeaweedFS server on a host of its own
+    /// (needs root, `ip`, and SeaweedFS: $LORAFLEET_WEED or
+    /// .venv-s3/bin/weed). Enables the `partition` fault.
+    #[arg(long)]
+    pub hosts: bool,
+    /// The kinds of fault drawn (default: kill and freeze, and partition
+    /// with --hosts).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND,...")]
+    pub faults: Vec<KindName>,
     /// Print one JSON object {"runs", "faults", "succeeded",
     /// "max_deviation", "worst_extra_s", ...} on stdout; the lines people
     /// read go to stderr.
@@ -115,6 +129,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         detection_bound: args.detection_bound,
         restart_backoff: args.restart_backoff,
         ring_timeout: (8.0 * args.detection_bound).max(30.0),
+        hosts: args.hosts,
     };
     let mut cluster = match ChaosCluster::start(&folder, options) {
         Ok(cluster) => cluster,
@@ -187,6 +202,9 @@ fn check(args: &ChaosArgs) -> anyhow::Result<()> {
             args.restart_backoff
         ));
     }
+    if args.faults.contains(&KindName::Partition) && !args.hosts {
+        return usage("--faults partition needs --hosts (a network lab to cut)".into());
+    }
     if args.steps < CHECKPOINT_EVERY {
         return usage(format!(
             "--steps {}: at least {CHECKPOINT_EVERY}, one checkpoint's worth",
@@ -213,7 +231,8 @@ async fn chaos(
     wait_for_fleet(&conn, cluster, FLEET_WAIT, &mut notes).await?;
 
     let name = format!("chaos-{}-undisturbed", args.seed);
-    let spec = write_spec(source, args, folder, &name)?;
+    let storage = cluster.checkpoint_url();
+    let spec = write_spec(source, args, folder, storage.as_deref(), &name)?;
     let undisturbed = run_job(&conn, cluster, &spec, &FaultPlan::none(), UNDISTURBED_LIMIT).await?;
     if undisturbed.status != "succeeded" {
         bail!(
@@ -240,13 +259,14 @@ async fn chaos(
     wait_for_fleet(&conn, cluster, FLEET_WAIT, &mut notes).await?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let kinds = fault_kinds(args);
     let expected = Duration::from_secs_f64(baseline.wall_s);
     let bound = Duration::from_secs_f64(args.detection_bound);
     let mut jobs = Vec::new();
     for i in 1..=args.runs {
-        let plan = FaultPlan::draw(&mut rng, args.faults_per_job, expected, bound);
+        let plan = FaultPlan::draw(&mut rng, args.faults_per_job, expected, bound, &kinds);
         let name = format!("chaos-{}-{i}", args.seed);
-        let spec = write_spec(source, args, folder, &name)?;
+        let spec = write_spec(source, args, folder, storage.as_deref(), &name)?;
         let limit = expected * 3 + Duration::from_secs(60) * args.faults_per_job;
         let mut run = run_job(&conn, cluster, &spec, &plan, limit).await?;
         let deviation = if run.status == "succeeded" {
@@ -274,13 +294,15 @@ async fn chaos(
 }
 
 /// The chaos job spec named `name`, made from `source`: 2 ranks of one
-/// thread, `--steps` steps, a checkpoint every 5 steps in `folder`,
+/// thread, `--steps` steps, a checkpoint every 5 steps in `storage` (else
+/// `folder/checkpoints`),
 /// restarts enough for the faults, no periodic evaluation. Written to
 /// `folder/specs/NAME.yaml` (its paths are absolute).
 fn write_spec(
     source: &JobSpec,
     args: &ChaosArgs,
     folder: &Path,
+    storage: Option<&str>,
     name: &str,
 ) -> anyhow::Result<PathBuf> {
     let mut spec = source.clone();
@@ -292,7 +314,10 @@ fn write_spec(
     spec.checkpoint.every_steps = CHECKPOINT_EVERY;
     spec.checkpoint.keep_last = 2;
     spec.checkpoint.keep_best = false;
-    spec.checkpoint.storage = PathOrUrl::Path(folder.join("checkpoints"));
+    spec.checkpoint.storage = match storage {
+        Some(url) => PathOrUrl::Url(url.to_string()),
+        None => PathOrUrl::Path(folder.join("checkpoints")),
+    };
     spec.checkpoint.max_failures = args.faults_per_job + 3;
     spec.output.dir = Some(PathOrUrl::Path(folder.join("output").join(name)));
     if !spec.usable_worker_counts().contains(&RANKS) {
@@ -312,6 +337,21 @@ fn write_spec(
     // What is submitted must read back as written.
     JobSpec::from_file(&path)?;
     Ok(path)
+}
+
+/// The fault kinds to draw: `--faults`, else kill and freeze (and
+/// partition with `--hosts`).
+fn fault_kinds(args: &ChaosArgs) -> Vec<KindName> {
+    if !args.faults.is_empty() {
+        let mut kinds = args.faults.clone();
+        kinds.dedup();
+        return kinds;
+    }
+    let mut kinds = vec![KindName::Kill, KindName::Freeze];
+    if args.hosts {
+        kinds.push(KindName::Partition);
+    }
+    kinds
 }
 
 /// Downloads `run`'s latest checkpoint to `folder/adapters/NAME` and reads

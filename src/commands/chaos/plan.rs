@@ -1,7 +1,8 @@
 //! [`FaultPlan`]: which faults a chaos run injects into one job, and when.
 //! The plan is drawn from a ChaCha8 stream seeded by `--seed`, so a seed
 //! repeats the schedule: the moments, the kinds, how long a frozen worker
-//! stays frozen and how long a killed one stays dead. Which worker a fault
+//! stays frozen, how long a killed one stays dead and how long a cut-off
+//! one stays cut. Which worker a fault
 //! hits is settled only when it fires, when it is known which workers are
 //! alive and which run a rank of the job, from a number drawn here
 //! ([`PlannedFault::target`]).
@@ -25,22 +26,37 @@ pub enum FaultKind {
     /// SIGSTOP to the worker's process group, SIGCONT after `frozen_for`
     /// (longer than the detection bound: the coordinator must notice).
     Freeze { frozen_for: Duration },
+    /// The worker's host cut from every other host (silently: packets
+    /// vanish), healed after `cut_for`: sometimes shorter than the
+    /// detection bound (nothing should restart), sometimes longer. Only on
+    /// a network lab (`--hosts`).
+    Partition { cut_for: Duration },
+}
+
+/// The kinds of fault a run may draw, as `--faults` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindName {
+    Kill,
+    Freeze,
+    Partition,
 }
 
 impl FaultKind {
-    /// `kill` or `freeze`, as reports name it.
+    /// `kill`, `freeze` or `partition`, as reports name it.
     pub fn name(&self) -> &'static str {
         match self {
             FaultKind::Kill { .. } => "kill",
             FaultKind::Freeze { .. } => "freeze",
+            FaultKind::Partition { .. } => "partition",
         }
     }
 
-    /// How long the worker is out: dead until its respawn, or frozen.
+    /// How long the worker is out: dead until its respawn, frozen, or cut.
     pub fn out_for(&self) -> Duration {
         match *self {
             FaultKind::Kill { dead_for } => dead_for,
             FaultKind::Freeze { frozen_for } => frozen_for,
+            FaultKind::Partition { cut_for } => cut_for,
         }
     }
 }
@@ -91,38 +107,48 @@ impl FaultPlan {
     /// is cut into `count` equal parts and each fault falls at a random
     /// moment of its part, at least [`MIN_GAP`] after the one before. A
     /// frozen worker stays frozen `detection_bound` plus 0.5 to 2 s; a
-    /// killed one is respawned after 0.5 to 3 s. With two faults or more,
-    /// the first two are one kill and one freeze in a random order; later
-    /// ones are either, equally likely.
+    /// killed one is respawned after 0.5 to 3 s; a partition lasts 0.3 to
+    /// 0.7 of the bound or the bound plus 0.5 to 2 s, equally likely. The
+    /// first faults are one of each kind in `kinds` in a random order;
+    /// later ones are any of them, equally likely.
     pub fn draw(
         rng: &mut ChaCha8Rng,
         count: u32,
         expected: Duration,
         detection_bound: Duration,
+        kinds: &[KindName],
     ) -> FaultPlan {
         let start = expected.mul_f64(0.15);
         let part = expected.mul_f64(0.70) / count.max(1);
         let mut faults: Vec<PlannedFault> = Vec::new();
-        let kill_first = rng.random_bool(0.5);
+        let mut first_round = kinds.to_vec();
+        for i in (1..first_round.len()).rev() {
+            first_round.swap(i, rng.random_range(0..=i));
+        }
         for i in 0..count {
             let mut at = start + part * i + part.mul_f64(rng.random::<f64>());
             if let Some(before) = faults.last() {
                 at = at.max(before.at + MIN_GAP);
             }
-            let kill = match i {
-                0 => kill_first,
-                1 => !kill_first,
-                _ => rng.random_bool(0.5),
+            let name = match first_round.get(i as usize) {
+                Some(name) => *name,
+                None => kinds[rng.random_range(0..kinds.len())],
             };
-            let kind = if kill {
-                FaultKind::Kill {
+            let kind = match name {
+                KindName::Kill => FaultKind::Kill {
                     dead_for: Duration::from_secs_f64(rng.random_range(0.5..3.0)),
-                }
-            } else {
-                FaultKind::Freeze {
+                },
+                KindName::Freeze => FaultKind::Freeze {
                     frozen_for: detection_bound
                         + Duration::from_secs_f64(rng.random_range(0.5..2.0)),
-                }
+                },
+                KindName::Partition => FaultKind::Partition {
+                    cut_for: if rng.random_bool(0.5) {
+                        detection_bound.mul_f64(rng.random_range(0.3..0.7))
+                    } else {
+                        detection_bound + Duration::from_secs_f64(rng.random_range(0.5..2.0))
+                    },
+                },
             };
             let prefer_busy = i == 0 || rng.random_bool(0.75);
             faults.push(PlannedFault {
@@ -148,6 +174,7 @@ mod tests {
             count,
             Duration::from_secs(20),
             Duration::from_secs(3),
+            &[KindName::Kill, KindName::Freeze],
         )
     }
 
@@ -175,7 +202,32 @@ mod tests {
                 FaultKind::Freeze { frozen_for } => {
                     assert!((3.5..5.0).contains(&frozen_for.as_secs_f64()));
                 }
+                FaultKind::Partition { .. } => panic!("not asked for: {fault:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn partitions_are_drawn_when_asked_for_some_under_the_bound_some_past_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let bound = Duration::from_secs(3);
+        let kinds = [KindName::Kill, KindName::Freeze, KindName::Partition];
+        let plan = FaultPlan::draw(&mut rng, 40, Duration::from_secs(400), bound, &kinds);
+        let cuts: Vec<Duration> = plan
+            .faults
+            .iter()
+            .filter_map(|f| match f.kind {
+                FaultKind::Partition { cut_for } => Some(cut_for),
+                _ => None,
+            })
+            .collect();
+        let mut first: Vec<&str> = plan.faults[..3].iter().map(|f| f.kind.name()).collect();
+        first.sort();
+        assert_eq!(first, ["freeze", "kill", "partition"]);
+        assert!(cuts.iter().any(|c| *c < bound) && cuts.iter().any(|c| *c > bound));
+        for cut in cuts {
+            let s = cut.as_secs_f64();
+            assert!((0.9..2.1).contains(&s) || (3.5..5.0).contains(&s), "{s}");
         }
     }
 

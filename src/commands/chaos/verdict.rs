@@ -73,8 +73,12 @@ impl Baseline {
                 // A killed worker is noticed at once, but its rank counts
                 // as running until the fence; a frozen one is noticed at
                 // the bound, a margin before its fence.
+                // A partition is judged as a freeze: a short one may cost
+                // no more than its length, a long one what a freeze does.
                 let (detection, fence) = match fault.kind {
-                    FaultKind::Freeze { .. } => (self.detection_bound_s, FENCE_MARGIN_S),
+                    FaultKind::Freeze { .. } | FaultKind::Partition { .. } => {
+                        (self.detection_bound_s, FENCE_MARGIN_S)
+                    }
                     FaultKind::Kill { .. } => (0.0, self.detection_bound_s + FENCE_MARGIN_S),
                 };
                 detection + self.backoff_s(k).max(fence) + self.startup_s + lost_steps

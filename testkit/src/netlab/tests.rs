@@ -121,7 +121,7 @@ fn cuts_are_silent_and_heal() {
     assert_eq!(&byte, b"y", "the stalled byte arrives once healed");
     lab.cut_off("b");
     assert!(connect_from(&lab, "c", at_b, Duration::from_millis(500)).is_none());
-    lab.heal();
+    lab.heal_host("b");
     assert!(connect_from(&lab, "c", at_b, Duration::from_secs(2)).is_some());
 }
 
