@@ -3,8 +3,9 @@
 //! `coordinator::server::ServerConfig` or `coordinator::agent::AgentConfig`,
 //! logs go to stderr, and SIGINT/SIGTERM stop them cleanly.
 //!
-//! `serve` prints a readiness line, `listening on http://ADDR`, once the
-//! port is bound (so `--listen 127.0.0.1:0` works); `worker` prints
+//! `serve` prints a readiness line, `listening on http://ADDR` (`https://`
+//! with `--tls-cert`), once the port is bound (so `--listen 127.0.0.1:0`
+//! works); `worker` prints
 //! `worker ID registered with URL` once it joined.
 
 use std::path::PathBuf;
