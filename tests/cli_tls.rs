@@ -310,3 +310,36 @@ fn https_against_a_plain_coordinator_says_it_does_not_answer_in_tls() {
     assert_refused(&out, 3, "did not answer in TLS");
     assert_refused(&out, 3, "plain http://");
 }
+
+#[test]
+fn a_caller_that_never_finishes_its_handshake_is_dropped_and_others_get_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TestCa::new("lorafleet test CA");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let (cert, key) = ca.issue(dir, "coordinator", &["127.0.0.1"], CURRENT);
+    let (mut server, url) = serve_tls(dir, &cert, &key);
+    let address = url.trim_start_matches("https://");
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    // Callers that say nothing keep no one else out...
+    let out = client(&url, Some(&ca_file), &["jobs"]);
+    assert!(out.status.success(), "jobs: {}", text(&out.stderr));
+    // ...and are closed once the handshake bound (10 s) has passed.
+    let started = std::time::Instant::now();
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    use std::io::Read;
+    let n = first.read(&mut [0u8; 16]).unwrap_or(0);
+    let waited = started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(n, 0, "an idle caller got bytes");
+    assert!(
+        waited < std::time::Duration::from_secs(20),
+        "an idle caller was kept {waited:?}"
+    );
+}

@@ -181,7 +181,7 @@ impl Connection {
         if tls {
             tls::use_ring_provider();
             endpoint = endpoint
-                .tls_config(tls::client_config(ca, &host))
+                .tls_config(tls::client_config(ca, &host, timeout))
                 .map_err(|e| bad(e.to_string()))?;
         } else if speaks_tls(&authority, timeout).await {
             return Err(ConnectError::TlsExpected { url, authority });

@@ -7,6 +7,7 @@
 //! (`server::tls`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -85,9 +86,14 @@ impl TrustedCa {
 
 /// tonic's TLS settings: the bundle's roots only, or without one the
 /// public roots compiled in (Mozilla's, from `webpki-roots`); `domain` is
-/// the name the certificate must hold (the URL's host).
-pub(super) fn client_config(ca: Option<&TrustedCa>, domain: &str) -> ClientTlsConfig {
-    let config = ClientTlsConfig::new().domain_name(domain);
+/// the name the certificate must hold (the URL's host); the handshake
+/// must end within `timeout`.
+pub(super) fn client_config(
+    ca: Option<&TrustedCa>,
+    domain: &str,
+    timeout: Duration,
+) -> ClientTlsConfig {
+    let config = ClientTlsConfig::new().domain_name(domain).timeout(timeout);
     match ca {
         Some(ca) => config.ca_certificate(Certificate::from_pem(&ca.pem)),
         None => config.with_webpki_roots(),

@@ -7,10 +7,15 @@
 //! tonic), the clients' side (`client::tls`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Identity, ServerTlsConfig};
+
+/// How long a caller has to finish its TLS handshake: connections that
+/// open and say nothing do not pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A certificate chain and its private key, read and checked.
 #[derive(Clone)]
@@ -105,7 +110,12 @@ impl ServerTls {
         .map_err(|e| mismatch(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
-        .map_err(|e| mismatch(e.to_string()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                mismatch("it is the key of another certificate".to_string())
+            }
+            other => mismatch(other.to_string()),
+        })?;
         Ok(ServerTls {
             cert_path: cert.to_path_buf(),
             cert_pem,
@@ -122,6 +132,8 @@ impl ServerTls {
     /// rustls provider first (tonic's server takes the process default).
     pub(crate) fn tonic_config(&self) -> ServerTlsConfig {
         crate::client::use_ring_provider();
-        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 }
