@@ -7,7 +7,8 @@
 //! `LORAFLEET_CA`) and against the public roots otherwise. With a CA a
 //! bare `host:port` means `https://` and an `http://` URL is refused, so a
 //! token never leaves in clear once TLS is configured. A refused handshake
-//! says why ([`tls`]); a plain URL that meets a TLS port says so too.
+//! says why (the `tls` submodule); a plain URL that meets a TLS port says
+//! so too.
 //!
 //! Not here: what any command does with the answers, or retrying (the
 //! channel reconnects by itself; when to give up is the caller's call).

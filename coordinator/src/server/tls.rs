@@ -3,7 +3,7 @@
 //! before the port opens, so a wrong file is one clear error naming it
 //! rather than a refused handshake later.
 //!
-//! Not here: serving (`server::serve` hands [`ServerTls::tonic_config`] to
+//! Not here: serving (`server::serve` hands `ServerTls::tonic_config` to
 //! tonic), the clients' side (`client::tls`).
 
 use std::path::{Path, PathBuf};
