@@ -200,6 +200,8 @@ fn run_starts_its_coordinator_again_when_it_is_killed() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
     command
         .args(["run", spec.to_str().unwrap(), "--json"])
+        // A CA for some remote fleet: the embedded one is plain, on loopback.
+        .env("LORAFLEET_CA", dir.join("no-such-ca.pem"))
         .env("RUST_BACKTRACE", "0");
     let run = Follower::start(command);
     wait_until(Duration::from_secs(90), "a training step", || {

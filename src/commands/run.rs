@@ -189,6 +189,9 @@ impl EmbeddedFleet {
                 .args(["worker", "--coordinator", &fleet.url, "--name"])
                 .arg(format!("local-{i}"))
                 .env(CLUSTER_TOKEN_ENV, &cluster)
+                // The embedded coordinator is plain http:// on 127.0.0.1:
+                // a CA meant for a remote fleet must not make them refuse it.
+                .env_remove("LORAFLEET_CA")
                 .stdout(Stdio::null())
                 .stderr(log(&format!("worker-{i}"))?)
                 .spawn();
