@@ -234,12 +234,18 @@ impl EmbeddedFleet {
     }
 
     /// Starts the coordinator again, on the same address and state file,
-    /// if it stopped (killed, crashed): the workers keep their jobs and
+    /// if it died (killed, crashed; not if it stopped cleanly when asked):
+    /// the workers keep their jobs and
     /// reconnect, and so does the follower. At most [`MAX_RESTARTS`] times.
     fn keep_coordinator_up(&mut self) -> anyhow::Result<()> {
         let Ok(Some(ended)) = self.server.try_wait() else {
             return Ok(());
         };
+        if ended.success() {
+            // Stopped when asked (SIGTERM, or the Ctrl-C that is also on
+            // its way to `run`): not a crash to undo.
+            return Ok(());
+        }
         if self.restarts == MAX_RESTARTS {
             bail!(
                 "the coordinator stopped ({ended}) after {MAX_RESTARTS} restarts; see its log lines below"
