@@ -72,7 +72,8 @@ pub struct Lab {
     hosts: Vec<Host>,
     /// Host index pairs `(a, b)`, `a < b`, that cannot reach each other.
     cuts: Mutex<BTreeSet<(usize, usize)>>,
-    delays: Mutex<Vec<ReceiveDelay>>,
+    /// The receive delay of each shaped host, by host index.
+    delays: Mutex<Vec<(usize, ReceiveDelay)>>,
     groups: ProcessGroups,
     dir: tempfile::TempDir,
 }
@@ -248,9 +249,14 @@ impl Lab {
 
     /// Limits what `host` sends to `rate_mbit` Mbit/s (tc tbf on its
     /// interface) and, when `delay` is not zero, holds every TCP packet it
-    /// receives from another host for `delay` before delivering it.
+    /// receives from another host for `delay` before delivering it. A
+    /// second call replaces the first.
     pub fn shape(&self, host: &str, rate_mbit: u32, delay: std::time::Duration) {
-        let host = &self.hosts[self.index(host)];
+        let index = self.index(host);
+        let host = &self.hosts[index];
+        let mut delays = self.delays.lock().unwrap_or_else(PoisonError::into_inner);
+        // Closing the old TUN device first frees its name.
+        delays.retain(|(shaped, _)| *shaped != index);
         tc_in(
             &host.namespace,
             &[
@@ -268,12 +274,21 @@ impl Lab {
                 "400ms",
             ],
         );
-        if !delay.is_zero() {
-            let receive_delay = ReceiveDelay::install(host, HOST_INTERFACE, delay);
-            self.delays
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(receive_delay);
+        if delay.is_zero() {
+            let _ = ip::run(
+                "tc",
+                &[
+                    "-n",
+                    &host.namespace,
+                    "qdisc",
+                    "del",
+                    "dev",
+                    HOST_INTERFACE,
+                    "clsact",
+                ],
+            );
+        } else {
+            delays.push((index, ReceiveDelay::install(host, HOST_INTERFACE, delay)));
         }
     }
 

@@ -1,7 +1,9 @@
 //! The job every hosts test runs, and what the tests read about it.
 //!
-//! One spec: a tiny random Llama written by `init-model`, the quickstart
-//! dataset, checkpoints every [`CHECKPOINT_EVERY`] steps on the lab's S3
+//! One spec: a tiny random Llama written by `init-model` and the
+//! quickstart dataset, both on the submitting host (`coord`, whose folder
+//! no worker sees: `submit` uploads them and workers fetch them from the
+//! coordinator), checkpoints every [`CHECKPOINT_EVERY`] steps on the lab's S3
 //! server. [`reference_adapter`] is what one `lorafleet train` process
 //! makes of the same spec (once per test process); [`undisturbed_wall`]
 //! how long the job takes on the fleet undisturbed. [`JobWatch`] polls a
@@ -27,27 +29,37 @@ pub const TOLERANCE: f64 = 1e-4;
 
 /// Where a job's inputs are, as its spec names them.
 pub struct JobInputs {
-    pub model: PathBuf,
+    /// A model folder; `None`: the `tiny` preset.
+    pub model: Option<PathBuf>,
     pub dataset: String,
 }
 
-/// Writes the model and dataset where the fleet's workers can read them:
-/// today the model on the lab's shared folder and the dataset on S3
-/// (workers cannot see the coordinator's disk, which keeps uploads).
+/// Writes the model and dataset into the submitting host's own folder,
+/// where only `submit` reads them.
 pub fn prepare_inputs(fleet: &HostFleet) -> JobInputs {
-    let model = fleet.lab.shared_dir().join("model");
-    if !model.exists() {
-        let out = lorafleet(&[
-            "init-model",
-            "--preset",
-            "tiny",
-            "--seed",
-            "3",
-            "-o",
-            model.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "init-model: {}", text(&out.stderr));
+    let folder = fleet.lab.host(COORD).private_dir();
+    let model = folder.join("model");
+    let out = lorafleet(&[
+        "init-model",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "init-model: {}", text(&out.stderr));
+    let dataset = folder.join("train.jsonl");
+    std::fs::copy(repo("examples/data/quickstart-train.jsonl"), &dataset).unwrap();
+    JobInputs {
+        model: Some(model),
+        dataset: dataset.display().to_string(),
     }
+}
+
+/// Inputs that need no upload: the `tiny` preset and the dataset on the
+/// S3 server (for measurements that must not depend on uploads).
+pub fn prepare_remote_inputs(fleet: &HostFleet) -> JobInputs {
     let data = std::fs::read(repo("examples/data/quickstart-train.jsonl")).unwrap();
     let store = fleet.s3.store();
     let key = "inputs/train.jsonl";
@@ -65,7 +77,7 @@ pub fn prepare_inputs(fleet: &HostFleet) -> JobInputs {
             .expect("the dataset uploads to S3");
     });
     JobInputs {
-        model,
+        model: None,
         dataset: fleet.s3.url(key),
     }
 }
@@ -84,12 +96,18 @@ pub fn write_spec(
         .map(|o| format!("output:\n  dir: {}\n", o.display()))
         .unwrap_or_default();
     let yaml = format!(
-        "name: {name}\nmodel:\n  path: {model}\ndataset:\n  train: {dataset}\n  max_seq_len: 128\n\
+        "name: {name}\nmodel:\n  {model}\ndataset:\n  train: {dataset}\n  max_seq_len: 128\n\
          lora:\n  r: 8\n  alpha: 16\n  target_modules: all-linear\n\
          training:\n  max_steps: {STEPS}\n  global_batch_size: 8\n  micro_batch_size: 4\n  learning_rate: 1.0e-3\n  seed: 5\n\
          resources:\n  workers: {workers}\n  threads_per_worker: 1\n\
          checkpoint:\n  every_steps: {CHECKPOINT_EVERY}\n  keep_last: 3\n  max_failures: 6\n  storage: {storage}\n{output}",
-        model = inputs.model.display(),
+        model = inputs
+            .model
+            .as_ref()
+            .map_or("preset: tiny".to_string(), |m| format!(
+                "path: {}",
+                m.display()
+            )),
         dataset = inputs.dataset,
     );
     let path = dir.join(format!("{name}.yaml"));
@@ -101,17 +119,17 @@ pub fn write_spec(
 /// (local dataset, local checkpoints); computed once per test process.
 pub fn reference_adapter(fleet: &HostFleet) -> &'static [(String, Vec<f32>)] {
     static REFERENCE: OnceLock<(tempfile::TempDir, Tensors)> = OnceLock::new();
-    let model = fleet.lab.shared_dir().join("model");
+    let model = fleet.lab.host(COORD).private_dir().join("model");
     &REFERENCE
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let inputs = JobInputs {
-                model: dir.path().join("model"),
+                model: Some(dir.path().join("model")),
                 dataset: repo("examples/data/quickstart-train.jsonl")
                     .display()
                     .to_string(),
             };
-            copy_dir(&model, &inputs.model);
+            copy_dir(&model, inputs.model.as_ref().unwrap());
             let output = dir.path().join("adapter");
             let storage = dir.path().join("checkpoints");
             let spec = write_spec(

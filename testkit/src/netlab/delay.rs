@@ -65,7 +65,12 @@ impl ReceiveDelay {
         super::ip::ip_in(namespace, &["link", "set", TUN_NAME, "up"]);
         sysctl("net.ipv4.conf.all.rp_filter");
         sysctl(&format!("net.ipv4.conf.{TUN_NAME}.rp_filter"));
-        tc_in(namespace, &["qdisc", "replace", "dev", interface, "clsact"]);
+        // A fresh clsact: deleting it removes an earlier delay's filter.
+        let _ = run(
+            "tc",
+            &["-n", namespace, "qdisc", "del", "dev", interface, "clsact"],
+        );
+        tc_in(namespace, &["qdisc", "add", "dev", interface, "clsact"]);
         tc_in(
             namespace,
             &[
