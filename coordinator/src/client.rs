@@ -157,6 +157,11 @@ impl Connection {
         version: &str,
         timeout: Duration,
     ) -> Result<Connection, ConnectError> {
+        // Checked before anything is sent.
+        let credentials = Credentials {
+            authorization: bearer(token).parse().map_err(|_| ConnectError::BadToken)?,
+            version: version.parse().map_err(|_| ConnectError::BadToken)?,
+        };
         let url = coordinator_url(url, ca)?;
         let bad = |reason: String| ConnectError::BadAddress {
             url: url.clone(),
@@ -195,10 +200,6 @@ impl Connection {
                     None => ConnectError::Unreachable { url, source },
                 });
             }
-        };
-        let credentials = Credentials {
-            authorization: bearer(token).parse().map_err(|_| ConnectError::BadToken)?,
-            version: version.parse().map_err(|_| ConnectError::BadToken)?,
         };
         Ok(Connection {
             channel,
