@@ -1,6 +1,7 @@
 //! A fleet under TLS: `serve --tls-cert/--tls-key` with a certificate for
 //! 127.0.0.1 signed by a CA made here (rcgen), a worker and `submit --wait`
-//! that trust it with `--ca`/`LORAFLEET_CA`, and every way a client can
+//! that trust it with `--ca`/`LORAFLEET_CA` (and reconnect over TLS to the
+//! coordinator killed and started again mid-job), and every way a client can
 //! get it wrong refused with a sentence that says what to fix: no CA,
 //! another CA, a certificate for another name or out of date, `http://`
 //! against the TLS port, `http://` with a CA, `https://` against a plain
@@ -76,9 +77,19 @@ const CURRENT: (i32, i32) = (2000, 2100);
 
 /// `serve` with TLS; the process and the URL of its readiness line.
 fn serve_tls(dir: &Path, cert: &Path, key: &Path) -> (std::process::Child, String) {
+    serve_tls_on(dir, "127.0.0.1:0", cert, key)
+}
+
+/// As [`serve_tls`], on `listen`.
+fn serve_tls_on(
+    dir: &Path,
+    listen: &str,
+    cert: &Path,
+    key: &Path,
+) -> (std::process::Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--grace", "3"])
+        .args(["serve", "--listen", listen, "--grace", "3"])
         .arg("--state")
         .arg(dir.join("state.db"))
         .arg("--tls-cert")
@@ -145,28 +156,66 @@ fn a_fleet_under_tls_runs_a_job_and_refuses_clients_that_cannot_check_it() {
     fleet.add_worker("w0");
     fleet.wait_for_workers(1);
 
+    // Long enough to restart the coordinator in the middle of.
     let spec = short_spec(dir, "tls", 1, &dir.join("unused"));
-    let out = client(
-        &url,
-        None,
-        &[
-            "submit",
-            spec.to_str().unwrap(),
-            "--wait",
-            "--json",
-            "--ca",
-            ca_file.to_str().unwrap(),
-        ],
+    let yaml = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, yaml.replace("max_steps: 20", "max_steps: 60")).unwrap();
+    let mut submitter = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["submit", spec.to_str().unwrap(), "--wait", "--json", "--ca"])
+        .arg(&ca_file)
+        .env("LORAFLEET_COORDINATOR", &url)
+        .env("LORAFLEET_TOKEN", TOKEN)
+        .env_remove("LORAFLEET_CA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = submitter.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // The worker and the follower reconnect over TLS to a coordinator
+    // killed and started again mid-job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lines_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("submit --wait prints events")
+        .contains("train.step")
+    {
+        assert!(std::time::Instant::now() < deadline, "no training step");
+    }
+    let _ = fleet.server.kill();
+    let _ = fleet.server.wait();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let bare = url.trim_start_matches("https://");
+    let (server, again) = serve_tls_on(dir, bare, &cert, &key);
+    fleet.server = server;
+    assert_eq!(again, url);
+    let out = submitter.wait_with_output().unwrap();
+    let lines = reader.join().unwrap();
+    assert!(
+        text(&out.stderr).contains("reconnected to the coordinator"),
+        "{}",
+        text(&out.stderr)
     );
     assert!(out.status.success(), "submit --wait: {}", text(&out.stderr));
-    let lines = text(&out.stdout);
     let job: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     let id = job["id"].as_str().unwrap();
     assert!(lines.contains("job.succeeded"), "{lines}");
     assert_eq!(status(&fleet, id)["status"], "succeeded");
 
     // A bare host:port with a CA means https://.
-    let bare = url.trim_start_matches("https://");
     let out = client(bare, Some(&ca_file), &["jobs"]);
     assert!(out.status.success(), "jobs: {}", text(&out.stderr));
 
