@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::fleet::{Fleet, job_events, short_spec, status, wait_until};
+use common::fleet::{Fleet, job_events, short_spec, status, text, wait_until};
 
 /// A command whose stdout lines are collected as they come.
 struct Follower {
@@ -120,6 +120,20 @@ fn submit_wait_and_logs_follow_ride_out_a_coordinator_killed_mid_job() {
     fleet.add_worker("w0");
     fleet.wait_for_workers(1);
     let spec = long_spec(dir, "restart");
+    // What waiting cannot fix ends a follower at once, with its code.
+    for (token, job, code) in [
+        ("tenant-token", "j-no-such-job", 5),
+        ("a-wrong-token", "j-no-such-job", 4),
+    ] {
+        let started = Instant::now();
+        let out = fleet.cli(Some(token), &["logs", job, "-f"]);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{job}: not at once"
+        );
+        assert!(!text(&out.stderr).contains("reconnecting"));
+    }
 
     let command = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));

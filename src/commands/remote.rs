@@ -302,6 +302,54 @@ mod tests {
     }
 
     #[test]
+    fn tls_mistakes_are_usage_errors_and_a_refused_certificate_or_a_lost_coordinator_exit_3() {
+        let url = "http://10.0.0.1:7070".to_string();
+        let code = |e: ConnectError| rpc_exit_code(&anyhow::Error::new(e));
+        assert_eq!(
+            code(ConnectError::PlainWithCa {
+                url: url.clone(),
+                ca: "/ca.pem".into()
+            }),
+            Some(2)
+        );
+        assert_eq!(
+            code(ConnectError::TlsExpected {
+                url: url.clone(),
+                authority: "10.0.0.1:7070".into()
+            }),
+            Some(2)
+        );
+        assert_eq!(
+            code(ConnectError::Tls {
+                url: url.clone(),
+                reason: "not signed".into()
+            }),
+            Some(3)
+        );
+        let lost = super::super::logs::CoordinatorLost {
+            url,
+            waited: Duration::from_secs(120),
+            last: "connection refused".into(),
+        };
+        assert_eq!(
+            rpc_exit_code(&anyhow::Error::new(lost).context("following j-1")),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn only_transient_failures_are_made_again() {
+        let err = rpc(tonic::Status::unavailable("down")).context("cannot download");
+        assert_eq!(
+            transient_status(&err).map(|s| s.code()),
+            Some(Code::Unavailable)
+        );
+        let err = rpc(tonic::Status::not_found("no job")).context("cannot download");
+        assert!(transient_status(&err).is_none());
+        assert!(transient_status(&anyhow::anyhow!("disk full")).is_none());
+    }
+
+    #[test]
     fn an_rpc_error_reads_as_the_coordinator_message() {
         let err = rpc(tonic::Status::not_found("no job j-1"));
         assert_eq!(format!("{err:#}"), "no job j-1");
