@@ -271,6 +271,20 @@ pub fn events(fleet: &HostFleet, job: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The messages of job `job`'s starts, failures and restarts, one a line
+/// (what a failing test shows).
+pub fn story(fleet: &HostFleet, job: &str) -> String {
+    events(fleet, job)
+        .iter()
+        .filter(|e| {
+            let kind = e["type"].as_str().unwrap_or_default();
+            kind.starts_with("job.") || kind == "rank.failed" || kind == "worker.lost"
+        })
+        .map(|e| format!("  {}: {}", e["type"], e["message"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The worker names of each attempt, from the `job.starting` events.
 pub fn attempt_workers(fleet: &HostFleet, job: &str) -> Vec<Vec<String>> {
     let names: Vec<(String, String)> = fleet

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::fleet::{HostFleet, worker_name};
-use crate::job::{TOLERANCE, deviation_from_reference, prepare_inputs, run_job};
+use crate::job::{TOLERANCE, deviation_from_reference, prepare_inputs, run_job, story};
 use crate::wire::{established, processes_beside, shm_files};
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::fleet::{COORD, HostFleet, LOST_AFTER_S, RING_TIMEOUT_S, worker_name};
 use crate::job::{
     CHECKPOINT_EVERY, JobInputs, JobWatch, STEPS, TOLERANCE, attempt_workers,
-    deviation_from_reference, manifests, prepare_inputs, run_job, undisturbed_wall,
+    deviation_from_reference, manifests, prepare_inputs, run_job, story, undisturbed_wall,
 };
 use crate::wire::processes_beside;
 
@@ -55,8 +55,9 @@ fn assert_ends_as_undisturbed(
     assert_eq!(
         watch.status,
         "succeeded",
-        "{watch:?}\nattempts: {:?}\n{}",
+        "{watch:?}\nattempts: {:?}\n{}\n{}",
         attempt_workers(fleet, &watch.id),
+        story(fleet, &watch.id),
         fleet.log_tails()
     );
     let deviation = deviation_from_reference(fleet, &watch.id);
@@ -128,7 +129,11 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
     });
     fleet.lab.heal();
     let (host, cut_at) = victim.expect("the job ran long enough to cut its worker");
-    assert!(watch.attempt >= 2, "the job moved off {host}: {watch:?}");
+    assert!(
+        watch.attempt >= 2,
+        "the job moved off {host}: {watch:?}\n{}",
+        story(&fleet, &watch.id)
+    );
     assert!(second_writer.is_empty(), "second writer: {second_writer:?}");
     // Storage agrees: no manifest appeared ahead of the new attempt.
     let submitted = watch.submitted_at.unwrap();
@@ -143,7 +148,8 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
         .collect();
     assert!(
         ahead.is_empty(),
-        "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}"
+        "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}\n{}",
+        story(&fleet, &watch.id)
     );
     let allowance = lost_after() + RESTART_ALLOWANCE;
     assert_ends_as_undisturbed(&fleet, &watch, baseline, allowance);
@@ -176,8 +182,9 @@ fn ring_workers_cut_from_each_other_restart_with_the_idle_third() {
     for (i, gang) in attempts.iter().enumerate().skip(1) {
         assert!(
             !pair.iter().all(|w| gang.contains(w)),
-            "attempt {} was placed on the broken pair {pair:?} again (attempts: {attempts:?})",
-            i + 1
+            "attempt {} was placed on the broken pair {pair:?} again (attempts: {attempts:?})\n{}",
+            i + 1,
+            story(&fleet, &watch.id)
         );
     }
     let allowance = Duration::from_secs_f64(RING_TIMEOUT_S) + RESTART_ALLOWANCE;
