@@ -2,7 +2,8 @@
 //! a lost worker restarts its job, `max_failures` is exact with a backoff
 //! between attempts, a drained worker hands its job on without a failure,
 //! and an elastic job shrinks when a worker is lost and grows back when one
-//! returns.
+//! returns; a checkpoint whose event was lost is found in storage, and a
+//! batch of events sent twice is stored once.
 
 mod common;
 
@@ -283,5 +284,74 @@ async fn an_elastic_job_shrinks_when_a_worker_is_lost_and_grows_back() {
     assert_eq!(resized, [(2, 1), (1, 2)]);
     newcomer = fleet.pop().unwrap();
     drop((newcomer, fleet, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_event_was_lost_is_found_in_storage() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "quiet").await;
+    let job = tc.job(&mut jobs, "quiet", 1, 0).await;
+    let a = worker.next_assignment().await;
+    worker.report(&a, "running").await;
+    worker.step_event(&a, 4, 10).await;
+    wait_status(&mut jobs, &job.id, "running").await;
+    // Rank 0 committed step 4, but its `checkpoint.saved` never arrived.
+    tc.commit_checkpoint(&job.id, 4).await;
+    worker.report(&a, "failed").await;
+    wait_status(&mut jobs, &job.id, "restarting").await;
+    let restart = events_of(&mut jobs, &job.id, "job.restarting").await;
+    assert_eq!(data(&restart[0])["resume_step"], 4, "{:?}", restart[0]);
+    let listed = jobs
+        .list_checkpoints(api::JobRef { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let steps: Vec<u64> = listed.data.iter().map(|c| c.step).collect();
+    assert_eq!(steps, [4]);
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_events_sent_again_is_stored_once() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "resender").await;
+    let job = tc.job(&mut jobs, "resender", 1, 0).await;
+    let a = worker.next_assignment().await;
+    worker.report(&a, "running").await;
+    let batch = |first_seq: u64, steps: &[u64]| api::ReportEventsRequest {
+        worker_id: worker.id.clone(),
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        events: steps
+            .iter()
+            .map(|step| api::Event {
+                level: "info".into(),
+                r#type: "train.step".into(),
+                message: format!("step {step}"),
+                data_json: format!(r#"{{"step":{step},"total_steps":10}}"#),
+                ..Default::default()
+            })
+            .collect(),
+        worker_secret: worker.secret.clone(),
+        first_seq,
+    };
+    let mut workers = worker.conn.workers();
+    // Sent, its reply lost, sent again; then one that overlaps by one.
+    workers.report_events(batch(1, &[1, 2])).await.unwrap();
+    workers.report_events(batch(1, &[1, 2])).await.unwrap();
+    workers.report_events(batch(2, &[2, 3])).await.unwrap();
+    let steps: Vec<String> = events_of(&mut jobs, &job.id, "train.step")
+        .await
+        .iter()
+        .map(|e| e.message.clone())
+        .collect();
+    assert_eq!(steps, ["step 1", "step 2", "step 3"]);
+    drop((workers, worker, jobs, conn));
     tc.shutdown().await;
 }

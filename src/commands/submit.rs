@@ -1,19 +1,20 @@
 //! `lorafleet submit FILE [--wait]`: check a spec here (errors point at the
-//! file's lines), upload the local datasets it names to the coordinator
-//! (content-addressed, so a remote fleet can read them), and queue it.
+//! file's lines), upload the local datasets and the local base model it
+//! names to the coordinator (content-addressed: workers on other hosts
+//! fetch them from there), and queue it.
 //!
 //! Not here: following a job (`logs::follow`), the embedded fleet (`run`).
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 use coordinator::JobSpec;
-use coordinator::api::{CHUNK_BYTES, DatasetChunk, Job, SubmitRequest};
+use coordinator::api::{CHUNK_BYTES, DatasetChunk, Job, SubmitRequest, UploadedFile};
 use coordinator::client::Connection;
-use coordinator::spec::{PathOrUrl, Validation};
+use coordinator::spec::{ModelSpec, PathOrUrl, Validation};
 
 use super::logs::{final_outcome, follow};
 use super::remote::{self, RemoteArgs, rpc};
@@ -30,6 +31,12 @@ pub struct SubmitArgs {
     /// Print the job object (and with --wait, the events as NDJSON).
     #[arg(long)]
     pub json: bool,
+    /// model.path is a local path every worker can read as it is (a shared
+    /// mount): send the path, not the model. Without it, a local model is
+    /// uploaded (a GGUF file, or a Hugging Face folder's .json,
+    /// .safetensors, .jinja, .txt and tokenizer.model files).
+    #[arg(long)]
+    pub shared_model: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -39,7 +46,7 @@ pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
     JobSpec::from_file(&args.file)?;
     remote::block_on(async {
         let conn = remote::connect(&args.remote).await?;
-        let job = submit_file(&conn, &args.file).await?;
+        let job = submit_spec(&conn, &args.file, !args.shared_model).await?;
         if args.json {
             println!("{}", remote::job_json(&job));
         } else {
@@ -54,7 +61,18 @@ pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
 }
 
 /// Uploads `file`'s local datasets and submits it; returns the queued job.
+/// The model is named by its path (workers on this host read it).
 pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> {
+    submit_spec(conn, file, false).await
+}
+
+/// Uploads `file`'s local datasets, and with `upload_model` its local base
+/// model, and submits it; returns the queued job.
+pub async fn submit_spec(
+    conn: &Connection,
+    file: &Path,
+    upload_model: bool,
+) -> anyhow::Result<Job> {
     let spec = JobSpec::from_file(file)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -79,10 +97,20 @@ pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> 
             })
             .await?
             .with_context(|| format!("{key}: {} cannot be used", path.display()))?;
-            let url = upload(conn, path)
+            let url = upload(conn, path, "dataset")
                 .await
                 .with_context(|| format!("{key}: cannot upload {}", path.display()))?;
             datasets.insert(key.to_string(), url);
+        }
+    }
+    let (mut model_files, mut model_is_folder) = (Vec::new(), false);
+    if upload_model && let ModelSpec::Path(PathOrUrl::Path(path)) = &spec.model {
+        model_is_folder = path.is_dir();
+        for (name, local) in model_files_of(path)? {
+            let url = upload(conn, &local, "model")
+                .await
+                .with_context(|| format!("model.path: cannot upload {}", local.display()))?;
+            model_files.push(UploadedFile { name, url });
         }
     }
     let request = SubmitRequest {
@@ -91,7 +119,8 @@ pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> 
         base_dir: base_dir.display().to_string(),
         datasets,
         version: coordinator::PROTOCOL_VERSION.to_string(),
-        ..SubmitRequest::default()
+        model_files,
+        model_is_folder,
     };
     let job = conn
         .jobs()
@@ -102,13 +131,48 @@ pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> 
     Ok(job.into_inner())
 }
 
-/// Streams a local file to the coordinator; returns where it was stored.
-async fn upload(conn: &Connection, path: &Path) -> anyhow::Result<String> {
+/// The files of the local model at `path` to upload, with their names: the
+/// file itself, or the files of a Hugging Face folder that a model is read
+/// from (configs, weights, tokenizer, chat template), hidden ones left out.
+fn model_files_of(path: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if !path.is_dir() {
+        return Ok(vec![(name_of(path), path.to_path_buf())]);
+    }
+    let mut files = Vec::new();
+    let listing = std::fs::read_dir(path)
+        .with_context(|| format!("model.path: cannot read {}", path.display()))?;
+    for entry in listing {
+        let file = entry?.path();
+        let name = name_of(&file);
+        let wanted = name == "tokenizer.model"
+            || [".json", ".safetensors", ".jinja", ".txt"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
+        if file.is_file() && wanted && !name.starts_with('.') {
+            files.push((name, file));
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("model.path: {} holds no model files", path.display());
+    }
+    Ok(files)
+}
+
+/// Streams a local file to the coordinator (`purpose`: `dataset` or
+/// `model`); returns where it was stored.
+async fn upload(conn: &Connection, path: &Path, purpose: &str) -> anyhow::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let purpose = purpose.to_string();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut first = true;
@@ -122,7 +186,11 @@ async fn upload(conn: &Connection, path: &Path) -> anyhow::Result<String> {
             let chunk = DatasetChunk {
                 file_name: if first { name.clone() } else { String::new() },
                 data,
-                ..DatasetChunk::default()
+                purpose: if first {
+                    purpose.clone()
+                } else {
+                    String::new()
+                },
             };
             first = false;
             if tx.blocking_send(chunk).is_err() || n == 0 {

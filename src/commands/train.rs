@@ -66,6 +66,35 @@ fn report_failure(error: &anyhow::Error) {
     TrainEvents::emit_at("error", "train.failed", &format!("{error:#}"), fields);
 }
 
+/// What every rank of a job must agree on: the spec, with local input
+/// paths cut to their file names (each worker keeps its fetched inputs in
+/// a folder of its own; the names are content hashes), and the tokens of
+/// the training data.
+fn job_fingerprint(spec: &JobSpec, train: &trainer::data::TokenizedDataset) -> u64 {
+    use coordinator::spec::{ModelSpec, PathOrUrl, Validation};
+    let name_only = |place: &mut PathOrUrl| {
+        if let PathOrUrl::Path(path) = place
+            && let Some(name) = path.file_name()
+        {
+            *path = name.into();
+        }
+    };
+    let mut spec = spec.clone();
+    name_only(&mut spec.dataset.train);
+    if let Some(Validation::Data(v)) = &mut spec.dataset.validation {
+        name_only(v);
+    }
+    if let ModelSpec::Path(p) = &mut spec.model {
+        name_only(p);
+    }
+    let mut text = spec.to_yaml().into_bytes();
+    for sample in train.samples() {
+        text.extend(sample.input_ids.iter().flat_map(|id| id.to_le_bytes()));
+        text.push(b'\n');
+    }
+    fingerprint(&text)
+}
+
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     preemption::listen_for_sigterm();
     let spec = JobSpec::from_file(&args.file)?;
@@ -93,10 +122,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut collective = super::ranks::join(ring)?;
     let (rank, world) = (collective.rank(), collective.world());
     // Ranks must run the same job on the same data.
-    let job = format!("{}\n{} samples", spec.to_yaml(), data.train.len());
     agree(
         &mut *collective,
-        fingerprint(job.as_bytes()),
+        job_fingerprint(&spec, &data.train),
         "the job spec and its dataset",
     )?;
     let (mut model, tokenizer) = source.into_model(&device)?;

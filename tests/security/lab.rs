@@ -168,8 +168,8 @@ pub fn submit_request(spec_yaml: &str, base_dir: &Path) -> api::SubmitRequest {
         spec_yaml: spec_yaml.to_string(),
         file_name: "job.yaml".into(),
         base_dir: base_dir.display().to_string(),
-        datasets: Default::default(),
         version: coordinator::PROTOCOL_VERSION.into(),
+        ..Default::default()
     }
 }
 

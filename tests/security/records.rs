@@ -266,6 +266,7 @@ fn a_record_over_the_limit_is_refused_by_validate_submit_and_the_coordinator() {
                     String::new()
                 },
                 data: c.to_vec(),
+                ..Default::default()
             })
             .collect();
         drop(bytes);

@@ -231,6 +231,7 @@ fn an_upload_cut_short_by_a_coordinator_crash_leaves_no_file_behind() {
     let first = coordinator::api::DatasetChunk {
         file_name: "half.jsonl".into(),
         data: b"{\"text\": \"a record\"}\n".to_vec(),
+        ..Default::default()
     };
     lab.runtime.block_on(tx.send(first)).unwrap();
     let upload = lab.runtime.spawn(async move {

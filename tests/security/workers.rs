@@ -96,6 +96,7 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
             ..Default::default()
         }],
         worker_secret: secret.into(),
+        ..Default::default()
     };
     for (worker, secret) in [
         (victim.as_str(), ""),
@@ -114,6 +115,37 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
             Code::PermissionDenied,
             "{worker}: {refused:?}"
         );
+    }
+    // 4. Fetching the job's inputs (the tenant's uploads) as a worker
+    //    that is no rank of it, or in the victim's name without its secret.
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&data).unwrap()))
+    };
+    for (worker, secret, code) in [
+        (
+            own.worker_id.as_str(),
+            own.worker_secret.as_str(),
+            Code::PermissionDenied,
+        ),
+        (
+            victim.as_str(),
+            own.worker_secret.as_str(),
+            Code::PermissionDenied,
+        ),
+    ] {
+        let fetch = api::FetchInputRequest {
+            worker_id: worker.into(),
+            worker_secret: secret.into(),
+            job_id: job.id.clone(),
+            attempt,
+            sha256: sha.clone(),
+        };
+        let refused = rt
+            .block_on(attacker.workers().fetch_input(fetch))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{worker}: {refused:?}");
     }
     // The attacker's own heartbeat claiming the victim's job finished
     // changes nothing.
