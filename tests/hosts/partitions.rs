@@ -148,7 +148,10 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
         .collect();
     assert!(
         ahead.is_empty(),
-        "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}\n{}",
+        "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}; \
+         {host} was cut from the coordinator at {:.1} s, attempt 2 was seen at {:.1} s\n{}",
+        cut_at.as_secs_f64(),
+        moved.as_secs_f64(),
         story(&fleet, &watch.id)
     );
     let allowance = lost_after() + RESTART_ALLOWANCE;
