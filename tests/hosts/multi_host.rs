@@ -56,7 +56,7 @@ fn a_two_rank_job_across_hosts_trains_the_one_process_adapter_over_tcp() {
         "{watch:?}\n{}",
         fleet.log_tails()
     );
-    assert_eq!(watch.attempt, 1, "{watch:?}");
+    assert_eq!(watch.attempt, 1, "{watch:?}\n{}", story(&fleet, &watch.id));
     assert_eq!(rank_hosts.len(), 2, "ranks ran on {rank_hosts:?}");
     assert!(
         !ring_links.is_empty(),
