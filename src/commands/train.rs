@@ -50,20 +50,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// Tells the agent why the run failed, with the ring peer it could not
 /// reach when that is the reason (the coordinator then avoids the pair).
 fn report_failure(error: &anyhow::Error) {
-    use trainer::collective::CollectiveError as E;
-    let peer = error
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<E>()? {
-            E::Connect { peer, .. } | E::NoPeer { peer, .. } | E::Timeout { peer, .. } => {
-                Some(*peer)
-            }
-            _ => None,
-        });
+    let peer = unreachable_peer(error);
     let mut fields = serde_json::json!({ "error": format!("{error:#}") });
     if let Some(peer) = peer {
         fields["ring_peer"] = peer.into();
     }
     TrainEvents::emit_at("error", "train.failed", &format!("{error:#}"), fields);
+}
+
+/// The ring peer `error` says this rank could not reach (no connection,
+/// or no answer in time), if that is what it says.
+fn unreachable_peer(error: &anyhow::Error) -> Option<usize> {
+    use trainer::collective::CollectiveError as E;
+    use trainer::train::data_parallel::TrainError;
+    error.chain().find_map(|cause| {
+        let collective = cause.downcast_ref::<E>().or_else(|| match cause.downcast_ref() {
+            Some(TrainError::Collective(e)) => Some(e),
+            _ => None,
+        })?;
+        match collective {
+            E::Connect { peer, .. } | E::NoPeer { peer, .. } | E::Timeout { peer, .. } => {
+                Some(*peer)
+            }
+            _ => None,
+        }
+    })
 }
 
 /// What every rank of a job must agree on: the spec, with local input
@@ -330,4 +341,31 @@ fn check_path_part(flag: &str, value: &str) -> anyhow::Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainer::collective::CollectiveError;
+    use trainer::train::data_parallel::TrainError;
+
+    #[test]
+    fn a_peer_that_never_answered_is_named_however_the_error_is_wrapped() {
+        let timeout = || CollectiveError::Timeout {
+            rank: 0,
+            peer: 1,
+            call: "all_reduce_sum".into(),
+            seq: 3,
+            secs: 5.0,
+        };
+        let wrapped = anyhow::Error::from(TrainError::Collective(timeout())).context("training");
+        assert_eq!(unreachable_peer(&wrapped), Some(1));
+        assert_eq!(unreachable_peer(&anyhow::Error::from(timeout())), Some(1));
+        let aborted = CollectiveError::Aborted {
+            rank: 0,
+            message: "rank 1 failed".into(),
+        };
+        assert_eq!(unreachable_peer(&anyhow::Error::from(aborted)), None);
+        assert_eq!(unreachable_peer(&anyhow::anyhow!("disk full")), None);
+    }
 }

@@ -438,6 +438,9 @@ impl Coordinator {
             if attempt.finished_at.is_none() {
                 store.finish_attempt(id, job.attempt, None).await?;
                 self.stop_gang(&attempt, "the job was cancelled");
+                // A `resume` must not start beside a rank cut off from
+                // the stop order.
+                self.hold_until_fenced(&attempt);
             }
         }
         self.publish();

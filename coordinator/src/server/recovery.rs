@@ -181,7 +181,7 @@ impl Coordinator {
     /// running until its worker answers the stop order or its fence time
     /// passes: `lost_after` + [`FENCE_MARGIN`] after the coordinator last
     /// heard from it. The job's next attempt waits for both.
-    fn hold_until_fenced(&self, attempt: &Attempt) {
+    pub(super) fn hold_until_fenced(&self, attempt: &Attempt) {
         let bound = self.config().lost_after + FENCE_MARGIN;
         let now = Instant::now();
         let mut fleet = self.fleet();
