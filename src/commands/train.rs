@@ -64,10 +64,12 @@ fn unreachable_peer(error: &anyhow::Error) -> Option<usize> {
     use trainer::collective::CollectiveError as E;
     use trainer::train::data_parallel::TrainError;
     error.chain().find_map(|cause| {
-        let collective = cause.downcast_ref::<E>().or_else(|| match cause.downcast_ref() {
-            Some(TrainError::Collective(e)) => Some(e),
-            _ => None,
-        })?;
+        let collective = cause
+            .downcast_ref::<E>()
+            .or_else(|| match cause.downcast_ref() {
+                Some(TrainError::Collective(e)) => Some(e),
+                _ => None,
+            })?;
         match collective {
             E::Connect { peer, .. } | E::NoPeer { peer, .. } | E::Timeout { peer, .. } => {
                 Some(*peer)
