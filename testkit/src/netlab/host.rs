@@ -98,7 +98,7 @@ impl Host {
             .chain(extra_hidden.iter().copied());
         for path in hidden {
             script.push_str(&format!(
-                "mount -t tmpfs -o mode=0700,size=1m netlab-hidden {}\n",
+                "mount -t tmpfs -o mode=0700 netlab-hidden {}\n",
                 quote(&path.display().to_string())
             ));
         }
