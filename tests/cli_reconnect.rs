@@ -198,6 +198,16 @@ fn submit_wait_and_logs_follow_ride_out_a_coordinator_killed_mid_job() {
                 stderr.contains("reconnected to the coordinator"),
                 "{name}: {stderr}"
             );
+            // Down 3 s and back at once: found again within the pauses
+            // (0.5, 1, 2, 4 s), not when the stream ends.
+            let after: f64 = stderr
+                .split("reconnected to the coordinator at ")
+                .nth(1)
+                .and_then(|rest| rest.split(" after ").nth(1))
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|secs| secs.parse().ok())
+                .expect("the reconnect line says after how long");
+            assert!(after < 20.0, "{name}: reconnected only after {after} s");
         }
     }
     assert!(

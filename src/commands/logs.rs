@@ -98,11 +98,8 @@ async fn watch_until_final(
     // closes watches before their job ends).
     let mut ended: Option<Job> = None;
     loop {
-        let end = watch(conn, job_id, &mut after_id, true, view).await?;
-        if end.opened {
-            reconnect.reached(|note| view.note(note));
-        }
-        if let Err(status) = end.outcome {
+        let outcome = watch(conn, job_id, &mut after_id, true, view, Some(reconnect)).await?;
+        if let Err(status) = outcome {
             if !is_transient(&status) {
                 return Err(rpc(status))
                     .with_context(|| format!("lost the events of job {job_id}"));
@@ -138,24 +135,18 @@ fn say_on_stderr(note: &str) {
     eprintln!("{note}");
 }
 
-/// How one watch ended.
-struct WatchEnd {
-    /// Whether the coordinator answered the call (a stream was opened).
-    opened: bool,
-    /// The coordinator's error, if the stream did not end cleanly.
-    outcome: Result<(), tonic::Status>,
-}
-
 /// Streams the events after `*after_id` into `view`, moving `*after_id`
-/// along; an event at or below it is not shown again. The error is local
-/// (printing failed); the coordinator's is in the [`WatchEnd`].
+/// along; an event at or below it is not shown again. A stream that opens
+/// ends `reconnect`'s outage, if any, there and then. The outer error is
+/// local (printing failed); the inner one is the coordinator's.
 async fn watch(
     conn: &Connection,
     job_id: &str,
     after_id: &mut i64,
     follow: bool,
     view: &mut EventView,
-) -> anyhow::Result<WatchEnd> {
+    reconnect: Option<&mut Reconnect>,
+) -> anyhow::Result<Result<(), tonic::Status>> {
     let request = WatchRequest {
         job_id: job_id.to_string(),
         after_id: *after_id,
@@ -164,12 +155,12 @@ async fn watch(
     let mut stream = match conn.jobs().watch_events(request).await {
         Ok(reply) => reply.into_inner(),
         Err(status) => {
-            return Ok(WatchEnd {
-                opened: false,
-                outcome: Err(status),
-            });
+            return Ok(Err(status));
         }
     };
+    if let Some(reconnect) = reconnect {
+        reconnect.reached(|note| view.note(note));
+    }
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) if event.id <= *after_id => {}
@@ -178,17 +169,11 @@ async fn watch(
                 view.show(&event)?;
             }
             Err(status) => {
-                return Ok(WatchEnd {
-                    opened: true,
-                    outcome: Err(status),
-                });
+                return Ok(Err(status));
             }
         }
     }
-    Ok(WatchEnd {
-        opened: true,
-        outcome: Ok(()),
-    })
+    Ok(Ok(()))
 }
 
 async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<()> {
@@ -198,9 +183,8 @@ async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> any
         EventView::Lines
     };
     let mut after_id = 0;
-    watch(conn, job_id, &mut after_id, false, &mut view)
+    watch(conn, job_id, &mut after_id, false, &mut view, None)
         .await?
-        .outcome
         .map_err(rpc)
         .with_context(|| format!("cannot read the events of job {job_id}"))
 }

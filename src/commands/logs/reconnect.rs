@@ -207,6 +207,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn each_outage_gets_the_whole_bound() {
+        let mut reconnect = Reconnect::new("http://c:1");
+        let down = Status::unavailable("connection refused");
+        reconnect.pause(&down, |_| {}).await.unwrap();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        reconnect.reached(|_| {});
+        // A long stream later, the next outage starts from zero.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let mut said = Vec::new();
+        reconnect
+            .pause(&down, |s| said.push(s.to_string()))
+            .await
+            .expect("a new outage is not lost at once");
+        assert_eq!(said.len(), 1, "{said:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_call_that_goes_through_ends_the_outage() {
         let mut reconnect = Reconnect::new("http://c:1");
         let said = std::cell::RefCell::new(Vec::new());
