@@ -62,10 +62,10 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
 /// events then feed the bar instead of printing).
 ///
 /// A coordinator that goes away (restarted, crashed, cut off) is waited
-/// for as [`Reconnect`] says (up to [`reconnect::RECONNECT_FOR`], with a line on
-/// stderr), and the events continue after the last one printed: none twice,
-/// none lost, and a job that ended meanwhile is reported as it ended.
-/// Needs a runtime with timers.
+/// for as [`Reconnect`] says (up to [`reconnect::RECONNECT_FOR`], with a
+/// line on stderr), and the events continue after the last one printed:
+/// none twice, none lost, and a job that ended meanwhile is reported as it
+/// ended. Needs a runtime with timers.
 pub async fn follow(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<Job> {
     let mut reconnect = Reconnect::new(conn.url());
     let job = reconnect
