@@ -120,41 +120,14 @@ async fn run_rank(
     let config = &shared.config;
     let spec_yaml = match inputs::prepare(&shared, &connection, &a).await {
         Ok(spec) => spec,
-        Err(error) => {
-            let message = format!("rank {} could not start: {error}", a.rank);
-            let data = serde_json::json!({"rank": a.rank, "error": error});
-            end_rank(
-                &shared,
-                &a.job_id,
-                a.attempt,
-                "failed",
-                error,
-                "rank.failed",
-                message,
-                data,
-            )
-            .await;
-            return;
-        }
+        Err(error) => return not_started(&shared, &a, error).await,
     };
     let spec_file = config
         .work_dir
         .join(format!("{}-{}-rank{}.yaml", a.job_id, a.attempt, a.rank));
     if let Err(e) = std::fs::write(&spec_file, &spec_yaml) {
         let error = format!("cannot write {}: {e}", spec_file.display());
-        let data = serde_json::json!({"rank": a.rank, "error": error});
-        end_rank(
-            &shared,
-            &a.job_id,
-            a.attempt,
-            "failed",
-            error.clone(),
-            "rank.failed",
-            error,
-            data,
-        )
-        .await;
-        return;
+        return not_started(&shared, &a, error).await;
     }
     let mut command = Command::new(&config.program);
     command
@@ -200,19 +173,7 @@ async fn run_rank(
             Err(e) => {
                 drop(slot);
                 let error = format!("cannot start {}: {e}", config.program.display());
-                let data = serde_json::json!({"rank": a.rank, "error": error});
-                end_rank(
-                    &shared,
-                    &a.job_id,
-                    a.attempt,
-                    "failed",
-                    error.clone(),
-                    "rank.failed",
-                    error,
-                    data,
-                )
-                .await;
-                return;
+                return not_started(&shared, &a, error).await;
             }
         };
         if terminate_asked.load(Ordering::SeqCst) {
@@ -245,6 +206,23 @@ async fn run_rank(
         a.job_id.clone(),
         a.attempt,
         a.rank,
+    )
+    .await;
+}
+
+/// Records that the rank of `a` could not start, and why.
+async fn not_started(shared: &Shared, a: &api::Assignment, error: String) {
+    let message = format!("rank {} could not start: {error}", a.rank);
+    let data = serde_json::json!({"rank": a.rank, "error": error});
+    end_rank(
+        shared,
+        &a.job_id,
+        a.attempt,
+        "failed",
+        error,
+        "rank.failed",
+        message,
+        data,
     )
     .await;
 }

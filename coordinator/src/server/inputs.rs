@@ -80,14 +80,8 @@ pub(super) fn assignment_inputs(
                 });
             }
         } else {
-            let file_name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let sha256 = file_name.split('.').next().unwrap_or_default().to_string();
-            if !is_sha256(&sha256) {
-                return Err(format!("{key}: {} is not an upload", path.display()));
-            }
+            let (file_name, sha256) = upload_name(path)
+                .ok_or_else(|| format!("{key}: {} is not an upload", path.display()))?;
             let size_bytes = std::fs::metadata(path)
                 .map_err(|e| format!("{key}: the upload {} is gone: {e}", path.display()))?
                 .len();
@@ -170,6 +164,14 @@ fn read_tree(path: &Path) -> Result<ModelTree, String> {
     serde_json::from_str(&text).map_err(|e| format!("model.path: {}: {e}", path.display()))
 }
 
+/// The file name of upload `path` and the SHA-256 it is named by
+/// (`{sha256}.{ext}`); `None` if it is not named so.
+fn upload_name(path: &Path) -> Option<(String, String)> {
+    let file_name = path.file_name()?.to_string_lossy().into_owned();
+    let sha256 = file_name.split('.').next()?.to_string();
+    is_sha256(&sha256).then_some((file_name, sha256))
+}
+
 /// Whether `text` is a lowercase hex SHA-256.
 pub(super) fn is_sha256(text: &str) -> bool {
     text.len() == 64
@@ -202,17 +204,12 @@ pub(super) fn model_folder(folder: &Path, files: &[(String, PathBuf)]) -> Result
                 "model_files: {name:?} is not a plain file name"
             )));
         }
-        let stored = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let sha256 = stored.split('.').next().unwrap_or_default().to_string();
-        if !is_sha256(&sha256) {
+        let Some((_, sha256)) = upload_name(path) else {
             return Err(Status::invalid_argument(format!(
                 "model_files: {name}: {} is not an upload",
                 path.display()
             )));
-        }
+        };
         let size_bytes = std::fs::metadata(path)
             .map_err(|e| Status::not_found(format!("model_files: {name}: {e}")))?
             .len();
