@@ -30,8 +30,9 @@
 //!
 //! Dropping the lab kills every process group started on it, deletes its
 //! namespaces (which removes their links) and its folder. Processes also
-//! get SIGKILL when the thread that started them ends. Namespaces left by
-//! a killed test process are deleted by the next [`Lab::start`].
+//! get SIGKILL when the thread that started them ends. Namespaces and
+//! folders left by a killed test process are deleted by the next
+//! [`Lab::start`].
 //!
 //! Not here: lorafleet's processes and what a test asserts about them.
 
@@ -56,7 +57,10 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 pub use delay::ReceiveDelay;
 use host::ProcessGroups;
 pub use host::{Host, HostProcess};
-use ip::{NAMESPACE_PREFIX, NETNS_DIR, ip, ip_in, namespace_exists, sweep_stale, tc_in};
+use ip::{
+    NAMESPACE_PREFIX, NETNS_DIR, ip, ip_in, namespace_exists, sweep_stale, sweep_stale_folders,
+    tc_in,
+};
 
 /// The MAC address a cut host's neighbour entries point to: locally
 /// administered and owned by no interface, so frames to it are dropped.
@@ -96,7 +100,10 @@ impl Lab {
             panic!("netlab: cannot build a lab: {why}");
         }
         static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(sweep_stale);
+        SWEEP.call_once(|| {
+            sweep_stale();
+            sweep_stale_folders(DIR_PREFIX);
+        });
         static SEQUENCE: AtomicU32 = AtomicU32::new(0);
         let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{NAMESPACE_PREFIX}{}-{sequence}", std::process::id());
@@ -104,7 +111,7 @@ impl Lab {
         // one per lab only keeps logs of parallel labs apart.
         let subnet = (std::process::id().wrapping_add(sequence) % 200) + 20;
         let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .unwrap_or_else(|e| panic!("netlab: cannot create a temporary folder: {e}"));
         let groups = ProcessGroups::default();

@@ -149,10 +149,11 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
     assert!(
         ahead.is_empty(),
         "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}; \
-         {host} was cut from the coordinator at {:.1} s, attempt 2 was seen at {:.1} s\n{}",
+         {host} was cut from the coordinator at {:.1} s, attempt 2 was seen at {:.1} s\n{}\n{}",
         cut_at.as_secs_f64(),
         moved.as_secs_f64(),
-        story(&fleet, &watch.id)
+        story(&fleet, &watch.id),
+        fleet.log_tails()
     );
     let allowance = lost_after() + RESTART_ALLOWANCE;
     assert_ends_as_undisturbed(&fleet, &watch, baseline, allowance);

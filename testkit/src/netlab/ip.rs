@@ -1,8 +1,10 @@
 //! The `ip` and `tc` commands the lab runs, and the sweep of namespaces
 //! that killed earlier test processes left behind.
 //!
-//! Every lab namespace is named `lfnl-{pid}-{seq}-{what}`: the pid of the
-//! test process that made it, so [`sweep_stale`] can tell whose it is.
+//! Every lab namespace is named `lfnl-{pid}-{seq}-{what}`, and every lab
+//! folder `lorafleet-netlab-{pid}-...`: the pid of the test process that
+//! made it, so [`sweep_stale`] and [`sweep_stale_folders`] can tell whose
+//! it is.
 //! Not here: which namespaces and links a lab has (`super`).
 
 use std::path::Path;
@@ -79,14 +81,33 @@ pub(super) fn sweep_stale() {
     }
 }
 
+/// Deletes the lab folders (`{prefix}{pid}-...` in the temporary folder)
+/// whose test process is gone, as [`sweep_stale`] does for namespaces.
+pub(super) fn sweep_stale_folders(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = pid_after(&name, prefix) else {
+            continue;
+        };
+        let created = entry.metadata().and_then(|m| m.modified()).ok();
+        if owner != me && !owner_alive(owner, created) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The pid in `lfnl-{pid}-...`.
 fn owner_pid(namespace: &str) -> Option<u32> {
-    namespace
-        .strip_prefix(NAMESPACE_PREFIX)?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
+    pid_after(namespace, NAMESPACE_PREFIX)
+}
+
+/// The number between `prefix` and the next `-` of `name`.
+fn pid_after(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
 }
 
 /// Whether process `pid` exists and was started before `created`.
