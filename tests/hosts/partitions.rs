@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crate::fleet::{COORD, HostFleet, LOST_AFTER_S, RING_TIMEOUT_S, worker_name};
 use crate::job::{
-    CHECKPOINT_EVERY, JobInputs, JobWatch, STEPS, TOLERANCE, attempt_workers,
-    deviation_from_reference, manifests, prepare_inputs, run_job, story, undisturbed_wall,
+    JobInputs, JobWatch, STEPS, TOLERANCE, attempt_workers, deviation_from_reference, events,
+    manifests, prepare_inputs, run_job, story, undisturbed_wall,
 };
 use crate::wire::processes_beside;
 
@@ -135,20 +135,31 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
         story(&fleet, &watch.id)
     );
     assert!(second_writer.is_empty(), "second writer: {second_writer:?}");
-    // Storage agrees: no manifest appeared ahead of the new attempt.
+    // Storage agrees: after the job moved, no manifest appeared that the
+    // new attempt could not have written by then. It resumes from step R
+    // (already committed) and needs a step's time for each step past R;
+    // the floor is half the undisturbed job's mean.
     let submitted = watch.submitted_at.unwrap();
     let moved = moved_at.flatten().unwrap_or(cut_at);
+    let resume_step = events(&fleet, &watch.id)
+        .iter()
+        .find(|e| e["type"] == "job.restarting")
+        .and_then(|e| e["data"]["resume_step"].as_u64())
+        .unwrap_or(0);
+    let step_floor = baseline / STEPS as u32 / 2;
     let ahead: Vec<(u64, f64)> = manifests(&fleet, name)
         .into_iter()
         .filter_map(|(step, written)| {
             let at = written.duration_since(submitted).ok()?;
-            (at > moved && step > watch.step_at(at) + CHECKPOINT_EVERY)
+            let earliest_new = moved + step_floor * step.saturating_sub(resume_step) as u32;
+            (at > moved && (step <= resume_step || at < earliest_new))
                 .then_some((step, at.as_secs_f64()))
         })
         .collect();
     assert!(
         ahead.is_empty(),
-        "checkpoints written ahead of the new attempt (step, s after submit): {ahead:?}; \
+        "checkpoints written after the job moved that its new attempt (resuming from step \
+         {resume_step}) could not have written by then (step, s after submit): {ahead:?}; \
          {host} was cut from the coordinator at {:.1} s, attempt 2 was seen at {:.1} s\n{}\n{}",
         cut_at.as_secs_f64(),
         moved.as_secs_f64(),
