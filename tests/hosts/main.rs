@@ -5,7 +5,8 @@
 //! ends with the 1-process adapter, that the ring speaks TCP between the
 //! hosts, and that network partitions (a worker cut off, two ring workers
 //! cut from each other, the coordinator cut from every worker, a short
-//! cut) end with the same adapter in bounded extra time.
+//! cut) end with the same adapter in bounded extra time; and that
+//! `lorafleet chaos --hosts` survives a partition.
 //!
 //! Each test builds its own lab and tears it down; the tests take turns
 //! (one lab at a time: the machine is small and the timings matter). They
@@ -16,6 +17,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chaos;
 mod fleet;
 mod job;
 mod link;
