@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::fleet::{HostFleet, worker_name};
+use crate::common::fleet::text;
+use crate::fleet::{COORD, HostFleet, worker_name};
 use crate::job::{TOLERANCE, deviation_from_reference, prepare_inputs, run_job, story};
 use crate::wire::{established, processes_beside, shm_files};
 
@@ -67,6 +68,20 @@ fn a_two_rank_job_across_hosts_trains_the_one_process_adapter_over_tcp() {
         shm_seen.is_empty(),
         "the ranks used shared memory: {shm_seen:?}"
     );
+    // No shared folder: a worker host sees nothing of the coordinator's
+    // state and uploads (nor of the submitter's files beside them).
+    let coordinator_folder = fleet.lab.host(COORD).private_dir();
+    assert!(coordinator_folder.join("state").is_dir());
+    let worker = fleet.lab.host("w1");
+    let mut ls = worker.command("ls");
+    ls.arg("-A").arg(coordinator_folder);
+    let seen = fleet.lab.host("w1").output(ls, Duration::from_secs(10));
+    assert!(seen.status.success(), "{}", text(&seen.stderr));
+    assert!(
+        seen.stdout.is_empty(),
+        "a worker sees the coordinator's folder: {}",
+        text(&seen.stdout)
+    );
     let deviation = deviation_from_reference(&fleet, &watch.id);
     assert!(
         deviation <= TOLERANCE,
@@ -76,5 +91,4 @@ fn a_two_rank_job_across_hosts_trains_the_one_process_adapter_over_tcp() {
         "across hosts: {:.1} s, ring links {ring_links:?}, deviation {deviation:e}",
         watch.wall.as_secs_f64()
     );
-    let _ = Duration::ZERO;
 }

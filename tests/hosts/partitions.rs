@@ -252,6 +252,23 @@ fn the_coordinator_cut_from_every_worker_past_the_jobs_end_still_ends_with_the_f
             .contains(&format!("\"step\":{STEPS}")),
         "the final checkpoint is listed: {checkpoints}"
     );
+    // The best one and the final step by number download too.
+    let folder = fleet.lab.host(COORD).private_dir().to_path_buf();
+    for which in ["best", &STEPS.to_string()] {
+        let out = folder.join(format!("checkpoint-{which}"));
+        let got = fleet.json(&[
+            "download",
+            &watch.id,
+            "--step",
+            which,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            got["step"].as_u64().is_some(),
+            "download --step {which}: {got}"
+        );
+    }
     let allowance = hold + RESTART_ALLOWANCE;
     assert_ends_as_undisturbed(&fleet, &watch, baseline, allowance);
 }

@@ -153,4 +153,11 @@ fn shape_delays_what_a_host_receives() {
         after >= Duration::from_millis(40) && after < Duration::from_millis(60),
         "two 20 ms receive delays make a 40 ms round trip, got {after:?}"
     );
+    lab.shape("a", 100, Duration::from_millis(5));
+    lab.shape("b", 100, Duration::from_millis(5));
+    let again = round_trip(&lab);
+    assert!(
+        again >= Duration::from_millis(10) && again < Duration::from_millis(25),
+        "shaping again replaces the delay: 2 × 5 ms, got {again:?}"
+    );
 }
