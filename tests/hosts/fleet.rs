@@ -221,19 +221,27 @@ fn spawn_coordinator(lab: &Lab, s3: &SeaweedFs, logs: &std::path::Path) -> (Host
         .stderr(std::fs::File::create(logs.join("coordinator.log")).unwrap());
     let mut process = host.spawn(command);
     let stdout = process.stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let url = (&mut reader)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+    let mut rest = std::fs::File::create(logs.join("coordinator.stdout.log")).unwrap();
+    let (ready, url) = std::sync::mpsc::channel();
+    // Reads the readiness line, then copies the rest of its stdout to a
+    // log (a closed pipe would fail its next print).
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let line = (&mut reader)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
+        let _ = ready.send(line);
+        std::io::copy(&mut reader, &mut rest)
+    });
+    let url = url
+        .recv_timeout(Duration::from_secs(30))
+        .ok()
+        .flatten()
         .unwrap_or_else(|| {
             let log = std::fs::read_to_string(logs.join("coordinator.log")).unwrap_or_default();
-            panic!("the coordinator printed no readiness line; its log:\n{log}")
+            panic!("the coordinator printed no readiness line within 30 s; its log:\n{log}")
         });
-    // The rest of its stdout goes to a log (a closed pipe would fail its
-    // next print).
-    let mut rest = std::fs::File::create(logs.join("coordinator.stdout.log")).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut rest));
     (process, url)
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::common::{adapter, fleet::text, lorafleet, max_relative_difference, repo};
+use crate::common::{adapter, fleet::text, max_relative_difference, repo};
 use crate::fleet::{COORD, HostFleet};
 
 /// An adapter's tensors by name.
@@ -39,15 +39,10 @@ pub struct JobInputs {
 pub fn prepare_inputs(fleet: &HostFleet) -> JobInputs {
     let folder = fleet.lab.host(COORD).private_dir();
     let model = folder.join("model");
-    let out = lorafleet(&[
-        "init-model",
-        "--preset",
-        "tiny",
-        "--seed",
-        "3",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
+    let mut init = std::process::Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+    init.args(["init-model", "--preset", "tiny", "--seed", "3", "-o"])
+        .arg(&model);
+    let out = output_within(init, Duration::from_secs(60));
     assert!(out.status.success(), "init-model: {}", text(&out.stderr));
     let dataset = folder.join("train.jsonl");
     std::fs::copy(repo("examples/data/quickstart-train.jsonl"), &dataset).unwrap();
@@ -140,7 +135,9 @@ pub fn reference_adapter(fleet: &HostFleet) -> &'static [(String, Vec<f32>)] {
                 1,
                 Some(&output),
             );
-            let out = lorafleet(&["train", spec.to_str().unwrap()]);
+            let mut train = std::process::Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+            train.args(["train", spec.to_str().unwrap()]);
+            let out = output_within(train, Duration::from_secs(300));
             assert!(out.status.success(), "train: {}", text(&out.stderr));
             let tensors = adapter(&output);
             (dir, tensors)
@@ -317,6 +314,31 @@ pub fn attempt_workers(fleet: &HostFleet, job: &str) -> Vec<Vec<String>> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// Runs `command` to its end with its output captured; killed and a panic
+/// after `limit`.
+fn output_within(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("the binary runs"),
+        Err(_) => {
+            // SAFETY: kill(2) on our child, which the waiting thread has
+            // not reaped (it has not exited).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{command:?} ran past {limit:?}");
+        }
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
