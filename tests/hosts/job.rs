@@ -5,8 +5,8 @@
 //! no worker sees: `submit` uploads them and workers fetch them from the
 //! coordinator), checkpoints every [`CHECKPOINT_EVERY`] steps on the lab's S3
 //! server. [`reference_adapter`] is what one `lorafleet train` process
-//! makes of the same spec (once per test process); [`undisturbed_wall`]
-//! how long the job takes on the fleet undisturbed. [`JobWatch`] polls a
+//! makes of the same spec (once per test process); [`undisturbed`]
+//! how long the job takes on the fleet undisturbed, and its step time. [`JobWatch`] polls a
 //! job until it ends and keeps what it saw (attempts, steps, times).
 //!
 //! Not here: starting the fleet (`fleet`), injecting faults (the tests).
@@ -162,19 +162,53 @@ pub fn deviation_from_reference(fleet: &HostFleet, job: &str) -> f64 {
     max_relative_difference(&adapter(&dir), reference_adapter(fleet))
 }
 
-/// How long the job takes on this kind of fleet undisturbed with `ranks`
-/// ranks (measured once per test process and rank count, on the first
-/// fleet that asks).
-pub fn undisturbed_wall(fleet: &HostFleet, inputs: &JobInputs, ranks: u32) -> Duration {
-    static WALLS: Mutex<BTreeMap<u32, Duration>> = Mutex::new(BTreeMap::new());
-    if let Some(wall) = WALLS.lock().unwrap().get(&ranks) {
-        return *wall;
+/// What the undisturbed job measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    pub wall: Duration,
+    /// The median `step_time_s` of its `train.step` events.
+    pub step_s: f64,
+}
+
+impl Baseline {
+    /// The wall time the undisturbed job would have taken at the pace of
+    /// job `job` (the machine is shared: a job whose steps ran slower is
+    /// judged against the baseline slowed as much). Medians, so that the
+    /// few steps a fault stalls do not count as pace.
+    pub fn wall_at_pace_of(&self, fleet: &HostFleet, job: &str) -> Duration {
+        let pace = step_time(fleet, job).map_or(1.0, |s| (s / self.step_s).max(1.0));
+        self.wall.mul_f64(pace)
+    }
+}
+
+/// How the job goes on this kind of fleet undisturbed with `ranks` ranks
+/// (measured once per test process and rank count, on the first fleet
+/// that asks).
+pub fn undisturbed(fleet: &HostFleet, inputs: &JobInputs, ranks: u32) -> Baseline {
+    static BASELINES: Mutex<BTreeMap<u32, Baseline>> = Mutex::new(BTreeMap::new());
+    if let Some(baseline) = BASELINES.lock().unwrap().get(&ranks) {
+        return *baseline;
     }
     let name = format!("undisturbed-{ranks}");
     let watch = run_job(fleet, inputs, &name, ranks, |_| {});
     assert_eq!(watch.status, "succeeded", "{}", fleet.log_tails());
-    WALLS.lock().unwrap().insert(ranks, watch.wall);
-    watch.wall
+    let baseline = Baseline {
+        wall: watch.wall,
+        step_s: step_time(fleet, &watch.id).expect("the job reported its steps"),
+    };
+    BASELINES.lock().unwrap().insert(ranks, baseline);
+    baseline
+}
+
+/// The median `step_time_s` of job `job`'s `train.step` events.
+pub fn step_time(fleet: &HostFleet, job: &str) -> Option<f64> {
+    let mut times: Vec<f64> = events(fleet, job)
+        .iter()
+        .filter(|e| e["type"] == "train.step")
+        .filter_map(|e| e["data"]["step_time_s"].as_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied()
 }
 
 /// What a test saw of one job.
