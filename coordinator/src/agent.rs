@@ -61,6 +61,10 @@ pub const PREEMPTED_EXIT_CODE: i32 = 75;
 /// How often the fence looks at the time.
 const FENCE_TICK: Duration = Duration::from_millis(100);
 
+/// The shortest wait for an acknowledgement before a connection counts as
+/// stuck (see `FenceClock::stuck`).
+const STUCK_AFTER: Duration = Duration::from_millis(500);
+
 /// What a worker is and where it reports.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -151,6 +155,19 @@ impl FenceClock {
         }
     }
 
+    /// How long the oldest unacknowledged report has waited, once that is
+    /// past a quarter of the lost-after bound (at least [`STUCK_AFTER`]):
+    /// the connection is then likely stuck in TCP's retransmission backoff
+    /// after a short cut (which can hold a report back for about twice as
+    /// long as the cut lasted), and a fresh connection gets through as
+    /// soon as the network does.
+    fn stuck(&self) -> Option<Duration> {
+        let bound = (self.lost_after? / 4).max(STUCK_AFTER);
+        let (_, oldest) = self.sent.front()?;
+        let waited = oldest.elapsed();
+        (waited > bound).then_some(waited)
+    }
+
     /// How long ago the coordinator was last surely heard from, once that
     /// is past its lost-after bound.
     fn expired(&self) -> Option<Duration> {
@@ -221,11 +238,18 @@ pub async fn run(
         first = false;
         match session {
             Err(error) => break Err(error),
-            Ok(why) => {
-                tracing::warn!("lost the coordinator ({why}); reconnecting");
+            Ok(ended) => {
+                tracing::warn!("lost the coordinator ({}); reconnecting", ended.why);
+                // A session that was up tries again at once; a failed
+                // attempt to connect waits a little.
+                let pause = if ended.was_up {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(500)
+                };
                 tokio::select! {
                     () = &mut shutdown => break Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         }
@@ -306,15 +330,36 @@ async fn discover_ring_host(url: &str) -> Result<String, String> {
     Ok(local.ip().to_string())
 }
 
+/// How a connection ended.
+struct Ended {
+    why: String,
+    /// It was registered and reporting (not a failed attempt to connect).
+    was_up: bool,
+}
+
+impl Ended {
+    fn failed(why: String) -> Ended {
+        Ended { why, was_up: false }
+    }
+}
+
 /// One connection: register, then report and obey until the stream ends.
 /// Returns why it ended; `Err` only for what reconnecting cannot fix.
-async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, AgentError> {
+async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<Ended, AgentError> {
     let config = &shared.config;
+    // Short enough that a new try (a fresh SYN) follows soon after the
+    // network comes back; TCP's own retries back off to seconds.
+    let connect_within = shared
+        .fence()
+        .lost_after
+        .map_or(Duration::from_secs(5), |bound| {
+            (bound / 4).clamp(Duration::from_secs(1), Duration::from_secs(5))
+        });
     let connection = match Connection::open_with(
         &config.coordinator,
         &config.cluster_token,
         config.ca.as_ref(),
-        Duration::from_secs(5),
+        connect_within,
     )
     .await
     {
@@ -323,14 +368,18 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, 
             if first {
                 tracing::info!("waiting for the coordinator: {e}");
             }
-            return Ok(e.to_string());
+            return Ok(Ended::failed(e.to_string()));
         }
     };
     let ring_host = match &config.ring_host {
         Some(host) => host.clone(),
         None => match discover_ring_host(&config.coordinator).await {
             Ok(host) => host,
-            Err(e) => return Ok(format!("cannot find this host's address: {e}")),
+            Err(e) => {
+                return Ok(Ended::failed(format!(
+                    "cannot find this host's address: {e}"
+                )));
+            }
         },
     };
     let ring_addr = match ring_host.parse::<std::net::IpAddr>() {
@@ -365,7 +414,7 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, 
                 | tonic::Code::InvalidArgument => {
                     Err(AgentError::Refused(status.message().to_string()))
                 }
-                _ => Ok(status.message().to_string()),
+                _ => Ok(Ended::failed(status.message().to_string())),
             };
         }
     };
@@ -376,6 +425,8 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, 
         fence.lost_after = (reply.lost_after_ms > 0)
             .then(|| Duration::from_millis(u64::from(reply.lost_after_ms)));
         fence.heard = Some(fence.heard.map_or(asked_at, |h| h.max(asked_at)));
+        // Reports of an earlier connection will never be acknowledged.
+        fence.sent.clear();
     }
     if first {
         tracing::info!(
@@ -419,8 +470,21 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, 
         Err(status) => status.message().to_string(),
         Ok(response) => {
             let mut orders = response.into_inner();
+            let mut watch = tokio::time::interval(FENCE_TICK);
             loop {
-                match orders.next().await {
+                let next = tokio::select! {
+                    next = orders.next() => next,
+                    _ = watch.tick() => {
+                        if let Some(waited) = shared.fence().stuck() {
+                            break format!(
+                                "no acknowledgement for {:.1} s; trying a fresh connection",
+                                waited.as_secs_f64()
+                            );
+                        }
+                        continue;
+                    }
+                };
+                match next {
                     None => break "the coordinator closed the stream".to_string(),
                     Some(Err(status)) => break status.message().to_string(),
                     Some(Ok(order)) => {
@@ -435,7 +499,7 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<String, 
     };
     sender.abort();
     forwarder.abort();
-    Ok(why)
+    Ok(Ended { why, was_up: true })
 }
 
 fn current_report(shared: &Shared, worker_id: &str) -> api::WorkerReport {
@@ -516,6 +580,23 @@ async fn obey(shared: &Arc<Shared>, connection: &Connection, order: api::Order) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_unacknowledged_past_a_quarter_of_the_bound_means_a_stuck_connection() {
+        let mut clock = FenceClock {
+            lost_after: Some(Duration::from_millis(400)),
+            ..FenceClock::default()
+        };
+        let seq = clock.sending();
+        assert_eq!(clock.stuck(), None);
+        // A quarter of 400 ms is below the floor of 500 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(clock.stuck(), None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(clock.stuck().is_some());
+        clock.acked(seq);
+        assert_eq!(clock.stuck(), None, "nothing waits any more");
+    }
 
     #[test]
     fn the_fence_counts_from_the_newest_acknowledged_report() {

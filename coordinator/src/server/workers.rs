@@ -36,6 +36,8 @@ use super::{hosts, inputs};
 
 /// Most events one `ReportEvents` call may carry.
 const MAX_EVENTS_PER_REPORT: usize = 1000;
+/// The longest wait for a worker to reconnect after its stream ended.
+const RECONNECT_GRACE_CAP: Duration = Duration::from_secs(5);
 /// Longest event message kept, in bytes.
 const MAX_MESSAGE_CHARS: usize = 4096;
 
@@ -199,9 +201,14 @@ impl Workers for Coordinator {
                 }
                 ours
             };
+            // Unless it is back within the reconnect grace: an agent whose
+            // connection stalled (a short cut) drops it and opens another,
+            // and the old one's end may arrive first.
             if ours {
+                tokio::time::sleep(coordinator.reconnect_grace()).await;
+                let back = coordinator.fleet().links.contains_key(&id);
                 let why = format!("worker {id} disconnected");
-                if let Err(error) = coordinator.worker_lost(&id, &why).await {
+                if !back && let Err(error) = coordinator.worker_lost(&id, &why).await {
                     tracing::error!("{why}: {error}");
                 }
             }
@@ -404,6 +411,12 @@ impl Coordinator {
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(status_of(e)),
         }
+    }
+
+    /// How long a worker whose heartbeat stream ended has to open another
+    /// before it is lost: half the lost-after bound, at most 5 s.
+    fn reconnect_grace(&self) -> Duration {
+        (self.config().lost_after / 2).min(RECONNECT_GRACE_CAP)
     }
 
     /// How often a connected worker's heartbeat is written to the store.
