@@ -261,6 +261,9 @@ impl ChaosCluster {
             .arg("--work-dir")
             .arg(&work)
             .env(CLUSTER_TOKEN_ENV, &self.cluster_token)
+            // Its coordinator is this run's own, in plain http: a CA meant
+            // for another fleet would make the worker refuse it.
+            .env_remove("LORAFLEET_CA")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cannot share a log file")?)
             .stderr(log)
