@@ -38,8 +38,6 @@ use netlab::{Host, Lab};
 const COORD: &str = "coord";
 /// The S3 server's host.
 const STORAGE: &str = "storage";
-/// The S3 server's port on its host (the namespace is the lab's own).
-const S3_PORT: u16 = 8333;
 const BUCKET: &str = "lorafleet-chaos";
 const REGION: &str = "us-east-1";
 /// How long SeaweedFS may take to serve a signed put.
@@ -51,6 +49,8 @@ pub struct HostLab {
     lab: Lab,
     weed: std::process::Child,
     s3_env: Vec<(String, String)>,
+    /// The sockets weed leaves in /tmp when it is killed.
+    sockets: Vec<PathBuf>,
 }
 
 impl HostLab {
@@ -65,20 +65,30 @@ impl HostLab {
         let access_key = coordinator::store::new_token();
         let secret_key = coordinator::store::new_token();
         let storage = lab.host(STORAGE);
-        let endpoint = format!("http://{}:{S3_PORT}", storage.ip());
+        // Data, logs and the sockets weed can be told where to put in the
+        // storage host's own folder. The others (one per gRPC port) are
+        // always /tmp/seaweedfs-*-grpc-PORT.sock, so every port is one
+        // free on this machine now, as other SeaweedFS servers' are not;
+        // /tmp itself stays visible (the checkout, and weed, may be there).
+        let ports = SeaweedPorts::pick()?;
+        let endpoint = format!("http://{}:{}", storage.ip(), ports.s3);
+        let private = storage.private_dir().join("weed");
+        std::fs::create_dir_all(private.join("data"))
+            .with_context(|| format!("cannot create {}", private.display()))?;
         let log = std::fs::File::create(dir.join("storage.log"))
             .with_context(|| format!("cannot create {}", dir.join("storage.log").display()))?;
-        // /tmp is the host's own (weed puts sockets named by port there),
-        // and so is its data: nothing is kept after the run.
-        let mut command = storage.command_hiding("sh", &[Path::new("/tmp")]);
+        let mut command = storage.command(&weed);
         command
-            .args(["-c", "mkdir -p /tmp/weed && exec \"$0\" \"$@\""])
-            .arg(&weed)
             .arg("mini")
-            .arg("-dir=/tmp/weed")
+            .arg(format!("-dir={}", private.join("data").display()))
             .arg(format!("-ip={}", storage.ip()))
             .arg(format!("-ip.bind={}", storage.ip()))
-            .arg(format!("-s3.port={S3_PORT}"))
+            .args(ports.args())
+            .arg(format!(
+                "-filer.localSocket={}",
+                private.join("filer.sock").display()
+            ))
+            .arg(format!("-s3.localSocket={}", private.join("s3.sock").display()))
             .args([
                 "-master.telemetry=false",
                 "-webdav=false",
@@ -92,7 +102,7 @@ impl HostLab {
             .env("AWS_ACCESS_KEY_ID", &access_key)
             .env("AWS_SECRET_ACCESS_KEY", &secret_key)
             .env("S3_BUCKET", BUCKET)
-            .env("TMPDIR", "/tmp")
+            .env("TMPDIR", &private)
             .stdout(log.try_clone().context("cannot share a log file")?)
             .stderr(log);
         let weed = spawn_in_group(command).context("cannot start SeaweedFS")?;
@@ -107,7 +117,12 @@ impl HostLab {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        Ok(HostLab { lab, weed, s3_env })
+        Ok(HostLab {
+            lab,
+            weed,
+            s3_env,
+            sockets: ports.grpc_sockets(),
+        })
     }
 
     /// Moves this thread into `coord`'s network namespace (threads it
@@ -199,6 +214,62 @@ impl Drop for HostLab {
         // its own and have not reaped.
         unsafe { libc::kill(-(self.weed.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.weed.wait();
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// The ports of the S3 server: its own and its components' (with their
+/// gRPC ports), each free on this machine when picked.
+struct SeaweedPorts {
+    s3: u16,
+    /// `(component, port, grpc port)` of the others, and the S3 gRPC port.
+    others: Vec<(&'static str, u16, u16)>,
+    s3_grpc: u16,
+}
+
+impl SeaweedPorts {
+    fn pick() -> anyhow::Result<SeaweedPorts> {
+        // Held until all are picked, so they differ.
+        let mut held = Vec::new();
+        let mut free = || -> anyhow::Result<u16> {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .context("cannot find a free port for SeaweedFS")?;
+            let port = listener.local_addr()?.port();
+            held.push(listener);
+            Ok(port)
+        };
+        let s3 = free()?;
+        let s3_grpc = free()?;
+        let mut others = Vec::new();
+        for component in ["master", "volume", "filer", "admin"] {
+            others.push((component, free()?, free()?));
+        }
+        Ok(SeaweedPorts {
+            s3,
+            others,
+            s3_grpc,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("-s3.port={}", self.s3),
+            format!("-s3.port.grpc={}", self.s3_grpc),
+        ];
+        for (component, port, grpc) in &self.others {
+            args.push(format!("-{component}.port={port}"));
+            args.push(format!("-{component}.port.grpc={grpc}"));
+        }
+        args
+    }
+
+    fn grpc_sockets(&self) -> Vec<PathBuf> {
+        std::iter::once(("s3", self.s3_grpc))
+            .chain(self.others.iter().map(|(c, _, grpc)| (*c, *grpc)))
+            .map(|(c, port)| PathBuf::from(format!("/tmp/seaweedfs-{c}-grpc-{port}.sock")))
+            .collect()
     }
 }
 
