@@ -88,7 +88,10 @@ impl HostLab {
                 "-filer.localSocket={}",
                 private.join("filer.sock").display()
             ))
-            .arg(format!("-s3.localSocket={}", private.join("s3.sock").display()))
+            .arg(format!(
+                "-s3.localSocket={}",
+                private.join("s3.sock").display()
+            ))
             .args([
                 "-master.telemetry=false",
                 "-webdav=false",
