@@ -305,10 +305,27 @@ impl Coordinator {
         }
         let worker = self.store().mark_worker_lost(id).await?;
         tracing::warn!("{why}");
-        let Some((job, _)) = worker.assignment else {
-            return Ok(());
+        // The job it runs; or, when that attempt already ended (its ring
+        // broke before the worker was found lost), the job it last
+        // reported on, which hears of it too.
+        let (job, runs_it) = match &worker.assignment {
+            Some((job, _)) => (job.clone(), true),
+            None => {
+                let last = self.fleet().last_state.get(id).cloned();
+                match last {
+                    Some((job, _, _)) if !job.is_empty() => (JobId::from(job.as_str()), false),
+                    _ => return Ok(()),
+                }
+            }
         };
-        let current = self.store().get_job(&job).await?;
+        let current = match self.store().get_job(&job).await {
+            Ok(current) => current,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !runs_it && current.status.is_final() {
+            return Ok(());
+        }
         self.event(
             &job,
             Level::Warn,
@@ -317,7 +334,7 @@ impl Coordinator {
             serde_json::json!({"worker_id": id.as_str(), "worker_name": worker.info.name}),
         )
         .await;
-        if current.attempt > 0 {
+        if runs_it && current.attempt > 0 {
             self.attempt_failed(&job, current.attempt, why).await?;
         }
         Ok(())
