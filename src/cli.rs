@@ -331,6 +331,10 @@ pub struct BenchAllreduceArgs {
     /// Also measure memcpy and one loopback TCP stream on 256 MiB, for scale.
     #[arg(long)]
     pub baselines: bool,
+    /// Sum on GPUs with NCCL, set up over the ring (a `cuda` build; rank r
+    /// runs on GPU r; --world 1 is allowed).
+    #[arg(long)]
+    pub nccl: bool,
     /// NDJSON: one object per size.
     #[arg(long)]
     pub json: bool,

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use trainer::collective::TcpRing;
 
 use super::UsageError;
-use super::ranks::{join, ring_config, run_local_ranks};
+use super::ranks::{join, nccl_beside, ring_config, run_local_ranks, run_local_ranks_with};
 use crate::cli::{BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -222,6 +222,9 @@ fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_size(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.nccl && (args.child.rank.is_some() || args.world == 1) {
+        return nccl_rank(&args, &sizes);
+    }
     if let Some(rank) = args.child.rank {
         // One rank: time every size, one JSON line each.
         let mut ring = TcpRing::connect(&ring_config(rank, &args.child.peers, &args.link)?)?;
@@ -247,14 +250,25 @@ fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let outputs = run_local_ranks(args.world, |rank, peers| {
-        let mut rest = vec!["--sizes".into(), args.sizes.join(",")];
-        if let Some(i) = args.iters {
-            rest.extend(["--iters".into(), i.to_string()]);
-        }
-        rest.extend(link_flags(&args.link));
-        rank_args("allreduce", rank, peers, rest)
-    })?;
+    let outputs = run_local_ranks_with(
+        args.world,
+        |rank, peers| {
+            let mut rest = vec!["--sizes".into(), args.sizes.join(",")];
+            if let Some(i) = args.iters {
+                rest.extend(["--iters".into(), i.to_string()]);
+            }
+            if args.nccl {
+                rest.push("--nccl".into());
+            }
+            rest.extend(link_flags(&args.link));
+            rank_args("allreduce", rank, peers, rest)
+        },
+        // NCCL takes one GPU per rank.
+        |rank| match args.nccl {
+            true => vec![("CUDA_VISIBLE_DEVICES".into(), rank.to_string())],
+            false => Vec::new(),
+        },
+    )?;
     let per_rank: Vec<Vec<serde_json::Value>> = outputs
         .iter()
         .map(|o| o.lines().map(serde_json::from_str).collect())
@@ -305,6 +319,52 @@ fn allreduce(args: BenchAllreduceArgs) -> anyhow::Result<()> {
         println!(
             "baselines on 256 MiB: memcpy (1 thread) {memcpy:.2} GB/s, loopback TCP (1 stream) {loopback:.2} GB/s"
         );
+    }
+    Ok(())
+}
+
+/// One rank of `bench allreduce --nccl` (or the whole of it at --world 1):
+/// NCCL beside the ring, each size timed, and one sum checked; one JSON
+/// line per size, as the ring's ranks print.
+fn nccl_rank(args: &BenchAllreduceArgs, sizes: &[usize]) -> anyhow::Result<()> {
+    let plan = args
+        .child
+        .rank
+        .map(|rank| ring_config(rank, &args.child.peers, &args.link))
+        .transpose()?;
+    let timeout = plan
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), |c| c.timeout);
+    let mut nccl = nccl_beside(join(plan)?, timeout)?;
+    let (rank, world) = (nccl.rank(), nccl.world());
+    // Rank r adds r + 1: every rank must end with 1 + 2 + ... + world.
+    let mut check = vec![(rank + 1) as f32; 1 << 20];
+    nccl.all_reduce_sum(&mut check)?;
+    let want = (world * (world + 1) / 2) as f32;
+    if let Some(bad) = check.iter().find(|x| **x != want) {
+        bail!("NCCL all-reduce gave {bad}, not {want}");
+    }
+    for &size in sizes {
+        let iters = args
+            .iters
+            .unwrap_or_else(|| trainer::bench::allreduce_iters(size));
+        let r = trainer::bench::allreduce(&mut *nccl, ("nccl", false), size, iters)?;
+        let mut line = serde_json::to_value(&r)?;
+        line["checked_sum"] = true.into();
+        if args.child.rank.is_some() || args.json {
+            println!("{line}");
+        } else {
+            println!(
+                "{:>12} {:>6} {:>10} {:>6} {:>12.3} {:>12.3} {:>12.3}",
+                r.size_bytes,
+                world,
+                "nccl",
+                r.iters,
+                r.time_s * 1e3,
+                r.algbw_gbps,
+                r.busbw_gbps
+            );
+        }
     }
     Ok(())
 }

@@ -68,11 +68,11 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
     std::fs::write(&spec_file, spec.to_yaml())?;
 
     let first_step = {
-        let fleet = EmbeddedFleet::start(&scratch.path().join("a"), args.workers)?;
+        let fleet = EmbeddedFleet::start(&scratch.path().join("a"), args.workers, "cpu")?;
         block_on(time_to_first_step(&fleet, &spec_file, args.rounds))?
     };
     let load = {
-        let fleet = EmbeddedFleet::start(&scratch.path().join("b"), 0)?;
+        let fleet = EmbeddedFleet::start(&scratch.path().join("b"), 0, "cpu")?;
         block_on(coordinator_load(&fleet, &spec_file, &args))?
     };
     let median = median(&first_step);

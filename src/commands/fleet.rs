@@ -165,6 +165,10 @@ pub struct WorkerArgs {
     /// --coordinator host:port then means https://, and http:// is refused.
     #[arg(long, env = "LORAFLEET_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// The backend this worker offers (default: cuda in a `cuda` build,
+    /// cpu otherwise); jobs are placed on workers of their backend.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    pub backend: Option<String>,
 }
 
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -208,6 +212,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             scratch.path().to_path_buf()
         }
     };
+    let hardware = super::worker_device::advertised(args.backend.as_deref(), total_memory())?;
     let config = AgentConfig {
         coordinator: args.coordinator,
         cluster_token,
@@ -215,9 +220,9 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .name
             .unwrap_or_else(|| format!("{host}/{}", std::process::id())),
         host,
-        backend: "cpu".into(),
-        device: "cpu".into(),
-        memory_bytes: total_memory(),
+        backend: hardware.backend,
+        device: hardware.device,
+        memory_bytes: hardware.memory_bytes,
         ring_host: args.ring_host,
         ring_port,
         program: std::env::current_exe().context("cannot find this program's path")?,

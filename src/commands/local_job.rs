@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use coordinator::JobSpec;
-use coordinator::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
+use coordinator::spec::{Backend, ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Format, Sampler};
+use trainer::device::ComputeBackend;
 use trainer::lora::{LoraConfig, TargetModule};
 use trainer::model::ModelSource;
 use trainer::train::TrainConfig;
@@ -49,6 +50,18 @@ pub fn model_source(spec: &JobSpec) -> anyhow::Result<(ModelSource, String)> {
             .into());
         }
     })
+}
+
+/// The tensor backend `resources.backend` names.
+pub fn compute_backend(spec: &JobSpec) -> anyhow::Result<ComputeBackend> {
+    match spec.resources.backend {
+        Backend::Cpu => Ok(ComputeBackend::Cpu),
+        Backend::Cuda => Ok(ComputeBackend::Cuda),
+        Backend::Tch => Err(UsageError(
+            "resources.backend: tch is not built into lorafleet yet; use cpu or cuda".into(),
+        )
+        .into()),
+    }
 }
 
 impl LocalJob {

@@ -14,6 +14,7 @@ pub mod preemption;
 pub mod ranks;
 pub mod train;
 pub mod validate;
+pub mod worker_device;
 
 // Commands that call a coordinator.
 pub mod chaos;

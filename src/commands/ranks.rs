@@ -73,6 +73,42 @@ pub fn join(plan: Option<RingConfig>) -> anyhow::Result<Box<dyn Collective>> {
     collective::open(&config).with_context(|| format!("rank {} cannot join the ring", config.rank))
 }
 
+/// [`join`] for a job on `backend`: ranks on GPUs move their data with
+/// NCCL, set up over the ring ([`trainer::collective::nccl`]); one rank
+/// needs neither.
+pub fn join_on(
+    plan: Option<RingConfig>,
+    backend: trainer::device::ComputeBackend,
+) -> anyhow::Result<Box<dyn Collective>> {
+    let gpu_ring = plan
+        .as_ref()
+        .filter(|c| c.world() > 1 && backend == trainer::device::ComputeBackend::Cuda)
+        .map(|c| (c.rank, c.timeout));
+    let ring = join(plan)?;
+    let Some((rank, timeout)) = gpu_ring else {
+        return Ok(ring);
+    };
+    nccl_beside(ring, timeout).with_context(|| format!("rank {rank} cannot set up NCCL"))
+}
+
+#[cfg(feature = "cuda")]
+pub fn nccl_beside(
+    ring: Box<dyn Collective>,
+    timeout: Duration,
+) -> anyhow::Result<Box<dyn Collective>> {
+    Ok(Box::new(trainer::collective::nccl::cuda::connect(
+        ring, timeout,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn nccl_beside(
+    _ring: Box<dyn Collective>,
+    _timeout: Duration,
+) -> anyhow::Result<Box<dyn Collective>> {
+    Err(trainer::device::DeviceError::NotBuilt { backend: "cuda" }.into())
+}
+
 /// `world` addresses on 127.0.0.1 that were free a moment ago.
 pub fn free_local_peers(world: usize) -> anyhow::Result<Vec<String>> {
     let listeners = (0..world)
@@ -98,6 +134,16 @@ pub fn run_local_ranks(
     world: usize,
     args: impl Fn(usize, &str) -> Vec<String>,
 ) -> anyhow::Result<Vec<String>> {
+    run_local_ranks_with(world, args, |_| Vec::new())
+}
+
+/// [`run_local_ranks`] with environment variables of each rank's own
+/// (`CUDA_VISIBLE_DEVICES`, say).
+pub fn run_local_ranks_with(
+    world: usize,
+    args: impl Fn(usize, &str) -> Vec<String>,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> anyhow::Result<Vec<String>> {
     let peers = free_local_peers(world)?.join(",");
     let secret = new_secret();
     let exe = std::env::current_exe().context("cannot find this program's path")?;
@@ -106,6 +152,7 @@ pub fn run_local_ranks(
         let child = Command::new(&exe)
             .args(args(rank, &peers))
             .env(SECRET_ENV, &secret)
+            .envs(env(rank))
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start rank {rank}"))?;

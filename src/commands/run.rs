@@ -74,7 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .prefix("lorafleet-run-")
         .tempdir()
         .context("cannot create a temporary folder")?;
-    let mut fleet = EmbeddedFleet::start(scratch.path(), workers)?;
+    let mut fleet = EmbeddedFleet::start(scratch.path(), workers, spec.resources.backend.name())?;
     let outcome = block_on(async {
         tokio::select! {
             outcome = drive(&mut fleet, &args, &output) => outcome,
@@ -154,8 +154,9 @@ pub(crate) struct EmbeddedFleet {
 }
 
 impl EmbeddedFleet {
-    /// Starts a coordinator with its state in `dir`, and `workers` workers.
-    pub fn start(dir: &Path, workers: u32) -> anyhow::Result<EmbeddedFleet> {
+    /// Starts a coordinator with its state in `dir`, and `workers` workers
+    /// of `backend` (`cpu`, `cuda`).
+    pub fn start(dir: &Path, workers: u32, backend: &str) -> anyhow::Result<EmbeddedFleet> {
         let exe = std::env::current_exe().context("cannot find this program's path")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let token = coordinator::store::new_token();
@@ -186,7 +187,14 @@ impl EmbeddedFleet {
         fleet.url = url;
         for i in 0..workers {
             let child = Command::new(&exe)
-                .args(["worker", "--coordinator", &fleet.url, "--name"])
+                .args([
+                    "worker",
+                    "--backend",
+                    backend,
+                    "--coordinator",
+                    &fleet.url,
+                    "--name",
+                ])
                 .arg(format!("local-{i}"))
                 .env(CLUSTER_TOKEN_ENV, &cluster)
                 // The embedded coordinator is plain http:// on 127.0.0.1:

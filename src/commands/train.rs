@@ -115,8 +115,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
     let started = Instant::now();
     let ring = super::ranks::plan(&args.ring)?;
+    let backend = super::local_job::compute_backend(&spec)?;
+    let device = trainer::device::device_for(backend)
+        .map_err(|e| UsageError(e.to_string()))?
+        .autodiff();
     let job = LocalJob::load(spec)?;
-    let device = trainer::device::default_device().autodiff();
     let LocalJob {
         spec,
         source,
@@ -132,7 +135,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if !args.no_output && args.ring.rank.is_none_or(|rank| rank == 0) {
         super::output_folder::check(&output_dir)?;
     }
-    let mut collective = super::ranks::join(ring)?;
+    let mut collective = super::ranks::join_on(ring, backend)?;
     let (rank, world) = (collective.rank(), collective.world());
     // Ranks must run the same job on the same data.
     agree(
@@ -190,14 +193,18 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     agree(&mut *collective, checksum(&state.lora.to_flat()), &what)?;
     if rank == 0 {
         eprintln!(
-            "training {}: {} samples ({} steps per epoch), {} steps, {} LoRA values, {} rank(s) x {} threads",
+            "training {}: {} samples ({} steps per epoch), {} steps, {} LoRA values, {} rank(s) x {}",
             spec.name,
             data.train.len(),
             sampler.steps_per_epoch(),
             train.max_steps,
             state.lora.num_parameters(),
             world,
-            trainer::device::cpu_threads()
+            match backend {
+                trainer::device::ComputeBackend::Cpu =>
+                    format!("{} threads", trainer::device::cpu_threads()),
+                gpu => format!("1 {} GPU", gpu.name()),
+            }
         );
     }
     let steps = SampledSteps {

@@ -18,6 +18,9 @@
 //! error the ring is broken and every later call fails at once; a new
 //! attempt opens a new ring.
 //!
+//! Between GPUs, [`nccl::NcclCollective`] moves the data with NCCL and
+//! keeps the ring for set-up and for checking every call.
+//!
 //! Not here: which ranks exist and where (the coordinator hands out peers
 //! and the attempt secret), and what the buffers mean (`train`).
 
@@ -28,6 +31,7 @@ mod handshake;
 mod link;
 #[cfg(target_os = "linux")]
 mod mapping;
+pub mod nccl;
 mod rendezvous;
 mod ring;
 mod schedule;
@@ -294,6 +298,8 @@ pub enum CollectiveError {
         seq: u64,
         detail: String,
     },
+    #[error("rank {rank}: NCCL: {detail}")]
+    Nccl { rank: usize, detail: String },
     #[error("rank {rank}: the ring was aborted by another rank: {message}")]
     Aborted { rank: usize, message: String },
     #[error(

@@ -14,7 +14,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::rope::{self, Rope};
 use super::{HostTensor, LlamaConfig, ModelError, WeightMap};
@@ -53,7 +53,7 @@ impl Projection {
     pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutSeeds>, salt: u64) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let flat = |t: Tensor<3>| t.reshape([b * s, d]);
-        let base = flat(x.clone()).matmul(self.weight.val());
+        let base = frozen_matmul(flat(x.clone()), self.weight.val());
         let out = base.dims()[1];
         let Some(lora) = &self.lora else {
             return base.reshape([b, s, out]);
@@ -67,6 +67,18 @@ impl Projection {
         let delta = flat(x).matmul(lora.a.val()).matmul(lora.b.val());
         (base + delta * lora.scale).reshape([b, s, out])
     }
+}
+
+/// `x · w` for a frozen weight `w` kept in a narrower type than `x` (bf16
+/// on an accelerator, `crate::device::frozen_dtype`): the product runs in
+/// `w`'s type and its result comes back as f32. With an f32 `w` it is the
+/// plain product.
+pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let dtype = w.dtype();
+    if dtype == DType::F32 {
+        return x.matmul(w);
+    }
+    x.cast(dtype).matmul(w).cast(FloatDType::F32)
 }
 
 /// An inverted-dropout mask for `x` (`[b, s, d]`): each element kept with
@@ -388,7 +400,7 @@ impl Llama {
             sin,
             mask: causal_bias(start, s, &device),
         };
-        let mut x = embedding(self.embed_tokens.val(), input_ids);
+        let mut x = embedding(self.embed_tokens.val(), input_ids).cast(FloatDType::F32);
         let layer_dropout = |i: usize| dropout.map(|d| d.mixed((i as u64 + 1) << 8));
         match cache {
             Some(cache) => {
@@ -420,7 +432,7 @@ impl Llama {
     ) -> Tensor<3> {
         let x = self.hidden_states(input_ids, None, dropout);
         let [b, s, h] = x.dims();
-        let logits = x.reshape([b * s, h]).matmul(self.lm_head.val());
+        let logits = frozen_matmul(x.reshape([b * s, h]), self.lm_head.val());
         logits.reshape([b, s, self.config.vocab_size])
     }
 
@@ -430,7 +442,7 @@ impl Llama {
         let x = self.hidden_states(input_ids, Some(cache), None);
         let [b, s, h] = x.dims();
         let last = x.narrow(1, s - 1, 1).reshape([b, h]);
-        last.matmul(self.lm_head.val())
+        frozen_matmul(last, self.lm_head.val())
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -464,9 +476,12 @@ fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(t).set_require_grad(false)
 }
 
+/// A frozen matrix on `device`, in the precision frozen weights are kept
+/// in there (`crate::device::frozen_dtype`).
 fn to_device(t: HostTensor, device: &Device) -> Tensor<2> {
     let [r, c] = [t.shape[0], t.shape[1]];
-    Tensor::from_data(TensorData::new(t.data, [r, c]), device)
+    Tensor::<2>::from_data(TensorData::new(t.data, [r, c]), device)
+        .cast(crate::device::frozen_dtype(device))
 }
 
 /// Transposes a 2-D host tensor.

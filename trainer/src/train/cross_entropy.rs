@@ -17,6 +17,8 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::model::llama::frozen_matmul;
+
 /// At most this many logits are alive per chunk (32 MB of f32).
 pub(crate) const CHUNK_LOGITS: usize = 8 << 20;
 
@@ -108,8 +110,9 @@ fn chunked(
     let index = int(&targets.rows, [1, targets.len()]).reshape([targets.len()]);
     let picked = hidden.select(0, index.clone());
     let head_t = grad_scale.map(|_| head.clone().transpose());
+    // Loss sums stay on the device until the end: one read, not one per chunk.
+    let mut chunk_losses = Vec::new();
 
-    let mut loss_sum = 0.0;
     let mut grads = Vec::new();
     for start in (0..targets.len()).step_by(chunk) {
         let end = (start + chunk).min(targets.len());
@@ -120,14 +123,14 @@ fn chunked(
             TensorData::new(targets.weights[start..end].to_vec(), [n, 1]),
             &device,
         );
-        let logits = x.matmul(head.clone());
+        let logits = frozen_matmul(x, head.clone());
         let max = logits.clone().max_dim(1);
         let exp = (logits.clone() - max.clone()).exp();
         let sum = exp.clone().sum_dim(1);
         let logsumexp = sum.clone().log() + max;
         let target_logit = logits.gather(1, target.clone());
         let losses = (logsumexp - target_logit) * weight.clone();
-        loss_sum += scalar(losses.sum());
+        chunk_losses.push(losses.sum());
         if let (Some(scale), Some(head_t)) = (grad_scale, &head_t) {
             // ∂/∂logits of weight · (logsumexp − logit[target]).
             let row_scale = weight * scale;
@@ -138,9 +141,16 @@ fn chunked(
                 Tensor::<2>::ones([n, 1], &device).neg(),
                 burn::tensor::IndexingUpdateOp::Add,
             ) * row_scale;
-            grads.push(grad_logits.matmul(head_t.clone()));
+            grads.push(frozen_matmul(grad_logits, head_t.clone()));
         }
     }
+    let loss_sum = Tensor::cat(chunk_losses, 0)
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor")
+        .into_iter()
+        .fold(0.0, |sum, chunk| sum + chunk);
     let grad_hidden = grad_scale.map(|_| {
         zeros().select_assign(
             0,
@@ -165,7 +175,7 @@ pub fn reference_loss_sum(hidden: Tensor<2>, head: Tensor<2>, targets: &TargetRo
     let target =
         Tensor::<2, Int>::from_data(TensorData::new(targets.targets.clone(), [n, 1]), &device);
     let weight = Tensor::<2>::from_data(TensorData::new(targets.weights.clone(), [n, 1]), &device);
-    let logp = log_softmax(hidden.select(0, index).matmul(head), 1);
+    let logp = log_softmax(frozen_matmul(hidden.select(0, index), head), 1);
     (logp.gather(1, target) * weight).sum().neg()
 }
 

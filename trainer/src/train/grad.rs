@@ -18,7 +18,7 @@ use super::cross_entropy::{TargetRows, head_cross_entropy};
 use crate::data::Batch;
 use crate::lora::{self, LoraWeights};
 use crate::model::Llama;
-use crate::model::llama::{DropoutSeeds, transpose};
+use crate::model::llama::DropoutSeeds;
 
 /// Result of [`lora_gradients`].
 #[derive(Debug, Clone)]
@@ -136,6 +136,10 @@ pub fn lora_gradients_with(
         return add_in_order(results, lora.num_parameters());
     }
     let _ = engine;
+    // An accelerator takes the whole batch at once: shares exist to fill CPU cores.
+    if crate::device::is_accelerator(device) {
+        return share_gradients(model, lora, batches, denominator, seed, device);
+    }
     let parts = share_count(batches, threads, GRAPH_SHARE_TOKENS);
     if parts <= 1 {
         return share_gradients(model, lora, batches, denominator, seed, device);
@@ -232,7 +236,9 @@ fn share_gradients(
         let g = (hidden * grad_hidden).sum().backward();
         loss_sum += head.loss_sum;
         targets += batch.num_targets();
-        let mut at = 0;
+        // Every adapter gradient, transposed to PEFT's layout and flattened
+        // in `to_flat` order, read from the device in one transfer.
+        let mut flat = Vec::with_capacity(2 * lora.pairs.len());
         for site in lora.pairs.keys() {
             let adapter = lora::projection(model, *site)
                 .lora
@@ -243,12 +249,20 @@ fn share_gradients(
                     .val()
                     .grad(&g)
                     .expect("LoRA parameters receive gradients");
-                let host = transpose(&lora::host(grad));
-                for (acc, x) in grads[at..at + host.data.len()].iter_mut().zip(&host.data) {
-                    *acc += x;
-                }
-                at += host.data.len();
+                let n: usize = grad.dims().iter().product();
+                flat.push(grad.transpose().reshape([n]));
             }
+        }
+        if flat.is_empty() {
+            continue;
+        }
+        let host = Tensor::cat(flat, 0)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 gradients");
+        for (acc, x) in grads.iter_mut().zip(&host) {
+            *acc += x;
         }
     }
     StepGradients {

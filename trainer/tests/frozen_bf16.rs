@@ -1,0 +1,151 @@
+//! Frozen base weights kept in bf16, as on a GPU (`device::frozen_dtype`),
+//! run on the CPU backend: the graph engine's loss and LoRA gradients stay
+//! within bf16 rounding of the f32 ones, and the LoRA gradients stay f32.
+//! This is the GPU step's arithmetic without a GPU; `scripts/gpu-check`
+//! runs it on one.
+
+use burn::module::Param;
+use burn::tensor::{DType, Device, FloatDType, Tensor};
+use trainer::data::{Batch, SampleRef};
+use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
+use trainer::model::init::random_weights;
+use trainer::model::llama::{Projection, frozen_matmul};
+use trainer::model::{Llama, Preset};
+use trainer::train::grad::{Engine, eval_loss_sum_with, lora_gradients_with};
+
+fn model(device: &Device) -> Llama {
+    let mut config = Preset::Tiny.config();
+    config.hidden_size = 64;
+    config.num_hidden_layers = 2;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
+    config.head_dim = 16;
+    config.intermediate_size = 96;
+    config.vocab_size = 97;
+    let mut weights = random_weights(&config, 3);
+    Llama::from_weights(&config, &mut weights, device).unwrap()
+}
+
+fn narrow(p: &mut Param<Tensor<2>>) {
+    *p = Param::from_tensor(p.val().cast(FloatDType::BF16)).set_require_grad(false);
+}
+
+/// Every frozen matrix of `model` in bf16, as `from_weights` keeps them on a GPU.
+fn to_bf16(model: &mut Llama) {
+    let projection = |p: &mut Projection| narrow(&mut p.weight);
+    for layer in &mut model.layers {
+        let a = &mut layer.self_attn;
+        for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+            projection(p);
+        }
+        let m = &mut layer.mlp;
+        for p in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+            projection(p);
+        }
+    }
+    narrow(&mut model.embed_tokens);
+    narrow(&mut model.lm_head);
+}
+
+fn batch(rows: usize, seq: usize) -> Batch {
+    Batch {
+        input_ids: (0..rows * seq)
+            .map(|i| ((i * 29 + 3) % 97) as i64)
+            .collect(),
+        target_mask: (0..rows * seq)
+            .map(|i| if i % seq < 2 { 0.0 } else { 1.0 })
+            .collect(),
+        rows,
+        seq_len: seq,
+        lengths: vec![seq; rows],
+        sample_ids: (0..rows)
+            .map(|i| SampleRef {
+                epoch: 0,
+                index: i,
+                position: i,
+            })
+            .collect(),
+    }
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn bf16_frozen_weights_give_the_f32_gradients_within_bf16_rounding() {
+    let device = trainer::device::default_device().autodiff();
+    let targets = [
+        TargetModule::QProj,
+        TargetModule::VProj,
+        TargetModule::DownProj,
+    ];
+    let mut f32_model = model(&device);
+    let mut lora = LoraWeights::init(&LoraConfig::new(4, 8.0, &targets), &f32_model.config, 5);
+    for pair in lora.pairs.values_mut() {
+        for (j, b) in pair.b.data.iter_mut().enumerate() {
+            *b = ((j % 11) as f32 - 5.0) * 0.01;
+        }
+    }
+    let batches = [batch(3, 12), batch(2, 7)];
+    let denominator = batches.iter().map(|b| b.num_targets()).sum::<usize>() as f64;
+    let want = lora_gradients_with(
+        Engine::Graph,
+        &mut f32_model,
+        &lora,
+        &batches,
+        denominator,
+        1,
+        &device,
+    );
+
+    let mut bf16_model = model(&device);
+    to_bf16(&mut bf16_model);
+    assert_eq!(bf16_model.lm_head.val().dtype(), DType::BF16);
+    let got = lora_gradients_with(
+        Engine::Graph,
+        &mut bf16_model,
+        &lora,
+        &batches,
+        denominator,
+        1,
+        &device,
+    );
+
+    assert_eq!(got.targets, want.targets);
+    let loss_diff = (got.loss_sum - want.loss_sum).abs() / want.loss_sum;
+    assert!(
+        loss_diff < 1e-2,
+        "loss {} vs {}",
+        got.loss_sum,
+        want.loss_sum
+    );
+    assert!(loss_diff > 0.0, "the bf16 weights were not used");
+    let grad_diff = rel_l2(&got.grads, &want.grads);
+    assert!(
+        grad_diff < 5e-2,
+        "gradients differ by {grad_diff} (relative L2)"
+    );
+
+    let (eval_got, _) =
+        eval_loss_sum_with(Engine::Graph, &mut bf16_model, &lora, &batches, &device);
+    assert!((eval_got - got.loss_sum).abs() / got.loss_sum < 1e-5);
+}
+
+#[test]
+fn products_with_a_bf16_weight_come_back_in_f32() {
+    let device = trainer::device::default_device();
+    let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+    let w = Tensor::<2>::from_floats([[0.5, -1.0], [0.25, 2.0]], &device);
+    let plain = frozen_matmul(x.clone(), w.clone());
+    assert_eq!(plain.dtype(), DType::F32);
+    let narrow = frozen_matmul(x, w.cast(FloatDType::BF16));
+    assert_eq!(narrow.dtype(), DType::F32);
+    // These values are exact in bf16.
+    assert_eq!(
+        narrow.into_data().try_to_vec::<f32>().unwrap(),
+        plain.into_data().try_to_vec::<f32>().unwrap()
+    );
+}
