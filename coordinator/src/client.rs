@@ -24,7 +24,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-pub use tls::{CaError, TrustedCa, use_ring_provider};
+pub use tls::{CaError, TrustedCa, use_ring_provider, utc_time};
 
 use crate::api::jobs_client::JobsClient;
 use crate::api::workers_client::WorkersClient;

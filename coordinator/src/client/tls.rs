@@ -176,8 +176,8 @@ fn explain(error: &rustls::Error, host: &str, ca: Option<&TrustedCa>) -> String 
         CertificateError::Expired => "the coordinator's certificate has expired".to_string(),
         CertificateError::ExpiredContext { time, not_after } => format!(
             "the coordinator's certificate expired at {} (it is {} here)",
-            utc_time(not_after.as_secs()),
-            utc_time(time.as_secs())
+            utc_time(not_after.as_secs() as i64),
+            utc_time(time.as_secs() as i64)
         ),
         CertificateError::NotValidYet => {
             "the coordinator's certificate is not valid yet (check this machine's clock)"
@@ -185,8 +185,8 @@ fn explain(error: &rustls::Error, host: &str, ca: Option<&TrustedCa>) -> String 
         }
         CertificateError::NotValidYetContext { time, not_before } => format!(
             "the coordinator's certificate is valid only from {} (it is {} here: check the clocks)",
-            utc_time(not_before.as_secs()),
-            utc_time(time.as_secs())
+            utc_time(not_before.as_secs() as i64),
+            utc_time(time.as_secs() as i64)
         ),
         other => format!("the coordinator's certificate was refused: {other:?}"),
     }
@@ -202,9 +202,9 @@ fn bare_name(presented: &str) -> &str {
 }
 
 /// Unix seconds as UTC `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_time(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
+pub fn utc_time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
     // Days to the civil calendar (H. Hinnant's `civil_from_days`).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
