@@ -1,7 +1,6 @@
 //! lorafleet's control plane.
 //!
-//! It holds the YAML job spec ([`spec`]: its shape, defaults,
-//! validation and error locations), the coordinator's state in SQLite
+//! It holds the coordinator's state in SQLite
 //! ([`store`]: tenants, jobs and their status machine, attempts, workers,
 //! events, checkpoints; a restart loses nothing) and gang placement
 //! ([`scheduler`]: pure decisions from a snapshot of waiting jobs and
@@ -10,7 +9,7 @@
 //! worker side ([`agent`]); see docs/ARCHITECTURE.md.
 //!
 //! **Architecture invariant:** dependencies point one way,
-//! `lorafleet → coordinator → trainer`; no tensor type crosses into this
+//! `lorafleet → coordinator → job → trainer`; no tensor type crosses into this
 //! crate's public API.
 
 pub mod agent;
@@ -18,10 +17,7 @@ pub mod api;
 pub mod client;
 pub mod scheduler;
 pub mod server;
-pub mod spec;
 pub mod store;
-
-pub use spec::{JobSpec, SpecError, SpecProblem};
 
 /// The version workers and clients must share with the coordinator.
 pub const PROTOCOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -47,8 +47,8 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::spec::Backend;
 use crate::store::{JobId, TenantId, WorkerId, WorkerState};
+use job::spec::Backend;
 
 /// What the scheduler sees: the waiting jobs and the fleet, at time `now`.
 #[derive(Clone, Debug, Default)]

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use coordinator::JobSpec;
-use coordinator::spec::PathOrUrl;
+use job::JobSpec;
+use job::spec::PathOrUrl;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use rand::RngCore;
 use serde_json::json;
@@ -175,8 +175,8 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
     };
     let mut collective = super::ranks::join(None)?;
     let preset = match &spec.model {
-        coordinator::spec::ModelSpec::Preset(p) => p.name().to_string(),
-        coordinator::spec::ModelSpec::Path(p) => p.to_string(),
+        job::spec::ModelSpec::Preset(p) => p.name().to_string(),
+        job::spec::ModelSpec::Path(p) => p.to_string(),
     };
 
     // Trains a fresh adapter for `stop` steps, with checkpoints to job

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use coordinator::JobSpec;
 use coordinator::api::{self, WatchRequest};
 use coordinator::client::Connection;
-use coordinator::spec::Workers;
+use job::JobSpec;
+use job::spec::Workers;
 use tokio_stream::StreamExt;
 
 use super::remote::{self, RemoteArgs, block_on, rpc};
@@ -63,7 +63,7 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
             args.workers
         );
     }
-    spec.checkpoint.storage = coordinator::spec::PathOrUrl::Path(scratch.path().join("runs"));
+    spec.checkpoint.storage = job::spec::PathOrUrl::Path(scratch.path().join("runs"));
     let spec_file = scratch.path().join("job.yaml");
     std::fs::write(&spec_file, spec.to_yaml())?;
 

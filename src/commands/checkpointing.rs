@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use coordinator::JobSpec;
+use job::JobSpec;
 use serde_json::json;
 use trainer::checkpoint::uploader::PendingCheckpoint;
 use trainer::checkpoint::{

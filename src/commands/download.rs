@@ -136,7 +136,7 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let spec_path = adapter_dir.join("job.yaml");
     let text = std::fs::read_to_string(&spec_path)
         .with_context(|| format!("the checkpoint of job {} has no job.yaml", args.job))?;
-    let spec = coordinator::JobSpec::from_yaml(&text, "job.yaml", "/")?;
+    let spec = job::JobSpec::from_yaml(&text, "job.yaml", "/")?;
     let (source, _) = super::local_job::model_source(&spec)
         .context("--merged needs the job's base model on this machine")?;
     let merged = Staging::new(&args.output)?;

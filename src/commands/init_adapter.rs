@@ -2,7 +2,7 @@
 //! local folder or in object storage (any URL `trainer::storage` opens).
 
 use anyhow::Context;
-use coordinator::spec::PathOrUrl;
+use job::spec::PathOrUrl;
 use object_store::ObjectStoreExt;
 use trainer::checkpoint::block_on;
 use trainer::lora::{LoraWeights, peft};

@@ -1,12 +1,12 @@
 //! A job spec turned into what the trainer runs in this process: the model
 //! source, tokenized datasets, the sampler and the optimisation settings.
-//! The one place where spec words (`coordinator::spec`) become trainer types.
+//! The one place where spec words (`job::spec`) become trainer types.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use coordinator::JobSpec;
-use coordinator::spec::{Backend, ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
+use job::JobSpec;
+use job::spec::{Backend, ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Format, Sampler};
 use trainer::device::ComputeBackend;
 use trainer::lora::{LoraConfig, TargetModule};

@@ -46,7 +46,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<trainer::tokenizer::TokenizerError>()
             || cause.is::<trainer::generate::GenerateError>()
             || cause.is::<trainer::data::DataError>()
-            || cause.is::<coordinator::SpecError>()
+            || cause.is::<job::SpecError>()
             || cause.is::<UsageError>()
             || matches!(
                 cause.downcast_ref(),

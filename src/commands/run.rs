@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use coordinator::JobSpec;
-use coordinator::spec::PathOrUrl;
+use job::JobSpec;
+use job::spec::PathOrUrl;
 
 use super::UsageError;
 use super::download::download_checkpoint;

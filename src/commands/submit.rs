@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use coordinator::JobSpec;
 use coordinator::api::{CHUNK_BYTES, DatasetChunk, Job, SubmitRequest, UploadedFile};
 use coordinator::client::Connection;
-use coordinator::spec::{ModelSpec, PathOrUrl, Validation};
+use job::JobSpec;
+use job::spec::{ModelSpec, PathOrUrl, Validation};
 
 use super::logs::{final_outcome, follow};
 use super::remote::{self, RemoteArgs, rpc};

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use coordinator::JobSpec;
+use job::JobSpec;
 use trainer::lora::LoraWeights;
 use trainer::train::data_parallel::{agree, checksum, fingerprint};
 use trainer::train::{RunEnd, SampledSteps, Silent, TrainObserver, TrainState};
@@ -84,7 +84,7 @@ fn unreachable_peer(error: &anyhow::Error) -> Option<usize> {
 /// a folder of its own; the names are content hashes), and the tokens of
 /// the training data.
 fn job_fingerprint(spec: &JobSpec, train: &trainer::data::TokenizedDataset) -> u64 {
-    use coordinator::spec::{ModelSpec, PathOrUrl, Validation};
+    use job::spec::{ModelSpec, PathOrUrl, Validation};
     let name_only = |place: &mut PathOrUrl| {
         if let PathOrUrl::Path(path) = place
             && let Some(name) = path.file_name()

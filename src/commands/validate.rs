@@ -1,6 +1,6 @@
 //! `lorafleet validate FILE`: check a spec and its datasets without training.
 
-use coordinator::JobSpec;
+use job::JobSpec;
 
 use super::local_job::LocalJob;
 use crate::cli::ValidateArgs;

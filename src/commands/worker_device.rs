@@ -87,7 +87,7 @@ mod tests {
             }
         );
         // The coordinator knows the name.
-        assert!(coordinator::spec::Backend::parse(&a.backend).is_some());
+        assert!(job::spec::Backend::parse(&a.backend).is_some());
         assert_eq!(advertised(Some("cpu"), 1).unwrap().memory_bytes, 1);
         let no_gpu = advertised(Some("cuda"), 1).unwrap_err().to_string();
         assert!(no_gpu.contains("--features cuda"), "{no_gpu}");
@@ -105,6 +105,6 @@ mod tests {
         assert_eq!(a.backend, "cuda");
         assert_eq!(a.device, "cuda:0 NVIDIA H200 (140 GiB; 8 GPUs visible)");
         assert_eq!(a.memory_bytes, 150_000_000_000);
-        assert!(coordinator::spec::Backend::parse(&a.backend).is_some());
+        assert!(job::spec::Backend::parse(&a.backend).is_some());
     }
 }

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 
 use crate::api;
 use crate::client::Connection;
-use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
+use job::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 
 use super::Shared;
 

@@ -23,8 +23,8 @@ use tonic::Status;
 use crate::api;
 use trainer::storage::ObjectAddress;
 
-use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 use crate::store::{TenantId, TokenHash};
+use job::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 
 /// Why the config file cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,8 @@ use tonic::Status;
 use trainer::checkpoint::{CheckpointStore, FileCheck, MANIFEST_FILE};
 
 use crate::api::{self, CHUNK_BYTES};
-use crate::spec::JobSpec;
 use crate::store::{Checkpoint, Job, NewCheckpoint};
+use job::spec::JobSpec;
 
 use super::control::job_checkpoints;
 use super::{Coordinator, status_of};

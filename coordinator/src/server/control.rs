@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::api::{self, Order, order};
 use crate::scheduler::{FleetWorker, Snapshot, TenantUsage, WaitingJob};
-use crate::spec::{JobSpec, OutputSpec};
 use crate::store::{
     Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, WorkerState,
 };
+use job::spec::{JobSpec, OutputSpec};
 use trainer::checkpoint::CheckpointStore;
 
 use super::Coordinator;

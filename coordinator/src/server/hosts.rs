@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use tonic::Status;
 
-use crate::spec::{JobSpec, PathOrUrl};
+use job::spec::{JobSpec, PathOrUrl};
 
 use super::Coordinator;
 

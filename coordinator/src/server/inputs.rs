@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::api;
-use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
+use job::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 
 /// The list of a model folder's files, beside the folder.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -22,8 +22,8 @@ use trainer::storage::ObjectAddress;
 
 use crate::api;
 use crate::api::jobs_server::Jobs;
-use crate::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 use crate::store::{Job, JobId, JobQuery, JobStatus, NewJob};
+use job::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 
 use super::access::TenantPolicy;
 use super::checkpoints::FileStream;

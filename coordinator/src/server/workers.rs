@@ -25,8 +25,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::workers_server::Workers;
 use crate::api::{self, Order, WorkerReport};
-use crate::spec::Backend;
 use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
+use job::spec::Backend;
 
 use super::access::FleetCaller;
 use super::checkpoints::FileStream;
@@ -286,7 +286,7 @@ impl Workers for Coordinator {
             return Err(not_its_attempt(&worker, &job, r.attempt));
         }
         let row = self.store().get_job(&job).await.map_err(status_of)?;
-        let spec = crate::spec::JobSpec::from_yaml(&row.spec_yaml, "job.yaml", "/")
+        let spec = job::spec::JobSpec::from_yaml(&row.spec_yaml, "job.yaml", "/")
             .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
         let uploads = self.config().data_dir.join("datasets");
         let served = inputs::assignment_inputs(&spec, &uploads).map_err(Status::not_found)?;

@@ -205,7 +205,7 @@ async fn refused_worker(
     conn: &mut Connection,
     job: &JobId,
     worker: &WorkerId,
-    needed: crate::spec::Backend,
+    needed: job::spec::Backend,
 ) -> StoreError {
     let row = sqlx::query(concat!(
         "SELECT ",

@@ -16,7 +16,7 @@ use super::{
     Connection, DbRow, JobId, JobStatus, Store, StoreError, TenantId, parse_word, to_i64, to_u32,
     to_u64, unix_now,
 };
-use crate::spec::{Backend, JobSpec, TrainingLength};
+use job::spec::{Backend, JobSpec, TrainingLength};
 
 /// Why a job failed: a stable machine-readable code and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]

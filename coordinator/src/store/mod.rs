@@ -150,8 +150,8 @@ pub enum StoreError {
     WrongBackend {
         job: JobId,
         worker: WorkerId,
-        backend: crate::spec::Backend,
-        needed: crate::spec::Backend,
+        backend: job::spec::Backend,
+        needed: job::spec::Backend,
     },
     #[error("cannot place job {job} on no workers")]
     EmptyGang { job: JobId },

@@ -17,7 +17,7 @@ use super::{
     DbRow, JobId, Store, StoreError, TokenHash, WorkerId, parse_word, to_i64, to_u32, to_u64,
     unix_now,
 };
-use crate::spec::Backend;
+use job::spec::Backend;
 
 /// Whether a worker can take work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use coordinator::JobSpec;
 use coordinator::client::Connection;
-use coordinator::spec::{PathOrUrl, TrainingLength, Workers};
+use job::JobSpec;
+use job::spec::{PathOrUrl, TrainingLength, Workers};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use super::*;
-use crate::spec::{Backend, JobSpec};
+use job::spec::{Backend, JobSpec};
 
 /// A store on a fresh file, and the folder that holds it.
 async fn fresh() -> (Store, TempDir) {
