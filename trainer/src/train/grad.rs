@@ -184,6 +184,7 @@ const GRAPH_SHARE_TOKENS: usize = 256;
 /// ones win. Measured on the reference workloads (`bench train`): at one
 /// thread 512 gave 5-15% over 128 and 256; at two threads 128 gave 15-25%
 /// over 256.
+#[cfg(feature = "flex")]
 fn fused_share_tokens(threads: usize) -> usize {
     if threads <= 1 { 512 } else { 128 }
 }
