@@ -1,10 +1,11 @@
 //! The GGUF container (versions 2 and 3): header, typed metadata, tensor
-//! infos, and each tensor's bytes decoded to f32 through `gguf_quant`.
+//! infos, and each tensor's bytes decoded to f32 through `quant`.
 //!
 //! Parsing is defensive: every length, count and offset is checked against
 //! the bytes that are actually there before anything is allocated or sliced,
 //! so a truncated or corrupt file is a `ModelError::Format`, never a panic.
-//! Not here: what the tensors and keys mean for a Llama model (`gguf`).
+//! Not here: what the tensors and keys mean for a Llama model (`config`,
+//! `hf_tensors`).
 
 use std::collections::BTreeMap;
 
@@ -373,7 +374,7 @@ impl GgufFile {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{GgufWriter, Meta, tiny_llama};
+    use super::super::fixture::{GgufWriter, Meta, tiny_llama};
     use super::*;
 
     fn parse_error(bytes: &[u8]) -> String {

@@ -2,7 +2,7 @@
 //! of the ones lorafleet reads (F32, F16, BF16, Q8_0, Q4_0, Q4_1) to f32,
 //! bit for bit as ggml's reference `dequantize_row_*` functions do.
 //!
-//! Not here: the GGUF container (`gguf`), tensor names or layouts. The
+//! Not here: the GGUF container (`file`), tensor names or layouts. The
 //! k-quants and i-quants are named (for error messages) but not decoded.
 
 use half::{bf16, f16};

@@ -1,0 +1,104 @@
+//! llama.cpp's tensors as HF's: `blk.{i}.attn_q.weight` renamed to
+//! `model.layers.{i}.self_attn.q_proj.weight`, dimensions listed outermost
+//! first, and the Q/K row permutation of llama.cpp's converter undone.
+//!
+//! Not here: decoding tensor bytes (`file`, `quant`), the config (`config`).
+
+use super::file::GgufFile;
+use crate::model::{HostTensor, LlamaConfig, ModelError, WeightMap};
+
+/// The HF name of a llama.cpp tensor, or `None` for tensors the model does
+/// not use (`rope_freqs.weight`, ...).
+pub(super) fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    let top = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = top {
+        return Some(name.to_string());
+    }
+    let (layer, suffix) = gguf_name.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf_suffix = match suffix {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_suffix}"))
+}
+
+/// Every tensor the model uses, dequantized, renamed, in HF layout.
+pub(super) fn hf_weights(
+    gguf: &GgufFile,
+    config: &LlamaConfig,
+    bytes: &[u8],
+    source: &str,
+) -> Result<WeightMap, ModelError> {
+    let mut weights = WeightMap::new(source);
+    for info in &gguf.tensors {
+        if info.name.starts_with("blk.") && info.name.ends_with(".bias") {
+            return Err(ModelError::Config {
+                file: source.to_string(),
+                message: format!("tensor `{}`: bias tensors are not supported", info.name),
+            });
+        }
+        let Some(hf_name) = hf_tensor_name(&info.name) else {
+            continue;
+        };
+        let mut data = gguf.read_f32(info, bytes, source)?;
+        // ggml lists the innermost dimension first; HF lists it last.
+        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let heads = if info.name.ends_with(".attn_q.weight") {
+            Some(config.num_attention_heads)
+        } else if info.name.ends_with(".attn_k.weight") {
+            Some(config.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            let expected = vec![heads * config.head_dim, config.hidden_size];
+            if shape != expected {
+                return Err(ModelError::TensorShape {
+                    file: source.to_string(),
+                    name: hf_name,
+                    expected,
+                    found: shape,
+                });
+            }
+            data = unpermute_qk_rows(&data, heads, config.head_dim, config.hidden_size);
+        }
+        weights.insert(hf_name, HostTensor::new(shape, data));
+    }
+    Ok(weights)
+}
+
+/// Undoes llama.cpp's `permute`: within each head, GGUF row `2 i + s` is HF
+/// row `s * head_dim / 2 + i` (HF's rotate-half pairs from interleaved ones).
+pub(super) fn unpermute_qk_rows(
+    data: &[f32],
+    heads: usize,
+    head_dim: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for head in 0..heads {
+        for i in 0..half {
+            for s in 0..2 {
+                let from = (head * head_dim + 2 * i + s) * cols;
+                let to = (head * head_dim + s * half + i) * cols;
+                out[to..to + cols].copy_from_slice(&data[from..from + cols]);
+            }
+        }
+    }
+    out
+}
