@@ -8,7 +8,9 @@
 //! **Architecture invariant:** dependencies point one way,
 //! `lorafleet → coordinator → job → trainer`.
 
+pub mod convert;
 pub mod event;
+pub mod recipe;
 pub mod spec;
 
 pub use event::JobEvent;

@@ -1,24 +1,22 @@
-//! A job spec turned into what the trainer runs in this process: the model
-//! source, tokenized datasets, the sampler and the optimisation settings.
-//! The one place where spec words (`job::spec`) become trainer types.
+//! A job spec turned into what the trainer runs: the model source, the
+//! tokenized datasets, the sampler and the optimisation settings, loaded and
+//! checked. Not here: joining ranks, checkpoints, the loop (`recipe`).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use job::JobSpec;
-use job::spec::{Backend, ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
-use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Format, Sampler};
+use trainer::data::{DataOptions, DataSource, DatasetConfig, Datasets, Sampler};
 use trainer::device::ComputeBackend;
 use trainer::lora::{LoraConfig, TargetModule};
 use trainer::model::ModelSource;
 use trainer::train::TrainConfig;
 use trainer::train::optim::AdamWConfig;
-use trainer::train::schedule::Schedule;
 
-use super::UsageError;
+use super::RecipeError;
+use crate::JobSpec;
+use crate::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 
-/// Everything a single-process run of a spec needs, loaded and checked.
-pub struct LocalJob {
+/// Everything a run of a spec needs before its ranks meet.
+pub struct JobInputs {
     pub spec: JobSpec,
     pub source: ModelSource,
     pub data: Datasets,
@@ -33,58 +31,46 @@ pub struct LocalJob {
 
 /// The base model `spec` names, loaded (a preset is made from the seed),
 /// and how `adapter_config.json` names it.
-pub fn model_source(spec: &JobSpec) -> anyhow::Result<(ModelSource, String)> {
+pub fn model_source(spec: &JobSpec) -> Result<(ModelSource, String), RecipeError> {
     Ok(match &spec.model {
         ModelSpec::Preset(preset) => (
             ModelSource::random(*preset, spec.training.seed),
             format!("preset:{}", preset.name()),
         ),
         ModelSpec::Path(PathOrUrl::Path(p)) => (
-            ModelSource::open(p).with_context(|| format!("cannot load model {}", p.display()))?,
+            ModelSource::open(p).map_err(|e| {
+                RecipeError::context(format!("cannot load model {}", p.display()), e)
+            })?,
             p.display().to_string(),
         ),
         ModelSpec::Path(PathOrUrl::Url(url)) => {
-            return Err(UsageError(format!(
+            return Err(RecipeError::Input(format!(
                 "model.path: {url}: models are read from local paths for now; download it first"
-            ))
-            .into());
+            )));
         }
     })
 }
 
 /// The tensor backend `resources.backend` names.
-pub fn compute_backend(spec: &JobSpec) -> anyhow::Result<ComputeBackend> {
-    match spec.resources.backend {
-        Backend::Cpu => Ok(ComputeBackend::Cpu),
-        Backend::Cuda => Ok(ComputeBackend::Cuda),
-        Backend::Tch => Err(UsageError(
-            "resources.backend: tch is not built into lorafleet yet; use cpu or cuda".into(),
-        )
-        .into()),
-    }
+pub fn compute_backend(spec: &JobSpec) -> Result<ComputeBackend, RecipeError> {
+    Ok(ComputeBackend::try_from(spec.resources.backend)?)
 }
 
-impl LocalJob {
+impl JobInputs {
     /// Loads the model and the datasets of `spec`.
-    pub fn load(spec: JobSpec) -> anyhow::Result<LocalJob> {
+    pub fn load(spec: JobSpec) -> Result<JobInputs, RecipeError> {
         let seed = spec.training.seed;
         let (source, base_model) = model_source(&spec)?;
         let Some(tokenizer) = &source.tokenizer else {
-            bail!(UsageError(format!(
+            return Err(RecipeError::Input(format!(
                 "{base_model}: the model has no tokenizer, so its dataset cannot be tokenized"
             )));
         };
 
-        let location = |p: &PathOrUrl| -> anyhow::Result<DataSource> {
-            Ok(DataSource::parse(&p.to_string())?)
-        };
+        let location = |p: &PathOrUrl| DataSource::parse(&p.to_string());
         let ds = &spec.dataset;
         let options = DataOptions {
-            format: ds
-                .format
-                .name()
-                .parse::<Format>()
-                .map_err(|e| UsageError(e.to_string()))?,
+            format: ds.format.into(),
             max_seq_len: ds.max_seq_len as usize,
             packing: ds.packing,
             train_on_inputs: ds.train_on_inputs,
@@ -116,8 +102,8 @@ impl LocalJob {
             .lora
             .target_modules
             .modules()
-            .iter()
-            .map(|m| TargetModule::parse(m.name()).expect("spec and trainer name the same modules"))
+            .into_iter()
+            .map(TargetModule::from)
             .collect();
         let mut lora = LoraConfig::new(spec.lora.r as usize, spec.lora.alpha, &targets);
         lora.dropout = spec.lora.dropout;
@@ -125,8 +111,7 @@ impl LocalJob {
         let train = TrainConfig {
             max_steps,
             learning_rate: t.learning_rate,
-            schedule: Schedule::parse(t.schedule.name())
-                .expect("spec and trainer name the same schedules"),
+            schedule: t.schedule.into(),
             warmup_steps,
             adam: AdamWConfig {
                 beta1: t.adam_beta1,
@@ -142,17 +127,16 @@ impl LocalJob {
         let output_dir = match &spec.output.dir {
             Some(PathOrUrl::Path(p)) => p.clone(),
             Some(PathOrUrl::Url(url)) => {
-                return Err(UsageError(format!(
+                return Err(RecipeError::Input(format!(
                     "output.dir: {url}: the final adapter is written to a local folder; object storage is for checkpoint.storage"
-                ))
-                .into());
+                )));
             }
             None => match &spec.checkpoint.storage {
                 PathOrUrl::Path(p) => p.join(&spec.name).join("final"),
                 PathOrUrl::Url(_) => PathBuf::from("runs").join(&spec.name).join("final"),
             },
         };
-        Ok(LocalJob {
+        Ok(JobInputs {
             spec,
             source,
             data,
