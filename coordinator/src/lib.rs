@@ -4,9 +4,11 @@
 //! ([`store`]: tenants, jobs and their status machine, attempts, workers,
 //! events, checkpoints; a restart loses nothing) and gang placement
 //! ([`scheduler`]: pure decisions from a snapshot of waiting jobs and
-//! workers), the gRPC API ([`api`], and [`client`] to call it), the
-//! coordinator process that wires them together ([`server`]) and the
-//! worker side ([`agent`]); see docs/ARCHITECTURE.md.
+//! workers) inside the control loop's pure rounds ([`plan`]: holds,
+//! placements, elastic growth, restarts and fences), the gRPC API
+//! ([`api`], and [`client`] to call it), the coordinator process that
+//! wires them together ([`server`]) and the worker side ([`agent`]); see
+//! docs/ARCHITECTURE.md.
 //!
 //! **Architecture invariant:** dependencies point one way,
 //! `lorafleet → coordinator → job → trainer`; no tensor type crosses into this
@@ -15,6 +17,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod plan;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -35,8 +35,8 @@
 //!   the line (only the tenant's own jobs are in its way).
 //! * **Cannot fit.** A job whose smallest gang is larger than the number of
 //!   workers of its backend registered at all (in any state: lost ones may
-//!   come back), or than its tenant's quota, or that has waited past its
-//!   own wait limit, is reported as [`Unfit`] and holds nothing.
+//!   come back), or than its tenant's quota, is reported as [`Unfit`] and
+//!   holds nothing.
 //!
 //! Not here: retries, cancellation and restarts (the server moves jobs
 //! between statuses), or choosing workers by host or memory.
@@ -77,8 +77,6 @@ pub struct WaitingJob {
     pub backend: Backend,
     /// When it started waiting (submit, or its last restart), Unix seconds.
     pub waiting_since: i64,
-    /// Give up after waiting this many seconds.
-    pub max_wait: Option<u64>,
     /// Pairs of workers whose ranks could not reach each other in an
     /// earlier attempt: a gang without any of them is preferred.
     pub avoid_pairs: Vec<(WorkerId, WorkerId)>,
@@ -128,8 +126,6 @@ pub enum Unfit {
     },
     /// More workers than its tenant may ever use at once.
     OverQuota { needed: u32, quota: u32 },
-    /// It waited past its wait limit.
-    WaitedTooLong { waited: u64, limit: u64 },
     /// It has no usable gang size (its worker range is empty).
     NoGangSize,
 }
@@ -331,16 +327,7 @@ impl Scheduler {
                     }
                 }
             };
-            match job.max_wait {
-                Some(limit) if waited > limit => {
-                    if held.get(&job.backend) == Some(&&job.id) {
-                        held.remove(&job.backend);
-                    }
-                    let unfit = Unfit::WaitedTooLong { waited, limit };
-                    plan.unfit.push((job.id.clone(), unfit));
-                }
-                _ => plan.waiting.push((job.id.clone(), blocked)),
-            }
+            plan.waiting.push((job.id.clone(), blocked));
         }
         plan
     }
@@ -362,10 +349,6 @@ impl fmt::Display for Unfit {
                 f,
                 "needs {needed} workers but its tenant may use at most {quota} at once; \
                  lower resources.workers"
-            ),
-            Unfit::WaitedTooLong { waited, limit } => write!(
-                f,
-                "waited {waited} s for workers, past its limit of {limit} s"
             ),
             Unfit::NoGangSize => write!(f, "has no usable worker count"),
         }

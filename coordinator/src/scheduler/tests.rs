@@ -54,7 +54,6 @@ fn job(name: &str, seq: i64, count: u32) -> WaitingJob {
         gang_sizes: vec![count],
         backend: Backend::Cpu,
         waiting_since: NOW,
-        max_wait: None,
         avoid_pairs: Vec::new(),
     }
 }
@@ -266,21 +265,6 @@ fn a_job_without_a_usable_gang_size_is_unfit() {
         &snapshot(vec![empty, job("zero", 2, 0)], idle_cpu(1)),
         "unfit empty: has no usable worker count
          unfit zero: has no usable worker count",
-    );
-}
-
-#[test]
-fn a_job_past_its_wait_limit_is_unfit_and_releases_its_hold() {
-    let mut impatient = job("impatient", 1, 3);
-    impatient.waiting_since = NOW - 700;
-    impatient.max_wait = Some(650);
-    let mut patient = job("patient", 2, 1);
-    patient.waiting_since = NOW - 700;
-    patient.max_wait = Some(650);
-    check(
-        &snapshot(vec![impatient, patient], cpu_fleet(2, 1)),
-        "place patient: w0
-         unfit impatient: waited 700 s for workers, past its limit of 650 s",
     );
 }
 

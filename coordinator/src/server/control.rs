@@ -1,20 +1,23 @@
-//! The control loop: scheduling rounds (a snapshot of the store through the
-//! [`Scheduler`](crate::scheduler::Scheduler), each placement committed
-//! with `Store::start_attempt` and sent to its gang as assignments), elastic
-//! jobs growing into idle workers, and the normal ends of attempts (every
-//! rank finished or stopped when told, the job cancelled). Failures, lost
-//! workers and preemption are `recovery`'s.
+//! The control loop: rounds that commit what the pure control plan
+//! ([`crate::plan`]) decides from the store's snapshot and the live fleet
+//! (each placement committed with `Store::start_attempt` and sent to its
+//! gang as assignments; each growing elastic job told to stop after a
+//! checkpoint), and the normal ends of attempts (every rank finished or
+//! stopped when told, the job cancelled). Failures, lost workers and
+//! preemption are `recovery`'s.
 //!
-//! Every decision here runs under the coordinator's control lock, so two
-//! of them never act on the same stale view.
+//! Decisions are not made here: this module builds the [`World`], calls
+//! [`plan::plan`], then only writes the store, sends orders and logs
+//! events. Every round runs under the coordinator's control lock, so two
+//! decisions never act on the same stale view.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::api::{self, Order, order};
-use crate::scheduler::{FleetWorker, Snapshot, TenantUsage, WaitingJob};
+use crate::plan::{self, ActiveJob, ElasticRun, Growth, LiveWorker, World};
+use crate::scheduler::{Plan, WaitingJob};
 use crate::store::{
-    Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, WorkerState,
+    Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, StoreSnapshot,
 };
 use job::spec::{JobSpec, OutputSpec};
 use trainer::checkpoint::CheckpointStore;
@@ -59,107 +62,138 @@ impl Coordinator {
             }
             if woken || last_round.elapsed() >= IDLE_ROUND {
                 last_round = Instant::now();
-                if let Err(error) = self.schedule_round().await {
-                    tracing::error!("scheduling: {error}");
-                }
-                if let Err(error) = self.grow_elastic_jobs().await {
-                    tracing::error!("growing elastic jobs: {error}");
+                // A round that placed jobs is followed by a second look,
+                // so elastic jobs grow into the workers left at once.
+                for _ in 0..2 {
+                    match self.control_round().await {
+                        Ok(placed) if placed > 0 => continue,
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::error!("control round: {error}");
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// One scheduling round: places what fits and starts it.
-    pub(super) async fn schedule_round(&self) -> Result<(), StoreError> {
+    /// One control round: the store's rows and what is known of the live
+    /// fleet become a [`World`], [`plan::plan`] decides, and the round is
+    /// committed: each placement by `Store::start_attempt` and sent to its
+    /// gang, each growth by a preempt order. Returns how many jobs it
+    /// placed.
+    pub(super) async fn control_round(&self) -> Result<usize, StoreError> {
         let _guard = self.inner.control.lock().await;
-        let store = self.store();
-        let mut waiting = store
-            .jobs_with_status(&[JobStatus::Queued, JobStatus::Restarting])
-            .await?;
-        {
-            // Jobs in their restart backoff sit this round out.
-            let now = Instant::now();
-            let mut fleet = self.fleet();
-            fleet.not_before.retain(|_, until| *until > now);
-            waiting.retain(|job| !fleet.not_before.contains_key(&job.id));
-        }
-        // So do jobs whose earlier attempt may still run somewhere.
-        waiting.retain(|job| self.fenced_until(&job.id).is_none());
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let active = store
-            .jobs_with_status(&[JobStatus::Starting, JobStatus::Running])
-            .await?;
-        let workers = store.list_workers().await?;
-        {
-            // Reading a spec is the costly part of a snapshot: once per job.
-            let mut fleet = self.fleet();
-            for job in &waiting {
-                if !fleet.gang_sizes.contains_key(&job.id) {
-                    fleet.gang_sizes.insert(job.id.clone(), gang_sizes(job));
-                }
-            }
-        }
-        let snapshot = {
-            let fleet = self.fleet();
-            let tenant_of: HashMap<&JobId, _> = active.iter().map(|j| (&j.id, &j.tenant)).collect();
-            let mut tenants = BTreeMap::new();
-            for policy in self.config().access.tenants() {
-                tenants.insert(
-                    policy.id.clone(),
-                    TenantUsage {
-                        quota: policy.max_workers,
-                        in_use: 0,
-                    },
-                );
-            }
-            for worker in &workers {
-                if let Some((job, _)) = &worker.assignment
-                    && let Some(tenant) = tenant_of.get(job)
-                    && let Some(usage) = tenants.get_mut(*tenant)
-                {
-                    usage.in_use += 1;
-                }
-            }
-            Snapshot {
-                now: crate::store::unix_now(),
-                jobs: waiting
-                    .iter()
-                    .map(|job| {
-                        let sizes = fleet
-                            .gang_sizes
-                            .get(&job.id)
-                            .cloned()
-                            .unwrap_or_else(|| gang_sizes(job));
-                        let mut waiting = waiting_job(job, sizes);
-                        waiting.avoid_pairs =
-                            fleet.broken_pairs.get(&job.id).cloned().unwrap_or_default();
-                        waiting
-                    })
-                    .collect(),
-                workers: workers
-                    .iter()
-                    .map(|w| FleetWorker {
-                        id: w.id.clone(),
-                        backend: w.info.backend,
-                        // Idle but not connected: cannot take a job now.
-                        state: if fleet
-                            .links
-                            .get(&w.id)
-                            .is_some_and(|l| !l.orders.is_closed())
-                        {
-                            w.state
-                        } else {
-                            WorkerState::Lost
-                        },
-                    })
-                    .collect(),
-                tenants,
-            }
+        let rows = self.store().snapshot().await?;
+        let world = self.world(&rows);
+        let round = plan::plan(&self.inner.scheduler, &world);
+        let placed = self.commit_schedule(round.schedule).await?;
+        self.commit_growth(&round.growth, &rows.elastic_attempts)
+            .await;
+        Ok(placed)
+    }
+
+    /// The world as the control plan sees it: `rows` and the live fleet
+    /// (links, restart backoffs, fences, broken ring pairs, preemptions).
+    fn world(&self, rows: &StoreSnapshot) -> World {
+        let now = Instant::now();
+        let mut fleet = self.fleet();
+        fleet.not_before.retain(|_, until| *until > now);
+        fleet.unfenced.retain(|_, u| u.until > now);
+        let attempt_of = |job: &Job| {
+            rows.elastic_attempts
+                .iter()
+                .find(|a| a.job == job.id && a.number == job.attempt)
         };
-        let plan = self.inner.scheduler.plan(&snapshot);
-        for (job, why) in &plan.unfit {
+        // Reading a spec is the costly part of a world: once per job.
+        let growing = rows.active.iter().filter(|job| attempt_of(job).is_some());
+        for job in rows.waiting.iter().chain(growing) {
+            if !fleet.gang_sizes.contains_key(&job.id) {
+                fleet.gang_sizes.insert(job.id.clone(), gang_sizes(job));
+            }
+        }
+        let sizes = |job: &Job| {
+            fleet
+                .gang_sizes
+                .get(&job.id)
+                .cloned()
+                .unwrap_or_else(|| gang_sizes(job))
+        };
+        let waiting = rows
+            .waiting
+            .iter()
+            .map(|job| {
+                let mut waiting = waiting_job(job, sizes(job));
+                waiting.avoid_pairs = fleet.broken_pairs.get(&job.id).cloned().unwrap_or_default();
+                plan::WaitingJob {
+                    job: waiting,
+                    backoff_until: fleet.not_before.get(&job.id).copied(),
+                    fenced_until: fleet
+                        .unfenced
+                        .values()
+                        .filter(|u| u.job == job.id)
+                        .map(|u| u.until)
+                        .max(),
+                }
+            })
+            .collect();
+        let active = rows
+            .active
+            .iter()
+            .map(|job| ActiveJob {
+                id: job.id.clone(),
+                tenant: job.tenant.clone(),
+                elastic: attempt_of(job).map(|attempt| ElasticRun {
+                    backend: job.backend,
+                    gang_sizes: sizes(job),
+                    attempt: attempt.number,
+                    gang: attempt.workers.clone(),
+                    ended: attempt.finished_at.is_some(),
+                    preempting: fleet
+                        .preempting
+                        .contains_key(&(job.id.clone(), attempt.number)),
+                }),
+            })
+            .collect();
+        let workers = rows
+            .workers
+            .iter()
+            .map(|w| LiveWorker {
+                id: w.id.clone(),
+                backend: w.info.backend,
+                state: w.state,
+                connected: fleet
+                    .links
+                    .get(&w.id)
+                    .is_some_and(|l| !l.orders.is_closed()),
+                job: w.assignment.as_ref().map(|(job, _)| job.clone()),
+            })
+            .collect();
+        let quotas = self
+            .config()
+            .access
+            .tenants()
+            .map(|policy| (policy.id.clone(), policy.max_workers))
+            .collect();
+        World {
+            now,
+            unix_now: crate::store::unix_now(),
+            waiting,
+            active,
+            workers,
+            quotas,
+        }
+    }
+
+    /// Tells the owners of jobs that cannot fit (once each), and starts
+    /// each placement. Returns how many jobs it placed.
+    async fn commit_schedule(&self, schedule: Plan) -> Result<usize, StoreError> {
+        if schedule == Plan::default() {
+            return Ok(0);
+        }
+        let store = self.store();
+        for (job, why) in &schedule.unfit {
             let first = self.fleet().told_unfit.insert(job.clone());
             if first {
                 self.event(
@@ -172,7 +206,8 @@ impl Coordinator {
                 .await;
             }
         }
-        for placement in plan.placements {
+        let mut placed = 0;
+        for placement in schedule.placements {
             let attempt = match store
                 .start_attempt(&placement.job, &placement.workers)
                 .await
@@ -183,12 +218,13 @@ impl Coordinator {
                     continue;
                 }
             };
+            placed += 1;
             self.fleet().told_unfit.remove(&placement.job);
             let job = store.get_job(&placement.job).await?;
             self.assign(&job, &attempt).await?;
         }
         self.publish();
-        Ok(())
+        Ok(placed)
     }
 
     /// Sends every rank of `attempt` its assignment; fails the attempt if a
@@ -272,96 +308,36 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Elastic jobs running on fewer workers than they could use grow when
-    /// idle workers of their backend wait and no job is waiting for them:
-    /// the job is preempted (its ranks stop together after a checkpoint)
-    /// and placed again, on the larger gang the scheduler then finds free.
-    pub(super) async fn grow_elastic_jobs(&self) -> Result<(), StoreError> {
-        let _guard = self.inner.control.lock().await;
-        let store = self.store();
-        let waiting = store
-            .jobs_with_status(&[JobStatus::Queued, JobStatus::Restarting])
-            .await?;
-        let running = store.jobs_with_status(&[JobStatus::Running]).await?;
-        if !waiting.is_empty() || !running.iter().any(|j| j.workers_max > j.workers_min) {
-            return Ok(());
-        }
-        let workers = store.list_workers().await?;
-        let mut idle: Vec<_> = {
-            let fleet = self.fleet();
-            workers
+    /// Elastic jobs running on fewer workers than they could use grow:
+    /// each is preempted (its ranks stop together after a checkpoint) and
+    /// placed again, on the larger gang the scheduler then finds free.
+    async fn commit_growth(&self, growth: &[Growth], attempts: &[Attempt]) {
+        for grow in growth {
+            let Some(attempt) = attempts
                 .iter()
-                .filter(|w| w.state == WorkerState::Idle)
-                .filter(|w| {
-                    fleet
-                        .links
-                        .get(&w.id)
-                        .is_some_and(|l| !l.orders.is_closed())
-                })
-                .map(|w| w.info.backend)
-                .collect()
-        };
-        let tenant_of: HashMap<&JobId, _> = running.iter().map(|j| (&j.id, &j.tenant)).collect();
-        for job in running.iter().filter(|j| j.workers_max > j.workers_min) {
-            if self.is_preempting(&job.id, job.attempt) {
-                continue;
-            }
-            let attempt = store.get_attempt(&job.id, job.attempt).await?;
-            if attempt.finished_at.is_some() {
-                continue;
-            }
-            let world = attempt.workers.len();
-            let mut free = idle.iter().filter(|b| **b == job.backend).count();
-            let quota = self
-                .config()
-                .access
-                .tenant(&job.tenant)
-                .and_then(|t| t.max_workers);
-            if let Some(quota) = quota {
-                let in_use = workers
-                    .iter()
-                    .filter_map(|w| w.assignment.as_ref())
-                    .filter(|(j, _)| tenant_of.get(j) == Some(&&job.tenant))
-                    .count();
-                free = free.min((quota as usize).saturating_sub(in_use));
-            }
-            let sizes = {
-                let fleet = self.fleet();
-                fleet.gang_sizes.get(&job.id).cloned()
-            }
-            .unwrap_or_else(|| gang_sizes(job));
-            let Some(to) = sizes
-                .iter()
-                .map(|s| *s as usize)
-                .filter(|s| *s > world && *s <= world + free)
-                .max()
+                .find(|a| a.job == grow.job && a.number == grow.attempt)
             else {
                 continue;
             };
-            if self.preempt(
-                &attempt,
-                &attempt.workers[0],
-                Preemption::Grow { from: world, to },
-            ) {
-                for _ in world..to {
-                    if let Some(i) = idle.iter().position(|b| *b == job.backend) {
-                        idle.swap_remove(i);
-                    }
-                }
+            let why = Preemption::Grow {
+                from: grow.from,
+                to: grow.to,
+            };
+            if self.preempt(attempt, &grow.tell, why) {
+                let (from, to) = (grow.from, grow.to);
                 self.event(
-                    &job.id,
+                    &grow.job,
                     Level::Info,
                     "job.growing",
                     format!(
-                        "{} idle worker(s) free: the job stops at its next step boundary after a checkpoint and restarts on {to} workers instead of {world}",
-                        to - world
+                        "{} idle worker(s) free: the job stops at its next step boundary after a checkpoint and restarts on {to} workers instead of {from}",
+                        to - from
                     ),
-                    serde_json::json!({"from": world, "to": to}),
+                    serde_json::json!({"from": from, "to": to}),
                 )
                 .await;
             }
         }
-        Ok(())
     }
 
     /// Notes that rank `rank` of `attempt` ended well: it finished, or
@@ -490,7 +466,6 @@ fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
         gang_sizes,
         backend: job.backend,
         waiting_since: job.waiting_since,
-        max_wait: None,
         avoid_pairs: Vec::new(),
     }
 }

@@ -7,16 +7,18 @@
 //! * [`jobs`]: the `Jobs` service (what clients call).
 //! * [`workers`]: the `Workers` service (what agents call) and the live
 //!   links to connected workers, over which orders go out.
-//! * [`control`]: scheduling rounds, elastic growth, attempts that end well.
+//! * [`control`]: rounds that commit what the pure [`crate::plan`]
+//!   decides (placements, elastic growth), attempts that end well.
 //! * [`recovery`]: failed attempts and lost workers (restart with backoff
-//!   or fail), preemption (drains, growth).
+//!   or fail, as [`crate::plan::after_failure`] decides), fences,
+//!   preemption (drains, growth).
 //!
 //! Everything that must survive a restart is in the store; what is held in
 //! memory ([`Fleet`]) is rebuilt as workers reconnect: their links, ring
 //! addresses and which ranks of an attempt reported success.
 //!
-//! Not here: placement rules (`scheduler`), SQL (`store`), the worker side
-//! (`agent`).
+//! Not here: decisions of the control loop (`plan`, `scheduler`), SQL
+//! (`store`), the worker side (`agent`).
 
 pub mod access;
 mod checkpoints;

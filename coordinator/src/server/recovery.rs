@@ -5,25 +5,22 @@
 //! stop together after a checkpoint and the job is placed again without
 //! counting a failure).
 //!
-//! Detection lives here too: a worker silent past `lost_after` is lost
-//! (its closed heartbeat stream is reported by `workers`). Not here:
-//! placing the next attempt (`control`, the scheduler), success.
+//! What follows a failure and how long a rank may still run are decided
+//! by the pure [`crate::plan::after_failure`] and [`crate::plan::fences`];
+//! this module commits them (store writes, stop and preempt orders,
+//! events). Detection lives here too: a worker silent past `lost_after` is
+//! lost (its closed heartbeat stream is reported by `workers`). Not here:
+//! placing the next attempt (`control`, the plan), success.
 
 use std::time::{Duration, Instant};
 
 use crate::api::{self, Order, order};
+use crate::plan::{self, AfterFailure, RankSeen};
 use crate::store::{
     Attempt, Job, JobError, JobId, JobStatus, Level, RestartPlan, StoreError, WorkerId, WorkerState,
 };
 
 use super::{Coordinator, Unfenced};
-
-/// The longest wait between attempts, however many failures came before.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// What a worker's fence may take beyond the lost-after bound: its clock
-/// tick, killing the rank, and the acknowledgement's way back.
-pub(super) const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why a live attempt was told to stop at its next step boundary.
 #[derive(Clone, Debug)]
@@ -86,36 +83,18 @@ impl Coordinator {
             .finish_attempt(&job.id, attempt.number, Some(reason))
             .await?;
         let after = store.get_job(&job.id).await?;
-        if counts && after.may_restart() {
-            let error = JobError {
-                code: "attempt_failed".into(),
-                message: reason.to_string(),
-            };
-            let backoff = self.backoff(after.failures);
-            self.restart(job, Some(&error), backoff).await
-        } else {
-            let error = JobError {
-                code: if counts {
-                    "max_failures"
-                } else {
-                    "cannot_start"
-                }
-                .into(),
-                message: if counts {
-                    format!(
-                        "failed {} times (max_failures: {}); last: {reason}",
-                        after.failures, after.max_failures
-                    )
-                } else {
-                    reason.to_string()
-                },
-            };
-            store
-                .move_job(&job.id, JobStatus::Failed, Some(&error))
-                .await?;
-            self.publish();
-            self.wake();
-            Ok(())
+        match plan::after_failure(&after, reason, counts, self.config().restart_backoff) {
+            AfterFailure::Restart { error, backoff } => {
+                self.restart(job, Some(&error), backoff).await
+            }
+            AfterFailure::Fail { error } => {
+                store
+                    .move_job(&job.id, JobStatus::Failed, Some(&error))
+                    .await?;
+                self.publish();
+                self.wake();
+                Ok(())
+            }
         }
     }
 
@@ -169,57 +148,33 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The wait before the attempt that follows a job's `failures`-th
-    /// failure: the configured base, doubling with each failure.
-    fn backoff(&self, failures: u32) -> Duration {
-        let base = self.config().restart_backoff;
-        let doublings = failures.saturating_sub(1).min(16);
-        (base * 2u32.pow(doublings)).min(MAX_BACKOFF)
-    }
-
     /// Notes every rank of `attempt` (which ended early) as possibly still
     /// running until its worker answers the stop order or its fence time
-    /// passes: `lost_after` + [`FENCE_MARGIN`] after the coordinator last
-    /// heard from it. The job's next attempt waits for both.
+    /// passes ([`plan::fences`]). The job's next attempt waits for both.
     pub(super) fn hold_until_fenced(&self, attempt: &Attempt) {
-        let bound = self.config().lost_after + FENCE_MARGIN;
         let now = Instant::now();
         let mut fleet = self.fleet();
-        for worker in &attempt.workers {
-            // A rank its worker reported ended is not running.
-            let ended = fleet.last_state.get(worker).is_some_and(|(job, n, state)| {
-                job == attempt.job.as_str()
-                    && *n == attempt.number
-                    && matches!(state.as_str(), "failed" | "finished" | "preempted")
-            });
-            if ended {
-                continue;
-            }
-            let heard = fleet.last_report.get(worker).copied().unwrap_or(now);
-            let until = heard + bound;
-            fleet.unfenced.insert(
-                worker.clone(),
-                Unfenced {
-                    job: attempt.job.clone(),
-                    attempt: attempt.number,
-                    until,
-                },
-            );
+        let ranks: Vec<RankSeen> = attempt
+            .workers
+            .iter()
+            .map(|worker| RankSeen {
+                worker: worker.clone(),
+                ended: fleet.last_state.get(worker).is_some_and(|(job, n, state)| {
+                    job == attempt.job.as_str()
+                        && *n == attempt.number
+                        && matches!(state.as_str(), "failed" | "finished" | "preempted")
+                }),
+                last_heard: fleet.last_report.get(worker).copied(),
+            })
+            .collect();
+        for (worker, until) in plan::fences(&ranks, now, self.config().lost_after) {
+            let unfenced = Unfenced {
+                job: attempt.job.clone(),
+                attempt: attempt.number,
+                until,
+            };
+            fleet.unfenced.insert(worker, unfenced);
         }
-    }
-
-    /// When job `job` may start its next attempt as far as the fence goes:
-    /// `None` once no rank of an earlier attempt may still run.
-    pub(super) fn fenced_until(&self, job: &JobId) -> Option<Instant> {
-        let now = Instant::now();
-        let mut fleet = self.fleet();
-        fleet.unfenced.retain(|_, u| u.until > now);
-        fleet
-            .unfenced
-            .values()
-            .filter(|u| &u.job == job)
-            .map(|u| u.until)
-            .max()
     }
 
     /// Tells every connected rank of `attempt` to stop.

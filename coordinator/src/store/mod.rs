@@ -8,7 +8,8 @@
 //! tenants and their token hashes (`tenants.rs`), jobs and their status
 //! machine (`jobs.rs`), attempts, i.e. placements of a job on a gang of
 //! workers (`attempts.rs`), workers (`workers.rs`), the per-job event log
-//! (`events.rs`) and committed checkpoints (`checkpoints.rs`).
+//! (`events.rs`) and committed checkpoints (`checkpoints.rs`);
+//! [`Store::snapshot`] reads what a control round needs (`snapshot.rs`).
 //!
 //! A job moves `queued → starting → running → succeeded | failed |
 //! cancelled`, with `restarting` between attempts ([`JobStatus`]). Every
@@ -36,6 +37,7 @@ mod checkpoints;
 mod events;
 mod ids;
 mod jobs;
+mod snapshot;
 mod status;
 mod tenants;
 mod workers;
@@ -53,6 +55,7 @@ pub use checkpoints::{Checkpoint, NewCheckpoint};
 pub use events::{Event, Level, NewEvent};
 pub use ids::{JobId, TenantId, WorkerId};
 pub use jobs::{Job, JobError, JobQuery, NewJob, Page, RestartPlan};
+pub use snapshot::StoreSnapshot;
 pub use status::JobStatus;
 pub use tenants::{Tenant, TokenHash, new_token};
 pub use workers::{Worker, WorkerInfo, WorkerState};
