@@ -18,7 +18,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `train` stopped at a step boundary when asked (SIGTERM), after
     /// committing a checkpoint; `--resume` continues it.
-    pub const PREEMPTED: u8 = coordinator::agent::PREEMPTED_EXIT_CODE as u8;
+    pub const PREEMPTED: u8 = job::recipe::PREEMPTED_EXIT_CODE as u8;
     pub const INTERRUPTED: u8 = 130;
 }
 

@@ -2,7 +2,10 @@
 //! reports on the heartbeat stream, and runs what it is assigned.
 //!
 //! * `agent` (this file): the connection loop, orders, and the fence.
-//! * [`rank`]: one rank of an assignment, a child `lorafleet train`.
+//! * [`rank`]: one rank of an assignment, a child process.
+//! * [`launcher`]: what the agent asks of the program that trains
+//!   ([`RankLauncher`], implemented by the binary) and the contract a rank
+//!   process keeps.
 //! * [`inputs`]: the input cache (uploaded datasets and models fetched
 //!   from the coordinator, kept by SHA-256).
 //! * [`outbox`]: the ranks' events on their way to the coordinator,
@@ -18,10 +21,11 @@
 //! agent then kills its rank itself (the fence), so a cut-off rank never
 //! writes checkpoints beside the job's next attempt.
 //!
-//! Not here: training itself (the child is a `lorafleet train` process),
-//! or deciding anything about jobs.
+//! Not here: training itself (the child is whatever the launcher starts:
+//! `lorafleet train --events`), or deciding anything about jobs.
 
 mod inputs;
+mod launcher;
 mod outbox;
 mod rank;
 
@@ -41,10 +45,8 @@ use crate::client::Connection;
 use outbox::Outbox;
 use rank::RankProcess;
 
+pub use launcher::{RankLaunch, RankLauncher};
 pub use rank::kill_when_parent_dies;
-
-/// The environment variable that carries an attempt's ring secret to a rank.
-pub const RING_SECRET_ENV: &str = "LORAFLEET_RING_SECRET";
 
 /// The environment variable holding the workers' cluster token. Ranks
 /// never inherit it.
@@ -53,10 +55,6 @@ pub const CLUSTER_TOKEN_ENV: &str = "LORAFLEET_CLUSTER_TOKEN";
 /// The environment variable holding a tenant's token (for clients). Ranks
 /// never inherit it either.
 pub const TENANT_TOKEN_ENV: &str = "LORAFLEET_TOKEN";
-
-/// The exit status of a rank that stopped when asked (SIGTERM) after
-/// committing a checkpoint at a step boundary (BSD's `EX_TEMPFAIL`).
-pub const PREEMPTED_EXIT_CODE: i32 = 75;
 
 /// How often the fence looks at the time.
 const FENCE_TICK: Duration = Duration::from_millis(100);
@@ -82,13 +80,10 @@ pub struct AgentConfig {
     pub ring_host: Option<String>,
     /// The port this worker's ranks listen on.
     pub ring_port: u16,
-    /// The program started for each rank (`lorafleet`), run as
-    /// `<program> train ...`.
-    pub program: PathBuf,
+    /// Builds each rank's command (the binary's `train --events`).
+    pub launcher: Arc<dyn RankLauncher>,
     /// Where assigned specs are written.
     pub work_dir: PathBuf,
-    /// Extra arguments for every `train` run (e.g. `--ring-timeout 30`).
-    pub train_args: Vec<String>,
     /// The only CA trusted for an `https://` coordinator (`--ca`); without
     /// it, the public roots.
     pub ca: Option<crate::client::TrustedCa>,
@@ -295,10 +290,10 @@ async fn keep_fence(shared: Arc<Shared>) {
         shared.outbox.push(
             &process.job_id,
             process.attempt,
-            "rank.fenced",
-            Some("error".into()),
-            error.clone(),
-            serde_json::json!({"error": error, "silent_s": silent.as_secs_f64()}),
+            &job::JobEvent::RankFenced {
+                error: error.clone(),
+                silent_s: silent.as_secs_f64(),
+            },
         );
         shared.changed.notify_one();
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use trainer::train::{EvalMetrics, StepMetrics};
 
 /// How much an event matters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -198,11 +198,26 @@ pub struct RankEnd {
 }
 
 /// A job's move to the status its event type names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusChange {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
+    /// With `job.restarting`: what comes next.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartNext>,
+}
+
+/// The next attempt of a restarting job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestartNext {
+    pub attempt: u32,
+    /// The checkpoint it resumes from (`None`: from the start).
+    pub resume_step: Option<u64>,
+    /// Seconds it waits first.
+    pub backoff_s: f64,
+    pub failures: u32,
+    pub max_failures: u32,
 }
 
 /// Why a job failed or was cancelled.
@@ -279,6 +294,7 @@ impl JobEvent {
         let change = StatusChange {
             status: status.to_string(),
             error,
+            restart: None,
         };
         Some(match status {
             "queued" => JobEvent::JobQueued(change),
@@ -292,10 +308,21 @@ impl JobEvent {
         })
     }
 
+    /// Whether a rank or its agent emits this event (`train.*`,
+    /// `checkpoint.*`, `rank.*`), rather than the coordinator.
+    pub fn from_rank(&self) -> bool {
+        let kind = self.kind();
+        ["train.", "checkpoint.", "rank."]
+            .iter()
+            .any(|prefix| kind.starts_with(prefix))
+    }
+
     pub fn level(&self) -> Level {
         use JobEvent::*;
         match self {
             TrainFailed { .. } | RankFailed(_) | RankFenced { .. } | JobFailed(_) => Level::Error,
+            // A restart after a preemption is routine.
+            JobRestarting(c) if c.error.is_none() && c.restart.is_some() => Level::Info,
             CheckpointWaiting { .. }
             | CheckpointSkipped { .. }
             | CheckpointDeleteFailed { .. }

@@ -7,7 +7,7 @@
 //!
 //! - **step overhead**: the quickstart job (tiny preset) trained for N
 //!   steps without checkpoints and with one every K steps (and at the
-//!   end, as `train` does) through [`RunCheckpoints`], which commits in the
+//!   end, as `train` does) through [`RunCheckpoints`](job::recipe::RunCheckpoints), which commits in the
 //!   background. Wall time per step, from the first step until the last
 //!   upload is done; validation is left out so that only training steps are
 //!   timed. Target: under 5% more time per step. Also reported: the median
@@ -39,9 +39,8 @@ use trainer::storage::Location;
 use trainer::train::{SampledSteps, Silent, TrainState};
 
 use super::UsageError;
-use super::checkpointing::{RunCheckpoints, next_checkpoint};
-use super::local_job::LocalJob;
 use crate::cli::BenchCheckpointArgs;
+use job::recipe::{Discard, JobInputs, RunCheckpoints, RunIdentity, next_checkpoint};
 
 /// The tenant every benchmark job goes under.
 const TENANT: &str = "bench";
@@ -149,7 +148,7 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
     spec.checkpoint.every_steps = args.every as u64;
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
-    let LocalJob {
+    let JobInputs {
         spec,
         source,
         data,
@@ -158,11 +157,11 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
         mut train,
         base_model,
         ..
-    } = LocalJob::load(spec)?;
+    } = JobInputs::load(spec)?;
     train.max_steps = args.steps;
     let device = trainer::device::default_device().autodiff();
     let (mut model, tokenizer) = source.into_model(&device)?;
-    let tokenizer = tokenizer.expect("LocalJob checks the tokenizer");
+    let tokenizer = tokenizer.expect("JobInputs checks the tokenizer");
     let steps = SampledSteps {
         train: &data.train,
         // Only training steps are timed.
@@ -185,16 +184,16 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
     let mut train_once = |job: Option<&str>, stop: usize| -> anyhow::Result<TrainRun> {
         let mut state = TrainState::new(LoraWeights::init(&lora, &model.config, train.seed));
         let mut checkpoints = match job {
-            Some(job) => Some(RunCheckpoints::open(
-                &spec,
-                TENANT,
-                job,
-                0,
-                false,
-                false,
-                &base_model,
-                "",
-            )?),
+            Some(job) => {
+                let identity = RunIdentity::new(&spec, Some(TENANT), Some(job), None, false)?;
+                Some(RunCheckpoints::open(
+                    &spec,
+                    &identity,
+                    0,
+                    &base_model,
+                    std::sync::Arc::new(Discard),
+                )?)
+            }
             None => None,
         };
         let started = Instant::now();

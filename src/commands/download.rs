@@ -137,7 +137,7 @@ fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&spec_path)
         .with_context(|| format!("the checkpoint of job {} has no job.yaml", args.job))?;
     let spec = job::JobSpec::from_yaml(&text, "job.yaml", "/")?;
-    let (source, _) = super::local_job::model_source(&spec)
+    let (source, _) = job::recipe::model_source(&spec)
         .context("--merged needs the job's base model on this machine")?;
     let merged = Staging::new(&args.output)?;
     let merged_what = super::export::write_merged(source, &adapter_dir, merged.path())?;

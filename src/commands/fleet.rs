@@ -225,9 +225,11 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         memory_bytes: hardware.memory_bytes,
         ring_host: args.ring_host,
         ring_port,
-        program: std::env::current_exe().context("cannot find this program's path")?,
+        launcher: std::sync::Arc::new(super::train::TrainLauncher {
+            program: std::env::current_exe().context("cannot find this program's path")?,
+            ring_timeout: args.ring_timeout,
+        }),
         work_dir,
-        train_args: vec!["--ring-timeout".into(), args.ring_timeout.to_string()],
         ca,
     };
     block_on(agent::run(config, stop_signal())).context("the worker stopped")

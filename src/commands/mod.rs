@@ -3,12 +3,9 @@
 pub mod bench;
 pub mod bench_checkpoint;
 pub mod bench_fleet;
-pub mod checkpointing;
 pub mod export;
 pub mod generate;
-pub mod init_adapter;
 pub mod init_model;
-pub mod local_job;
 pub mod output_folder;
 pub mod preemption;
 pub mod ranks;
@@ -49,6 +46,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<job::SpecError>()
             || cause.is::<UsageError>()
             || matches!(
+            || matches!(
+                cause.downcast_ref::<job::recipe::RecipeError>(),
+                Some(e) if e.is_bad_input()
+            )
                 cause.downcast_ref(),
                 Some(trainer::collective::CollectiveError::Config(_))
             )

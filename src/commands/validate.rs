@@ -2,12 +2,12 @@
 
 use job::JobSpec;
 
-use super::local_job::LocalJob;
+use job::recipe::JobInputs;
 use crate::cli::ValidateArgs;
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let spec = JobSpec::from_file(&args.file)?;
-    let job = LocalJob::load(spec)?;
+    let job = JobInputs::load(spec)?;
     let g = job.spec.training.global_batch_size as usize;
     let train = job.data.train.stats();
     let validation = job.data.validation.as_ref().map(|v| v.stats());

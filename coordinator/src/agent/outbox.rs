@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use job::JobEvent;
+
 use crate::api;
 use crate::client::Connection;
 
@@ -51,28 +53,15 @@ struct Inner {
 
 impl Outbox {
     /// Queues an event of attempt `attempt` of `job_id`.
-    pub(super) fn push(
-        &self,
-        job_id: &str,
-        attempt: u32,
-        kind: &str,
-        level: Option<String>,
-        message: String,
-        data: serde_json::Value,
-    ) {
-        let level = match level.as_deref() {
-            Some(l @ ("info" | "warn" | "error")) => l,
-            _ if kind.ends_with(".failed") || kind.ends_with(".fenced") => "error",
-            _ => "info",
-        };
+    pub(super) fn push(&self, job_id: &str, attempt: u32, event: &JobEvent) {
         let event = api::Event {
             id: 0,
             job_id: job_id.to_string(),
             created_at: 0,
-            level: level.to_string(),
-            r#type: kind.to_string(),
-            message,
-            data_json: data.to_string(),
+            level: event.level().name().to_string(),
+            r#type: event.kind().to_string(),
+            message: event.to_string(),
+            data_json: event.to_data().to_string(),
         };
         let mut inner = self.queue.lock().expect("outbox lock");
         let next = inner
@@ -170,14 +159,7 @@ mod tests {
     use super::*;
 
     fn push(outbox: &Outbox, job: &str, attempt: u32) {
-        outbox.push(
-            job,
-            attempt,
-            "train.step",
-            None,
-            String::new(),
-            serde_json::Value::Null,
-        );
+        outbox.push(job, attempt, &JobEvent::CheckpointDeleted { step: 1 });
     }
 
     #[test]

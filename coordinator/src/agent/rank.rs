@@ -1,7 +1,7 @@
 //! One rank of an assignment: its inputs fetched, then the child process
-//! `<program> train SPEC --events --rank R --world N --peers ...` with the
-//! attempt's secret in the environment (never on the command line), its
-//! JSON event lines forwarded, its end reported.
+//! the [`RankLauncher`](super::RankLauncher) builds, with the attempt's
+//! secret in the environment (never on the command line), its event lines
+//! ([`JobEvent`]) forwarded, its end reported.
 //!
 //! A stop order or a fence kills the child at once; a preempt order sends
 //! it SIGTERM, and the ranks stop together at the next step boundary after
@@ -24,10 +24,13 @@ use tokio::process::{Child, Command};
 use crate::api;
 use crate::client::Connection;
 
-use super::{
-    CLUSTER_TOKEN_ENV, PREEMPTED_EXIT_CODE, RING_SECRET_ENV, Report, Shared, TENANT_TOKEN_ENV,
-    inputs,
-};
+use job::JobEvent;
+use job::event::RankEnd;
+use job::recipe::PREEMPTED_EXIT_CODE;
+use trainer::collective::SECRET_ENV;
+
+use super::launcher::RankLaunch;
+use super::{CLUSTER_TOKEN_ENV, Report, Shared, TENANT_TOKEN_ENV, inputs};
 
 /// Lines of a failed rank's stderr kept for its error.
 const STDERR_TAIL: usize = 12;
@@ -129,34 +132,20 @@ async fn run_rank(
         let error = format!("cannot write {}: {e}", spec_file.display());
         return not_started(&shared, &a, error).await;
     }
-    let mut command = Command::new(&config.program);
-    command
-        .arg("train")
-        .arg(&spec_file)
-        .arg("--events")
-        .arg("--no-output")
-        .arg("--job-id")
-        .arg(&a.job_id)
-        .arg("--tenant")
-        .arg(&a.tenant)
-        .arg("--attempt")
-        .arg(a.attempt.to_string());
-    if a.world > 1 {
-        command
-            .arg("--rank")
-            .arg(a.rank.to_string())
-            .arg("--world")
-            .arg(a.world.to_string())
-            .arg("--peers")
-            .arg(a.peers.join(","));
-    }
-    if a.attempt > 1 {
+    let launch = RankLaunch {
+        spec_file: &spec_file,
+        job_id: &a.job_id,
+        tenant: &a.tenant,
+        attempt: a.attempt,
+        rank: a.rank,
+        world: a.world,
+        peers: &a.peers,
         // Continue from what the last attempt saved, if anything.
-        command.arg("--resume");
-    }
+        resume: a.attempt > 1,
+    };
+    let mut command = config.launcher.command(&launch);
     command
-        .args(&config.train_args)
-        .env(RING_SECRET_ENV, &a.secret)
+        .env(SECRET_ENV, &a.secret)
         // A rank needs no coordinator credential: it reports through
         // this agent.
         .env_remove(CLUSTER_TOKEN_ENV)
@@ -172,7 +161,7 @@ async fn run_rank(
             Ok(child) => child,
             Err(e) => {
                 drop(slot);
-                let error = format!("cannot start {}: {e}", config.program.display());
+                let error = format!("cannot start {}: {e}", config.launcher.describe());
                 return not_started(&shared, &a, error).await;
             }
         };
@@ -187,16 +176,13 @@ async fn run_rank(
     shared.outbox.push(
         &a.job_id,
         a.attempt,
-        "rank.started",
-        None,
-        format!(
-            "rank {} of {} started on worker {}",
-            a.rank, a.world, config.name
-        ),
-        serde_json::json!({
-            "rank": a.rank, "world": a.world, "worker_id": shared.worker_id(),
-            "worker_name": config.name, "host": config.host,
-        }),
+        &JobEvent::RankStarted {
+            rank: a.rank,
+            world: a.world,
+            worker_id: shared.worker_id(),
+            worker_name: config.name.clone(),
+            host: config.host.clone(),
+        },
     );
     watch_rank(
         shared.clone(),
@@ -212,38 +198,26 @@ async fn run_rank(
 
 /// Records that the rank of `a` could not start, and why.
 async fn not_started(shared: &Shared, a: &api::Assignment, error: String) {
-    let message = format!("rank {} could not start: {error}", a.rank);
-    let data = serde_json::json!({"rank": a.rank, "error": error});
-    end_rank(
-        shared,
-        &a.job_id,
-        a.attempt,
-        "failed",
-        error,
-        "rank.failed",
-        message,
-        data,
-    )
-    .await;
+    let event = JobEvent::RankFailed(RankEnd {
+        rank: a.rank,
+        error: format!("could not start: {error}"),
+        stderr_tail: Vec::new(),
+    });
+    end_rank(shared, &a.job_id, a.attempt, "failed", error, &event).await;
 }
 
 /// Records how a rank ended: its last event, then (once the coordinator
 /// has every event of the attempt, the last checkpoint above all) the
 /// state its heartbeats report.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn end_rank(
     shared: &Shared,
     job_id: &str,
     attempt: u32,
     state: &'static str,
     error: String,
-    kind: &str,
-    message: String,
-    data: serde_json::Value,
+    event: &JobEvent,
 ) {
-    shared
-        .outbox
-        .push(job_id, attempt, kind, None, message, data);
+    shared.outbox.push(job_id, attempt, event);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline && shared.outbox.has_pending(job_id, attempt) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -315,26 +289,17 @@ async fn watch_rank(
     });
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+        // Anything else a rank prints is not news.
+        let Ok(event) = JobEvent::from_line(&line) else {
             continue;
         };
-        let kind = value["type"].as_str().unwrap_or("train.log").to_string();
-        if let Some(step) = value["step"].as_u64() {
+        if let Some(step) = event.step() {
             let mut report = shared.report.lock().expect("report lock");
             if report.job_id == job_id && report.attempt == attempt {
                 report.step = report.step.max(step);
             }
         }
-        let message = value["message"].as_str().unwrap_or_default().to_string();
-        let message = if message.is_empty() {
-            describe(&kind, &value)
-        } else {
-            message
-        };
-        let level = value["level"].as_str().map(str::to_string);
-        shared
-            .outbox
-            .push(&job_id, attempt, &kind, level, message, value);
+        shared.outbox.push(&job_id, attempt, &event);
     }
     let _ = errors.await;
     let status = match child.lock().await.as_mut() {
@@ -342,19 +307,16 @@ async fn watch_rank(
         None => return,
     };
     let tail: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
-    let (state, error, kind, message) = match status {
-        Ok(s) if s.success() => (
-            "finished",
-            String::new(),
-            "rank.finished",
-            format!("rank {rank} finished"),
-        ),
-        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => (
-            "preempted",
-            String::new(),
-            "rank.preempted",
-            format!("rank {rank} stopped after a checkpoint, as asked"),
-        ),
+    let end = |error: String| RankEnd {
+        rank,
+        error,
+        stderr_tail: tail.clone(),
+    };
+    let (state, event) = match status {
+        Ok(s) if s.success() => ("finished", JobEvent::RankFinished(end(String::new()))),
+        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => {
+            ("preempted", JobEvent::RankPreempted(end(String::new())))
+        }
         Ok(s) => {
             let last = tail
                 .iter()
@@ -362,47 +324,13 @@ async fn watch_rank(
                 .find(|l| !l.trim().is_empty())
                 .cloned()
                 .unwrap_or_else(|| format!("exited with {s}"));
-            let message = format!("rank {rank} failed ({s}): {last}");
-            ("failed", last, "rank.failed", message)
+            ("failed", JobEvent::RankFailed(end(last)))
         }
-        Err(e) => (
-            "failed",
-            e.to_string(),
-            "rank.failed",
-            format!("rank {rank}: {e}"),
-        ),
+        Err(e) => ("failed", JobEvent::RankFailed(end(e.to_string()))),
     };
-    let data = serde_json::json!({"rank": rank, "error": error, "stderr_tail": tail});
-    end_rank(&shared, &job_id, attempt, state, error, kind, message, data).await;
-}
-
-/// A one-line message for an event the child printed without one.
-pub(super) fn describe(kind: &str, v: &serde_json::Value) -> String {
-    match kind {
-        "train.step" => format!(
-            "step {}/{}: loss {:.4}, {:.0} tokens/s",
-            v["step"],
-            v["total_steps"],
-            v["loss"].as_f64().unwrap_or(f64::NAN),
-            v["tokens_per_s"].as_f64().unwrap_or(0.0)
-        ),
-        "train.eval" => format!(
-            "step {}: validation loss {:.4}",
-            v["step"],
-            v["eval_loss"].as_f64().unwrap_or(f64::NAN)
-        ),
-        "checkpoint.saved" => format!(
-            "checkpoint at step {} saved to {}",
-            v["step"],
-            v["path"].as_str().unwrap_or("?")
-        ),
-        "checkpoint.deleted" => format!("checkpoint at step {} deleted (retention)", v["step"]),
-        "train.preempted" => format!("stopped at step {} after a checkpoint, as asked", v["step"]),
-        "train.finished" => format!(
-            "training done: {} steps, train loss {:.4}",
-            v["steps"],
-            v["train_loss"].as_f64().unwrap_or(f64::NAN)
-        ),
-        other => other.to_string(),
-    }
+    let error = match &event {
+        JobEvent::RankFailed(end) => end.error.clone(),
+        _ => String::new(),
+    };
+    end_rank(&shared, &job_id, attempt, state, error, &event).await;
 }

@@ -25,7 +25,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::workers_server::Workers;
 use crate::api::{self, Order, WorkerReport};
-use crate::store::{JobId, JobStatus, Level, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
+use crate::store::{JobId, JobStatus, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
+use job::JobEvent;
 use job::spec::Backend;
 
 use super::access::FleetCaller;
@@ -542,7 +543,21 @@ impl Coordinator {
         let store = self.store();
         let data: serde_json::Value =
             serde_json::from_str(&event.data_json).unwrap_or(serde_json::Value::Null);
-        let mut message = event.message;
+        // Only the events a rank and its agent emit, each as its type
+        // says; anything else is dropped (a worker has no say in what the
+        // coordinator itself reports, `job.*` and `worker.*`).
+        let parsed = match JobEvent::from_data(&event.r#type, &data) {
+            Ok(parsed) if parsed.from_rank() => parsed,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    "job {job}: worker {} reported an event of type {:?} that is no rank's; dropped",
+                    from.worker,
+                    event.r#type
+                );
+                return Ok(());
+            }
+        };
+        let mut message = parsed.to_string();
         if message.len() > MAX_MESSAGE_CHARS {
             let mut cut = MAX_MESSAGE_CHARS;
             while !message.is_char_boundary(cut) {
@@ -550,40 +565,33 @@ impl Coordinator {
             }
             message.truncate(cut);
         }
-        let level = Level::parse(&event.level).unwrap_or(Level::Info);
-        match event.r#type.as_str() {
-            "train.step" | "train.started" => {
-                let step = data["step"].as_u64().unwrap_or(0);
-                let total = data["total_steps"].as_u64();
-                store
-                    .set_job_progress(job, step, total)
-                    .await
-                    .map_err(status_of)?;
-                let row = store.get_job(job).await.map_err(status_of)?;
-                if row.status == JobStatus::Starting {
-                    store
-                        .move_job(job, JobStatus::Running, None)
-                        .await
-                        .map_err(status_of)?;
-                }
-            }
-            "checkpoint.saved" if rank == 0 => {
+        match &parsed {
+            JobEvent::TrainStep {
+                total_steps,
+                metrics,
+            } => self.progress(job, metrics.step as u64, *total_steps as u64).await?,
+            JobEvent::TrainStarted {
+                step, total_steps, ..
+            } => self.progress(job, *step as u64, *total_steps as u64).await?,
+            JobEvent::CheckpointSaved {
+                step,
+                path,
+                metrics,
+                ..
+            } if rank == 0 => {
                 let total = store.get_job(job).await.map_err(status_of)?.total_steps;
-                let step = data["step"].as_u64();
-                if let (Some(step), Some(total)) = (step, total)
-                    && step > total
-                {
+                if total.is_some_and(|total| *step > total) {
                     // A checkpoint past the last step cannot be real; it
                     // would become the job's "latest".
                     tracing::warn!(
-                        "job {job}: rank 0 reported a checkpoint at step {step} of {total}; not recorded"
+                        "job {job}: rank 0 reported a checkpoint at step {step} of {total:?}; not recorded"
                     );
-                } else if let (Some(step), Some(path)) = (step, data["path"].as_str()) {
+                } else {
                     let checkpoint = NewCheckpoint {
                         job: job.clone(),
-                        step,
-                        url: path.to_string(),
-                        metrics: data["metrics"].clone(),
+                        step: *step,
+                        url: path.clone(),
+                        metrics: metrics.clone(),
                     };
                     store
                         .record_checkpoint(&checkpoint)
@@ -591,29 +599,22 @@ impl Coordinator {
                         .map_err(status_of)?;
                 }
             }
-            "checkpoint.deleted" if rank == 0 => {
-                if let Some(step) = data["step"].as_u64() {
-                    store
-                        .delete_checkpoint(job, step)
-                        .await
-                        .map_err(status_of)?;
-                }
+            JobEvent::CheckpointDeleted { step } if rank == 0 => {
+                store
+                    .delete_checkpoint(job, *step)
+                    .await
+                    .map_err(status_of)?;
             }
-            "train.failed" => {
-                if let Some(peer) = data["ring_peer"].as_u64() {
-                    self.note_broken_pair(job, from.attempt, rank, peer as u32)
-                        .await?;
-                }
+            JobEvent::TrainFailed {
+                ring_peer: Some(peer),
+                ..
+            } => {
+                self.note_broken_pair(job, from.attempt, rank, *peer as u32)
+                    .await?;
             }
             _ => {}
         }
-        let new = NewEvent {
-            job: job.clone(),
-            level,
-            kind: event.r#type,
-            message,
-            data,
-        };
+        let new = NewEvent::of(job, &parsed).with_message(message);
         if from.seq > 0 {
             store
                 .append_reported_event(&new, from.attempt, from.worker, from.seq)
@@ -621,6 +622,24 @@ impl Coordinator {
                 .map_err(status_of)?;
         } else {
             store.append_event(&new).await.map_err(status_of)?;
+        }
+        Ok(())
+    }
+
+    /// A rank reported `step` of `total`: the job's progress, and a
+    /// starting job is now running.
+    async fn progress(&self, job: &JobId, step: u64, total: u64) -> Result<(), Status> {
+        let store = self.store();
+        store
+            .set_job_progress(job, step, Some(total))
+            .await
+            .map_err(status_of)?;
+        let row = store.get_job(job).await.map_err(status_of)?;
+        if row.status == JobStatus::Starting {
+            store
+                .move_job(job, JobStatus::Running, None)
+                .await
+                .map_err(status_of)?;
         }
         Ok(())
     }

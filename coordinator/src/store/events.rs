@@ -7,7 +7,6 @@
 //! (`logs -f`, `WatchEvents`). Waking followers when an event lands is the
 //! server's business, not the store's.
 
-use std::fmt;
 
 use sqlx::Row;
 
@@ -15,35 +14,7 @@ use super::{
     Connection, DbRow, JobId, Store, StoreError, WorkerId, parse_json, parse_word, unix_now,
 };
 
-/// How much an event matters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Level> {
-        [Level::Info, Level::Warn, Level::Error]
-            .into_iter()
-            .find(|level| level.name() == text)
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use job::event::Level;
 
 /// An event to append.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +26,26 @@ pub struct NewEvent {
     pub message: String,
     /// Any JSON value; `null` when there is nothing more to say.
     pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// `event` of `job`, with its own level, type, message and data.
+    pub fn of(job: &JobId, event: &job::JobEvent) -> NewEvent {
+        NewEvent {
+            job: job.clone(),
+            level: event.level(),
+            kind: event.kind().to_string(),
+            message: event.to_string(),
+            data: event.to_data(),
+        }
+    }
+
+    /// The same event with a message that says more than the event's own
+    /// (the job's id, say).
+    pub fn with_message(mut self, message: impl Into<String>) -> NewEvent {
+        self.message = message.into();
+        self
+    }
 }
 
 /// An event as stored.

@@ -11,11 +11,13 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::{self, Level, NewEvent};
+use super::events::{self, NewEvent};
 use super::{
     Connection, DbRow, JobId, JobStatus, Store, StoreError, TenantId, parse_word, to_i64, to_u32,
     to_u64, unix_now,
 };
+use job::JobEvent;
+use job::event::{EventError, RestartNext, StatusChange};
 use job::spec::{Backend, JobSpec, TrainingLength};
 
 /// Why a job failed: a stable machine-readable code and a message for people.
@@ -286,24 +288,28 @@ impl Store {
     ) -> Result<Job, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = update_status(&mut tx, id, JobStatus::Restarting, error).await?;
-        let mut event = status_event(id, JobStatus::Restarting, error);
         let next = moved.attempt + 1;
         let from = match plan.resume_step {
             Some(step) => format!("from its checkpoint at step {step}"),
             None => "from the start (no checkpoint yet)".to_string(),
         };
-        event.message = format!("{}; attempt {next} resumes {from}", event.message);
+        let mut message = status_event(id, JobStatus::Restarting, error).message;
+        message = format!("{message}; attempt {next} resumes {from}");
         if plan.backoff_s > 0.0 {
-            event.message = format!("{} in {:.1} s", event.message, plan.backoff_s);
+            message = format!("{message} in {:.1} s", plan.backoff_s);
         }
-        event.data["attempt"] = next.into();
-        event.data["resume_step"] = plan.resume_step.into();
-        event.data["backoff_s"] = plan.backoff_s.into();
-        event.data["failures"] = moved.failures.into();
-        event.data["max_failures"] = moved.max_failures.into();
-        if error.is_none() {
-            event.level = Level::Info;
-        }
+        let restarting = JobEvent::JobRestarting(StatusChange {
+            status: JobStatus::Restarting.name().into(),
+            error: error.map(event_error),
+            restart: Some(RestartNext {
+                attempt: next,
+                resume_step: plan.resume_step,
+                backoff_s: plan.backoff_s,
+                failures: moved.failures,
+                max_failures: moved.max_failures,
+            }),
+        });
+        let event = NewEvent::of(id, &restarting).with_message(message);
         events::insert(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(moved)
@@ -332,13 +338,10 @@ impl Store {
                 to: JobStatus::Restarting,
             });
         }
-        let event = NewEvent {
-            job: id.clone(),
-            level: Level::Info,
-            kind: "job.resumed".into(),
-            message: message.to_string(),
-            data: serde_json::json!({ "status": "restarting" }),
+        let resumed = JobEvent::JobResumed {
+            status: JobStatus::Restarting.name().into(),
         };
+        let event = NewEvent::of(id, &resumed).with_message(message);
         events::insert(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(job)
@@ -417,14 +420,20 @@ pub(super) async fn update_status(
     Ok(job)
 }
 
+fn event_error(e: &JobError) -> EventError {
+    EventError {
+        code: e.code.clone(),
+        message: e.message.clone(),
+    }
+}
+
 /// The `job.<status>` event a move logs.
 pub(super) fn status_event(id: &JobId, status: JobStatus, error: Option<&JobError>) -> NewEvent {
-    let level = match status {
-        JobStatus::Failed => Level::Error,
-        JobStatus::Restarting => Level::Warn,
-        _ => Level::Info,
-    };
-    let mut data = serde_json::json!({ "status": status.name() });
+    let event = JobEvent::status_change(
+        status.name(),
+        error.map(event_error),
+    )
+    .expect("every JobStatus has its event");
     let mut message = match status {
         JobStatus::Queued => format!("job {id} is queued"),
         JobStatus::Starting => format!("job {id} is starting"),
@@ -435,16 +444,9 @@ pub(super) fn status_event(id: &JobId, status: JobStatus, error: Option<&JobErro
         JobStatus::Cancelled => format!("job {id} was cancelled"),
     };
     if let Some(error) = error {
-        data["error"] = serde_json::json!({ "code": error.code, "message": error.message });
         message = format!("{message}: {}", error.message);
     }
-    NewEvent {
-        job: id.clone(),
-        level,
-        kind: format!("job.{status}"),
-        message,
-        data,
-    }
+    NewEvent::of(id, &event).with_message(message)
 }
 
 pub(super) async fn fetch_job(conn: &mut Connection, id: &JobId) -> Result<Job, StoreError> {

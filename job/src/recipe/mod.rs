@@ -40,6 +40,10 @@ use crate::convert::UnsupportedBackend;
 use crate::event::RunSummary;
 use crate::spec::JobSpec;
 
+/// The exit status of a rank process that stopped when asked (SIGTERM)
+/// after committing a checkpoint at a step boundary (BSD's `EX_TEMPFAIL`).
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
+
 /// The tenant of runs started by hand.
 pub const LOCAL_TENANT: &str = "local";
 
