@@ -219,3 +219,61 @@ fn write_summary(dir: &Path, summary: &RunSummary) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coordinator::agent::{RankLaunch, RankLauncher};
+
+    fn args(launch: &RankLaunch<'_>) -> Vec<String> {
+        let launcher = TrainLauncher {
+            program: "/bin/lorafleet".into(),
+            ring_timeout: 30.0,
+        };
+        let command = launcher.command(launch);
+        assert_eq!(command.as_std().get_program(), "/bin/lorafleet");
+        command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_rank_is_this_programs_train_with_events_its_place_in_the_ring_and_no_output() {
+        let peers = vec!["10.0.0.1:7000".to_string(), "10.0.0.2:7000".to_string()];
+        let launch = RankLaunch {
+            spec_file: Path::new("/w/j-2-rank1.yaml"),
+            job_id: "j",
+            tenant: "acme",
+            attempt: 2,
+            rank: 1,
+            world: 2,
+            peers: &peers,
+            resume: true,
+        };
+        let got = args(&launch);
+        let want = "train /w/j-2-rank1.yaml --events --no-output --job-id j --tenant acme --attempt 2 \
+                    --rank 1 --world 2 --peers 10.0.0.1:7000,10.0.0.2:7000 --resume --ring-timeout 30";
+        assert_eq!(got.join(" "), want);
+        // The flags parse as `train`'s own.
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("lorafleet".to_string()).chain(got));
+        assert!(cli.is_ok(), "{:?}", cli.err());
+
+        // A single rank joins no ring; a first attempt resumes nothing.
+        let alone = args(&RankLaunch {
+            world: 1,
+            rank: 0,
+            attempt: 1,
+            resume: false,
+            peers: &peers[..1],
+            ..launch
+        });
+        assert!(
+            !alone.iter().any(|a| a == "--rank" || a == "--resume"),
+            "{alone:?}"
+        );
+    }
+}
