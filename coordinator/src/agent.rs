@@ -1,7 +1,9 @@
 //! The worker agent (`lorafleet worker`): registers with the coordinator,
 //! reports on the heartbeat stream, and runs what it is assigned.
 //!
-//! * `agent` (this file): the connection loop, orders, and the fence.
+//! * `agent` (this file): the connection loop and orders.
+//! * [`fence`]: when the coordinator was last surely heard from, and the
+//!   rank killed once that is past the lost-after bound.
 //! * [`rank`]: one rank of an assignment, a child process.
 //! * [`launcher`]: what the agent asks of the program that trains
 //!   ([`RankLauncher`], implemented by the binary) and the contract a rank
@@ -24,12 +26,12 @@
 //! Not here: training itself (the child is whatever the launcher starts:
 //! `lorafleet train --events`), or deciding anything about jobs.
 
+mod fence;
 mod inputs;
 mod launcher;
 mod outbox;
 mod rank;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::api::{self, order};
 use crate::client::Connection;
 
+use fence::{FENCE_TICK, FenceClock, keep_fence};
 use outbox::Outbox;
 use rank::RankProcess;
 
@@ -55,13 +58,6 @@ pub const CLUSTER_TOKEN_ENV: &str = "LORAFLEET_CLUSTER_TOKEN";
 /// The environment variable holding a tenant's token (for clients). Ranks
 /// never inherit it either.
 pub const TENANT_TOKEN_ENV: &str = "LORAFLEET_TOKEN";
-
-/// How often the fence looks at the time.
-const FENCE_TICK: Duration = Duration::from_millis(100);
-
-/// The shortest wait for an acknowledgement before a connection counts as
-/// stuck (see `FenceClock::stuck`).
-const STUCK_AFTER: Duration = Duration::from_millis(500);
 
 /// What a worker is and where it reports.
 #[derive(Clone, Debug)]
@@ -111,65 +107,6 @@ struct Report {
     state: &'static str,
     step: u64,
     error: String,
-}
-
-/// What the fence knows: when the coordinator last surely heard from us.
-#[derive(Default)]
-struct FenceClock {
-    /// The coordinator's lost-after bound (from `Register`).
-    lost_after: Option<Duration>,
-    /// Reports sent and not yet acknowledged: number and send time.
-    sent: VecDeque<(u64, Instant)>,
-    /// The send time of the newest report (or registration) the
-    /// coordinator acknowledged.
-    heard: Option<Instant>,
-    next_seq: u64,
-}
-
-impl FenceClock {
-    /// Numbers a report about to be sent now.
-    fn sending(&mut self) -> u64 {
-        self.next_seq += 1;
-        if self.sent.len() >= 4096 {
-            self.sent.pop_front();
-        }
-        self.sent.push_back((self.next_seq, Instant::now()));
-        self.next_seq
-    }
-
-    /// The coordinator acknowledged report `seq`.
-    fn acked(&mut self, seq: u64) {
-        while let Some(&(n, at)) = self.sent.front() {
-            if n > seq {
-                break;
-            }
-            self.sent.pop_front();
-            if n == seq {
-                self.heard = Some(self.heard.map_or(at, |h| h.max(at)));
-            }
-        }
-    }
-
-    /// How long the oldest unacknowledged report has waited, once that is
-    /// past a quarter of the lost-after bound (at least [`STUCK_AFTER`]):
-    /// the connection is then likely stuck in TCP's retransmission backoff
-    /// after a short cut (which can hold a report back for about twice as
-    /// long as the cut lasted), and a fresh connection gets through as
-    /// soon as the network does.
-    fn stuck(&self) -> Option<Duration> {
-        let bound = (self.lost_after? / 4).max(STUCK_AFTER);
-        let (_, oldest) = self.sent.front()?;
-        let waited = oldest.elapsed();
-        (waited > bound).then_some(waited)
-    }
-
-    /// How long ago the coordinator was last surely heard from, once that
-    /// is past its lost-after bound.
-    fn expired(&self) -> Option<Duration> {
-        let (bound, heard) = (self.lost_after?, self.heard?);
-        let silent = heard.elapsed();
-        (silent > bound).then_some(silent)
-    }
 }
 
 /// State shared by the agent's tasks.
@@ -254,49 +191,6 @@ pub async fn run(
         r.kill().await;
     }
     outcome
-}
-
-/// Kills the rank once the coordinator may have declared this worker lost.
-async fn keep_fence(shared: Arc<Shared>) {
-    loop {
-        tokio::time::sleep(FENCE_TICK).await;
-        let Some(silent) = shared.fence().expired() else {
-            continue;
-        };
-        let mut slot = shared.rank.lock().await;
-        let Some(mut process) = slot.take() else {
-            continue;
-        };
-        process.kill().await;
-        drop(slot);
-        let bound = shared.fence().lost_after.unwrap_or_default();
-        let error = format!(
-            "fenced: no word from the coordinator for {:.1} s (its lost-after bound is {:.1} s), so this rank was stopped before the job restarts elsewhere",
-            silent.as_secs_f64(),
-            bound.as_secs_f64()
-        );
-        tracing::warn!(
-            "job {} attempt {}: {error}",
-            process.job_id,
-            process.attempt
-        );
-        {
-            let mut report = shared.report.lock().expect("report lock");
-            if report.job_id == process.job_id && report.attempt == process.attempt {
-                report.state = "failed";
-                report.error = error.clone();
-            }
-        }
-        shared.outbox.push(
-            &process.job_id,
-            process.attempt,
-            &job::JobEvent::RankFenced {
-                error: error.clone(),
-                silent_s: silent.as_secs_f64(),
-            },
-        );
-        shared.changed.notify_one();
-    }
 }
 
 /// The address other hosts reach this host at: the local address of a
@@ -569,51 +463,5 @@ async fn obey(shared: &Arc<Shared>, connection: &Connection, order: api::Order) 
             }
         }
         None => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_report_unacknowledged_past_a_quarter_of_the_bound_means_a_stuck_connection() {
-        let mut clock = FenceClock {
-            lost_after: Some(Duration::from_millis(400)),
-            ..FenceClock::default()
-        };
-        let seq = clock.sending();
-        assert_eq!(clock.stuck(), None);
-        // A quarter of 400 ms is below the floor of 500 ms.
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(clock.stuck(), None);
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(clock.stuck().is_some());
-        clock.acked(seq);
-        assert_eq!(clock.stuck(), None, "nothing waits any more");
-    }
-
-    #[test]
-    fn the_fence_counts_from_the_newest_acknowledged_report() {
-        let mut clock = FenceClock {
-            lost_after: Some(Duration::from_millis(50)),
-            ..FenceClock::default()
-        };
-        assert_eq!(clock.expired(), None, "never registered: no fence");
-        clock.heard = Some(Instant::now());
-        let first = clock.sending();
-        std::thread::sleep(Duration::from_millis(30));
-        let second = clock.sending();
-        // A late acknowledgement of an old report moves the clock only to
-        // when that report was sent.
-        clock.acked(first);
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(clock.expired().is_some(), "60 ms since the acked report");
-        clock.acked(second);
-        assert_eq!(clock.expired(), None, "30 ms since the newer one");
-        // Acknowledging an old number again changes nothing.
-        clock.acked(first);
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(clock.expired().is_some());
     }
 }
