@@ -91,10 +91,9 @@ fn two_workers_train_what_train_world_2_trains_and_the_adapter_downloads() {
     assert_eq!(config["peft_type"], "LORA");
 
     // SIGTERM stops the coordinator promptly, workers connected or not.
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(fleet.server.id() as libc::pid_t, libc::SIGTERM) };
+    fleet.signal_server(libc::SIGTERM);
     wait_until(Duration::from_secs(10), "serve to exit on SIGTERM", || {
-        matches!(fleet.server.try_wait(), Ok(Some(_)))
+        fleet.server_exited()
     });
 }
 

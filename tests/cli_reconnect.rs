@@ -167,8 +167,7 @@ fn submit_wait_and_logs_follow_ride_out_a_coordinator_killed_mid_job() {
     sleeper.signal(libc::SIGSTOP);
     let seen_before = follower.events().len();
     // SIGKILL, a pause the followers notice, then the same address and state.
-    let _ = fleet.server.kill();
-    let _ = fleet.server.wait();
+    fleet.kill_server();
     std::thread::sleep(Duration::from_secs(3));
     fleet.kill_and_restart_server();
 

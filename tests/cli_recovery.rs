@@ -148,7 +148,7 @@ fn an_elastic_job_shrinks_to_the_worker_left_and_grows_back_with_the_same_result
         },
     );
     // One of the two workers dies: the job goes on alone on the other.
-    fleet.workers[1].kill().unwrap();
+    fleet.kill_worker(1);
     let shrunk = |fleet: &Fleet| {
         let resized = events(fleet, "job.resized");
         resized.iter().any(|e| e["data"]["to"] == 1)

@@ -7,6 +7,7 @@
 //! against the TLS port, `http://` with a CA, `https://` against a plain
 //! coordinator, and `serve` given a key it cannot use.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -17,7 +18,7 @@ use rcgen::{
 
 mod common;
 
-use common::fleet::{CLUSTER_TOKEN, Fleet, short_spec, spawn_server, status, text};
+use common::fleet::{CLUSTER_TOKEN, Fleet, short_spec, status, text};
 
 const TOKEN: &str = "tenant-token-for-tls-tests";
 
@@ -75,40 +76,15 @@ impl TestCa {
 /// Valid from 2000 to 2100.
 const CURRENT: (i32, i32) = (2000, 2100);
 
-/// `serve` with TLS; the process and the URL of its readiness line.
-fn serve_tls(dir: &Path, cert: &Path, key: &Path) -> (std::process::Child, String) {
-    serve_tls_on(dir, "127.0.0.1:0", cert, key)
-}
-
-/// As [`serve_tls`], on `listen`.
-fn serve_tls_on(
-    dir: &Path,
-    listen: &str,
-    cert: &Path,
-    key: &Path,
-) -> (std::process::Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
-    command
-        .args(["serve", "--listen", listen, "--grace", "3"])
-        .arg("--state")
-        .arg(dir.join("state.db"))
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .env("LORAFLEET_TOKEN", TOKEN)
-        .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut server = command.spawn().expect("serve starts");
-    let stdout = server.stdout.take().unwrap();
-    use std::io::BufRead;
-    let url = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
-        .expect("serve prints its readiness line");
-    (server, url)
+/// `serve` with TLS, its state in `dir`, and `env` on the fleet's processes.
+fn serve_tls(dir: &Path, cert: &Path, key: &Path, env: Vec<(String, String)>) -> Fleet {
+    let tls = [
+        OsStr::new("--tls-cert"),
+        cert.as_os_str(),
+        OsStr::new("--tls-key"),
+        key.as_os_str(),
+    ];
+    Fleet::serve_with_args(&dir.join("state.db"), "127.0.0.1:0", TOKEN, env, &tls)
 }
 
 /// `lorafleet ARGS` as the tenant against `url`, with `ca` in
@@ -142,17 +118,11 @@ fn a_fleet_under_tls_runs_a_job_and_refuses_clients_that_cannot_check_it() {
     let ca = TestCa::new("lorafleet test CA");
     let ca_file = ca.write(&dir.join("ca.pem"));
     let (cert, key) = ca.issue(dir, "coordinator", &["127.0.0.1"], CURRENT);
-    let (server, url) = serve_tls(dir, &cert, &key);
+    // Workers and clients trust the CA through the environment.
+    let env = vec![("LORAFLEET_CA".into(), ca_file.display().to_string())];
+    let mut fleet = serve_tls(dir, &cert, &key, env);
+    let url = fleet.url.clone();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let mut fleet = Fleet {
-        server,
-        workers: Vec::new(),
-        url: url.clone(),
-        token: TOKEN.to_string(),
-        state: dir.join("state.db"),
-        // Workers and clients trust the CA through the environment.
-        env: vec![("LORAFLEET_CA".into(), ca_file.display().to_string())],
-    };
     fleet.add_worker("w0");
     fleet.wait_for_workers(1);
 
@@ -195,13 +165,10 @@ fn a_fleet_under_tls_runs_a_job_and_refuses_clients_that_cannot_check_it() {
     {
         assert!(std::time::Instant::now() < deadline, "no training step");
     }
-    let _ = fleet.server.kill();
-    let _ = fleet.server.wait();
+    fleet.kill_server();
     std::thread::sleep(std::time::Duration::from_secs(1));
+    fleet.kill_and_restart_server();
     let bare = url.trim_start_matches("https://");
-    let (server, again) = serve_tls_on(dir, bare, &cert, &key);
-    fleet.server = server;
-    assert_eq!(again, url);
     let out = submitter.wait_with_output().unwrap();
     let lines = reader.join().unwrap();
     assert!(
@@ -289,10 +256,9 @@ fn certificates_for_another_name_or_out_of_date_are_named() {
         let sub = dir.join(tag);
         std::fs::create_dir_all(&sub).unwrap();
         let (cert, key) = ca.issue(&sub, tag, &names, years);
-        let (mut server, url) = serve_tls(&sub, &cert, &key);
-        let out = client(&url, Some(&ca_file), &["jobs"]);
-        let _ = server.kill();
-        let _ = server.wait();
+        let mut fleet = serve_tls(&sub, &cert, &key, Vec::new());
+        let out = client(&fleet.url, Some(&ca_file), &["jobs"]);
+        fleet.kill_server();
         assert_refused(&out, 3, words);
     }
 }
@@ -350,12 +316,12 @@ fn serve_names_the_tls_file_it_cannot_use() {
 fn https_against_a_plain_coordinator_says_it_does_not_answer_in_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut server, url) = spawn_server(&dir.join("state.db"), "127.0.0.1:0", None, TOKEN, &[]);
+    let mut fleet = Fleet::serve(&dir.join("state.db"), "127.0.0.1:0", None, TOKEN);
+    let url = fleet.url.clone();
     let ca = TestCa::new("lorafleet test CA").write(&dir.join("ca.pem"));
     let tls_url = url.replace("http://", "https://");
     let out = client(&tls_url, Some(&ca), &["jobs"]);
-    let _ = server.kill();
-    let _ = server.wait();
+    fleet.kill_server();
     assert_refused(&out, 3, "did not answer in TLS");
     assert_refused(&out, 3, "plain http://");
 }
@@ -367,7 +333,8 @@ fn a_caller_that_never_finishes_its_handshake_is_dropped_and_others_get_in() {
     let ca = TestCa::new("lorafleet test CA");
     let ca_file = ca.write(&dir.join("ca.pem"));
     let (cert, key) = ca.issue(dir, "coordinator", &["127.0.0.1"], CURRENT);
-    let (mut server, url) = serve_tls(dir, &cert, &key);
+    let mut fleet = serve_tls(dir, &cert, &key, Vec::new());
+    let url = fleet.url.clone();
     let address = url.trim_start_matches("https://");
     let idle: Vec<std::net::TcpStream> = (0..20)
         .map(|_| std::net::TcpStream::connect(address).unwrap())
@@ -384,8 +351,7 @@ fn a_caller_that_never_finishes_its_handshake_is_dropped_and_others_get_in() {
     use std::io::Read;
     let n = first.read(&mut [0u8; 16]).unwrap_or(0);
     let waited = started.elapsed();
-    let _ = server.kill();
-    let _ = server.wait();
+    fleet.kill_server();
     assert_eq!(n, 0, "an idle caller got bytes");
     assert!(
         waited < std::time::Duration::from_secs(20),

@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod local_fleet;
 pub mod plan;
 pub mod scheduler;
 pub mod server;

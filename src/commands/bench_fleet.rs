@@ -17,12 +17,13 @@ use anyhow::{Context, bail};
 use clap::Args;
 use coordinator::api::{self, WatchRequest};
 use coordinator::client::Connection;
+use coordinator::local_fleet::LocalFleet;
 use job::JobSpec;
 use job::spec::Workers;
 use tokio_stream::StreamExt;
 
 use super::remote::{self, RemoteArgs, block_on, rpc};
-use super::run::EmbeddedFleet;
+use super::run::{start_fleet, wait_for_workers};
 use super::submit::submit_file;
 
 #[derive(Args, Debug)]
@@ -68,11 +69,11 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
     std::fs::write(&spec_file, spec.to_yaml())?;
 
     let first_step = {
-        let fleet = EmbeddedFleet::start(&scratch.path().join("a"), args.workers, "cpu")?;
+        let fleet = start_fleet(&scratch.path().join("a"), args.workers, "cpu")?;
         block_on(time_to_first_step(&fleet, &spec_file, args.rounds))?
     };
     let load = {
-        let fleet = EmbeddedFleet::start(&scratch.path().join("b"), 0, "cpu")?;
+        let fleet = start_fleet(&scratch.path().join("b"), 0, "cpu")?;
         block_on(coordinator_load(&fleet, &spec_file, &args))?
     };
     let median = median(&first_step);
@@ -105,10 +106,10 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(fleet: &EmbeddedFleet) -> anyhow::Result<Connection> {
+async fn connect(fleet: &LocalFleet) -> anyhow::Result<Connection> {
     remote::connect(&RemoteArgs {
-        coordinator: fleet.url.clone(),
-        token: Some(fleet.token.clone()),
+        coordinator: fleet.url().to_string(),
+        token: Some(fleet.tenant_token().to_string()),
         ca: None,
     })
     .await
@@ -116,12 +117,12 @@ async fn connect(fleet: &EmbeddedFleet) -> anyhow::Result<Connection> {
 
 /// Seconds from submit to the first step, one per round.
 async fn time_to_first_step(
-    fleet: &EmbeddedFleet,
+    fleet: &LocalFleet,
     spec: &Path,
     rounds: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let conn = connect(fleet).await?;
-    fleet.wait_for_workers(&conn).await?;
+    wait_for_workers(fleet, &conn).await?;
     let mut times = Vec::new();
     for _ in 0..rounds.max(1) {
         let start = Instant::now();
@@ -155,7 +156,7 @@ async fn time_to_first_step(
             .await
             .map_err(rpc)?;
         // The workers are free again once their ranks are stopped.
-        fleet.wait_for_workers(&conn).await?;
+        wait_for_workers(fleet, &conn).await?;
     }
     Ok(times)
 }
@@ -168,7 +169,7 @@ struct Load {
 
 /// Queues the jobs, starts the simulated workers, and measures.
 async fn coordinator_load(
-    fleet: &EmbeddedFleet,
+    fleet: &LocalFleet,
     spec: &Path,
     args: &BenchFleetArgs,
 ) -> anyhow::Result<Load> {
@@ -176,14 +177,15 @@ async fn coordinator_load(
     for _ in 0..args.jobs {
         submit_file(&conn, spec).await?;
     }
-    let cluster = Connection::open(&fleet.url, &fleet.cluster, Duration::from_secs(5)).await?;
+    let cluster =
+        Connection::open(fleet.url(), fleet.cluster_token(), Duration::from_secs(5)).await?;
     let mut tasks = Vec::new();
     for i in 0..args.sim_workers {
         tasks.push(tokio::spawn(simulated_worker(cluster.clone(), i)));
     }
     // Let registration and the first placements settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pid = fleet.server.id();
+    let pid = fleet.coordinator_pid().expect("the coordinator runs");
     let before = cpu_seconds(pid)?;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;

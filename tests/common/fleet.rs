@@ -1,20 +1,23 @@
 //! A fleet of real processes on 127.0.0.1 for the tests: `serve`, its
-//! `worker`s, and the job commands run against it.
+//! `worker`s (a `coordinator::local_fleet::LocalFleet` of the built
+//! binary), and the job commands run against it.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use coordinator::local_fleet::LocalFleet;
 
 use super::spec_in;
 
 pub const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
 
-/// A coordinator process and the workers started for it; all are killed
-/// when it is dropped.
+/// A coordinator process and the workers started for it; all are stopped
+/// when it is dropped (SIGTERM, so workers stop the ranks they started;
+/// SIGKILL for whatever is still there after 5 s).
 pub struct Fleet {
-    pub server: Child,
-    pub workers: Vec<Child>,
+    processes: LocalFleet,
     pub url: String,
     pub token: String,
     pub state: PathBuf,
@@ -37,11 +40,34 @@ impl Fleet {
         token: &str,
         env: Vec<(String, String)>,
     ) -> Fleet {
-        let (server, url) = spawn_server(state, listen, config, token, &env);
+        let config_args = config.map(|c| vec![OsStr::new("--config"), c.as_os_str()]);
+        Fleet::serve_with_args(state, listen, token, env, &config_args.unwrap_or_default())
+    }
+
+    /// As [`Fleet::serve_with_env`], with more flags for `serve`
+    /// (`--config`, `--tls-cert`, ...).
+    pub fn serve_with_args(
+        state: &Path,
+        listen: &str,
+        token: &str,
+        env: Vec<(String, String)>,
+        serve_args: &[&OsStr],
+    ) -> Fleet {
+        let mut builder = LocalFleet::builder(env!("CARGO_BIN_EXE_lorafleet"), state)
+            .listen(listen)
+            .tenant_token(token)
+            .cluster_token(CLUSTER_TOKEN)
+            .serve_args(["--grace", "3", "--lost-after", "5"])
+            .serve_args(serve_args)
+            .worker_args(["--ring-timeout", "20"])
+            .env("RUST_BACKTRACE", "0");
+        for (key, value) in &env {
+            builder = builder.env(key, value);
+        }
+        let processes = builder.start().expect("serve starts");
         Fleet {
-            server,
-            workers: Vec::new(),
-            url,
+            url: processes.url().to_string(),
+            processes,
             token: token.to_string(),
             state: state.to_path_buf(),
             env,
@@ -51,12 +77,24 @@ impl Fleet {
     /// Kills the coordinator with SIGKILL and starts it again on the same
     /// address and state file.
     pub fn kill_and_restart_server(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let address = self.url.trim_start_matches("http://").to_string();
-        let (server, url) = spawn_server(&self.state, &address, None, &self.token, &self.env);
-        self.server = server;
-        assert_eq!(url, self.url);
+        self.processes
+            .restart_coordinator()
+            .expect("serve starts again on its address");
+    }
+
+    /// Kills the coordinator with SIGKILL.
+    pub fn kill_server(&mut self) {
+        self.processes.kill_coordinator();
+    }
+
+    /// Sends `signal` to the coordinator.
+    pub fn signal_server(&mut self, signal: libc::c_int) {
+        self.processes.signal_coordinator(signal);
+    }
+
+    /// Whether the coordinator has exited.
+    pub fn server_exited(&mut self) -> bool {
+        self.processes.coordinator_exit().is_some()
     }
 
     pub fn add_worker(&mut self, name: &str) {
@@ -64,18 +102,14 @@ impl Fleet {
         // remove a temporary folder of its own.
         let parent = self.state.parent().expect("the state file is in a folder");
         let work_dir = parent.join(format!("work-{name}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-            .args(["worker", "--coordinator", &self.url, "--name", name])
-            .args(["--ring-timeout", "20"])
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        self.processes
+            .add_worker(name, [OsStr::new("--work-dir"), work_dir.as_os_str()])
             .expect("worker starts");
-        self.workers.push(child);
+    }
+
+    /// Kills the `index`-th worker added with SIGKILL.
+    pub fn kill_worker(&mut self, index: usize) {
+        self.processes.kill_worker(index);
     }
 
     /// Runs a job command against this coordinator as `token`.
@@ -114,67 +148,6 @@ impl Fleet {
             idle >= count
         });
     }
-}
-
-impl Drop for Fleet {
-    /// SIGTERM first, so workers stop the ranks they started; SIGKILL
-    /// for whatever is still there after 5 s.
-    fn drop(&mut self) {
-        for child in self.workers.iter_mut().chain([&mut self.server]) {
-            if matches!(child.try_wait(), Ok(None)) {
-                // SAFETY: signalling a child we started and have not reaped.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for child in self.workers.iter_mut().chain([&mut self.server]) {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts `serve`; returns the process and the address it printed.
-pub fn spawn_server(
-    state: &Path,
-    listen: &str,
-    config: Option<&Path>,
-    token: &str,
-    env: &[(String, String)],
-) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            listen,
-            "--grace",
-            "3",
-            "--lost-after",
-            "5",
-        ])
-        .arg("--state")
-        .arg(state)
-        .env("LORAFLEET_TOKEN", token)
-        .env("LORAFLEET_CLUSTER_TOKEN", CLUSTER_TOKEN)
-        .env("RUST_BACKTRACE", "0")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    let mut server = command.spawn().expect("serve starts");
-    let stdout = server.stdout.take().unwrap();
-    let url = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
-        .expect("serve prints its readiness line");
-    (server, url)
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -12,7 +12,7 @@ use sha2::Digest;
 use tempfile::TempDir;
 use testkit::SeaweedFs;
 
-use crate::common::fleet::{CLUSTER_TOKEN, Fleet, spawn_server, text};
+use crate::common::fleet::{CLUSTER_TOKEN, Fleet, text};
 
 pub const TOKEN_A: &str = "tenant-a-token-for-the-attack-suite";
 pub const TOKEN_B: &str = "tenant-b-token-for-the-attack-suite";
@@ -29,7 +29,6 @@ pub struct Lab {
     pub uploads: PathBuf,
     pub s3: &'static SeaweedFs,
     pub runtime: tokio::runtime::Runtime,
-    config: PathBuf,
     dir: TempDir,
 }
 
@@ -86,7 +85,6 @@ impl Lab {
             uploads: root.join("state.db.d/datasets"),
             s3,
             runtime,
-            config,
             dir,
         }
     }
@@ -94,19 +92,7 @@ impl Lab {
     /// Kills the coordinator with SIGKILL and starts it again on the same
     /// address, state and config.
     pub fn kill_and_restart_server(&mut self) {
-        let fleet = &mut self.fleet;
-        let _ = fleet.server.kill();
-        let _ = fleet.server.wait();
-        let address = fleet.url.trim_start_matches("http://").to_string();
-        let (server, url) = spawn_server(
-            &fleet.state,
-            &address,
-            Some(&self.config),
-            TOKEN_A,
-            &fleet.env,
-        );
-        fleet.server = server;
-        assert_eq!(url, fleet.url);
+        self.fleet.kill_and_restart_server();
     }
 
     pub fn root(&self) -> &Path {

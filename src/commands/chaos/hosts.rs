@@ -17,13 +17,14 @@
 //! installs).
 //!
 //! Not here: which faults happen when (`plan`, `drive`), the processes'
-//! own flags (`cluster`).
+//! own flags (`cluster`), starting and stopping them (`LocalFleet`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use coordinator::local_fleet::Role;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -197,6 +198,23 @@ impl HostLab {
 
     pub fn host(&self, name: &str) -> &Host {
         self.lab.host(name)
+    }
+
+    /// Runs each fleet process on its host: the coordinator on `coord`,
+    /// each worker on the host of its name (a [`LocalFleet`] launcher).
+    ///
+    /// [`LocalFleet`]: coordinator::local_fleet::LocalFleet
+    pub fn launcher(&self) -> impl Fn(&Path, Role<'_>) -> Command + Send + 'static {
+        let hosts: Vec<Host> = self.lab.hosts().to_vec();
+        move |exe, role| {
+            let name = match role {
+                Role::Coordinator => COORD,
+                Role::Worker(name) => name,
+            };
+            let host = hosts.iter().find(|h| h.name() == name);
+            host.expect("every worker has a host of its name")
+                .command(exe)
+        }
     }
 
     /// Cuts worker host `name` from every other host, silently.
