@@ -94,6 +94,13 @@ impl Outbox {
 
     /// The oldest run of consecutive events of one job attempt, left
     /// queued until [`Outbox::sent`].
+    /// Takes every queued event as if the coordinator had stored it.
+    #[cfg(test)]
+    pub(super) fn drain(&self) -> Vec<api::Event> {
+        let mut inner = self.queue.lock().expect("outbox lock");
+        inner.events.drain(..).map(|q| q.event).collect()
+    }
+
     fn next_batch(&self) -> Vec<Queued> {
         let inner = self.queue.lock().expect("outbox lock");
         let Some(first) = inner.events.front() else {

@@ -334,3 +334,151 @@ async fn watch_rank(
     };
     end_rank(&shared, &job_id, attempt, state, error, &event).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::agent::{AgentConfig, FenceClock, Outbox, RankLauncher};
+
+    /// A rank that is a shell script.
+    #[derive(Debug)]
+    struct Script(String);
+
+    impl RankLauncher for Script {
+        fn command(&self, _: &RankLaunch<'_>) -> Command {
+            let mut command = Command::new("sh");
+            command.arg("-c").arg(&self.0);
+            command
+        }
+
+        fn describe(&self) -> String {
+            "sh".into()
+        }
+    }
+
+    fn shared(script: String) -> Arc<Shared> {
+        Arc::new(Shared {
+            config: AgentConfig {
+                coordinator: "http://127.0.0.1:9".into(),
+                cluster_token: String::new(),
+                name: "w".into(),
+                host: "h".into(),
+                backend: "cpu".into(),
+                device: "cpu".into(),
+                memory_bytes: 0,
+                ring_host: None,
+                ring_port: 0,
+                launcher: Arc::new(Script(script)),
+                work_dir: std::env::temp_dir(),
+                ca: None,
+            },
+            report: Mutex::new(Report {
+                job_id: "j".into(),
+                attempt: 1,
+                state: "running",
+                ..Report::default()
+            }),
+            changed: tokio::sync::Notify::new(),
+            outbox: Outbox::default(),
+            identity: Mutex::new(("w-1".into(), String::new())),
+            rank: tokio::sync::Mutex::new(None),
+            fence: Mutex::new(FenceClock::default()),
+        })
+    }
+
+    /// Runs `script` as rank 0 of attempt 1 of job `j` until it ends;
+    /// returns the events it forwarded and the state reported.
+    async fn run_script(script: &str) -> (Vec<api::Event>, &'static str, String) {
+        let shared = shared(script.to_string());
+        let launch = RankLaunch {
+            spec_file: Path::new("spec.yaml"),
+            job_id: "j",
+            tenant: "t",
+            attempt: 1,
+            rank: 0,
+            world: 1,
+            peers: &[],
+            resume: false,
+        };
+        let mut command = shared.config.launcher.command(&launch);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("sh runs");
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let slot = Arc::new(tokio::sync::Mutex::new(Some(child)));
+        // The coordinator's side: take events as they come.
+        let drained = Arc::new(Mutex::new(Vec::new()));
+        let drain = tokio::spawn({
+            let (shared, drained) = (shared.clone(), drained.clone());
+            async move {
+                loop {
+                    let batch = shared.outbox.drain();
+                    drained.lock().unwrap().extend(batch);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        watch_rank(shared.clone(), slot, stdout, stderr, "j".into(), 1, 0).await;
+        drain.abort();
+        let mut events = drained.lock().unwrap().clone();
+        events.extend(shared.outbox.drain());
+        let report = shared.report.lock().unwrap().clone();
+        (events, report.state, report.error)
+    }
+
+    fn step_line(step: usize) -> String {
+        JobEvent::TrainStep {
+            total_steps: 10,
+            metrics: trainer::train::StepMetrics {
+                step,
+                epoch: 0,
+                loss: 1.0,
+                learning_rate: 1e-3,
+                grad_norm: 1.0,
+                target_tokens: 8,
+                tokens_per_s: 100.0,
+                step_time_s: 0.1,
+            },
+        }
+        .to_line()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_lines_are_forwarded_other_lines_dropped_and_the_exit_status_is_the_state() {
+        let script = format!(
+            "echo '{}'; echo 'not an event'; echo '{{\"type\": \"job.succeeded\"}}'; echo oops >&2; exit 75",
+            step_line(3)
+        );
+        let (events, state, _) = run_script(&script).await;
+        let kinds: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
+        assert_eq!(kinds, ["train.step", "rank.preempted"], "{events:?}");
+        assert_eq!(state, "preempted");
+        let step: JobEvent = JobEvent::from_data(
+            &events[0].r#type,
+            &serde_json::from_str(&events[0].data_json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(step.step(), Some(3));
+        assert_eq!(events[0].message, "step 3/10: loss 1.0000, 100 tokens/s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_rank_reports_the_last_line_of_its_stderr() {
+        let script = format!(
+            "echo '{}'; echo 'loading' >&2; echo 'disk full' >&2; echo >&2; exit 3",
+            step_line(1)
+        );
+        let (events, state, error) = run_script(&script).await;
+        assert_eq!(state, "failed");
+        assert_eq!(error, "disk full");
+        let last = events.last().unwrap();
+        assert_eq!(last.r#type, "rank.failed");
+        assert_eq!(last.level, "error");
+        let data: serde_json::Value = serde_json::from_str(&last.data_json).unwrap();
+        assert_eq!(
+            data["stderr_tail"],
+            serde_json::json!(["loading", "disk full", ""])
+        );
+    }
+}
