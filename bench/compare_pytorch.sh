@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LoRA training step of lorafleet against PyTorch + transformers + PEFT on
-# the reference workloads (REFERENCE.md §4), in one run on this machine,
+# the reference workloads (docs/PERFORMANCE.md), in one run on this machine,
 # as ratios. Each cell runs ours and theirs alternately, ROUNDS times, and
 # reports the medians.
 #

@@ -1,5 +1,5 @@
 """One LoRA training step of PyTorch + transformers + PEFT on the reference
-workload (REFERENCE.md §4), timed as `lorafleet bench train` times its own.
+workload (docs/PERFORMANCE.md), timed as `lorafleet bench train` times its own.
 
     python bench/peft_train.py --preset tiny --threads 1 [--steps 10] [--warmup-steps 3]
 

@@ -12,7 +12,7 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
-/// Exit codes shared by every command (DESIGN.md §5).
+/// Exit codes shared by every command (README.md, "A fleet").
 pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;

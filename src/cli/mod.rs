@@ -1,5 +1,5 @@
 //! The command-line grammar (clap derive). Names here are a contract that
-//! scripts rely on (DESIGN.md §5): add freely, rename nothing.
+//! scripts rely on (docs/ARCHITECTURE.md): add freely, rename nothing.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! The short job and fleet commands: `jobs`, `status`, `cancel`, `resume`,
 //! `checkpoints`, `workers`, `drain`. Each makes one call to the
 //! coordinator and prints the answer as a table or summary, or as JSON with
-//! `--json` (DESIGN.md §5). A successful call exits 0 whatever state the
+//! `--json` (README.md, "A fleet"). A successful call exits 0 whatever state the
 //! job is in.
 //!
 //! Not here: `submit`, `logs`, `download`, or connecting (`remote`).

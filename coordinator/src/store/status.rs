@@ -1,4 +1,4 @@
-//! The job status machine (DESIGN.md §4): which status may follow which.
+//! The job status machine (docs/ARCHITECTURE.md): which status may follow which.
 //!
 //! ```text
 //! queued ──► starting ──► running ──► succeeded
@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-/// Where a job stands (DESIGN.md §4).
+/// Where a job stands (docs/ARCHITECTURE.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum JobStatus {
     /// Waiting for a gang of workers.

@@ -1,8 +1,8 @@
 //! The YAML job spec: its shape, its defaults, its validation, and where
 //! each problem is in the file.
 //!
-//! This module owns the user-facing contract of DESIGN.md §4 ("The job
-//! spec"): [`JobSpec`] and its sections mirror the YAML keys one for one.
+//! This module owns a user-facing contract, the job spec (docs/ARCHITECTURE.md,
+//! `configs/`): [`JobSpec`] and its sections mirror the YAML keys one for one.
 //! It reads a spec ([`JobSpec::from_file`], [`JobSpec::from_yaml`]), fills in
 //! the defaults, resolves relative paths against the spec file's folder, and
 //! checks every value, reporting **all** problems at once, each as

@@ -247,7 +247,7 @@ fn embedded_tokenizer_is_built() {
     );
 }
 
-/// The real model (REFERENCE.md §2). `examples/smollm2/fetch.sh` gets it.
+/// The real model (README.md, SmolLM2). `examples/smollm2/fetch.sh` gets it.
 #[test]
 fn smollm2_135m_instruct_q4_1_loads() {
     if std::env::var("LORAFLEET_SKIP_SMOLLM2").as_deref() == Ok("1") {
