@@ -4,6 +4,8 @@
 
 mod cli;
 mod commands;
+mod connection;
+mod output;
 mod progress;
 
 use std::process::ExitCode;

@@ -1,9 +1,17 @@
 //! The gRPC API: the messages and services of `proto/lorafleet.proto`,
 //! generated at build time (see `build.rs`), plus the few conversions every
-//! side needs (bearer tokens in metadata, size limits).
+//! side needs (bearer tokens in metadata, size limits) and, in [`convert`],
+//! every conversion between the `Jobs` service's messages and domain types.
+//!
+//! **Architecture invariant:** protobuf types stay inside
+//! `coordinator::{api, client, server}` (and the agent's side of the
+//! `Workers` service). The CLI calls [`crate::client::Connection`]'s typed
+//! methods and never names a message.
 //!
 //! Not here: what the services do (`server`), or the worker's side of them
 //! (`agent`).
+
+pub mod convert;
 
 #[allow(clippy::all, missing_docs)]
 mod generated {

@@ -1,6 +1,16 @@
-//! Connecting to a coordinator: one [`Connection`] holds the channel, adds
+//! Calling a coordinator: one [`Connection`] holds the channel, adds
 //! the bearer token and this program's version to every call, and sets the
 //! message size limits. The CLI and the worker agent both use it.
+//!
+//! Its typed methods (`calls`) are what the CLI uses: [`Connection::submit`],
+//! [`Connection::list`], [`Connection::status`], [`Connection::cancel`],
+//! [`Connection::resume`], [`Connection::watch`], [`Connection::checkpoints`],
+//! [`Connection::download`], [`Connection::upload`] and the worker calls
+//! take and return the plain types of `types` ([`Job`] with a [`JobStatus`],
+//! [`Event`], [`Checkpoint`], ...) and fail with a [`CallError`]; the
+//! protobuf messages stay behind them (`api::convert` translates). The raw
+//! stubs ([`Connection::jobs`], [`Connection::workers`]) are for the agent
+//! and the coordinator's own tests.
 //!
 //! A URL's scheme says how: `http://` in clear, `https://` over TLS,
 //! verified against a [`TrustedCa`] when one is given (`--ca` /
@@ -13,7 +23,10 @@
 //! Not here: what any command does with the answers, or retrying (the
 //! channel reconnects by itself; when to give up is the caller's call).
 
+mod calls;
+mod error;
 mod tls;
+pub mod types;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +37,13 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use calls::{ChunkStream, EventStream};
+pub use error::{CallError, ErrorKind, UploadError};
 pub use tls::{CaError, TrustedCa, use_ring_provider, utc_time};
+pub use types::{
+    Checkpoint, Event, EventLevel, FileChunk, Job, JobError, JobPage, JobStatus, Submission,
+    UploadPurpose, Uploaded, Worker, WorkerState,
+};
 
 use crate::api::jobs_client::JobsClient;
 use crate::api::workers_client::WorkersClient;
@@ -213,12 +232,15 @@ impl Connection {
         &self.url
     }
 
+    /// The `Jobs` service's raw stub (messages in and out); clients use
+    /// the typed methods instead.
     pub fn jobs(&self) -> JobsApi {
         JobsClient::with_interceptor(self.channel.clone(), self.credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The `Workers` service's raw stub: the agent's side of the fleet.
     pub fn workers(&self) -> WorkersApi {
         WorkersClient::with_interceptor(self.channel.clone(), self.credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

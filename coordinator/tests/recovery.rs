@@ -10,7 +10,7 @@ mod common;
 use common::*;
 
 /// The events of `kind` job `id` logged so far.
-async fn events_of(jobs: &mut JobsApi, id: &str, kind: &str) -> Vec<api::Event> {
+async fn events_of(jobs: &mut JobsApi, id: &str, kind: &str) -> Vec<api::JobEvent> {
     let watch = api::WatchRequest {
         job_id: id.to_string(),
         after_id: 0,
@@ -27,7 +27,7 @@ async fn events_of(jobs: &mut JobsApi, id: &str, kind: &str) -> Vec<api::Event> 
     found
 }
 
-fn data(event: &api::Event) -> serde_json::Value {
+fn data(event: &api::JobEvent) -> serde_json::Value {
     serde_json::from_str(&event.data_json).unwrap()
 }
 
@@ -53,7 +53,7 @@ async fn a_lost_worker_restarts_its_job() {
 
     let lost = events_of(&mut jobs, &job.id, "worker.lost").await;
     assert_eq!(lost.len(), 1, "{lost:?}");
-    assert_eq!(lost[0].level, "warn");
+    assert_eq!(level(&lost[0]), "warn");
     assert!(lost[0].data_json.contains(&id), "{:?}", lost[0]);
 
     // It comes back under its old id and gets the job's next attempt.

@@ -17,7 +17,7 @@ async fn gangs_start_whole_and_the_queue_drains() {
     let mut ids = Vec::new();
     for (name, n) in [("first", 2), ("second", 2), ("small", 1)] {
         let job = tc.job(&mut jobs, name, n, 0).await;
-        assert_eq!(job.status, "queued");
+        assert_eq!(status(&job), "queued");
         ids.push(job.id);
     }
     let (first, second, small) = (&ids[0], &ids[1], &ids[2]);
@@ -30,7 +30,7 @@ async fn gangs_start_whole_and_the_queue_drains() {
     assert_eq!(log.len(), 3, "{log:?}");
     assert_eq!(count_for(&log, first), 2, "{log:?}");
     assert_eq!(count_for(&log, small), 1, "{log:?}");
-    assert_eq!(get(&mut jobs, second).await.status, "queued");
+    assert_eq!(status(&get(&mut jobs, second).await), "queued");
     assert_whole_gangs(&conn, &mut jobs).await;
 
     // Progress reported by a rank shows in the job.
@@ -97,7 +97,7 @@ async fn a_freed_worker_takes_the_highest_priority_job_first() {
     worker.finish(&first).await;
     let next = worker.next_assignment().await;
     assert_eq!(next.job_id, high.id, "the high-priority job goes first");
-    assert_eq!(get(&mut jobs, &low.id).await.status, "queued");
+    assert_eq!(status(&get(&mut jobs, &low.id).await), "queued");
     worker.finish(&next).await;
     let last = worker.next_assignment().await;
     assert_eq!(last.job_id, low.id);
@@ -115,19 +115,19 @@ async fn cancelled_jobs_never_start_and_running_ones_are_stopped() {
     let conn = tc.connect(TENANT).await;
     let mut jobs = conn.jobs();
     let queued = tc.job(&mut jobs, "queued", 1, 0).await;
-    assert_eq!(cancel(&mut jobs, &queued.id).await.status, "cancelled");
+    assert_eq!(status(&cancel(&mut jobs, &queued.id).await), "cancelled");
 
     let mut worker = SimWorker::join(&tc, "", "late").await;
     let order = worker.next_order(Duration::from_secs(2)).await;
     assert!(order.is_none(), "a cancelled job was started: {order:?}");
-    assert_eq!(get(&mut jobs, &queued.id).await.status, "cancelled");
+    assert_eq!(status(&get(&mut jobs, &queued.id).await), "cancelled");
 
     // The same worker does take a live job; cancelling it stops the rank.
     let live = tc.job(&mut jobs, "live", 1, 0).await;
     let a = worker.next_assignment().await;
     assert_eq!(a.job_id, live.id);
     worker.report(&a, "running").await;
-    assert_eq!(cancel(&mut jobs, &live.id).await.status, "cancelled");
+    assert_eq!(status(&cancel(&mut jobs, &live.id).await), "cancelled");
     match worker.next_order(WAIT).await {
         Some(order::Kind::Stop(stop)) => {
             assert_eq!((&stop.job_id, stop.attempt), (&a.job_id, a.attempt));
@@ -137,8 +137,8 @@ async fn cancelled_jobs_never_start_and_running_ones_are_stopped() {
     // A late report for the cancelled attempt changes nothing.
     worker.finish(&a).await;
     sleep(QUIET).await;
-    assert_eq!(get(&mut jobs, &live.id).await.status, "cancelled");
-    assert_eq!(get(&mut jobs, &queued.id).await.status, "cancelled");
+    assert_eq!(status(&get(&mut jobs, &live.id).await), "cancelled");
+    assert_eq!(status(&get(&mut jobs, &queued.id).await), "cancelled");
     drop((worker, jobs, conn));
     tc.shutdown().await;
 }
@@ -313,9 +313,9 @@ async fn a_job_larger_than_the_fleet_is_told_so_and_stopping_ends_open_streams()
     })
     .await
     .expect("a job.unfit event");
-    assert_eq!(unfit.level, "warn");
+    assert_eq!(level(&unfit), "warn");
     assert!(unfit.message.contains('2'), "{}", unfit.message);
-    assert_eq!(get(&mut jobs, &job.id).await.status, "queued");
+    assert_eq!(status(&get(&mut jobs, &job.id).await), "queued");
 
     // A connected worker and a following watcher do not hold up a stop.
     tc.shutdown().await;
@@ -353,7 +353,7 @@ async fn a_failed_job_resumes_as_a_new_attempt_with_a_fresh_failure_budget() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resumed.status, "restarting");
+    assert_eq!(status(&resumed), "restarting");
     assert_eq!(resumed.failures, 0, "a fresh max_failures budget");
     assert!(resumed.error.is_none());
     let second = loop {

@@ -14,42 +14,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
-use coordinator::api::{self, WatchRequest};
-use coordinator::client::Connection;
+// The simulated workers speak the `Workers` service's messages.
+use coordinator::api;
+use coordinator::client::{Connection, JobStatus};
 use coordinator::local_fleet::LocalFleet;
 use job::JobSpec;
 use job::spec::Workers;
 use tokio_stream::StreamExt;
 
-use super::remote::{self, RemoteArgs, block_on, rpc};
+use super::remote::rpc;
 use super::run::{start_fleet, wait_for_workers};
-use super::submit::submit_file;
-
-#[derive(Args, Debug)]
-pub struct BenchFleetArgs {
-    /// The job measured for time to first step (run on --workers workers).
-    #[arg(long, default_value = "configs/quickstart.yaml")]
-    pub spec: std::path::PathBuf,
-    /// Workers of the time-to-first-step fleet.
-    #[arg(long, default_value_t = 2)]
-    pub workers: u32,
-    /// Jobs timed to their first step (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Queued jobs of the load measurement.
-    #[arg(long, default_value_t = 1000)]
-    pub jobs: usize,
-    /// Simulated workers of the load measurement.
-    #[arg(long, default_value_t = 200)]
-    pub sim_workers: usize,
-    /// Seconds the load is measured over.
-    #[arg(long, default_value_t = 10.0)]
-    pub seconds: f64,
-    /// One JSON object: {"submit_to_first_step_s", "coordinator_cpu_share", ...}.
-    #[arg(long)]
-    pub json: bool,
-}
+use super::submit::submit_spec;
+use crate::cli::{BenchFleetArgs, RemoteArgs};
+use crate::connection::block_on;
 
 pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
@@ -107,7 +84,7 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
 }
 
 async fn connect(fleet: &LocalFleet) -> anyhow::Result<Connection> {
-    remote::connect(&RemoteArgs {
+    crate::connection::connect(&RemoteArgs {
         coordinator: fleet.url().to_string(),
         token: Some(fleet.tenant_token().to_string()),
         ca: None,
@@ -126,35 +103,22 @@ async fn time_to_first_step(
     let mut times = Vec::new();
     for _ in 0..rounds.max(1) {
         let start = Instant::now();
-        let job = submit_file(&conn, spec).await?;
-        let mut events = conn
-            .jobs()
-            .watch_events(WatchRequest {
-                job_id: job.id.clone(),
-                after_id: 0,
-                follow: true,
-            })
-            .await
-            .map_err(rpc)?
-            .into_inner();
+        let job = submit_spec(&conn, spec, false).await?;
+        let mut events = conn.watch(&job.id, 0, true).await?;
         loop {
             let event = events
                 .next()
                 .await
-                .context("the job ended before its first step")?
-                .map_err(rpc)?;
-            if event.r#type == "train.step" {
+                .context("the job ended before its first step")??;
+            if event.kind == "train.step" {
                 break;
             }
-            if event.r#type == "job.failed" {
+            if event.kind == "job.failed" {
                 bail!("the job failed: {}", event.message);
             }
         }
         times.push(start.elapsed().as_secs_f64());
-        conn.jobs()
-            .cancel(api::JobRef { id: job.id })
-            .await
-            .map_err(rpc)?;
+        conn.cancel(&job.id).await?;
         // The workers are free again once their ranks are stopped.
         wait_for_workers(fleet, &conn).await?;
     }
@@ -175,7 +139,7 @@ async fn coordinator_load(
 ) -> anyhow::Result<Load> {
     let conn = connect(fleet).await?;
     for _ in 0..args.jobs {
-        submit_file(&conn, spec).await?;
+        submit_spec(&conn, spec, false).await?;
     }
     let cluster =
         Connection::open(fleet.url(), fleet.cluster_token(), Duration::from_secs(5)).await?;
@@ -195,17 +159,11 @@ async fn coordinator_load(
         task.abort();
     }
     let queued = conn
-        .jobs()
-        .list(api::ListJobsRequest {
-            limit: 1000,
-            after: String::new(),
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner()
+        .list(1000, None)
+        .await?
         .data
         .iter()
-        .filter(|j| j.status == "queued")
+        .filter(|j| j.status == JobStatus::Queued)
         .count();
     Ok(Load {
         queued,

@@ -15,52 +15,13 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
-use coordinator::api::{DownloadRequest, FileChunk};
-use coordinator::client::Connection;
+use coordinator::client::{Connection, FileChunk};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio_stream::StreamExt;
 
-use super::UsageError;
 use super::output_folder::Staging;
-use super::remote::{self, RemoteArgs, rpc};
-
-/// `lorafleet download JOB`.
-#[derive(clap::Args, Debug)]
-pub struct DownloadArgs {
-    /// The job's id.
-    pub job: String,
-    /// Which checkpoint: a step number, `latest` or `best`.
-    #[arg(long, default_value = "latest", value_parser = parse_step, value_name = "N|latest|best")]
-    pub step: String,
-    /// The folder to write the checkpoint's files into (replaced if it
-    /// exists).
-    #[arg(short = 'o', long = "output", value_name = "DIR")]
-    pub output: PathBuf,
-    /// Write the base model with the adapter merged in (a HF model folder,
-    /// as `export --merged` writes) instead of the adapter. The base model
-    /// is the one the checkpoint's job.yaml names: a preset, or a path that
-    /// must exist on this machine.
-    #[arg(long)]
-    pub merged: bool,
-    /// Print {"job", "step", "dir", "files": [{"path", "bytes", "sha256"}]}.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// A `--step` value: a step number, `latest` or `best`.
-pub fn parse_step(text: &str) -> Result<String, UsageError> {
-    let text = text.trim();
-    if text == "latest" || text == "best" || text.parse::<u64>().is_ok() {
-        Ok(text.to_string())
-    } else {
-        Err(UsageError(format!(
-            "{text:?} is not a checkpoint: give a step number, `latest` or `best`"
-        )))
-    }
-}
+use crate::cli::DownloadArgs;
+use crate::connection::{block_on, connect};
 
 /// What a download wrote.
 #[derive(Debug, Clone)]
@@ -106,8 +67,8 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
     if args.merged {
         return download_merged(&args);
     }
-    let summary = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
+    let summary = block_on(async {
+        let conn = connect(&args.remote).await?;
         download_checkpoint(&conn, &args.job, &args.step, &args.output).await
     })?;
     if args.json {
@@ -129,8 +90,8 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
 fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let adapter = Staging::new(&args.output)?;
     let adapter_dir = adapter.path().join("adapter");
-    let summary = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
+    let summary = block_on(async {
+        let conn = connect(&args.remote).await?;
         download_checkpoint(&conn, &args.job, &args.step, &adapter_dir).await
     })?;
     let spec_path = adapter_dir.join("job.yaml");
@@ -170,21 +131,11 @@ pub async fn download_checkpoint(
     dir: &Path,
 ) -> anyhow::Result<DownloadSummary> {
     let staging = Staging::new(dir)?;
-    let request = DownloadRequest {
-        job_id: job_id.to_string(),
-        step: step.to_string(),
-    };
     let failed = || format!("cannot download checkpoint {step} of job {job_id}");
-    let mut stream = conn
-        .jobs()
-        .download(request)
-        .await
-        .map_err(rpc)
-        .with_context(failed)?
-        .into_inner();
+    let mut stream = conn.download(job_id, step).await.with_context(failed)?;
     let mut writer = CheckpointWriter::new(staging.path());
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(rpc).with_context(failed)?;
+        let chunk = chunk.with_context(failed)?;
         writer.accept(&chunk).with_context(failed)?;
     }
     let (step, files) = writer.finish().with_context(failed)?;
@@ -252,10 +203,9 @@ impl CheckpointWriter {
             .with_context(|| format!("cannot write {}", open.name))?;
         open.hasher.update(&chunk.data);
         open.bytes += chunk.data.len() as u64;
-        if chunk.sha256.is_empty() {
-            self.open = Some(open);
-        } else {
-            self.done.push(open.close(&chunk.sha256)?);
+        match &chunk.sha256 {
+            None => self.open = Some(open),
+            Some(sha256) => self.done.push(open.close(sha256)?),
         }
         Ok(())
     }
@@ -357,7 +307,7 @@ mod tests {
         FileChunk {
             path: path.to_string(),
             data: data.to_vec(),
-            sha256: sha256.to_string(),
+            sha256: (!sha256.is_empty()).then(|| sha256.to_string()),
             step: 40,
         }
     }
@@ -475,14 +425,5 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
-    }
-
-    #[test]
-    fn steps_are_numbers_or_latest_or_best() {
-        assert_eq!(parse_step("latest").unwrap(), "latest");
-        assert_eq!(parse_step("best").unwrap(), "best");
-        assert_eq!(parse_step("120").unwrap(), "120");
-        assert!(parse_step("newest").is_err());
-        assert!(parse_step("-1").is_err());
     }
 }

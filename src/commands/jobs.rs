@@ -4,123 +4,32 @@
 //! `--json` (README.md, "A fleet"). A successful call exits 0 whatever state the
 //! job is in.
 //!
-//! Not here: `submit`, `logs`, `download`, or connecting (`remote`).
+//! Not here: `submit`, `logs`, `download`, connecting (`connection`), or
+//! the JSON shapes (`output`).
 
 use anyhow::Context;
-use coordinator::api::{
-    Checkpoint, Job, JobRef, ListJobsRequest, ListWorkersRequest, WorkerInfo, WorkerRef,
-};
+use coordinator::client::{Connection, Job, Worker};
 use serde_json::{Value, json};
 
-use super::remote::{self, RemoteArgs, job_json, rpc};
-
-/// `lorafleet jobs`: the tenant's jobs, newest first.
-#[derive(clap::Args, Debug)]
-pub struct JobsArgs {
-    /// The most jobs to list.
-    #[arg(long, default_value_t = 20)]
-    pub limit: u32,
-    /// List the jobs after this id (the last id of the previous page).
-    #[arg(long, value_name = "ID")]
-    pub after: Option<String>,
-    /// Print {"data": [jobs], "has_more"}.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet status JOB`.
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet cancel JOB`.
-#[derive(clap::Args, Debug)]
-pub struct CancelArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet resume JOB`.
-#[derive(clap::Args, Debug)]
-pub struct ResumeArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet checkpoints JOB`.
-#[derive(clap::Args, Debug)]
-pub struct CheckpointsArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print {"data": [{"step", "url", "metrics", "committed_at"}]}.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet workers`.
-#[derive(clap::Args, Debug)]
-pub struct WorkersArgs {
-    /// Print {"data": [workers]}.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
-/// `lorafleet drain WORKER` and `lorafleet undrain WORKER`.
-#[derive(clap::Args, Debug)]
-pub struct DrainArgs {
-    /// The worker's id.
-    pub worker: String,
-    /// Print the worker as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
+use crate::cli::{
+    CancelArgs, CheckpointsArgs, DrainArgs, JobsArgs, RemoteArgs, ResumeArgs, StatusArgs,
+    WorkersArgs,
+};
+use crate::connection::{block_on, connect};
+use crate::output::{checkpoint_json, job_json, now_unix, short_duration, utc_time, worker_json};
 
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
-    let list = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let request = ListJobsRequest {
-            limit: args.limit,
-            after: args.after.clone().unwrap_or_default(),
-        };
-        let list = conn
-            .jobs()
-            .list(request)
-            .await
-            .map_err(rpc)
-            .context("cannot list jobs")?;
-        anyhow::Ok(list.into_inner())
+    let list = block_on(async {
+        let conn = connect(&args.remote).await?;
+        let list = conn.list(args.limit, args.after.as_deref()).await;
+        list.context("cannot list jobs")
     })?;
     if args.json {
         let data: Vec<Value> = list.data.iter().map(job_json).collect();
         println!("{}", json!({"data": data, "has_more": list.has_more}));
         return Ok(());
     }
-    let now = remote::now_unix();
+    let now = now_unix();
     let rows = list
         .data
         .iter()
@@ -128,10 +37,10 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
             vec![
                 job.id.clone(),
                 job.name.clone(),
-                job.status.clone(),
+                job.status.to_string(),
                 step_of(job),
                 job.attempt.to_string(),
-                remote::short_duration(now - job.created_at),
+                short_duration(now - job.created_at),
             ]
         })
         .collect();
@@ -148,9 +57,10 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let job = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        remote::get_job(&conn, &args.job).await
+    let job = block_on(async {
+        let conn = connect(&args.remote).await?;
+        let job = conn.status(&args.job).await;
+        job.with_context(|| format!("cannot get job {}", args.job))
     })?;
     if args.json {
         println!("{}", job_json(&job));
@@ -177,55 +87,41 @@ enum JobChange {
 
 /// Makes `change` to job `id` and prints the job as it is after.
 fn change_job(remote: &RemoteArgs, id: &str, change: JobChange, json: bool) -> anyhow::Result<()> {
-    let job = remote::block_on(async {
-        let conn = remote::connect(remote).await?;
-        let mut jobs = conn.jobs();
-        let request = JobRef { id: id.to_string() };
+    let job = block_on(async {
+        let conn = connect(remote).await?;
         let (reply, verb) = match change {
-            JobChange::Cancel => (jobs.cancel(request).await, "cancel"),
-            JobChange::Resume => (jobs.resume(request).await, "resume"),
+            JobChange::Cancel => (conn.cancel(id).await, "cancel"),
+            JobChange::Resume => (conn.resume(id).await, "resume"),
         };
-        let job = reply
-            .map_err(rpc)
-            .with_context(|| format!("cannot {verb} job {id}"))?;
-        anyhow::Ok(job.into_inner())
+        reply.with_context(|| format!("cannot {verb} job {id}"))
     })?;
     print_changed(&job, json);
     Ok(())
 }
 
 pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
-    let list = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let reply = conn
-            .jobs()
-            .list_checkpoints(JobRef {
-                id: args.job.clone(),
-            })
-            .await;
-        let list = reply
-            .map_err(rpc)
-            .with_context(|| format!("cannot list the checkpoints of job {}", args.job))?;
-        anyhow::Ok(list.into_inner())
+    let list = block_on(async {
+        let conn = connect(&args.remote).await?;
+        let list = conn.checkpoints(&args.job).await;
+        list.with_context(|| format!("cannot list the checkpoints of job {}", args.job))
     })?;
     if args.json {
-        let data: Vec<Value> = list.data.iter().map(checkpoint_json).collect();
+        let data: Vec<Value> = list.iter().map(checkpoint_json).collect();
         println!("{}", json!({ "data": data }));
         return Ok(());
     }
-    if list.data.is_empty() {
+    if list.is_empty() {
         println!("job {} has no checkpoints yet", args.job);
         return Ok(());
     }
     let rows = list
-        .data
         .iter()
         .map(|c| {
             vec![
                 c.step.to_string(),
                 c.url.clone(),
-                metrics_summary(&remote::parse_json(&c.metrics_json)),
-                remote::utc_time(c.committed_at),
+                metrics_summary(&c.metrics),
+                utc_time(c.committed_at),
             ]
         })
         .collect();
@@ -234,24 +130,21 @@ pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
-    let list = remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let reply = conn.workers().list(ListWorkersRequest {}).await;
-        let list = reply.map_err(rpc).context("cannot list workers")?;
-        anyhow::Ok(list.into_inner())
+    let list = block_on(async {
+        let conn = connect(&args.remote).await?;
+        conn.list_workers().await.context("cannot list workers")
     })?;
     if args.json {
-        let data: Vec<Value> = list.data.iter().map(worker_json).collect();
+        let data: Vec<Value> = list.iter().map(worker_json).collect();
         println!("{}", json!({ "data": data }));
         return Ok(());
     }
-    if list.data.is_empty() {
+    if list.is_empty() {
         println!("no workers have joined");
         return Ok(());
     }
-    let now = remote::now_unix();
+    let now = now_unix();
     let rows = list
-        .data
         .iter()
         .map(|w| {
             vec![
@@ -259,10 +152,10 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
                 w.name.clone(),
                 w.host.clone(),
                 w.backend.clone(),
-                w.state.clone(),
-                or_dash(&w.job_id),
+                w.state.to_string(),
+                w.job_id.clone().unwrap_or_else(|| "-".to_string()),
                 w.rank.map_or_else(|| "-".to_string(), |r| r.to_string()),
-                format!("{} ago", remote::short_duration(now - w.last_heartbeat)),
+                format!("{} ago", short_duration(now - w.last_heartbeat)),
             ]
         })
         .collect();
@@ -283,22 +176,22 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
-    let worker = remote::block_on(set_draining(&args, true))?;
+    let worker = block_on(set_draining(&args, true))?;
     if args.json {
         println!("{}", worker_json(&worker));
-    } else if worker.job_id.is_empty() {
-        println!("worker {} ({}): {}", worker.id, worker.name, worker.state);
-    } else {
+    } else if let Some(job) = &worker.job_id {
         println!(
-            "worker {} ({}): {}; it finishes job {} and then takes no new one",
-            worker.id, worker.name, worker.state, worker.job_id
+            "worker {} ({}): {}; it finishes job {job} and then takes no new one",
+            worker.id, worker.name, worker.state
         );
+    } else {
+        println!("worker {} ({}): {}", worker.id, worker.name, worker.state);
     }
     Ok(())
 }
 
 pub fn run_undrain(args: DrainArgs) -> anyhow::Result<()> {
-    let worker = remote::block_on(set_draining(&args, false))?;
+    let worker = block_on(set_draining(&args, false))?;
     if args.json {
         println!("{}", worker_json(&worker));
     } else {
@@ -308,52 +201,14 @@ pub fn run_undrain(args: DrainArgs) -> anyhow::Result<()> {
 }
 
 /// Drains (`drain`) or undrains the worker `args` names.
-async fn set_draining(args: &DrainArgs, drain: bool) -> anyhow::Result<WorkerInfo> {
-    let conn = remote::connect(&args.remote).await?;
-    let mut workers = conn.workers();
-    let request = WorkerRef {
-        id: args.worker.clone(),
-    };
-    let reply = if drain {
-        workers.drain(request).await
+async fn set_draining(args: &DrainArgs, drain: bool) -> anyhow::Result<Worker> {
+    let conn: Connection = connect(&args.remote).await?;
+    let (reply, verb) = if drain {
+        (conn.drain(&args.worker).await, "drain")
     } else {
-        workers.undrain(request).await
+        (conn.undrain(&args.worker).await, "undrain")
     };
-    let verb = if drain { "drain" } else { "undrain" };
-    let worker = reply
-        .map_err(rpc)
-        .with_context(|| format!("cannot {verb} worker {}", args.worker))?;
-    Ok(worker.into_inner())
-}
-
-/// A worker as `--json` prints it: every field of `WorkerInfo`, with null
-/// for no job and no rank.
-pub fn worker_json(w: &WorkerInfo) -> Value {
-    json!({
-        "id": w.id,
-        "name": w.name,
-        "host": w.host,
-        "backend": w.backend,
-        "device": w.device,
-        "memory_bytes": w.memory_bytes,
-        "version": w.version,
-        "state": w.state,
-        "job_id": (!w.job_id.is_empty()).then_some(&w.job_id),
-        "rank": w.rank,
-        "registered_at": w.registered_at,
-        "last_heartbeat": w.last_heartbeat,
-        "ring_addr": w.ring_addr,
-    })
-}
-
-/// A checkpoint as `--json` prints it.
-pub fn checkpoint_json(c: &Checkpoint) -> Value {
-    json!({
-        "step": c.step,
-        "url": c.url,
-        "metrics": remote::parse_json(&c.metrics_json),
-        "committed_at": c.committed_at,
-    })
+    reply.with_context(|| format!("cannot {verb} worker {}", args.worker))
 }
 
 /// The answer to `cancel` or `resume`.
@@ -372,9 +227,9 @@ fn print_job(job: &Job) {
     println!("step      {}", step_of(job));
     println!("attempt   {}", job.attempt);
     println!("failures  {}/{}", job.failures, job.max_failures);
-    println!("created   {}", remote::utc_time(job.created_at));
+    println!("created   {}", utc_time(job.created_at));
     if let Some(finished) = job.finished_at {
-        println!("finished  {}", remote::utc_time(finished));
+        println!("finished  {}", utc_time(finished));
     }
     if let Some(error) = &job.error {
         println!("error     {}: {}", error.code, error.message);
@@ -386,14 +241,6 @@ fn step_of(job: &Job) -> String {
     match job.total_steps {
         Some(total) => format!("{}/{total}", job.step),
         None => format!("{}/?", job.step),
-    }
-}
-
-fn or_dash(text: &str) -> String {
-    if text.is_empty() {
-        "-".to_string()
-    } else {
-        text.to_string()
     }
 }
 
@@ -470,54 +317,24 @@ mod tests {
     }
 
     #[test]
-    fn worker_json_has_every_field() {
-        let worker = WorkerInfo {
-            id: "w-1".into(),
-            rank: Some(0),
-            job_id: String::new(),
-            ..WorkerInfo::default()
-        };
-        let value = worker_json(&worker);
-        for key in [
-            "id",
-            "name",
-            "host",
-            "backend",
-            "device",
-            "memory_bytes",
-            "version",
-            "state",
-            "job_id",
-            "rank",
-            "registered_at",
-            "last_heartbeat",
-            "ring_addr",
-        ] {
-            assert!(value.get(key).is_some(), "missing {key}");
-        }
-        assert_eq!(value["job_id"], Value::Null);
-        assert_eq!(value["rank"], 0);
-    }
-
-    #[test]
     fn checkpoint_metrics_read_as_pairs() {
-        let c = Checkpoint {
+        let c = coordinator::client::Checkpoint {
             step: 20,
             url: "file:///runs/j-1/step-20".into(),
-            metrics_json: r#"{"loss": 1.23456, "eval_loss": 1.5, "tokens": 4096}"#.into(),
+            metrics: json!({"loss": 1.23456, "eval_loss": 1.5, "tokens": 4096}),
             committed_at: 10,
         };
         assert_eq!(checkpoint_json(&c)["metrics"]["tokens"], 4096);
-        let summary = metrics_summary(&remote::parse_json(&c.metrics_json));
+        let summary = metrics_summary(&c.metrics);
         assert_eq!(summary, "eval_loss=1.5000 loss=1.2346 tokens=4096");
-        assert_eq!(metrics_summary(&remote::parse_json("")), "-");
+        assert_eq!(metrics_summary(&Value::Null), "-");
     }
 
     #[test]
     fn an_unknown_total_shows_as_a_question_mark() {
         let job = Job {
             step: 5,
-            ..Job::default()
+            ..Job::new("j-1", "x", coordinator::client::JobStatus::Running)
         };
         assert_eq!(step_of(&job), "5/?");
         let job = Job {

@@ -3,49 +3,29 @@
 //! and ETA, one line per worker rank) until the job ends. [`follow`] is the
 //! watching part, shared with `submit --wait` and `run`.
 //!
-//! Not here: connecting and the JSON shapes (`remote`), or what ends a job
-//! (the coordinator).
+//! Not here: connecting (`connection`), the JSON shapes (`output`), or what
+//! ends a job (the coordinator).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::Context;
-use coordinator::api::{Event, Job, WatchRequest};
-use coordinator::client::Connection;
+use coordinator::client::{CallError, Connection, Event, Job, JobStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
-use tokio_stream::StreamExt;
 
-use super::remote::{self, RemoteArgs, event_json, rpc};
+use crate::cli::LogsArgs;
+use crate::connection::{block_on, connect};
+use crate::output::{event_json, short_duration, utc_time};
 
 pub mod reconnect;
 
-pub use reconnect::{CoordinatorLost, Reconnect, is_transient};
-
-/// `lorafleet logs JOB`.
-#[derive(clap::Args, Debug)]
-pub struct LogsArgs {
-    /// The job's id.
-    pub job: String,
-    /// Keep watching until the job ends; exit 1 if it failed or was
-    /// cancelled. A coordinator that goes away (restart, crash, network)
-    /// is tried again 0.5 s, then 1, 2, 4 and every 5 s after, for up to
-    /// 120 s (then exit 3); the events continue where they stopped, none
-    /// twice.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// NDJSON: one event {"id", "created_at", "level", "type", "message",
-    /// "data"} a line.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
+pub use reconnect::{CoordinatorLost, Reconnect};
 
 pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
-    remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
+    block_on(async {
+        let conn = connect(&args.remote).await?;
         if args.follow {
             let job = follow(&conn, &args.job, args.json).await?;
             final_outcome(&job)
@@ -69,9 +49,8 @@ pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
 pub async fn follow(conn: &Connection, job_id: &str, json: bool) -> anyhow::Result<Job> {
     let mut reconnect = Reconnect::new(conn.url());
     let job = reconnect
-        .retry(|| fetch_job(conn, job_id), say_on_stderr)
+        .retry(|| conn.status(job_id), say_on_stderr)
         .await?
-        .map_err(rpc)
         .with_context(|| format!("cannot get job {job_id}"))?;
     let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let mut view = if json {
@@ -99,36 +78,29 @@ async fn watch_until_final(
     let mut ended: Option<Job> = None;
     loop {
         let outcome = watch(conn, job_id, &mut after_id, true, view, Some(reconnect)).await?;
-        if let Err(status) = outcome {
-            if !is_transient(&status) {
-                return Err(rpc(status))
-                    .with_context(|| format!("lost the events of job {job_id}"));
+        if let Err(failed) = outcome {
+            if !failed.is_transient() {
+                return Err(failed).with_context(|| format!("lost the events of job {job_id}"));
             }
-            reconnect.pause(&status, |note| view.note(note)).await?;
+            reconnect.pause(&failed, |note| view.note(note)).await?;
             continue;
         }
         if let Some(job) = ended {
             return Ok(job);
         }
-        match fetch_job(conn, job_id).await {
-            Ok(job) if remote::is_final(&job.status) => ended = Some(job),
+        match conn.status(job_id).await {
+            Ok(job) if job.status.is_final() => ended = Some(job),
             // The watch was closed before the job ended (the coordinator
             // may be stopping): watch again from the last event seen.
             Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            Err(status) if is_transient(&status) => {
-                reconnect.pause(&status, |note| view.note(note)).await?;
+            Err(failed) if failed.is_transient() => {
+                reconnect.pause(&failed, |note| view.note(note)).await?;
             }
-            Err(status) => {
-                return Err(rpc(status)).with_context(|| format!("cannot get job {job_id}"));
+            Err(failed) => {
+                return Err(failed).with_context(|| format!("cannot get job {job_id}"));
             }
         }
     }
-}
-
-/// Asks for job `id`, keeping the status for [`is_transient`].
-async fn fetch_job(conn: &Connection, id: &str) -> Result<Job, tonic::Status> {
-    let request = coordinator::api::JobRef { id: id.to_string() };
-    Ok(conn.jobs().get(request).await?.into_inner())
 }
 
 fn say_on_stderr(note: &str) {
@@ -146,17 +118,10 @@ async fn watch(
     follow: bool,
     view: &mut EventView,
     reconnect: Option<&mut Reconnect>,
-) -> anyhow::Result<Result<(), tonic::Status>> {
-    let request = WatchRequest {
-        job_id: job_id.to_string(),
-        after_id: *after_id,
-        follow,
-    };
-    let mut stream = match conn.jobs().watch_events(request).await {
-        Ok(reply) => reply.into_inner(),
-        Err(status) => {
-            return Ok(Err(status));
-        }
+) -> anyhow::Result<Result<(), CallError>> {
+    let mut stream = match conn.watch(job_id, *after_id, follow).await {
+        Ok(stream) => stream,
+        Err(failed) => return Ok(Err(failed)),
     };
     if let Some(reconnect) = reconnect {
         reconnect.reached(|note| view.note(note));
@@ -168,9 +133,7 @@ async fn watch(
                 *after_id = event.id;
                 view.show(&event)?;
             }
-            Err(status) => {
-                return Ok(Err(status));
-            }
+            Err(failed) => return Ok(Err(failed)),
         }
     }
     Ok(Ok(()))
@@ -185,7 +148,6 @@ async fn print_events_so_far(conn: &Connection, job_id: &str, json: bool) -> any
     let mut after_id = 0;
     watch(conn, job_id, &mut after_id, false, &mut view, None)
         .await?
-        .map_err(rpc)
         .with_context(|| format!("cannot read the events of job {job_id}"))
 }
 
@@ -196,30 +158,34 @@ pub fn final_outcome(job: &Job) -> anyhow::Result<()> {
         .error
         .as_ref()
         .map(|e| match e.code.as_str() {
-            code if code.is_empty() || code == job.status => format!(": {}", e.message),
+            code if code.is_empty() || code == job.status.name() => format!(": {}", e.message),
             code => format!(": {} ({code})", e.message),
         })
         .unwrap_or_default();
-    match job.status.as_str() {
-        "succeeded" => Ok(()),
-        "failed" => anyhow::bail!("job {} ({}) failed{why}", job.id, job.name),
-        "cancelled" => anyhow::bail!("job {} ({}) was cancelled{why}", job.id, job.name),
+    match job.status {
+        JobStatus::Succeeded => Ok(()),
+        JobStatus::Failed => anyhow::bail!("job {} ({}) failed{why}", job.id, job.name),
+        JobStatus::Cancelled => {
+            anyhow::bail!("job {} ({}) was cancelled{why}", job.id, job.name)
+        }
         other => anyhow::bail!("job {} ({}) has not ended: it is {other}", job.id, job.name),
     }
 }
 
 /// An event as one line: `TIME LEVEL TYPE message`.
 pub fn event_line(event: &Event) -> String {
+    let data;
     let text = if event.message.is_empty() {
-        event.data_json.as_str()
+        data = event.data.to_string();
+        data.as_str()
     } else {
         event.message.as_str()
     };
     format!(
         "{} {:<5} {:<16} {text}",
-        remote::utc_time(event.created_at),
-        event.level,
-        event.r#type
+        utc_time(event.created_at),
+        event.level.name(),
+        event.kind
     )
 }
 
@@ -276,7 +242,7 @@ impl Bars {
         );
         bar.set_prefix(job.name.clone());
         bar.set_position(job.step);
-        bar.set_message(job.status.clone());
+        bar.set_message(job.status.to_string());
         Bars {
             multi,
             job: bar,
@@ -286,20 +252,20 @@ impl Bars {
     }
 
     fn show(&mut self, event: &Event) -> std::io::Result<()> {
-        let data = remote::parse_json(&event.data_json);
-        match event.r#type.as_str() {
+        let data = &event.data;
+        match event.kind.as_str() {
             "train.step" => {
-                self.on_step(&data, event.created_at);
+                self.on_step(data, event.created_at);
                 return Ok(());
             }
-            "rank.started" => self.on_rank_started(&data),
-            "rank.finished" => self.set_rank_state(&data, "finished".to_string()),
+            "rank.started" => self.on_rank_started(data),
+            "rank.finished" => self.set_rank_state(data, "finished".to_string()),
             "rank.failed" => {
                 let error = data
                     .get("error")
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given");
-                self.set_rank_state(&data, format!("failed: {error}"));
+                self.set_rank_state(data, format!("failed: {error}"));
             }
             kind => {
                 // Until training reports a step, the bar says what the job does.
@@ -333,7 +299,7 @@ impl Bars {
         }
         let total = self.job.length().unwrap_or(0);
         if let Some(eta) = self.rate.eta(total) {
-            message.push(format!("ETA {}", remote::short_duration(eta)));
+            message.push(format!("ETA {}", short_duration(eta)));
         }
         self.job.set_message(message.join(" · "));
     }
@@ -372,7 +338,7 @@ impl Bars {
     fn finish(&mut self, job: Option<&Job>) {
         if let Some(job) = job {
             self.job.set_position(job.step);
-            self.job.finish_with_message(job.status.clone());
+            self.job.finish_with_message(job.status.to_string());
         } else {
             self.job.abandon();
         }
@@ -420,19 +386,14 @@ impl StepRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coordinator::api::JobError;
+    use coordinator::client::{EventLevel, JobError};
 
     #[test]
     fn only_success_is_ok() {
-        let job = Job {
-            id: "j-1".into(),
-            name: "quick".into(),
-            status: "succeeded".into(),
-            ..Job::default()
-        };
+        let job = Job::new("j-1", "quick", JobStatus::Succeeded);
         assert!(final_outcome(&job).is_ok());
         let failed = Job {
-            status: "failed".into(),
+            status: JobStatus::Failed,
             error: Some(JobError {
                 code: "max_failures".into(),
                 message: "rank 1 ran out of memory".into(),
@@ -446,7 +407,7 @@ mod tests {
         );
         assert_eq!(crate::commands::exit_code(&err), 1);
         let cancelled = Job {
-            status: "cancelled".into(),
+            status: JobStatus::Cancelled,
             ..job
         };
         let err = final_outcome(&cancelled).unwrap_err();
@@ -471,15 +432,26 @@ mod tests {
     #[test]
     fn event_lines_carry_time_level_type_and_message() {
         let event = Event {
+            id: 1,
+            job_id: "j-1".into(),
             created_at: 0,
-            level: "warn".into(),
-            r#type: "worker.lost".into(),
+            level: EventLevel::Warn,
+            kind: "worker.lost".into(),
             message: "worker w-2 stopped answering".into(),
-            ..Event::default()
+            data: Value::Null,
         };
         assert_eq!(
             event_line(&event),
             "1970-01-01T00:00:00Z warn  worker.lost      worker w-2 stopped answering"
+        );
+        let quiet = Event {
+            message: String::new(),
+            data: serde_json::json!({"rank": 1}),
+            ..event
+        };
+        assert_eq!(
+            event_line(&quiet),
+            r#"1970-01-01T00:00:00Z warn  worker.lost      {"rank":1}"#
         );
     }
 

@@ -19,6 +19,7 @@ pub mod download;
 pub mod fleet;
 pub mod jobs;
 pub mod logs;
+/// Compatibility names for `run` and `chaos` (see its header).
 pub mod remote;
 pub mod run;
 pub mod submit;
@@ -26,7 +27,7 @@ pub mod submit;
 use crate::exit;
 
 /// A failed call to the coordinator gets its own code (2 to 5, see
-/// [`remote::rpc_exit_code`]); otherwise bad input (a model file, a prompt,
+/// [`crate::connection::call_exit_code`]); otherwise bad input (a model file, a prompt,
 /// an argument) is a usage error (2) and anything else a failure (1).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.is::<run::Interrupted>() {
@@ -35,7 +36,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.is::<train::Preempted>() {
         return exit::PREEMPTED;
     }
-    if let Some(code) = remote::rpc_exit_code(err) {
+    if let Some(code) = crate::connection::call_exit_code(err) {
         return code;
     }
     let bad_input = err.chain().any(|cause| {
@@ -46,10 +47,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<job::SpecError>()
             || cause.is::<UsageError>()
             || matches!(
-            || matches!(
                 cause.downcast_ref::<job::recipe::RecipeError>(),
                 Some(e) if e.is_bad_input()
             )
+            || matches!(
                 cause.downcast_ref(),
                 Some(trainer::collective::CollectiveError::Config(_))
             )

@@ -6,49 +6,27 @@
 //! Not here: following a job (`logs::follow`), the embedded fleet (`run`).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Args;
-use coordinator::api::{CHUNK_BYTES, DatasetChunk, Job, SubmitRequest, UploadedFile};
-use coordinator::client::Connection;
+use coordinator::client::{Connection, Job, Submission, UploadPurpose};
 use job::JobSpec;
 use job::spec::{ModelSpec, PathOrUrl, Validation};
 
 use super::logs::{final_outcome, follow};
-use super::remote::{self, RemoteArgs, rpc};
-
-#[derive(Args, Debug)]
-pub struct SubmitArgs {
-    /// The YAML job spec.
-    pub file: std::path::PathBuf,
-    /// Follow the job until it ends (exit 1 if it fails or is cancelled),
-    /// riding out a coordinator restart as `logs -f` does: retried 0.5 s,
-    /// then 1, 2, 4 and every 5 s after, for up to 120 s (then exit 3).
-    #[arg(long)]
-    pub wait: bool,
-    /// Print the job object (and with --wait, the events as NDJSON).
-    #[arg(long)]
-    pub json: bool,
-    /// model.path is a local path every worker can read as it is (a shared
-    /// mount): send the path, not the model. Without it, a local model is
-    /// uploaded (a GGUF file, or a Hugging Face folder's .json,
-    /// .safetensors, .jinja, .txt and tokenizer.model files).
-    #[arg(long)]
-    pub shared_model: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
+use super::remote::JobWithWords;
+use crate::cli::SubmitArgs;
+use crate::connection::{block_on, connect};
+use crate::output::job_json;
 
 pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
     // The spec is checked before anything is sent.
-    JobSpec::from_file(&args.file)?;
-    remote::block_on(async {
-        let conn = remote::connect(&args.remote).await?;
-        let job = submit_spec(&conn, &args.file, !args.shared_model).await?;
+    let spec = JobSpec::from_file(&args.file)?;
+    block_on(async {
+        let conn = connect(&args.remote).await?;
+        let job = submit_parsed(&conn, &args.file, &spec, !args.shared_model).await?;
         if args.json {
-            println!("{}", remote::job_json(&job));
+            println!("{}", job_json(&job));
         } else {
             println!("submitted job {} ({})", job.id, job.name);
         }
@@ -62,8 +40,9 @@ pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 /// Uploads `file`'s local datasets and submits it; returns the queued job.
 /// The model is named by its path (workers on this host read it).
-pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<Job> {
-    submit_spec(conn, file, false).await
+/// (`run` and `chaos` read the job's status as a word.)
+pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<JobWithWords> {
+    Ok(submit_spec(conn, file, false).await?.into())
 }
 
 /// Uploads `file`'s local datasets, and with `upload_model` its local base
@@ -74,6 +53,16 @@ pub async fn submit_spec(
     upload_model: bool,
 ) -> anyhow::Result<Job> {
     let spec = JobSpec::from_file(file)?;
+    submit_parsed(conn, file, &spec, upload_model).await
+}
+
+/// [`submit_spec`] for `spec`, already read from `file`.
+async fn submit_parsed(
+    conn: &Connection,
+    file: &Path,
+    spec: &JobSpec,
+    upload_model: bool,
+) -> anyhow::Result<Job> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let base_dir = std::path::absolute(file)?
@@ -97,38 +86,35 @@ pub async fn submit_spec(
             })
             .await?
             .with_context(|| format!("{key}: {} cannot be used", path.display()))?;
-            let url = upload(conn, path, "dataset")
+            let uploaded = conn
+                .upload(path, UploadPurpose::Dataset)
                 .await
                 .with_context(|| format!("{key}: cannot upload {}", path.display()))?;
-            datasets.insert(key.to_string(), url);
+            datasets.insert(key.to_string(), uploaded.url);
         }
     }
     let (mut model_files, mut model_is_folder) = (Vec::new(), false);
     if upload_model && let ModelSpec::Path(PathOrUrl::Path(path)) = &spec.model {
         model_is_folder = path.is_dir();
         for (name, local) in model_files_of(path)? {
-            let url = upload(conn, &local, "model")
+            let uploaded = conn
+                .upload(&local, UploadPurpose::Model)
                 .await
                 .with_context(|| format!("model.path: cannot upload {}", local.display()))?;
-            model_files.push(UploadedFile { name, url });
+            model_files.push((name, uploaded.url));
         }
     }
-    let request = SubmitRequest {
+    let submission = Submission {
         spec_yaml: text,
         file_name: file.display().to_string(),
         base_dir: base_dir.display().to_string(),
         datasets,
-        version: coordinator::PROTOCOL_VERSION.to_string(),
         model_files,
         model_is_folder,
     };
-    let job = conn
-        .jobs()
-        .submit(request)
+    conn.submit(submission)
         .await
-        .map_err(rpc)
-        .with_context(|| format!("the coordinator refused {}", file.display()))?;
-    Ok(job.into_inner())
+        .with_context(|| format!("the coordinator refused {}", file.display()))
 }
 
 /// The files of the local model at `path` to upload, with their names: the
@@ -162,47 +148,4 @@ fn model_files_of(path: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         anyhow::bail!("model.path: {} holds no model files", path.display());
     }
     Ok(files)
-}
-
-/// Streams a local file to the coordinator (`purpose`: `dataset` or
-/// `model`); returns where it was stored.
-async fn upload(conn: &Connection, path: &Path, purpose: &str) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let purpose = purpose.to_string();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut first = true;
-        loop {
-            let mut data = vec![0u8; CHUNK_BYTES];
-            let n = file.read(&mut data)?;
-            if n == 0 && !first {
-                return Ok(());
-            }
-            data.truncate(n);
-            let chunk = DatasetChunk {
-                file_name: if first { name.clone() } else { String::new() },
-                data,
-                purpose: if first {
-                    purpose.clone()
-                } else {
-                    String::new()
-                },
-            };
-            first = false;
-            if tx.blocking_send(chunk).is_err() || n == 0 {
-                return Ok(());
-            }
-        }
-    });
-    let reply = conn
-        .jobs()
-        .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(rpc);
-    reader.await??;
-    Ok(reply?.into_inner().url)
 }

@@ -104,15 +104,7 @@ impl Coordinator {
             .await
             .map_err(status_of)?;
         Ok(api::CheckpointList {
-            data: checkpoints
-                .iter()
-                .map(|c| api::Checkpoint {
-                    step: c.step,
-                    url: c.url.clone(),
-                    metrics_json: c.metrics.to_string(),
-                    committed_at: c.committed_at,
-                })
-                .collect(),
+            data: checkpoints.iter().map(api::Checkpoint::from).collect(),
         })
     }
 

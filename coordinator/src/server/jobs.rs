@@ -41,7 +41,7 @@ const UNFINISHED_UPLOAD: &str = ".upload-";
 /// Events sent per store read while replaying a log.
 const EVENT_PAGE: u32 = 500;
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<api::Event, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Jobs for Coordinator {
@@ -97,7 +97,7 @@ impl Jobs for Coordinator {
         );
         self.publish();
         self.wake();
-        Ok(Response::new(job_message(&job)))
+        Ok(Response::new(api::Job::from(&job)))
     }
 
     async fn upload_dataset(
@@ -196,7 +196,7 @@ impl Jobs for Coordinator {
         };
         let page = self.store().list_jobs(&query).await.map_err(status_of)?;
         Ok(Response::new(api::JobList {
-            data: page.data.iter().map(job_message).collect(),
+            data: page.data.iter().map(api::Job::from).collect(),
             has_more: page.has_more,
         }))
     }
@@ -204,7 +204,7 @@ impl Jobs for Coordinator {
     async fn get(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
         let tenant = self.config().access.client(&request)?.clone();
         let job = self.owned_job(&tenant, &request.into_inner().id).await?;
-        Ok(Response::new(job_message(&job)))
+        Ok(Response::new(api::Job::from(&job)))
     }
 
     async fn cancel(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
@@ -213,7 +213,7 @@ impl Jobs for Coordinator {
         let job = Coordinator::cancel(self, &job.id)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(job_message(&job)))
+        Ok(Response::new(api::Job::from(&job)))
     }
 
     async fn resume(&self, request: Request<api::JobRef>) -> Result<Response<api::Job>, Status> {
@@ -248,7 +248,7 @@ impl Jobs for Coordinator {
         tracing::info!("{message}");
         self.wake();
         self.publish();
-        Ok(Response::new(job_message(&job)))
+        Ok(Response::new(api::Job::from(&job)))
     }
 
     type WatchEventsStream = EventStream;
@@ -290,16 +290,7 @@ impl Jobs for Coordinator {
                 let full_page = events.len() == EVENT_PAGE as usize;
                 for event in events {
                     after = event.id;
-                    let message = api::Event {
-                        id: event.id,
-                        job_id: event.job.to_string(),
-                        created_at: event.created_at,
-                        level: event.level.name().to_string(),
-                        r#type: event.kind,
-                        message: event.message,
-                        data_json: event.data.to_string(),
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
+                    if tx.send(Ok(event.into())).await.is_err() {
                         return;
                     }
                 }
@@ -492,30 +483,4 @@ async fn check_datasets(spec: &JobSpec) -> Result<(), Status> {
         checked.map_err(|e| Status::invalid_argument(format!("{key}: {e}")))?;
     }
     Ok(())
-}
-
-/// A stored job as the API's message.
-pub(crate) fn job_message(job: &Job) -> api::Job {
-    api::Job {
-        id: job.id.to_string(),
-        name: job.name.clone(),
-        status: job.status.name().to_string(),
-        created_at: job.created_at,
-        finished_at: job.finished_at,
-        step: job.step,
-        total_steps: job.total_steps,
-        attempt: job.attempt,
-        error: job.error.as_ref().map(|e| api::JobError {
-            code: e.code.clone(),
-            message: e.message.clone(),
-        }),
-        priority: job.priority,
-        workers_min: job.workers_min,
-        workers_max: job.workers_max,
-        backend: job.backend.name().to_string(),
-        failures: job.failures,
-        max_failures: job.max_failures,
-        spec_yaml: job.spec_yaml.clone(),
-        tenant: job.tenant.to_string(),
-    }
 }

@@ -331,16 +331,30 @@ pub fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Sta
     status
 }
 
+/// A job's status as `--json` spells it (`queued`, `succeeded`).
+pub fn status(job: &api::Job) -> &'static str {
+    coordinator::api::convert::job_status(job.status)
+        .expect("a known job status")
+        .name()
+}
+
+/// A watched event's level as `--json` spells it (`info`, `warn`).
+pub fn level(event: &api::JobEvent) -> &'static str {
+    coordinator::api::convert::event_level(event.level)
+        .expect("a known event level")
+        .name()
+}
+
 /// Polls `Jobs.Get` until job `id` has status `want`.
 pub async fn wait_status(jobs: &mut JobsApi, id: &str, want: &str) -> api::Job {
     let mut last = String::new();
     let polled = timeout(WAIT, async {
         loop {
             let job = get(jobs, id).await;
-            if job.status == want {
+            if status(&job) == want {
                 return job;
             }
-            last = job.status;
+            last = status(&job).to_string();
             sleep(SHORT).await;
         }
     });

@@ -1,8 +1,9 @@
 //! Riding out a coordinator that goes away (a restart, a crash, a
-//! network cut) while a command follows a job: which failures are worth
-//! waiting out ([`is_transient`]), and how long and how often to try again
-//! ([`Reconnect`]: from 0.5 s doubling to 5 s between tries, for up to
-//! [`RECONNECT_FOR`] from the first failure of an outage).
+//! network cut) while a command follows a job: how long and how often to
+//! try again ([`Reconnect`]: from 0.5 s doubling to 5 s between tries, for
+//! up to [`RECONNECT_FOR`] from the first failure of an outage). Which
+//! failures are worth waiting out is the client's to say
+//! ([`CallError::is_transient`]).
 //!
 //! The channel itself reconnects on the next call; this only decides
 //! whether to make that call and says what is going on, on stderr.
@@ -13,9 +14,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use coordinator::client::CallError;
 // tokio's clock, so the tests can pause it; the same as std's otherwise.
 use tokio::time::Instant;
-use tonic::{Code, Status};
 
 /// How long a follower keeps trying to reach its coordinator again, from
 /// the first failed call of an outage.
@@ -36,19 +37,6 @@ pub struct CoordinatorLost {
     pub waited: Duration,
     /// What the last try got.
     pub last: String,
-}
-
-/// Whether a call that failed with `status` may succeed if made again once
-/// the coordinator is back: it could not be reached, or the connection
-/// broke under the call. A refusal, a missing job or a bad argument is
-/// not (those end the command at once).
-pub fn is_transient(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
-        // A connection torn down mid-stream (h2 GOAWAY, reset).
-        Code::Internal => status.message().starts_with("h2 protocol error"),
-        _ => false,
-    }
 }
 
 /// The state of reconnecting to one coordinator: between outages it holds
@@ -78,7 +66,7 @@ impl Reconnect {
     /// once the outage has lasted [`RECONNECT_FOR`].
     pub async fn pause(
         &mut self,
-        status: &Status,
+        failed: &CallError,
         say: impl FnOnce(&str),
     ) -> Result<(), CoordinatorLost> {
         let outage = match &mut self.outage {
@@ -87,7 +75,7 @@ impl Reconnect {
                 say(&format!(
                     "lost the coordinator at {} ({}), reconnecting for up to {} s...",
                     self.url,
-                    brief(status),
+                    failed.brief(),
                     self.limit.as_secs()
                 ));
                 self.outage.insert(Outage {
@@ -101,7 +89,7 @@ impl Reconnect {
             return Err(CoordinatorLost {
                 url: self.url.clone(),
                 waited,
-                last: brief(status),
+                last: failed.brief(),
             });
         }
         let pause = outage.pause.min(self.limit - waited);
@@ -122,15 +110,15 @@ impl Reconnect {
     }
 
     /// Makes `call` until it succeeds or fails in a way that is not
-    /// transient (that status is returned), pausing between tries.
+    /// transient (that failure is returned), pausing between tries.
     pub async fn retry<T, F, Fut>(
         &mut self,
         mut call: F,
         say: impl Fn(&str),
-    ) -> anyhow::Result<Result<T, Status>>
+    ) -> anyhow::Result<Result<T, CallError>>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<T, CallError>>,
     {
         loop {
             match call().await {
@@ -138,52 +126,26 @@ impl Reconnect {
                     self.reached(&say);
                     return Ok(Ok(value));
                 }
-                Err(status) if is_transient(&status) => self.pause(&status, &say).await?,
-                Err(status) => return Ok(Err(status)),
+                Err(failed) if failed.is_transient() => self.pause(&failed, &say).await?,
+                Err(failed) => return Ok(Err(failed)),
             }
         }
-    }
-}
-
-/// The first line of what a failed call got.
-fn brief(status: &Status) -> String {
-    let message = status.message().lines().next().unwrap_or("").trim();
-    if message.is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        message.to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Status;
 
-    #[test]
-    fn only_a_lost_connection_is_worth_waiting_out() {
-        assert!(is_transient(&Status::unavailable("tcp connect error")));
-        assert!(is_transient(&Status::unknown(
-            "h2 protocol error: broken pipe"
-        )));
-        assert!(is_transient(&Status::internal(
-            "h2 protocol error: connection reset"
-        )));
-        assert!(!is_transient(&Status::internal("the store failed")));
-        for code in [
-            Code::NotFound,
-            Code::PermissionDenied,
-            Code::Unauthenticated,
-            Code::InvalidArgument,
-            Code::FailedPrecondition,
-        ] {
-            assert!(!is_transient(&Status::new(code, "no")), "{code:?}");
-        }
+    fn down(message: &str) -> CallError {
+        CallError::from(Status::unavailable(message))
     }
 
     #[tokio::test(start_paused = true)]
     async fn pauses_double_to_five_seconds_and_give_up_after_the_bound() {
         let mut reconnect = Reconnect::new("http://c:1");
-        let down = Status::unavailable("connection refused");
+        let down = down("connection refused");
         let said = std::cell::RefCell::new(Vec::new());
         let start = tokio::time::Instant::now();
         let mut waits = Vec::new();
@@ -209,7 +171,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_outage_gets_the_whole_bound() {
         let mut reconnect = Reconnect::new("http://c:1");
-        let down = Status::unavailable("connection refused");
+        let down = down("connection refused");
         reconnect.pause(&down, |_| {}).await.unwrap();
         tokio::time::advance(Duration::from_secs(100)).await;
         reconnect.reached(|_| {});
@@ -233,11 +195,7 @@ mod tests {
             .retry(
                 || {
                     tries += 1;
-                    let outcome = if tries < 3 {
-                        Err(Status::unavailable("down"))
-                    } else {
-                        Ok(7)
-                    };
+                    let outcome = if tries < 3 { Err(down("down")) } else { Ok(7) };
                     async move { outcome }
                 },
                 say,
@@ -250,11 +208,14 @@ mod tests {
         assert!(said.borrow()[1].starts_with("reconnected"), "{said:?}");
         let refused = reconnect
             .retry(
-                || async { Err::<(), _>(Status::not_found("no job j-9")) },
+                || async { Err::<(), _>(CallError::from(Status::not_found("no job j-9"))) },
                 |_| {},
             )
             .await
             .unwrap();
-        assert_eq!(refused.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            coordinator::client::ErrorKind::NotFound
+        );
     }
 }

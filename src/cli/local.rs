@@ -1,0 +1,204 @@
+//! The flags of the commands that work on this machine alone: `train`
+//! (and how one rank joins a ring), `validate`, `init-model`, `generate`
+//! and `export`.
+//!
+//! Not here: what the commands do (`commands::*`), the benchmarks
+//! (`bench`), anything that calls a coordinator (`fleet`, `jobs`).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The YAML job spec.
+    pub file: PathBuf,
+    /// Continue from the newest checkpoint of this job that verifies (in
+    /// checkpoint.storage), if there is one. Without it, a run starts at
+    /// step 0 and removes the checkpoints an earlier run of the job left.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop once this many steps are done, saving the state (continue later
+    /// with --resume).
+    #[arg(long, value_name = "STEP")]
+    pub stop_after: Option<usize>,
+    /// Print the final summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Print progress as one JSON event per line on stdout (what a worker
+    /// agent reads from the ranks it starts).
+    #[arg(long, hide = true)]
+    pub events: bool,
+    /// The job's id: checkpoints go to {checkpoint.storage}/{tenant}/{job}
+    /// (default: the spec's name).
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// The job's tenant in that path (default: local).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// The fleet attempt this run is (a worker's rank): written into the
+    /// manifests of the checkpoints it commits.
+    #[arg(long, hide = true, value_name = "N")]
+    pub attempt: Option<u32>,
+    /// Leave the final adapter in the checkpoints only (what workers do);
+    /// output.dir is not written.
+    #[arg(long, hide = true)]
+    pub no_output: bool,
+    #[command(flatten)]
+    pub ring: RingArgs,
+}
+
+/// How one process joins a data-parallel job's ring.
+#[derive(Args, Debug, Clone)]
+pub struct RingArgs {
+    /// This process's rank, 0-based (with --world and --peers; the
+    /// attempt's secret comes from LORAFLEET_RING_SECRET).
+    #[arg(long, requires_all = ["world", "peers"])]
+    pub rank: Option<usize>,
+    /// The number of ranks in the job.
+    #[arg(long, requires = "rank")]
+    pub world: Option<usize>,
+    /// host:port of every rank in rank order, this one's included (it
+    /// listens there).
+    #[arg(long, value_delimiter = ',', requires = "rank")]
+    pub peers: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// How ring links behave.
+#[derive(Args, Debug, Clone)]
+pub struct LinkArgs {
+    /// Seconds a collective may wait on a peer before the job fails.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub ring_timeout: f64,
+    /// How ranks exchange data: shared memory on one host and TCP between
+    /// hosts (auto), or one of them everywhere.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: TransportArg,
+    /// KiB per pipelined piece of a transfer.
+    #[arg(long, default_value_t = 512, value_name = "KIB")]
+    pub ring_chunk_kib: usize,
+    /// Ranks that all share one host pass data around the ring's links
+    /// instead of meeting in one shared mapping (slower; for comparison).
+    #[arg(long)]
+    pub no_shared_group: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TransportArg {
+    Auto,
+    Tcp,
+    Shm,
+}
+
+impl TransportArg {
+    pub fn transport(self) -> trainer::collective::Transport {
+        use trainer::collective::Transport;
+        match self {
+            TransportArg::Auto => Transport::Auto,
+            TransportArg::Tcp => Transport::Tcp,
+            TransportArg::Shm => Transport::Shm,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The YAML job spec.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Model sizes of `init-model` and `bench`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum PresetArg {
+    /// hidden 256, 4 layers, 4 heads, intermediate 688, vocab 1024
+    Tiny,
+    /// hidden 512, 8 layers, 8 heads, intermediate 1376, vocab 32000
+    Small,
+    /// tiny with grouped-query attention (2 KV heads)
+    TinyGqa,
+}
+
+impl PresetArg {
+    pub fn preset(self) -> trainer::model::Preset {
+        use trainer::model::Preset;
+        match self {
+            PresetArg::Tiny => Preset::Tiny,
+            PresetArg::Small => Preset::Small,
+            PresetArg::TinyGqa => Preset::TinyGqa,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InitModelArgs {
+    #[arg(long, value_enum)]
+    pub preset: PresetArg,
+    /// Seed of the random weights: the same seed gives the same model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Share the input embedding with the output head.
+    #[arg(long)]
+    pub tie_embeddings: bool,
+    /// Output folder (created if missing).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "chat", "prompt_ids"]))]
+pub struct GenerateArgs {
+    /// A Hugging Face model folder or a llama.cpp .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT LoRA adapter folder to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Plain-text prompt, continued as is.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// A user message, wrapped in the model's chat template.
+    #[arg(long)]
+    pub chat: Option<String>,
+    /// The prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating past an end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object: {"prompt_ids", "output_ids", "text"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The PEFT adapter folder.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The base model (HF folder or .gguf file) the adapter was trained on.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Merge the adapter into the weights (the only export there is: an
+    /// adapter folder is already in PEFT's format).
+    #[arg(long)]
+    pub merged: bool,
+    /// Output folder.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
