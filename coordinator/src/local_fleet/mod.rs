@@ -15,15 +15,18 @@
 //! Not here: calling the coordinator (`crate::client`), what the processes
 //! do (`crate::server`, `crate::agent`), deciding faults.
 
-use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{CLUSTER_TOKEN_ENV, TENANT_TOKEN_ENV, kill_when_parent_dies};
+use crate::agent::{CLUSTER_TOKEN_ENV, TENANT_TOKEN_ENV};
+
+mod builder;
+mod workers;
+
+pub use builder::LocalFleetBuilder;
+use workers::WorkerSlot;
 
 /// What `serve` prints on stdout, before its URL, once it accepts calls.
 pub const READINESS_PREFIX: &str = "listening on ";
@@ -70,140 +73,12 @@ pub fn readiness_url(line: &str) -> Option<&str> {
     line.strip_prefix(READINESS_PREFIX)
 }
 
-/// How a [`LocalFleet`] starts its processes; [`LocalFleetBuilder::start`]
-/// starts the coordinator.
-pub struct LocalFleetBuilder {
-    exe: PathBuf,
-    state: PathBuf,
-    listen: String,
-    tenant_token: String,
-    cluster_token: String,
-    serve_args: Vec<OsString>,
-    worker_args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
-    logs: Option<PathBuf>,
-    work_dirs: Option<PathBuf>,
-    worker_groups: bool,
-    die_with_parent: bool,
-    launcher: Option<Launcher>,
-}
-
-impl LocalFleetBuilder {
-    /// `serve` listens on this address (default `127.0.0.1:0`).
-    pub fn listen(mut self, address: impl Into<String>) -> Self {
-        self.listen = address.into();
-        self
-    }
-
-    /// The development tenant's token (`LORAFLEET_TOKEN` of `serve`;
-    /// default: a fresh one).
-    pub fn tenant_token(mut self, token: impl Into<String>) -> Self {
-        self.tenant_token = token.into();
-        self
-    }
-
-    /// The workers' cluster token (default: a fresh one).
-    pub fn cluster_token(mut self, token: impl Into<String>) -> Self {
-        self.cluster_token = token.into();
-        self
-    }
-
-    /// More flags for `serve` (`--grace`, `--lost-after`, `--config`, ...).
-    pub fn serve_args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.serve_args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    /// More flags for every `worker` (`--backend`, `--ring-timeout`, ...).
-    pub fn worker_args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.worker_args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    /// An environment variable for every process. Workers do not inherit
-    /// `LORAFLEET_CA` (the fleet's coordinator is its own); set it here for
-    /// one that serves TLS.
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
-        self
-    }
-
-    /// Output into log files in `folder`: `coordinator.log` (its stderr,
-    /// appended to by restarts), `coordinator.stdout.log` (its stdout after
-    /// the readiness line), `{worker}.{n}.log` (the n-th process of a
-    /// worker). Without it, all output is discarded.
-    pub fn logs_in(mut self, folder: impl Into<PathBuf>) -> Self {
-        self.logs = Some(folder.into());
-        self
-    }
-
-    /// Gives the n-th process of each worker `--work-dir folder/{worker}.{n}`.
-    pub fn work_dirs_in(mut self, folder: impl Into<PathBuf>) -> Self {
-        self.work_dirs = Some(folder.into());
-        self
-    }
-
-    /// Starts each worker in a process group of its own; kills, freezes and
-    /// stops then signal the whole group (the agent and its ranks).
-    pub fn worker_process_groups(mut self) -> Self {
-        self.worker_groups = true;
-        self
-    }
-
-    /// Has the kernel SIGKILL every process when the thread that started it
-    /// ends (this process killed with SIGKILL included). Start them from a
-    /// thread that lives as long as the fleet.
-    pub fn die_with_parent(mut self) -> Self {
-        self.die_with_parent = true;
-        self
-    }
-
-    /// Makes each process's command (the binary's path, a role) instead of
-    /// `Command::new(exe)`: a wrapper such as a network namespace's, or a
-    /// role's own environment. The fleet adds the arguments after.
-    pub fn launcher(
-        mut self,
-        launcher: impl Fn(&Path, Role<'_>) -> Command + Send + 'static,
-    ) -> Self {
-        self.launcher = Some(Box::new(launcher));
-        self
-    }
-
-    /// Starts the coordinator and waits for its readiness line.
-    pub fn start(self) -> Result<LocalFleet, LocalFleetError> {
-        let listen = self.listen.clone();
-        let mut fleet = LocalFleet {
-            config: self,
-            url: String::new(),
-            coordinator: None,
-            workers: Vec::new(),
-        };
-        fleet.url = fleet.spawn_coordinator(&listen, false)?;
-        Ok(fleet)
-    }
-}
-
 /// A coordinator and its workers, running; stopped when dropped.
 pub struct LocalFleet {
     config: LocalFleetBuilder,
     url: String,
     coordinator: Option<Child>,
     workers: Vec<WorkerSlot>,
-}
-
-/// One worker of the fleet: its name, flags and the process now running
-/// under that name, if any.
-struct WorkerSlot {
-    name: String,
-    args: Vec<OsString>,
-    /// `None` while its last process is dead and not replaced.
-    process: Option<Child>,
-    /// Processes started under this name so far.
-    starts: u32,
-    frozen: bool,
 }
 
 impl LocalFleet {
@@ -289,140 +164,6 @@ impl LocalFleet {
             });
         }
         Ok(())
-    }
-
-    /// Adds a worker named `name`, with `args` after the fleet's worker
-    /// flags, and starts it; returns its slot.
-    pub fn add_worker<S: AsRef<OsStr>>(
-        &mut self,
-        name: &str,
-        args: impl IntoIterator<Item = S>,
-    ) -> Result<usize, LocalFleetError> {
-        self.workers.push(WorkerSlot {
-            name: name.to_string(),
-            args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
-            process: None,
-            starts: 0,
-            frozen: false,
-        });
-        let slot = self.workers.len() - 1;
-        self.respawn_worker(slot)?;
-        Ok(slot)
-    }
-
-    /// Starts a new process in slot `slot` (killing the one there, if any),
-    /// with a log file and work folder of its own.
-    pub fn respawn_worker(&mut self, slot: usize) -> Result<(), LocalFleetError> {
-        self.kill_worker(slot);
-        let start = self.workers[slot].starts + 1;
-        let name = self.workers[slot].name.clone();
-        let config = &self.config;
-        let mut command = config.command(Role::Worker(&name));
-        command.args(["worker", "--coordinator", &self.url, "--name", &name]);
-        command
-            .args(&config.worker_args)
-            .args(&self.workers[slot].args);
-        if let Some(folder) = &config.work_dirs {
-            command
-                .arg("--work-dir")
-                .arg(folder.join(format!("{name}.{start}")));
-        }
-        // Its coordinator is this fleet's own: a CA meant for another
-        // would make the worker refuse it.
-        command.env_remove("LORAFLEET_CA");
-        command.envs(config.env.iter().map(|(k, v)| (k, v)));
-        command.env(CLUSTER_TOKEN_ENV, &config.cluster_token);
-        let (stdout, stderr) = match config.log_file(&format!("{name}.{start}.log"), false)? {
-            Some((path, file)) => {
-                let copy = file
-                    .try_clone()
-                    .map_err(|error| LocalFleetError::Log { path, error })?;
-                (Stdio::from(copy), Stdio::from(file))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        if config.worker_groups {
-            command.process_group(0);
-        }
-        let child = config.spawn(command, &format!("worker {name}"))?;
-        let worker = &mut self.workers[slot];
-        worker.process = Some(child);
-        worker.starts = start;
-        Ok(())
-    }
-
-    pub fn worker_count(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// The workers' names, as the coordinator knows them, by slot.
-    pub fn worker_names(&self) -> Vec<String> {
-        self.workers.iter().map(|w| w.name.clone()).collect()
-    }
-
-    pub fn worker_name(&self, slot: usize) -> &str {
-        &self.workers[slot].name
-    }
-
-    /// Whether slot `slot` has a process that is not frozen.
-    pub fn worker_running(&self, slot: usize) -> bool {
-        let worker = &self.workers[slot];
-        worker.process.is_some() && !worker.frozen
-    }
-
-    /// SIGKILL to slot `slot`'s process (its group, with process groups);
-    /// the slot is empty until [`LocalFleet::respawn_worker`].
-    pub fn kill_worker(&mut self, slot: usize) {
-        let groups = self.config.worker_groups;
-        let worker = &mut self.workers[slot];
-        if let Some(mut child) = worker.process.take() {
-            if groups {
-                signal_group(&child, libc::SIGKILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        worker.frozen = false;
-    }
-
-    /// SIGSTOP to slot `slot`'s process (or group).
-    pub fn freeze_worker(&mut self, slot: usize) {
-        self.signal_worker(slot, libc::SIGSTOP);
-        if self.workers[slot].process.is_some() {
-            self.workers[slot].frozen = true;
-        }
-    }
-
-    /// SIGCONT to slot `slot`'s process (or group).
-    pub fn thaw_worker(&mut self, slot: usize) {
-        self.signal_worker(slot, libc::SIGCONT);
-        self.workers[slot].frozen = false;
-    }
-
-    fn signal_worker(&self, slot: usize, signal: libc::c_int) {
-        if let Some(child) = &self.workers[slot].process {
-            if self.config.worker_groups {
-                signal_group(child, signal);
-            } else {
-                signal_process(child, signal);
-            }
-        }
-    }
-
-    /// Slots whose process exited on its own since the last call, with how
-    /// (reaped; the slot is empty).
-    pub fn exited_workers(&mut self) -> Vec<(usize, ExitStatus)> {
-        let mut gone = Vec::new();
-        for (slot, worker) in self.workers.iter_mut().enumerate() {
-            if let Some(child) = &mut worker.process
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                gone.push((slot, status));
-                worker.process = None;
-            }
-        }
-        gone
     }
 
     /// The log files written so far, the coordinator's first (none without
@@ -537,51 +278,6 @@ impl LocalFleet {
 impl Drop for LocalFleet {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl LocalFleetBuilder {
-    fn command(&self, role: Role<'_>) -> Command {
-        match &self.launcher {
-            Some(launcher) => launcher(&self.exe, role),
-            None => Command::new(&self.exe),
-        }
-    }
-
-    fn spawn(&self, mut command: Command, what: &str) -> Result<Child, LocalFleetError> {
-        if self.die_with_parent {
-            let hook = kill_when_parent_dies();
-            // SAFETY: the hook makes only async-signal-safe calls.
-            unsafe {
-                command.pre_exec(hook);
-            }
-        }
-        command.spawn().map_err(|error| LocalFleetError::Spawn {
-            what: what.to_string(),
-            error,
-        })
-    }
-
-    /// Log file `name` in the logs folder (created, or opened to append),
-    /// `None` without one.
-    fn log_file(
-        &self,
-        name: &str,
-        append: bool,
-    ) -> Result<Option<(PathBuf, File)>, LocalFleetError> {
-        let Some(folder) = &self.logs else {
-            return Ok(None);
-        };
-        let path = folder.join(name);
-        let file = if append {
-            File::options().append(true).create(true).open(&path)
-        } else {
-            File::create(&path)
-        };
-        match file {
-            Ok(file) => Ok(Some((path, file))),
-            Err(error) => Err(LocalFleetError::Log { path, error }),
-        }
     }
 }
 
