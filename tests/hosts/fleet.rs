@@ -14,6 +14,7 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use coordinator::local_fleet::readiness_url;
 use testkit::SeaweedFs;
 use testkit::netlab::{HostProcess, Lab};
 
@@ -230,7 +231,7 @@ fn spawn_coordinator(lab: &Lab, s3: &SeaweedFs, logs: &std::path::Path) -> (Host
         let line = (&mut reader)
             .lines()
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
+            .find_map(|l| readiness_url(&l).map(str::to_string));
         let _ = ready.send(line);
         std::io::copy(&mut reader, &mut rest)
     });
