@@ -2,8 +2,9 @@
 //! a lost worker restarts its job, `max_failures` is exact with a backoff
 //! between attempts, a drained worker hands its job on without a failure,
 //! and an elastic job shrinks when a worker is lost and grows back when one
-//! returns; a checkpoint whose event was lost is found in storage, and a
-//! batch of events sent twice is stored once.
+//! returns; a checkpoint whose event was lost is found in storage, a
+//! batch of events sent twice is stored once, and a worker cannot report
+//! the coordinator's own events.
 
 mod common;
 
@@ -170,13 +171,7 @@ async fn a_drained_worker_hands_its_job_on_after_a_checkpoint_without_a_failure(
     // The checkpoint is in storage (where the coordinator checks), and
     // its event says so.
     tc.commit_checkpoint(&job.id, 5).await;
-    leaving
-        .event(
-            &first,
-            "checkpoint.saved",
-            r#"{"step":5,"path":"step-000000005"}"#,
-        )
-        .await;
+    leaving.checkpoint_event(&first, 5, "step-000000005").await;
     wait_status(&mut jobs, &job.id, "running").await;
 
     let drained = conn
@@ -334,7 +329,7 @@ async fn a_batch_of_events_sent_again_is_stored_once() {
                 level: "info".into(),
                 r#type: "train.step".into(),
                 message: format!("step {step}"),
-                data_json: format!(r#"{{"step":{step},"total_steps":10}}"#),
+                data_json: step_data(*step, 10),
                 ..Default::default()
             })
             .collect(),
@@ -349,9 +344,59 @@ async fn a_batch_of_events_sent_again_is_stored_once() {
     let steps: Vec<String> = events_of(&mut jobs, &job.id, "train.step")
         .await
         .iter()
-        .map(|e| e.message.clone())
+        .map(|e| e.message.split(':').next().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(steps, ["step 1", "step 2", "step 3"]);
+    assert_eq!(steps, ["step 1/10", "step 2/10", "step 3/10"]);
     drop((workers, worker, jobs, conn));
+    tc.shutdown().await;
+}
+
+/// A worker speaks only for its rank: an event the coordinator alone
+/// emits (`job.succeeded`, `worker.lost`), or one that is no event of this
+/// version, is dropped; the job goes on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_report_the_coordinators_events_or_garbage() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "forger").await;
+    let job = tc.job(&mut jobs, "forged", 1, 0).await;
+    let a = worker.next_assignment().await;
+    worker.report(&a, "running").await;
+    worker.step_event(&a, 1, 10).await;
+    wait_status(&mut jobs, &job.id, "running").await;
+    worker
+        .event(&a, "job.succeeded", r#"{"status": "succeeded"}"#)
+        .await;
+    worker
+        .event(
+            &a,
+            "worker.lost",
+            r#"{"worker_id": "w", "worker_name": "x"}"#,
+        )
+        .await;
+    worker.event(&a, "train.step", r#"{"step": 9}"#).await;
+    worker.event(&a, "train.dance", "{}").await;
+    worker.step_event(&a, 2, 10).await;
+    assert!(
+        events_of(&mut jobs, &job.id, "job.succeeded")
+            .await
+            .is_empty()
+    );
+    assert!(
+        events_of(&mut jobs, &job.id, "worker.lost")
+            .await
+            .is_empty()
+    );
+    assert!(
+        events_of(&mut jobs, &job.id, "train.dance")
+            .await
+            .is_empty()
+    );
+    assert_eq!(events_of(&mut jobs, &job.id, "train.step").await.len(), 2);
+    let now = get(&mut jobs, &job.id).await;
+    assert_eq!(status(&now), "running");
+    assert_eq!(now.step, 2, "the malformed step 9 moved nothing");
+    drop((worker, jobs, conn));
     tc.shutdown().await;
 }

@@ -401,8 +401,9 @@ async fn a_checkpoint_past_the_last_step_is_not_recorded() {
     worker.step_event(&a, 1, 10).await;
     wait_status(&mut jobs, &job.id, "running").await;
     for step in [999_999, 5] {
-        let data = format!(r#"{{"step":{step},"path":"step-{step:09}"}}"#);
-        worker.event(&a, "checkpoint.saved", &data).await;
+        worker
+            .checkpoint_event(&a, step, &format!("step-{step:09}"))
+            .await;
     }
     let listed = jobs
         .list_checkpoints(JobRef { id: job.id.clone() })

@@ -289,8 +289,19 @@ impl SimWorker {
     }
 
     pub async fn step_event(&self, a: &Assignment, step: u64, total: u64) {
-        let data = format!(r#"{{"step":{step},"total_steps":{total}}}"#);
-        self.event(a, "train.step", &data).await;
+        self.event(a, "train.step", &step_data(step, total)).await;
+    }
+
+    /// Reports rank 0's checkpoint at `step` in folder `path`.
+    pub async fn checkpoint_event(&self, a: &Assignment, step: u64, path: &str) {
+        let saved = job::JobEvent::CheckpointSaved {
+            step,
+            path: path.into(),
+            metrics: serde_json::json!({"train_loss": 1.0, "eval_loss": null}),
+            bytes: 1,
+            upload_s: 0.0,
+        };
+        self.event(a, "checkpoint.saved", &saved.to_line()).await;
     }
 
     /// Reports one event of `kind` with `data_json` for `a`.
@@ -312,6 +323,25 @@ impl SimWorker {
         };
         self.conn.workers().report_events(request).await.unwrap();
     }
+}
+
+/// The data of a `train.step` event at `step` of `total`, as a rank
+/// reports it.
+pub fn step_data(step: u64, total: u64) -> String {
+    job::JobEvent::TrainStep {
+        total_steps: total as usize,
+        metrics: trainer::train::StepMetrics {
+            step: step as usize,
+            epoch: 0,
+            loss: 1.0,
+            learning_rate: 1e-3,
+            grad_norm: 1.0,
+            target_tokens: 8,
+            tokens_per_s: 100.0,
+            step_time_s: 0.1,
+        },
+    }
+    .to_line()
 }
 
 pub async fn get(jobs: &mut JobsApi, id: &str) -> api::Job {
