@@ -37,7 +37,8 @@ impl Coordinator {
     /// its resume step, and before a job is marked succeeded. Says what
     /// changed, for the log; an unreachable storage changes nothing.
     pub(super) async fn reconcile_checkpoints(&self, job: &Job) -> Result<(), String> {
-        let spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+        let spec: std::sync::Arc<JobSpec> = self
+            .spec_of(job)
             .map_err(|e| format!("the stored spec no longer reads: {e}"))?;
         let storage = job_checkpoints(&spec, job.tenant.as_str(), &job.id)?;
         let committed = storage
@@ -121,7 +122,8 @@ impl Coordinator {
             .map_err(status_of)?;
         let checkpoint = pick_checkpoint(&checkpoints, step)
             .map_err(|message| Status::not_found(format!("job {}: {message}", job.id)))?;
-        let spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
+        let spec: std::sync::Arc<JobSpec> = self
+            .spec_of(job)
             .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
         let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)
             .map_err(Status::failed_precondition)?;

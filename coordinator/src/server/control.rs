@@ -97,29 +97,16 @@ impl Coordinator {
     /// The world as the control plan sees it: `rows` and the live fleet
     /// (links, restart backoffs, fences, broken ring pairs, preemptions).
     fn world(&self, rows: &StoreSnapshot) -> World {
-        let now = Instant::now();
-        let mut fleet = self.fleet();
-        fleet.not_before.retain(|_, until| *until > now);
-        fleet.unfenced.retain(|_, u| u.until > now);
         let attempt_of = |job: &Job| {
             rows.elastic_attempts
                 .iter()
                 .find(|a| a.job == job.id && a.number == job.attempt)
         };
-        // Reading a spec is the costly part of a world: once per job.
-        let growing = rows.active.iter().filter(|job| attempt_of(job).is_some());
-        for job in rows.waiting.iter().chain(growing) {
-            if !fleet.gang_sizes.contains_key(&job.id) {
-                fleet.gang_sizes.insert(job.id.clone(), gang_sizes(job));
-            }
-        }
-        let sizes = |job: &Job| {
-            fleet
-                .gang_sizes
-                .get(&job.id)
-                .cloned()
-                .unwrap_or_else(|| gang_sizes(job))
-        };
+        let sizes = |job: &Job| self.gang_sizes(job);
+        let now = Instant::now();
+        let mut fleet = self.fleet();
+        fleet.not_before.retain(|_, until| *until > now);
+        fleet.unfenced.retain(|_, u| u.until > now);
         let waiting = rows
             .waiting
             .iter()
@@ -230,17 +217,21 @@ impl Coordinator {
     /// Sends every rank of `attempt` its assignment; fails the attempt if a
     /// rank cannot be reached.
     async fn assign(&self, job: &Job, attempt: &Attempt) -> Result<(), StoreError> {
-        let (spec_yaml, output) = match assigned_spec(job) {
+        let spec = match self.spec_of(job) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let message = format!("the stored spec no longer reads: {e}");
+                return self.end_failed(job, attempt, &message, false).await;
+            }
+        };
+        let (spec_yaml, output) = match assigned_spec(job, &spec) {
             Ok(resolved) => resolved,
             Err(message) => {
                 return self.end_failed(job, attempt, &message, false).await;
             }
         };
         let uploads = self.config().data_dir.join("datasets");
-        let inputs = match JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
-            .map_err(|e| e.to_string())
-            .and_then(|spec| super::inputs::assignment_inputs(&spec, &uploads))
-        {
+        let inputs = match super::inputs::assignment_inputs(&spec, &uploads) {
             Ok(inputs) => inputs.into_iter().map(|i| i.file).collect::<Vec<_>>(),
             Err(message) => {
                 return self.end_failed(job, attempt, &message, false).await;
@@ -424,6 +415,14 @@ impl Coordinator {
         Ok(moved)
     }
 
+    /// The worker counts `job` can run with. The stored spec was valid at
+    /// submit; it gives the sizes the global batch allows.
+    fn gang_sizes(&self, job: &Job) -> Vec<u32> {
+        self.spec_of(job)
+            .map(|spec| spec.usable_worker_counts())
+            .unwrap_or_else(|_| (job.workers_min..=job.workers_max).collect())
+    }
+
     /// Appends an event and tells watchers; a store failure is logged, not
     /// returned (an event is never worth failing a decision for).
     pub(super) async fn event(
@@ -448,14 +447,6 @@ impl Coordinator {
     }
 }
 
-/// The worker counts `job` can run with. The stored spec was valid at
-/// submit; re-reading it gives the sizes the global batch allows.
-fn gang_sizes(job: &Job) -> Vec<u32> {
-    JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
-        .map(|spec| spec.usable_worker_counts())
-        .unwrap_or_else(|_| (job.workers_min..=job.workers_max).collect())
-}
-
 /// A waiting job as the scheduler sees it.
 fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
     WaitingJob {
@@ -470,13 +461,14 @@ fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
     }
 }
 
-/// The spec an attempt's ranks run (the stored one, its output left to the
-/// checkpoints) and the job's folder in checkpoint storage.
-pub(super) fn assigned_spec(job: &Job) -> Result<(String, String), String> {
-    let mut spec = JobSpec::from_yaml(&job.spec_yaml, "job.yaml", "/")
-        .map_err(|e| format!("the stored spec no longer reads: {e}"))?;
-    let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)?;
-    spec.output = OutputSpec { dir: None };
+/// The spec an attempt's ranks run (`job`'s stored `spec`, its output
+/// left to the checkpoints) and the job's folder in checkpoint storage.
+fn assigned_spec(job: &Job, spec: &JobSpec) -> Result<(String, String), String> {
+    let store = job_checkpoints(spec, job.tenant.as_str(), &job.id)?;
+    let spec = JobSpec {
+        output: OutputSpec { dir: None },
+        ..spec.clone()
+    };
     Ok((spec.to_yaml(), store.root().name().to_string()))
 }
 

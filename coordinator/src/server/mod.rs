@@ -27,6 +27,7 @@ pub mod hosts;
 mod inputs;
 mod jobs;
 mod recovery;
+mod specs;
 pub mod tls;
 mod workers;
 
@@ -47,7 +48,8 @@ use crate::api::jobs_server::JobsServer;
 use crate::api::workers_server::WorkersServer;
 use crate::api::{MAX_MESSAGE_BYTES, Order};
 use crate::scheduler::Scheduler;
-use crate::store::{JobId, Store, StoreError, WorkerId};
+use crate::store::{Job, JobId, Store, StoreError, WorkerId};
+use job::spec::JobSpec;
 use recovery::Preemption;
 
 /// How a coordinator runs.
@@ -116,6 +118,8 @@ struct Shared {
     store: Store,
     config: ServerConfig,
     scheduler: Scheduler,
+    /// Each job's stored spec, parsed once.
+    specs: specs::Specs,
     started: Instant,
     fleet: Mutex<Fleet>,
     /// Serialises decisions that read then write several rows (placing,
@@ -149,8 +153,6 @@ struct Fleet {
     /// Restarting jobs held back until then (the restart backoff). Lost
     /// with a coordinator restart, which only shortens a wait.
     not_before: HashMap<JobId, Instant>,
-    /// The gang sizes of each job's spec, read once.
-    gang_sizes: HashMap<JobId, Vec<u32>>,
     /// Jobs already told they cannot fit (told once).
     told_unfit: HashSet<JobId>,
     /// Each registered worker's host (kernel boot id).
@@ -205,6 +207,7 @@ pub async fn serve(
             store,
             config,
             scheduler: Scheduler::default(),
+            specs: specs::Specs::default(),
             started: Instant::now(),
             fleet: Mutex::new(Fleet::default()),
             control: tokio::sync::Mutex::new(()),
@@ -255,6 +258,12 @@ impl Coordinator {
 
     fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The stored spec of `job`, parsed once per process; the error is
+    /// the parser's message.
+    fn spec_of(&self, job: &Job) -> Result<Arc<JobSpec>, String> {
+        self.inner.specs.of(job)
     }
 
     fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {

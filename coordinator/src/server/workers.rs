@@ -287,7 +287,8 @@ impl Workers for Coordinator {
             return Err(not_its_attempt(&worker, &job, r.attempt));
         }
         let row = self.store().get_job(&job).await.map_err(status_of)?;
-        let spec = job::spec::JobSpec::from_yaml(&row.spec_yaml, "job.yaml", "/")
+        let spec = self
+            .spec_of(&row)
             .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
         let uploads = self.config().data_dir.join("datasets");
         let served = inputs::assignment_inputs(&spec, &uploads).map_err(Status::not_found)?;
