@@ -40,7 +40,7 @@ use trainer::train::{SampledSteps, Silent, TrainState};
 
 use super::UsageError;
 use crate::cli::BenchCheckpointArgs;
-use job::recipe::{Discard, JobInputs, RunCheckpoints, RunIdentity, next_checkpoint};
+use job::recipe::{Discard, JobInputs, RunCheckpoints, RunIdentity, RunPlan, next_checkpoint};
 
 /// The tenant every benchmark job goes under.
 const TENANT: &str = "bench";
@@ -148,16 +148,15 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
     spec.checkpoint.every_steps = args.every as u64;
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
-    let JobInputs {
-        spec,
-        source,
+    let JobInputs { spec, source, plan } = JobInputs::load(spec)?;
+    let RunPlan {
         data,
         sampler,
         lora,
         mut train,
         base_model,
         ..
-    } = JobInputs::load(spec)?;
+    } = plan;
     train.max_steps = args.steps;
     let device = trainer::device::default_device().autodiff();
     let (mut model, tokenizer) = source.into_model(&device)?;

@@ -76,7 +76,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     // The writer of the results finds out before training, not after,
     // that its output folder is a file.
     if !args.no_output && args.ring.rank.is_none_or(|rank| rank == 0) {
-        super::output_folder::check(&inputs.output_dir)?;
+        super::output_folder::check(&inputs.plan.output_dir)?;
     }
     let collective = super::ranks::join_on(ring, backend)?;
     let rank = collective.rank();
@@ -92,9 +92,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!(
             "training {}: {} samples ({} steps per epoch), {} steps, {} LoRA values, {} rank(s) x {}",
             run.spec.name,
-            run.inputs.data.train.len(),
-            run.inputs.sampler.steps_per_epoch(),
-            run.inputs.train.max_steps,
+            run.plan.data.train.len(),
+            run.plan.sampler.steps_per_epoch(),
+            run.plan.train.max_steps,
             run.state.lora.num_parameters(),
             world,
             match backend {

@@ -2,26 +2,26 @@
 
 use job::JobSpec;
 
-use job::recipe::JobInputs;
 use crate::cli::ValidateArgs;
+use job::recipe::JobInputs;
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let spec = JobSpec::from_file(&args.file)?;
     let job = JobInputs::load(spec)?;
     let g = job.spec.training.global_batch_size as usize;
-    let train = job.data.train.stats();
-    let validation = job.data.validation.as_ref().map(|v| v.stats());
+    let train = job.plan.data.train.stats();
+    let validation = job.plan.data.validation.as_ref().map(|v| v.stats());
     let report = serde_json::json!({
         "name": job.spec.name,
-        "model": job.base_model,
+        "model": job.plan.base_model,
         "train": train,
         "validation": validation,
         "global_batch_size": g,
         "steps_per_epoch": train.steps_per_epoch(g),
-        "max_steps": job.train.max_steps,
-        "warmup_steps": job.train.warmup_steps,
-        "lora_scale": job.lora.scale(),
-        "output_dir": job.output_dir.display().to_string(),
+        "max_steps": job.plan.train.max_steps,
+        "warmup_steps": job.plan.train.warmup_steps,
+        "lora_scale": job.plan.lora.scale(),
+        "output_dir": job.plan.output_dir.display().to_string(),
     });
     if args.json {
         println!("{report}");
@@ -46,8 +46,8 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     println!(
         "  {} steps per epoch at global batch {g}; {} steps ({} warmup)",
         train.steps_per_epoch(g),
-        job.train.max_steps,
-        job.train.warmup_steps
+        job.plan.train.max_steps,
+        job.plan.train.warmup_steps
     );
     Ok(())
 }

@@ -18,7 +18,13 @@ use crate::spec::{ModelSpec, PathOrUrl, TrainingLength, Validation, Warmup};
 /// Everything a run of a spec needs before its ranks meet.
 pub struct JobInputs {
     pub spec: JobSpec,
+    /// The base model, read but not yet built on a device.
     pub source: ModelSource,
+    pub plan: RunPlan,
+}
+
+/// What the loop trains on and how, read from the spec.
+pub struct RunPlan {
     pub data: Datasets,
     pub sampler: Sampler,
     pub lora: LoraConfig,
@@ -139,12 +145,14 @@ impl JobInputs {
         Ok(JobInputs {
             spec,
             source,
-            data,
-            sampler,
-            lora,
-            train,
-            output_dir,
-            base_model,
+            plan: RunPlan {
+                data,
+                sampler,
+                lora,
+                train,
+                output_dir,
+                base_model,
+            },
         })
     }
 }

@@ -32,7 +32,7 @@ use trainer::train::data_parallel::{TrainError, agree, checksum, fingerprint};
 use trainer::train::{RunEnd, SampledSteps, TrainState};
 
 pub use checkpoints::{RunCheckpoints, next_checkpoint, write_state};
-pub use inputs::{JobInputs, compute_backend, model_source};
+pub use inputs::{JobInputs, RunPlan, compute_backend, model_source};
 pub use sink::{Discard, EventObserver, EventSink};
 
 use crate::JobEvent;
@@ -188,22 +188,12 @@ pub struct JobRun {
     pub spec: JobSpec,
     pub model: Llama,
     pub tokenizer: TextTokenizer,
-    pub inputs: RunData,
+    pub plan: RunPlan,
     pub state: TrainState,
     collective: Box<dyn Collective>,
     checkpoints: RunCheckpoints,
     sink: Arc<dyn EventSink>,
     started: Instant,
-}
-
-/// The parts of [`JobInputs`] the loop reads.
-pub struct RunData {
-    pub data: trainer::data::Datasets,
-    pub sampler: trainer::data::Sampler,
-    pub lora: trainer::lora::LoraConfig,
-    pub train: trainer::train::TrainConfig,
-    pub output_dir: std::path::PathBuf,
-    pub base_model: String,
 }
 
 impl JobRun {
@@ -218,30 +208,22 @@ impl JobRun {
         sink: Arc<dyn EventSink>,
     ) -> Result<JobRun, RecipeError> {
         let started = Instant::now();
-        let JobInputs {
-            spec,
-            source,
-            data,
-            sampler,
-            lora,
-            train,
-            output_dir,
-            base_model,
-        } = inputs;
+        let JobInputs { spec, source, plan } = inputs;
         let rank = collective.rank();
         // Ranks must run the same job on the same data.
         agree(
             &mut *collective,
-            job_fingerprint(&spec, &data.train),
+            job_fingerprint(&spec, &plan.data.train),
             "the job spec and its dataset",
         )?;
         let (model, tokenizer) = source
             .into_model(device)
             .map_err(|e| RecipeError::context("cannot build the model", e))?;
         let tokenizer = tokenizer.ok_or_else(|| {
-            RecipeError::Input(format!("{base_model}: the model has no tokenizer"))
+            RecipeError::Input(format!("{}: the model has no tokenizer", plan.base_model))
         })?;
-        let checkpoints = RunCheckpoints::open(&spec, identity, rank, &base_model, sink.clone())?;
+        let checkpoints =
+            RunCheckpoints::open(&spec, identity, rank, &plan.base_model, sink.clone())?;
         let restored = if identity.resume {
             checkpoints.restore(&model.config)?
         } else {
@@ -253,9 +235,14 @@ impl JobRun {
         } else if let Some(init) = &spec.lora.init_adapter {
             TrainState::new(init_adapter::load(init, &model.config)?)
         } else {
-            TrainState::new(LoraWeights::init(&lora, &model.config, train.seed))
+            TrainState::new(LoraWeights::init(
+                &plan.lora,
+                &model.config,
+                plan.train.seed,
+            ))
         };
-        if state.lora.config != lora && state.step == 0 {
+        let lora = &plan.lora;
+        if state.lora.config != *lora && state.step == 0 {
             return Err(RecipeError::Input(format!(
                 "lora.init_adapter has r={} alpha={} targets {:?}, but the spec asks for r={} alpha={} targets {:?}",
                 state.lora.config.r,
@@ -272,14 +259,7 @@ impl JobRun {
             spec,
             model,
             tokenizer,
-            inputs: RunData {
-                data,
-                sampler,
-                lora,
-                train,
-                output_dir,
-                base_model,
-            },
+            plan,
             state,
             collective,
             checkpoints,
@@ -308,13 +288,13 @@ impl JobRun {
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<RunOutcome, RecipeError> {
         let (rank, world) = (self.rank(), self.world());
-        let train = &self.inputs.train;
+        let train = &self.plan.train;
         let steps = SampledSteps {
-            train: &self.inputs.data.train,
-            validation: self.inputs.data.validation.as_ref(),
+            train: &self.plan.data.train,
+            validation: self.plan.data.validation.as_ref(),
             // The same draws as the sampler the inputs were checked with.
             sampler: trainer::data::Sampler::new(
-                self.inputs.data.train.len(),
+                self.plan.data.train.len(),
                 self.spec.training.global_batch_size as usize,
                 train.seed,
             )?,
@@ -393,8 +373,8 @@ impl JobRun {
             spec: self.spec,
             state: self.state,
             summary,
-            output_dir: self.inputs.output_dir,
-            base_model: self.inputs.base_model,
+            output_dir: self.plan.output_dir,
+            base_model: self.plan.base_model,
             rank,
         })
     }
