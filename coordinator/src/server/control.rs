@@ -6,19 +6,17 @@
 //! stopped when told, the job cancelled). Failures, lost workers and
 //! preemption are `recovery`'s.
 //!
-//! Decisions are not made here: this module builds the [`World`], calls
-//! [`plan::plan`], then only writes the store, sends orders and logs
+//! Decisions are not made here: a round takes the world (`world.rs`),
+//! calls [`plan::plan`], then only writes the store, sends orders and logs
 //! events. Every round runs under the coordinator's control lock, so two
 //! decisions never act on the same stale view.
 
 use std::time::{Duration, Instant};
 
 use crate::api::{self, Order, order};
-use crate::plan::{self, ActiveJob, ElasticRun, Growth, LiveWorker, World};
-use crate::scheduler::{Plan, WaitingJob};
-use crate::store::{
-    Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError, StoreSnapshot,
-};
+use crate::plan::{self, Growth};
+use crate::scheduler::Plan;
+use crate::store::{Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError};
 use job::spec::{JobSpec, OutputSpec};
 use trainer::checkpoint::CheckpointStore;
 
@@ -79,10 +77,10 @@ impl Coordinator {
     }
 
     /// One control round: the store's rows and what is known of the live
-    /// fleet become a [`World`], [`plan::plan`] decides, and the round is
-    /// committed: each placement by `Store::start_attempt` and sent to its
-    /// gang, each growth by a preempt order. Returns how many jobs it
-    /// placed.
+    /// fleet become a [`plan::World`], [`plan::plan`] decides, and the
+    /// round is committed: each placement by `Store::start_attempt` and
+    /// sent to its gang, each growth by a preempt order. Returns how many
+    /// jobs it placed.
     pub(super) async fn control_round(&self) -> Result<usize, StoreError> {
         let _guard = self.inner.control.lock().await;
         let rows = self.store().snapshot().await?;
@@ -92,85 +90,6 @@ impl Coordinator {
         self.commit_growth(&round.growth, &rows.elastic_attempts)
             .await;
         Ok(placed)
-    }
-
-    /// The world as the control plan sees it: `rows` and the live fleet
-    /// (links, restart backoffs, fences, broken ring pairs, preemptions).
-    fn world(&self, rows: &StoreSnapshot) -> World {
-        let attempt_of = |job: &Job| {
-            rows.elastic_attempts
-                .iter()
-                .find(|a| a.job == job.id && a.number == job.attempt)
-        };
-        let sizes = |job: &Job| self.gang_sizes(job);
-        let now = Instant::now();
-        let mut fleet = self.fleet();
-        fleet.not_before.retain(|_, until| *until > now);
-        fleet.unfenced.retain(|_, u| u.until > now);
-        let waiting = rows
-            .waiting
-            .iter()
-            .map(|job| {
-                let mut waiting = waiting_job(job, sizes(job));
-                waiting.avoid_pairs = fleet.broken_pairs.get(&job.id).cloned().unwrap_or_default();
-                plan::WaitingJob {
-                    job: waiting,
-                    backoff_until: fleet.not_before.get(&job.id).copied(),
-                    fenced_until: fleet
-                        .unfenced
-                        .values()
-                        .filter(|u| u.job == job.id)
-                        .map(|u| u.until)
-                        .max(),
-                }
-            })
-            .collect();
-        let active = rows
-            .active
-            .iter()
-            .map(|job| ActiveJob {
-                id: job.id.clone(),
-                tenant: job.tenant.clone(),
-                elastic: attempt_of(job).map(|attempt| ElasticRun {
-                    backend: job.backend,
-                    gang_sizes: sizes(job),
-                    attempt: attempt.number,
-                    gang: attempt.workers.clone(),
-                    ended: attempt.finished_at.is_some(),
-                    preempting: fleet
-                        .preempting
-                        .contains_key(&(job.id.clone(), attempt.number)),
-                }),
-            })
-            .collect();
-        let workers = rows
-            .workers
-            .iter()
-            .map(|w| LiveWorker {
-                id: w.id.clone(),
-                backend: w.info.backend,
-                state: w.state,
-                connected: fleet
-                    .links
-                    .get(&w.id)
-                    .is_some_and(|l| !l.orders.is_closed()),
-                job: w.assignment.as_ref().map(|(job, _)| job.clone()),
-            })
-            .collect();
-        let quotas = self
-            .config()
-            .access
-            .tenants()
-            .map(|policy| (policy.id.clone(), policy.max_workers))
-            .collect();
-        World {
-            now,
-            unix_now: crate::store::unix_now(),
-            waiting,
-            active,
-            workers,
-            quotas,
-        }
     }
 
     /// Tells the owners of jobs that cannot fit (once each), and starts
@@ -415,14 +334,6 @@ impl Coordinator {
         Ok(moved)
     }
 
-    /// The worker counts `job` can run with. The stored spec was valid at
-    /// submit; it gives the sizes the global batch allows.
-    fn gang_sizes(&self, job: &Job) -> Vec<u32> {
-        self.spec_of(job)
-            .map(|spec| spec.usable_worker_counts())
-            .unwrap_or_else(|_| (job.workers_min..=job.workers_max).collect())
-    }
-
     /// Appends an event and tells watchers; a store failure is logged, not
     /// returned (an event is never worth failing a decision for).
     pub(super) async fn event(
@@ -444,20 +355,6 @@ impl Coordinator {
             tracing::error!("cannot log {kind} for job {job}: {error}");
         }
         self.publish();
-    }
-}
-
-/// A waiting job as the scheduler sees it.
-fn waiting_job(job: &Job, gang_sizes: Vec<u32>) -> WaitingJob {
-    WaitingJob {
-        id: job.id.clone(),
-        tenant: job.tenant.clone(),
-        priority: job.priority,
-        seq: job.seq,
-        gang_sizes,
-        backend: job.backend,
-        waiting_since: job.waiting_since,
-        avoid_pairs: Vec::new(),
     }
 }
 

@@ -8,7 +8,8 @@
 //! * [`workers`]: the `Workers` service (what agents call) and the live
 //!   links to connected workers, over which orders go out.
 //! * [`control`]: rounds that commit what the pure [`crate::plan`]
-//!   decides (placements, elastic growth), attempts that end well.
+//!   decides (placements, elastic growth), attempts that end well;
+//!   [`world`] builds what the plan sees.
 //! * [`recovery`]: failed attempts and lost workers (restart with backoff
 //!   or fail, as [`crate::plan::after_failure`] decides), fences,
 //!   preemption (drains, growth).
@@ -30,6 +31,7 @@ mod recovery;
 mod specs;
 pub mod tls;
 mod workers;
+mod world;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
