@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use coordinator::client::{CallError, Connection, Event, Job, JobStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde_json::Value;
+use job::JobEvent;
+use job::event::step_summary;
 
 use crate::cli::LogsArgs;
 use crate::connection::{block_on, connect};
@@ -252,24 +253,44 @@ impl Bars {
     }
 
     fn show(&mut self, event: &Event) -> std::io::Result<()> {
-        let data = &event.data;
-        match event.kind.as_str() {
-            "train.step" => {
-                self.on_step(data, event.created_at);
+        match JobEvent::from_data(&event.kind, &event.data) {
+            Ok(JobEvent::TrainStep {
+                total_steps,
+                metrics,
+            }) => {
+                self.job.set_length(total_steps as u64);
+                self.job.set_position(metrics.step as u64);
+                self.rate.record(metrics.step as u64, event.created_at);
+                let mut message = step_summary(&metrics);
+                if let Some(eta) = self.rate.eta(total_steps as u64) {
+                    message = format!("{message} · ETA {}", short_duration(eta));
+                }
+                self.job.set_message(message);
                 return Ok(());
             }
-            "rank.started" => self.on_rank_started(data),
-            "rank.finished" => self.set_rank_state(data, "finished".to_string()),
-            "rank.failed" => {
-                let error = data
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no reason given");
-                self.set_rank_state(data, format!("failed: {error}"));
+            Ok(JobEvent::RankStarted {
+                rank,
+                worker_name,
+                host,
+                ..
+            }) => {
+                let line = self.rank_line(rank);
+                line.set_prefix(format!("{worker_name} on {host}"));
+                line.set_message("running");
             }
-            kind => {
+            Ok(JobEvent::RankFinished(end)) => self.rank_line(end.rank).set_message("finished"),
+            Ok(JobEvent::RankFailed(end)) => {
+                let error = if end.error.is_empty() {
+                    "no reason given"
+                } else {
+                    &end.error
+                };
+                self.rank_line(end.rank)
+                    .set_message(format!("failed: {error}"));
+            }
+            _ => {
                 // Until training reports a step, the bar says what the job does.
-                if let Some(state) = kind.strip_prefix("job.") {
+                if let Some(state) = event.kind.strip_prefix("job.") {
                     self.job.set_message(state.to_string());
                 }
             }
@@ -277,52 +298,8 @@ impl Bars {
         self.multi.println(event_line(event))
     }
 
-    fn on_step(&mut self, data: &Value, created_at: i64) {
-        let number = |key: &str| data.get(key).and_then(Value::as_f64);
-        let Some(step) = data.get("step").and_then(Value::as_u64) else {
-            return;
-        };
-        if let Some(total) = data.get("total_steps").and_then(Value::as_u64) {
-            self.job.set_length(total);
-        }
-        self.job.set_position(step);
-        self.rate.record(step, created_at);
-        let mut message = Vec::new();
-        if let Some(loss) = number("loss") {
-            message.push(format!("loss {loss:.4}"));
-        }
-        if let Some(lr) = number("learning_rate") {
-            message.push(format!("lr {lr:.2e}"));
-        }
-        if let Some(speed) = number("tokens_per_s") {
-            message.push(format!("{speed:.0} tok/s"));
-        }
-        let total = self.job.length().unwrap_or(0);
-        if let Some(eta) = self.rate.eta(total) {
-            message.push(format!("ETA {}", short_duration(eta)));
-        }
-        self.job.set_message(message.join(" · "));
-    }
-
-    fn on_rank_started(&mut self, data: &Value) {
-        let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or("?");
-        let line = self.rank_line(data);
-        line.set_prefix(format!("{} on {}", text("worker_name"), text("host")));
-        line.set_message("running");
-    }
-
-    fn set_rank_state(&mut self, data: &Value, state: String) {
-        self.rank_line(data).set_message(state);
-    }
-
-    /// The line of the rank an event names (rank 0 if it names none),
-    /// made on first use and kept in rank order.
-    fn rank_line(&mut self, data: &Value) -> &ProgressBar {
-        let rank = data
-            .get("rank")
-            .and_then(Value::as_u64)
-            .and_then(|r| u32::try_from(r).ok())
-            .unwrap_or(0);
+    /// The line of rank `rank`, made on first use and kept in rank order.
+    fn rank_line(&mut self, rank: u32) -> &ProgressBar {
         let below = self.ranks.range(..rank).count();
         let multi = &self.multi;
         self.ranks.entry(rank).or_insert_with(|| {
@@ -438,7 +415,7 @@ mod tests {
             level: EventLevel::Warn,
             kind: "worker.lost".into(),
             message: "worker w-2 stopped answering".into(),
-            data: Value::Null,
+            data: serde_json::Value::Null,
         };
         assert_eq!(
             event_line(&event),
