@@ -58,6 +58,18 @@ pub async fn connect(args: &RemoteArgs) -> anyhow::Result<Connection> {
     Ok(connection)
 }
 
+/// Connects as `remote` says and runs `calls` on the connection, on a
+/// fresh runtime: what a one-shot command does.
+pub fn with_connection<T>(
+    remote: &RemoteArgs,
+    calls: impl AsyncFnOnce(&Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    block_on(async {
+        let conn = connect(remote).await?;
+        calls(&conn).await
+    })
+}
+
 /// Runs `future` to completion on a fresh multi-threaded runtime.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

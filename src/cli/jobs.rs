@@ -73,41 +73,25 @@ pub struct JobsArgs {
     pub remote: RemoteArgs,
 }
 
+/// `lorafleet status JOB`, `cancel JOB` and `resume JOB`: one job, shown
+/// as it is after the call.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The job's id.
+    pub job: String,
+    /// Print the job as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
 /// `lorafleet status JOB`.
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
+pub type StatusArgs = JobArgs;
 /// `lorafleet cancel JOB`.
-#[derive(Args, Debug)]
-pub struct CancelArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
-
+pub type CancelArgs = JobArgs;
 /// `lorafleet resume JOB`.
-#[derive(Args, Debug)]
-pub struct ResumeArgs {
-    /// The job's id.
-    pub job: String,
-    /// Print the job as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub remote: RemoteArgs,
-}
+pub type ResumeArgs = JobArgs;
 
 /// `lorafleet checkpoints JOB`.
 #[derive(Args, Debug)]

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::output_folder::Staging;
 use crate::cli::DownloadArgs;
-use crate::connection::{block_on, connect};
+use crate::connection::with_connection;
 
 /// What a download wrote.
 #[derive(Debug, Clone)]
@@ -67,9 +67,8 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
     if args.merged {
         return download_merged(&args);
     }
-    let summary = block_on(async {
-        let conn = connect(&args.remote).await?;
-        download_checkpoint(&conn, &args.job, &args.step, &args.output).await
+    let summary = with_connection(&args.remote, async |conn| {
+        download_checkpoint(conn, &args.job, &args.step, &args.output).await
     })?;
     if args.json {
         println!("{}", summary.to_json());
@@ -90,9 +89,8 @@ pub fn run_download(args: DownloadArgs) -> anyhow::Result<()> {
 fn download_merged(args: &DownloadArgs) -> anyhow::Result<()> {
     let adapter = Staging::new(&args.output)?;
     let adapter_dir = adapter.path().join("adapter");
-    let summary = block_on(async {
-        let conn = connect(&args.remote).await?;
-        download_checkpoint(&conn, &args.job, &args.step, &adapter_dir).await
+    let summary = with_connection(&args.remote, async |conn| {
+        download_checkpoint(conn, &args.job, &args.step, &adapter_dir).await
     })?;
     let spec_path = adapter_dir.join("job.yaml");
     let text = std::fs::read_to_string(&spec_path)

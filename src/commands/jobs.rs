@@ -8,19 +8,18 @@
 //! the JSON shapes (`output`).
 
 use anyhow::Context;
-use coordinator::client::{Connection, Job, Worker};
+use coordinator::client::{Job, Worker};
 use serde_json::{Value, json};
 
 use crate::cli::{
     CancelArgs, CheckpointsArgs, DrainArgs, JobsArgs, RemoteArgs, ResumeArgs, StatusArgs,
     WorkersArgs,
 };
-use crate::connection::{block_on, connect};
+use crate::connection::with_connection;
 use crate::output::{checkpoint_json, job_json, now_unix, short_duration, utc_time, worker_json};
 
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
-    let list = block_on(async {
-        let conn = connect(&args.remote).await?;
+    let list = with_connection(&args.remote, async |conn| {
         let list = conn.list(args.limit, args.after.as_deref()).await;
         list.context("cannot list jobs")
     })?;
@@ -57,8 +56,7 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let job = block_on(async {
-        let conn = connect(&args.remote).await?;
+    let job = with_connection(&args.remote, async |conn| {
         let job = conn.status(&args.job).await;
         job.with_context(|| format!("cannot get job {}", args.job))
     })?;
@@ -87,8 +85,7 @@ enum JobChange {
 
 /// Makes `change` to job `id` and prints the job as it is after.
 fn change_job(remote: &RemoteArgs, id: &str, change: JobChange, json: bool) -> anyhow::Result<()> {
-    let job = block_on(async {
-        let conn = connect(remote).await?;
+    let job = with_connection(remote, async |conn| {
         let (reply, verb) = match change {
             JobChange::Cancel => (conn.cancel(id).await, "cancel"),
             JobChange::Resume => (conn.resume(id).await, "resume"),
@@ -100,8 +97,7 @@ fn change_job(remote: &RemoteArgs, id: &str, change: JobChange, json: bool) -> a
 }
 
 pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
-    let list = block_on(async {
-        let conn = connect(&args.remote).await?;
+    let list = with_connection(&args.remote, async |conn| {
         let list = conn.checkpoints(&args.job).await;
         list.with_context(|| format!("cannot list the checkpoints of job {}", args.job))
     })?;
@@ -130,8 +126,7 @@ pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
-    let list = block_on(async {
-        let conn = connect(&args.remote).await?;
+    let list = with_connection(&args.remote, async |conn| {
         conn.list_workers().await.context("cannot list workers")
     })?;
     if args.json {
@@ -176,7 +171,7 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
-    let worker = block_on(set_draining(&args, true))?;
+    let worker = set_draining(&args, true)?;
     if args.json {
         println!("{}", worker_json(&worker));
     } else if let Some(job) = &worker.job_id {
@@ -191,7 +186,7 @@ pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_undrain(args: DrainArgs) -> anyhow::Result<()> {
-    let worker = block_on(set_draining(&args, false))?;
+    let worker = set_draining(&args, false)?;
     if args.json {
         println!("{}", worker_json(&worker));
     } else {
@@ -201,14 +196,15 @@ pub fn run_undrain(args: DrainArgs) -> anyhow::Result<()> {
 }
 
 /// Drains (`drain`) or undrains the worker `args` names.
-async fn set_draining(args: &DrainArgs, drain: bool) -> anyhow::Result<Worker> {
-    let conn: Connection = connect(&args.remote).await?;
-    let (reply, verb) = if drain {
-        (conn.drain(&args.worker).await, "drain")
-    } else {
-        (conn.undrain(&args.worker).await, "undrain")
-    };
-    reply.with_context(|| format!("cannot {verb} worker {}", args.worker))
+fn set_draining(args: &DrainArgs, drain: bool) -> anyhow::Result<Worker> {
+    with_connection(&args.remote, async |conn| {
+        let (reply, verb) = if drain {
+            (conn.drain(&args.worker).await, "drain")
+        } else {
+            (conn.undrain(&args.worker).await, "undrain")
+        };
+        reply.with_context(|| format!("cannot {verb} worker {}", args.worker))
+    })
 }
 
 /// The answer to `cancel` or `resume`.

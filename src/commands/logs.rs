@@ -17,7 +17,7 @@ use job::JobEvent;
 use job::event::step_summary;
 
 use crate::cli::LogsArgs;
-use crate::connection::{block_on, connect};
+use crate::connection::with_connection;
 use crate::output::{event_json, short_duration, utc_time};
 
 pub mod reconnect;
@@ -25,13 +25,12 @@ pub mod reconnect;
 pub use reconnect::{CoordinatorLost, Reconnect};
 
 pub fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
-    block_on(async {
-        let conn = connect(&args.remote).await?;
+    with_connection(&args.remote, async |conn| {
         if args.follow {
-            let job = follow(&conn, &args.job, args.json).await?;
+            let job = follow(conn, &args.job, args.json).await?;
             final_outcome(&job)
         } else {
-            print_events_so_far(&conn, &args.job, args.json).await
+            print_events_so_far(conn, &args.job, args.json).await
         }
     })
 }

@@ -16,15 +16,14 @@ use job::spec::{ModelSpec, PathOrUrl, Validation};
 use super::logs::{final_outcome, follow};
 use super::remote::JobWithWords;
 use crate::cli::SubmitArgs;
-use crate::connection::{block_on, connect};
+use crate::connection::with_connection;
 use crate::output::job_json;
 
 pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
     // The spec is checked before anything is sent.
     let spec = JobSpec::from_file(&args.file)?;
-    block_on(async {
-        let conn = connect(&args.remote).await?;
-        let job = submit_parsed(&conn, &args.file, &spec, !args.shared_model).await?;
+    with_connection(&args.remote, async |conn| {
+        let job = submit_parsed(conn, &args.file, &spec, !args.shared_model).await?;
         if args.json {
             println!("{}", job_json(&job));
         } else {
@@ -33,7 +32,7 @@ pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
         if !args.wait {
             return Ok(());
         }
-        let job = follow(&conn, &job.id, args.json).await?;
+        let job = follow(conn, &job.id, args.json).await?;
         final_outcome(&job)
     })
 }
