@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 // The simulated workers speak the `Workers` service's messages.
 use coordinator::api;
-use coordinator::client::{Connection, JobStatus};
+use coordinator::client::{CallError, Connection, JobStatus};
 use coordinator::local_fleet::LocalFleet;
 use job::JobSpec;
 use job::spec::Workers;
 use tokio_stream::StreamExt;
 
-use super::remote::rpc;
 use super::run::{start_fleet, wait_for_workers};
 use super::submit::submit_spec;
 use crate::cli::{BenchFleetArgs, RemoteArgs};
@@ -188,7 +187,7 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await
-        .map_err(rpc)?
+        .map_err(CallError::from)?
         .into_inner();
     let id = reply.worker_id;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -203,7 +202,7 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
     let mut orders = workers
         .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(rpc)?
+        .map_err(CallError::from)?
         .into_inner();
     let mut current = (String::new(), 0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
