@@ -102,6 +102,10 @@ impl Fleet {
         // remove a temporary folder of its own.
         let parent = self.state.parent().expect("the state file is in a folder");
         let work_dir = parent.join(format!("work-{name}"));
+        // Variables set on the fleet since it started reach the worker too.
+        for (key, value) in &self.env {
+            self.processes.set_env(key, value);
+        }
         self.processes
             .add_worker(name, [OsStr::new("--work-dir"), work_dir.as_os_str()])
             .expect("worker starts");

@@ -23,6 +23,14 @@ pub(super) struct WorkerSlot {
 }
 
 impl LocalFleet {
+    /// Sets an environment variable for every process started from now
+    /// on (workers added or respawned, a restarted coordinator).
+    pub fn set_env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) {
+        let (key, value) = (key.as_ref().to_owned(), value.as_ref().to_owned());
+        self.config.env.retain(|(k, _)| *k != key);
+        self.config.env.push((key, value));
+    }
+
     /// Adds a worker named `name`, with `args` after the fleet's worker
     /// flags, and starts it; returns its slot.
     pub fn add_worker<S: AsRef<OsStr>>(

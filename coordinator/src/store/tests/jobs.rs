@@ -27,7 +27,13 @@ async fn a_new_job_is_queued_with_its_spec_and_a_queued_event() {
         (events[0].kind.as_str(), events[0].level),
         ("job.queued", Level::Info)
     );
-    assert_eq!(events[0].data, serde_json::json!({ "status": "queued" }));
+    // The stored data is the typed event, which reads back as itself.
+    assert_eq!(
+        events[0].data,
+        serde_json::json!({ "type": "job.queued", "status": "queued" })
+    );
+    let typed = job::JobEvent::from_data(&events[0].kind, &events[0].data).unwrap();
+    assert_eq!(typed, job::JobEvent::status_change("queued", None).unwrap());
 }
 
 #[tokio::test]
