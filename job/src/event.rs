@@ -203,15 +203,21 @@ pub struct StatusChange {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
+    /// With `job.starting`: the attempt that starts; with
+    /// `job.restarting`: the one that comes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// With `job.starting`: the gang's worker ids in rank order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     /// With `job.restarting`: what comes next.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartNext>,
 }
 
-/// The next attempt of a restarting job.
+/// How a restarting job goes on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RestartNext {
-    pub attempt: u32,
     /// The checkpoint it resumes from (`None`: from the start).
     pub resume_step: Option<u64>,
     /// Seconds it waits first.
@@ -294,7 +300,7 @@ impl JobEvent {
         let change = StatusChange {
             status: status.to_string(),
             error,
-            restart: None,
+            ..StatusChange::default()
         };
         Some(match status {
             "queued" => JobEvent::JobQueued(change),

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crate::api::{self, Order, order};
 use crate::plan::{self, Growth};
 use crate::scheduler::Plan;
-use crate::store::{Attempt, Job, JobError, JobId, JobStatus, Level, NewEvent, StoreError};
+use crate::store::{Attempt, Job, JobError, JobId, JobStatus, NewEvent, StoreError};
+use job::JobEvent;
 use job::spec::{JobSpec, OutputSpec};
 use trainer::checkpoint::CheckpointStore;
 
@@ -102,14 +103,10 @@ impl Coordinator {
         for (job, why) in &schedule.unfit {
             let first = self.fleet().told_unfit.insert(job.clone());
             if first {
-                self.event(
-                    job,
-                    Level::Warn,
-                    "job.unfit",
-                    why.to_string(),
-                    serde_json::Value::Null,
-                )
-                .await;
+                let unfit = JobEvent::JobUnfit {
+                    reason: why.to_string(),
+                };
+                self.event(job, &unfit, None).await;
             }
         }
         let mut placed = 0;
@@ -202,17 +199,13 @@ impl Coordinator {
                 .await?;
             let (from, to) = (before.workers.len(), attempt.workers.len());
             if from != to {
-                self.event(
-                    &job.id,
-                    Level::Info,
-                    "job.resized",
-                    format!(
-                        "job {} resized from {from} to {to} workers (attempt {})",
-                        job.id, attempt.number
-                    ),
-                    serde_json::json!({"from": from, "to": to, "attempt": attempt.number}),
-                )
-                .await;
+                let resized = JobEvent::JobResized {
+                    from,
+                    to,
+                    attempt: attempt.number,
+                };
+                let message = format!("job {} {resized}", job.id);
+                self.event(&job.id, &resized, Some(message)).await;
             }
         }
         Ok(())
@@ -235,17 +228,8 @@ impl Coordinator {
             };
             if self.preempt(attempt, &grow.tell, why) {
                 let (from, to) = (grow.from, grow.to);
-                self.event(
-                    &grow.job,
-                    Level::Info,
-                    "job.growing",
-                    format!(
-                        "{} idle worker(s) free: the job stops at its next step boundary after a checkpoint and restarts on {to} workers instead of {from}",
-                        to - from
-                    ),
-                    serde_json::json!({"from": from, "to": to}),
-                )
-                .await;
+                self.event(&grow.job, &JobEvent::JobGrowing { from, to }, None)
+                    .await;
             }
         }
     }
@@ -336,23 +320,14 @@ impl Coordinator {
 
     /// Appends an event and tells watchers; a store failure is logged, not
     /// returned (an event is never worth failing a decision for).
-    pub(super) async fn event(
-        &self,
-        job: &JobId,
-        level: Level,
-        kind: &str,
-        message: String,
-        data: serde_json::Value,
-    ) {
-        let event = NewEvent {
-            job: job.clone(),
-            level,
-            kind: kind.to_string(),
-            message,
-            data,
-        };
-        if let Err(error) = self.store().append_event(&event).await {
-            tracing::error!("cannot log {kind} for job {job}: {error}");
+    /// `message` replaces the event's own when it says more.
+    pub(super) async fn event(&self, job: &JobId, event: &JobEvent, message: Option<String>) {
+        let mut new = NewEvent::of(job, event);
+        if let Some(message) = message {
+            new = new.with_message(message);
+        }
+        if let Err(error) = self.store().append_event(&new).await {
+            tracing::error!("cannot log {} for job {job}: {error}", event.kind());
         }
         self.publish();
     }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use crate::api::{self, Order, order};
 use crate::plan::{self, AfterFailure, RankSeen};
 use crate::store::{
-    Attempt, Job, JobError, JobId, JobStatus, Level, RestartPlan, StoreError, WorkerId, WorkerState,
+    Attempt, Job, JobError, JobId, JobStatus, RestartPlan, StoreError, WorkerId, WorkerState,
 };
+use job::JobEvent;
 
 use super::{Coordinator, Unfenced};
 
@@ -110,16 +111,12 @@ impl Coordinator {
         store.finish_attempt(&job.id, attempt.number, None).await?;
         if let Some(Preemption::Drain { worker, name }) = &why {
             let step = store.get_job(&job.id).await?.step;
-            self.event(
-                &job.id,
-                Level::Info,
-                "worker.drained",
-                format!(
-                    "worker {name} ({worker}) drained: the job stopped at step {step} after a checkpoint and moves to other workers"
-                ),
-                serde_json::json!({"worker_id": worker.as_str(), "worker_name": name, "step": step}),
-            )
-            .await;
+            let drained = JobEvent::WorkerDrained {
+                worker_id: worker.as_str().to_string(),
+                worker_name: name.clone(),
+                step,
+            };
+            self.event(&job.id, &drained, None).await;
         }
         self.restart(job, None, Duration::ZERO).await
     }
@@ -281,14 +278,12 @@ impl Coordinator {
         if !runs_it && current.status.is_final() {
             return Ok(());
         }
-        self.event(
-            &job,
-            Level::Warn,
-            "worker.lost",
-            why.to_string(),
-            serde_json::json!({"worker_id": id.as_str(), "worker_name": worker.info.name}),
-        )
-        .await;
+        let lost = JobEvent::WorkerLost {
+            worker_id: id.as_str().to_string(),
+            worker_name: worker.info.name.clone(),
+            reason: why.to_string(),
+        };
+        self.event(&job, &lost, None).await;
         if runs_it && current.attempt > 0 {
             self.attempt_failed(&job, current.attempt, why).await?;
         }

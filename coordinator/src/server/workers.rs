@@ -570,10 +570,16 @@ impl Coordinator {
             JobEvent::TrainStep {
                 total_steps,
                 metrics,
-            } => self.progress(job, metrics.step as u64, *total_steps as u64).await?,
+            } => {
+                self.progress(job, metrics.step as u64, *total_steps as u64)
+                    .await?
+            }
             JobEvent::TrainStarted {
                 step, total_steps, ..
-            } => self.progress(job, *step as u64, *total_steps as u64).await?,
+            } => {
+                self.progress(job, *step as u64, *total_steps as u64)
+                    .await?
+            }
             JobEvent::CheckpointSaved {
                 step,
                 path,

@@ -16,8 +16,11 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::events;
-use super::jobs::{fetch_job, status_event, update_status};
+use job::JobEvent;
+use job::event::StatusChange;
+
+use super::events::{self, NewEvent};
+use super::jobs::{fetch_job, update_status};
 use super::workers::{worker_columns, worker_from_row};
 use super::{
     Connection, DbRow, JobId, JobStatus, Store, StoreError, WorkerId, parse_json, to_u32, unix_now,
@@ -129,10 +132,14 @@ impl Store {
         .bind(attempt.started_at)
         .execute(&mut *tx)
         .await?;
-        let mut event = status_event(job, JobStatus::Starting, None);
-        event.message = format!("job {job} is starting attempt {number} on {size} workers");
-        event.data["attempt"] = number.into();
-        event.data["workers"] = serde_json::json!(worker_names);
+        let starting = JobEvent::JobStarting(StatusChange {
+            status: JobStatus::Starting.name().into(),
+            attempt: Some(number),
+            workers: worker_names.iter().map(|w| w.to_string()).collect(),
+            ..StatusChange::default()
+        });
+        let message = format!("job {job} is starting attempt {number} on {size} workers");
+        let event = NewEvent::of(job, &starting).with_message(message);
         events::insert(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(attempt)

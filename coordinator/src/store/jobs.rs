@@ -301,8 +301,9 @@ impl Store {
         let restarting = JobEvent::JobRestarting(StatusChange {
             status: JobStatus::Restarting.name().into(),
             error: error.map(event_error),
+            attempt: Some(next),
+            workers: Vec::new(),
             restart: Some(RestartNext {
-                attempt: next,
                 resume_step: plan.resume_step,
                 backoff_s: plan.backoff_s,
                 failures: moved.failures,
@@ -429,11 +430,8 @@ fn event_error(e: &JobError) -> EventError {
 
 /// The `job.<status>` event a move logs.
 pub(super) fn status_event(id: &JobId, status: JobStatus, error: Option<&JobError>) -> NewEvent {
-    let event = JobEvent::status_change(
-        status.name(),
-        error.map(event_error),
-    )
-    .expect("every JobStatus has its event");
+    let event = JobEvent::status_change(status.name(), error.map(event_error))
+        .expect("every JobStatus has its event");
     let mut message = match status {
         JobStatus::Queued => format!("job {id} is queued"),
         JobStatus::Starting => format!("job {id} is starting"),

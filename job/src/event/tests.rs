@@ -98,16 +98,22 @@ fn every_event() -> Vec<JobEvent> {
         JobEvent::JobStarting(change("starting")),
         JobEvent::JobRunning(change("running")),
         JobEvent::JobRestarting(change("restarting")),
+        JobEvent::JobStarting(StatusChange {
+            status: "starting".into(),
+            attempt: Some(2),
+            workers: vec!["w-1".into(), "w-2".into()],
+            ..StatusChange::default()
+        }),
         JobEvent::JobRestarting(StatusChange {
             status: "restarting".into(),
-            error: None,
+            attempt: Some(2),
             restart: Some(RestartNext {
-                attempt: 2,
                 resume_step: Some(50),
                 backoff_s: 1.5,
                 failures: 1,
                 max_failures: 3,
             }),
+            ..StatusChange::default()
         }),
         JobEvent::JobSucceeded(change("succeeded")),
         JobEvent::JobFailed(StatusChange {
@@ -116,7 +122,7 @@ fn every_event() -> Vec<JobEvent> {
                 code: "rank_failed".into(),
                 message: "rank 1 failed".into(),
             }),
-            restart: None,
+            ..StatusChange::default()
         }),
         JobEvent::JobCancelled(change("cancelled")),
         JobEvent::JobResumed {
@@ -165,8 +171,8 @@ fn the_type_words_are_unique_and_statuses_map_to_their_events() {
     let mut kinds: Vec<&str> = events.iter().map(JobEvent::kind).collect();
     kinds.sort();
     kinds.dedup();
-    // Two restarting events above; every other type once.
-    assert_eq!(kinds.len(), events.len() - 1);
+    // Two starting and two restarting events above; every other type once.
+    assert_eq!(kinds.len(), events.len() - 2);
     for status in [
         "queued",
         "starting",
