@@ -78,11 +78,6 @@ pub fn worker_json(w: &Worker) -> Value {
     })
 }
 
-/// `text` as a JSON value, or null when it is empty or not JSON.
-pub fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
 /// Now, in Unix seconds.
 pub fn now_unix() -> i64 {
     SystemTime::now()
@@ -230,6 +225,5 @@ mod tests {
         assert_eq!(short_duration(61), "1m");
         assert_eq!(short_duration(7200), "2h");
         assert_eq!(short_duration(200_000), "2d");
-        assert_eq!(parse_json("{not json"), Value::Null);
     }
 }

@@ -19,8 +19,6 @@ pub mod download;
 pub mod fleet;
 pub mod jobs;
 pub mod logs;
-/// Compatibility names for `run` and `chaos` (see its header).
-pub mod remote;
 pub mod run;
 pub mod submit;
 

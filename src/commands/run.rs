@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use coordinator::client::{Connection, WorkerState};
 use coordinator::local_fleet::{LocalFleet, LocalFleetError};
 use job::JobSpec;
 use job::spec::PathOrUrl;
@@ -23,23 +23,13 @@ use super::UsageError;
 use super::download::download_checkpoint;
 use super::fleet::stop_signal;
 use super::logs::{Reconnect, final_outcome, follow};
-use super::remote::{self, RemoteArgs, block_on};
-use super::submit::submit_file;
+use super::submit::submit_parsed;
+use crate::cli::{RemoteArgs, RunArgs};
+use crate::connection::{block_on, connect, transient_call};
+use crate::output::job_json;
 
 /// How many times `run` starts its coordinator again after it stopped.
 const MAX_RESTARTS: u32 = 3;
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// The YAML job spec.
-    pub file: PathBuf,
-    /// Worker processes to start (default: the most the spec asks for).
-    #[arg(long)]
-    pub workers: Option<u32>,
-    /// Print the job's events as NDJSON instead of progress bars.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Interrupted by the user (exit code 130).
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +66,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut fleet = start_fleet(scratch.path(), workers, spec.resources.backend.name())?;
     let outcome = block_on(async {
         tokio::select! {
-            outcome = drive(&mut fleet, &args, &output) => outcome,
+            outcome = drive(&mut fleet, &args, &spec, &output) => outcome,
             () = stop_signal() => Err(Interrupted.into()),
         }
     });
@@ -90,11 +80,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Submit, follow, download. The coordinator is started again if it
 /// stops while the job runs, and a download the coordinator breaks off
 /// is made again (both as `logs -f` waits: [`Reconnect`]).
-async fn drive(fleet: &mut LocalFleet, args: &RunArgs, output: &Path) -> anyhow::Result<()> {
-    let remote = RemoteArgs::new(fleet.url(), fleet.tenant_token());
-    let conn = remote::connect(&remote).await?;
+async fn drive(
+    fleet: &mut LocalFleet,
+    args: &RunArgs,
+    spec: &JobSpec,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let conn = connect(&RemoteArgs::new(fleet.url(), fleet.tenant_token())).await?;
     wait_for_workers(fleet, &conn).await?;
-    let job = submit_file(&conn, &args.file).await?;
+    // The model is named by its path: the workers are on this host.
+    let job = submit_parsed(&conn, &args.file, spec, false).await?;
     eprintln!(
         "job {} ({}) on {} local worker(s)",
         job.id,
@@ -116,7 +111,7 @@ async fn drive(fleet: &mut LocalFleet, args: &RunArgs, output: &Path) -> anyhow:
     let summary = loop {
         match download_checkpoint(&conn, &job.id, "latest", output).await {
             Ok(summary) => break summary,
-            Err(err) => match remote::transient_status(&err) {
+            Err(err) => match transient_call(&err) {
                 Some(status) => {
                     keep_coordinator_up(fleet, &mut restarts)?;
                     reconnect.pause(&status, |note| eprintln!("{note}")).await?;
@@ -133,7 +128,7 @@ async fn drive(fleet: &mut LocalFleet, args: &RunArgs, output: &Path) -> anyhow:
         output.display()
     );
     if args.json {
-        println!("{}", remote::job_json(&job));
+        println!("{}", job_json(&job));
     }
     Ok(())
 }
@@ -171,19 +166,14 @@ pub(crate) fn start_fleet(dir: &Path, workers: u32, backend: &str) -> anyhow::Re
 const NO_ARGS: [&str; 0] = [];
 
 /// Waits until every worker of `fleet` has joined (at most 30 s).
-pub(crate) async fn wait_for_workers(
-    fleet: &LocalFleet,
-    conn: &coordinator::client::Connection,
-) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_workers(fleet: &LocalFleet, conn: &Connection) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = conn
-            .workers()
-            .list(coordinator::api::ListWorkersRequest {})
-            .await
-            .map_err(remote::rpc)?
-            .into_inner();
-        let idle = list.data.iter().filter(|w| w.state == "idle").count();
+        let workers = conn.list_workers().await?;
+        let idle = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Idle)
+            .count();
         if idle >= fleet.worker_count() {
             return Ok(());
         }

@@ -14,7 +14,6 @@ use job::JobSpec;
 use job::spec::{ModelSpec, PathOrUrl, Validation};
 
 use super::logs::{final_outcome, follow};
-use super::remote::JobWithWords;
 use crate::cli::SubmitArgs;
 use crate::connection::with_connection;
 use crate::output::job_json;
@@ -37,13 +36,6 @@ pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Uploads `file`'s local datasets and submits it; returns the queued job.
-/// The model is named by its path (workers on this host read it).
-/// (`run` and `chaos` read the job's status as a word.)
-pub async fn submit_file(conn: &Connection, file: &Path) -> anyhow::Result<JobWithWords> {
-    Ok(submit_spec(conn, file, false).await?.into())
-}
-
 /// Uploads `file`'s local datasets, and with `upload_model` its local base
 /// model, and submits it; returns the queued job.
 pub async fn submit_spec(
@@ -55,8 +47,9 @@ pub async fn submit_spec(
     submit_parsed(conn, file, &spec, upload_model).await
 }
 
-/// [`submit_spec`] for `spec`, already read from `file`.
-async fn submit_parsed(
+/// [`submit_spec`] for `spec`, already read from `file` (a spec is parsed
+/// once per process).
+pub async fn submit_parsed(
     conn: &Connection,
     file: &Path,
     spec: &JobSpec,

@@ -9,18 +9,17 @@
 //! Not here: the processes and signals themselves (`cluster`), drawing
 //! the plan (`plan`), or judging the outcome (`verdict`).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use coordinator::api::{JobRef, ListWorkersRequest, WatchRequest, WorkerInfo};
-use coordinator::client::Connection;
-use tokio_stream::StreamExt;
+use coordinator::client::{Connection, Job, JobStatus, Worker, WorkerState};
+use job::JobSpec;
+use job::event::JobEvent;
 
 use super::cluster::ChaosCluster;
 use super::plan::{FaultKind, FaultPlan, MIN_GAP, PlannedFault};
-use crate::commands::remote::{self, rpc};
-use crate::commands::submit::submit_file;
+use crate::commands::submit::submit_parsed;
 
 /// How often the job and the fleet are looked at.
 const POLL: Duration = Duration::from_millis(100);
@@ -41,13 +40,47 @@ pub struct InjectedFault {
     pub at_s: f64,
 }
 
+/// A chaos job's spec: the file it was written to, as read back.
+pub struct SpecFile {
+    pub path: PathBuf,
+    pub spec: JobSpec,
+}
+
+/// How a chaos job ended: the final status the coordinator gave it, or
+/// hung, chaos's own verdict (never a job status) on a job that did not
+/// end within its time limit and was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Final(JobStatus),
+    Hung,
+}
+
+impl Ending {
+    pub fn succeeded(self) -> bool {
+        self == Ending::Final(JobStatus::Succeeded)
+    }
+
+    /// The job's status word, or `hung`: what reports and `--json` say.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Final(status) => status.name(),
+            Ending::Hung => "hung",
+        }
+    }
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One job of a chaos run, as it went.
 #[derive(Clone, Debug)]
 pub struct JobRun {
     pub name: String,
     pub id: String,
-    /// The job's final status, or `hung` when it had to be cancelled.
-    pub status: String,
+    pub ending: Ending,
     /// The job's error, or why it counts as hung.
     pub error: Option<String>,
     /// Seconds from submission to the final status.
@@ -81,37 +114,28 @@ enum Restore {
 pub async fn run_job(
     conn: &Connection,
     cluster: &mut ChaosCluster,
-    spec: &Path,
+    spec: &SpecFile,
     plan: &FaultPlan,
     limit: Duration,
 ) -> anyhow::Result<JobRun> {
     let submitted = Instant::now();
-    let job = submit_file(conn, spec).await?;
+    let job = submit_parsed(conn, &spec.path, &spec.spec, false).await?;
     eprintln!(
         "job {} ({}) submitted, {} fault(s) planned",
         job.id,
         job.name,
         plan.faults.len()
     );
-    let mut run = JobRun {
-        name: job.name.clone(),
-        id: job.id.clone(),
-        status: job.status.clone(),
-        error: None,
-        wall_s: 0.0,
-        startup_s: None,
-        mean_step_s: None,
-        attempts: 0,
-        failures: 0,
-        faults: Vec::new(),
-        not_injected: 0,
-        anomalies: Vec::new(),
-    };
+    let id = job.id;
+    let mut startup_s = None;
+    let mut faults = Vec::new();
+    let mut anomalies = Vec::new();
     let mut restores: Vec<(Instant, Restore)> = Vec::new();
     let mut next = 0;
     let mut last_fault: Option<Instant> = None;
     let mut crashes = vec![0u32; cluster.names().len()];
-    let job = loop {
+    // The job as it ended, and why it counts as hung if it does.
+    let (job, hung, wall_s) = loop {
         let now = Instant::now();
         let elapsed = now - submitted;
         for (at, restore) in std::mem::take(&mut restores) {
@@ -128,29 +152,26 @@ pub async fn run_job(
                 elapsed.as_secs_f64()
             );
             eprintln!("  {note}");
-            run.anomalies.push(note);
+            anomalies.push(note);
             crashes[slot] += 1;
             if crashes[slot] > MAX_CRASHES {
                 bail!(
-                    "worker {} exited on its own {} times during job {}; see its logs in {}",
+                    "worker {} exited on its own {} times during job {id}; see its logs in {}",
                     cluster.name(slot),
                     crashes[slot],
-                    run.id,
                     cluster.folder().display()
                 );
             }
             cluster.respawn(slot)?;
         }
-        let job = remote::get_job(conn, &run.id).await?;
-        if run.startup_s.is_none() && job.step >= 1 {
-            run.startup_s = Some(elapsed.as_secs_f64());
+        let job = get_job(conn, &id).await?;
+        if startup_s.is_none() && job.step >= 1 {
+            startup_s = Some(elapsed.as_secs_f64());
         }
-        if remote::is_final(&job.status) {
-            run.wall_s = elapsed.as_secs_f64();
-            break job;
+        if job.status.is_final() {
+            break (job, None, elapsed.as_secs_f64());
         }
         if elapsed > limit {
-            run.wall_s = elapsed.as_secs_f64();
             let why = format!(
                 "did not end within {:.0} s ({} at step {}, attempt {}); cancelled",
                 limit.as_secs_f64(),
@@ -158,54 +179,69 @@ pub async fn run_job(
                 job.step,
                 job.attempt
             );
-            conn.jobs()
-                .cancel(JobRef { id: run.id.clone() })
+            conn.cancel(&id)
                 .await
-                .map_err(rpc)
-                .with_context(|| format!("cannot cancel the hung job {}", run.id))?;
-            let mut job = remote::get_job(conn, &run.id).await?;
-            job.status = "hung".into();
-            job.error = Some(coordinator::api::JobError {
-                code: "hung".into(),
-                message: why,
-            });
-            break job;
+                .with_context(|| format!("cannot cancel the hung job {id}"))?;
+            let job = get_job(conn, &id).await?;
+            break (job, Some(why), elapsed.as_secs_f64());
         }
         let gap_kept = last_fault.is_none_or(|t| now >= t + MIN_GAP);
         if let Some(fault) = plan.faults.get(next)
             && elapsed >= fault.at
             && gap_kept
             // With no worker alive the fault waits for one.
-            && let Some((injected, restore)) = fire(conn, cluster, fault, &run.id, elapsed).await?
+            && let Some((injected, restore)) = fire(conn, cluster, fault, &id, elapsed).await?
         {
             eprintln!("  {}", describe(&injected, fault.kind.out_for()));
             restores.push((now + fault.kind.out_for(), restore));
-            run.faults.push(injected);
+            faults.push(injected);
             last_fault = Some(now);
             next += 1;
         }
         tokio::time::sleep(POLL).await;
     };
-    run.not_injected = plan.faults.len() - next;
     // The job has ended: what is still out comes back now.
     let elapsed = submitted.elapsed();
     for (_, restore) in restores {
         apply(cluster, &restore, elapsed)?;
     }
-    run.status = job.status.clone();
-    run.error = job
-        .error
-        .as_ref()
-        .filter(|_| job.status != "succeeded")
-        .map(|e| format!("{}: {}", e.code, e.message));
-    run.attempts = job.attempt;
-    run.failures = job.failures;
-    run.mean_step_s = mean_step_time(conn, &run.id).await?;
+    let (ending, error) = match hung {
+        Some(why) => (Ending::Hung, Some(format!("hung: {why}"))),
+        None => {
+            let ending = Ending::Final(job.status);
+            let error = job
+                .error
+                .filter(|_| !ending.succeeded())
+                .map(|e| format!("{}: {}", e.code, e.message));
+            (ending, error)
+        }
+    };
+    let run = JobRun {
+        mean_step_s: mean_step_time(conn, &id).await?,
+        name: job.name,
+        id,
+        ending,
+        error,
+        wall_s,
+        startup_s,
+        attempts: job.attempt,
+        failures: job.failures,
+        faults,
+        not_injected: plan.faults.len() - next,
+        anomalies,
+    };
     eprintln!(
         "job {} ({}) {} after {:.1} s (attempt {}, {} failure(s))",
-        run.id, run.name, run.status, run.wall_s, run.attempts, run.failures
+        run.id, run.name, run.ending, run.wall_s, run.attempts, run.failures
     );
     Ok(run)
+}
+
+/// Asks for job `id` as it stands.
+async fn get_job(conn: &Connection, id: &str) -> anyhow::Result<Job> {
+    conn.status(id)
+        .await
+        .with_context(|| format!("cannot get job {id}"))
 }
 
 /// Does `fault` to a live worker of the fleet, chosen as the fault says
@@ -297,56 +333,40 @@ pub fn rank_text(fault: &InjectedFault) -> String {
     }
 }
 
-async fn list_workers(conn: &Connection) -> anyhow::Result<Vec<WorkerInfo>> {
-    let list = conn
-        .workers()
-        .list(ListWorkersRequest {})
-        .await
-        .map_err(rpc)
-        .context("cannot list the workers")?;
-    Ok(list.into_inner().data)
+async fn list_workers(conn: &Connection) -> anyhow::Result<Vec<Worker>> {
+    conn.list_workers().await.context("cannot list the workers")
 }
 
 /// Whether worker `name` (not lost) runs a rank of job `job`.
-fn runs_job(workers: &[WorkerInfo], name: &str, job: &str) -> bool {
-    workers
-        .iter()
-        .any(|w| w.name == name && w.state != "lost" && w.job_id == job)
+fn runs_job(workers: &[Worker], name: &str, job: &str) -> bool {
+    workers.iter().any(|w| ranks_for(w, name, job))
 }
 
 /// The rank worker `name` (not lost) runs for job `job`, if it runs one.
-fn rank_in(workers: &[WorkerInfo], name: &str, job: &str) -> Option<u32> {
+fn rank_in(workers: &[Worker], name: &str, job: &str) -> Option<u32> {
     workers
         .iter()
-        .filter(|w| w.name == name && w.state != "lost" && w.job_id == job)
+        .filter(|w| ranks_for(w, name, job))
         .find_map(|w| w.rank)
+}
+
+/// Whether `w` is worker `name`, not lost, with a rank of job `job`.
+fn ranks_for(w: &Worker, name: &str, job: &str) -> bool {
+    w.name == name && w.state != WorkerState::Lost && w.job_id.as_deref() == Some(job)
 }
 
 /// The mean `step_time_s` of job `id`'s `train.step` events (every rank,
 /// every attempt); `None` if it has none.
 async fn mean_step_time(conn: &Connection, id: &str) -> anyhow::Result<Option<f64>> {
-    let request = WatchRequest {
-        job_id: id.to_string(),
-        after_id: 0,
-        follow: false,
-    };
-    let mut events = conn
-        .jobs()
-        .watch_events(request)
-        .await
-        .map_err(rpc)
-        .with_context(|| format!("cannot read the events of job {id}"))?
-        .into_inner();
+    let context = || format!("cannot read the events of job {id}");
+    let mut events = conn.watch(id, 0, false).await.with_context(context)?;
     let (mut sum, mut count) = (0.0, 0u32);
     while let Some(event) = events.next().await {
-        let event = event
-            .map_err(rpc)
-            .with_context(|| format!("cannot read the events of job {id}"))?;
-        if event.r#type != "train.step" {
-            continue;
-        }
-        if let Some(s) = remote::parse_json(&event.data_json)["step_time_s"].as_f64() {
-            sum += s;
+        let event = event.with_context(context)?;
+        if let Ok(JobEvent::TrainStep { metrics, .. }) =
+            JobEvent::from_data(&event.kind, &event.data)
+        {
+            sum += metrics.step_time_s;
             count += 1;
         }
     }
@@ -370,7 +390,7 @@ pub async fn wait_for_fleet(
                 .filter(|&slot| {
                     !workers
                         .iter()
-                        .any(|w| w.name == cluster.name(slot) && w.state == "idle")
+                        .any(|w| w.name == cluster.name(slot) && w.state == WorkerState::Idle)
                 })
                 .collect();
             if missing.is_empty() {

@@ -10,8 +10,8 @@
 //! more time than they should. Exit 0 only then; otherwise an error naming
 //! each job and what went wrong, with the logs and state kept.
 //!
-//! This module holds the flags, the job spec the run submits, and the
-//! order of things; the parts are in `cluster` (the processes and the
+//! This module holds the job spec the run submits and the order of
+//! things (its flags are `cli::ChaosArgs`); the parts are in `cluster` (the processes and the
 //! signals), `hosts` (the network lab), `plan` (which faults, when), `drive` (one job under its
 //! faults), `adapter` (comparing adapters) and `verdict` (allowances, the
 //! report, the exit status).
@@ -23,11 +23,10 @@ mod hosts;
 mod plan;
 mod verdict;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
 use coordinator::client::Connection;
 use job::JobSpec;
 use job::spec::{PathOrUrl, TrainingLength, Workers};
@@ -37,12 +36,13 @@ use rand_chacha::ChaCha8Rng;
 use super::UsageError;
 use super::download::download_checkpoint;
 use super::fleet::stop_signal;
-use super::remote::{self, RemoteArgs, block_on};
 use super::run::Interrupted;
+use crate::cli::{ChaosArgs, FaultKindArg, RemoteArgs};
+use crate::connection::{block_on, connect};
 use adapter::{AdapterTensors, deviation};
 use cluster::{ChaosCluster, ClusterOptions};
-use drive::{JobRun, run_job, wait_for_fleet};
-use plan::{FaultPlan, KindName};
+use drive::{JobRun, SpecFile, run_job, wait_for_fleet};
+use plan::FaultPlan;
 use verdict::{Baseline, ChaosReport, JobReport};
 
 /// Ranks of every chaos job: two, so a fleet of three keeps a spare.
@@ -53,58 +53,6 @@ const CHECKPOINT_EVERY: u64 = 5;
 const FLEET_WAIT: Duration = Duration::from_secs(30);
 /// The longest the undisturbed job may run.
 const UNDISTURBED_LIMIT: Duration = Duration::from_secs(30 * 60);
-
-#[derive(Args, Debug)]
-pub struct ChaosArgs {
-    /// Disturbed jobs to run (after one undisturbed job).
-    #[arg(long)]
-    pub runs: u32,
-    /// Worker processes in the fleet (each job runs 2 ranks).
-    #[arg(long, default_value_t = 3)]
-    pub workers: u32,
-    /// Seeds the fault schedule: the same seed draws the same faults at the
-    /// same fractions of the undisturbed job's duration.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Seconds of silence after which the coordinator counts a worker lost
-    /// (its --lost-after); frozen workers stay frozen longer than this.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
-    pub detection_bound: f64,
-    /// Faults injected into each disturbed job.
-    #[arg(long, default_value_t = 2)]
-    pub faults_per_job: u32,
-    /// training.max_steps of every job.
-    #[arg(long, default_value_t = 40)]
-    pub steps: u64,
-    /// The job spec the chaos jobs are made from (its workers, steps,
-    /// checkpoints and output are replaced).
-    #[arg(long, default_value = "configs/quickstart.yaml", value_name = "FILE")]
-    pub spec: PathBuf,
-    /// Keep logs, state, checkpoints and adapters in this folder instead of
-    /// a temporary one (which is kept anyway when the run fails).
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// The coordinator's base wait before restarting a failed job (its
-    /// --restart-backoff), doubling with each failure of the job.
-    #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
-    pub restart_backoff: f64,
-    /// Run every process on a host of its own: network namespaces with
-    /// their own addresses, hostnames, /dev/shm and boot ids, joined by a
-    /// bridge, checkpoints on a SeaweedFS server on a host of its own
-    /// (needs root, `ip`, and SeaweedFS: $LORAFLEET_WEED or
-    /// .venv-s3/bin/weed). Enables the `partition` fault.
-    #[arg(long)]
-    pub hosts: bool,
-    /// The kinds of fault drawn (default: kill and freeze, and partition
-    /// with --hosts).
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND,...")]
-    pub faults: Vec<KindName>,
-    /// Print one JSON object {"runs", "faults", "succeeded",
-    /// "max_deviation", "worst_extra_s", ...} on stdout; the lines people
-    /// read go to stderr.
-    #[arg(long)]
-    pub json: bool,
-}
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     check(&args)?;
@@ -202,7 +150,7 @@ fn check(args: &ChaosArgs) -> anyhow::Result<()> {
             args.restart_backoff
         ));
     }
-    if args.faults.contains(&KindName::Partition) && !args.hosts {
+    if args.faults.contains(&FaultKindArg::Partition) && !args.hosts {
         return usage("--faults partition needs --hosts (a network lab to cut)".into());
     }
     if args.steps < CHECKPOINT_EVERY {
@@ -221,12 +169,7 @@ async fn chaos(
     folder: &Path,
     cluster: &mut ChaosCluster,
 ) -> anyhow::Result<ChaosReport> {
-    let remote = RemoteArgs {
-        coordinator: cluster.url.clone(),
-        token: Some(cluster.token.clone()),
-        ca: None,
-    };
-    let conn = remote::connect(&remote).await?;
+    let conn = connect(&RemoteArgs::new(&cluster.url, &cluster.token)).await?;
     let mut notes = Vec::new();
     wait_for_fleet(&conn, cluster, FLEET_WAIT, &mut notes).await?;
 
@@ -234,12 +177,12 @@ async fn chaos(
     let storage = cluster.checkpoint_url();
     let spec = write_spec(source, args, folder, storage.as_deref(), &name)?;
     let undisturbed = run_job(&conn, cluster, &spec, &FaultPlan::none(), UNDISTURBED_LIMIT).await?;
-    if undisturbed.status != "succeeded" {
+    if !undisturbed.ending.succeeded() {
         bail!(
             "the undisturbed job {} ({}) ended {}: {}",
             undisturbed.name,
             undisturbed.id,
-            undisturbed.status,
+            undisturbed.ending,
             undisturbed.error.as_deref().unwrap_or("no error given")
         );
     }
@@ -269,7 +212,7 @@ async fn chaos(
         let spec = write_spec(source, args, folder, storage.as_deref(), &name)?;
         let limit = expected * 3 + Duration::from_secs(60) * args.faults_per_job;
         let mut run = run_job(&conn, cluster, &spec, &plan, limit).await?;
-        let deviation = if run.status == "succeeded" {
+        let deviation = if run.ending.succeeded() {
             match fetch_adapter(&conn, &run, folder, args.steps).await {
                 Ok(adapter) => deviation(&adapter, &reference).map_err(|e| format!("{e:#}")),
                 Err(e) => Err(format!("{e:#}")),
@@ -297,14 +240,14 @@ async fn chaos(
 /// thread, `--steps` steps, a checkpoint every 5 steps in `storage` (else
 /// `folder/checkpoints`),
 /// restarts enough for the faults, no periodic evaluation. Written to
-/// `folder/specs/NAME.yaml` (its paths are absolute).
+/// `folder/specs/NAME.yaml` (its paths are absolute) and read back from there.
 fn write_spec(
     source: &JobSpec,
     args: &ChaosArgs,
     folder: &Path,
     storage: Option<&str>,
     name: &str,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<SpecFile> {
     let mut spec = source.clone();
     spec.name = name.to_string();
     spec.resources.workers = Workers::fixed(RANKS);
@@ -335,21 +278,21 @@ fn write_spec(
     std::fs::write(&path, spec.to_yaml())
         .with_context(|| format!("cannot write {}", path.display()))?;
     // What is submitted must read back as written.
-    JobSpec::from_file(&path)?;
-    Ok(path)
+    let spec = JobSpec::from_file(&path)?;
+    Ok(SpecFile { path, spec })
 }
 
 /// The fault kinds to draw: `--faults`, else kill and freeze (and
 /// partition with `--hosts`).
-fn fault_kinds(args: &ChaosArgs) -> Vec<KindName> {
+fn fault_kinds(args: &ChaosArgs) -> Vec<FaultKindArg> {
     if !args.faults.is_empty() {
         let mut kinds = args.faults.clone();
         kinds.dedup();
         return kinds;
     }
-    let mut kinds = vec![KindName::Kill, KindName::Freeze];
+    let mut kinds = vec![FaultKindArg::Kill, FaultKindArg::Freeze];
     if args.hosts {
-        kinds.push(KindName::Partition);
+        kinds.push(FaultKindArg::Partition);
     }
     kinds
 }

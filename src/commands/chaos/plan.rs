@@ -14,6 +14,8 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::cli::FaultKindArg;
+
 /// The least time between two faults of one job.
 pub const MIN_GAP: Duration = Duration::from_secs(2);
 
@@ -31,14 +33,6 @@ pub enum FaultKind {
     /// detection bound (nothing should restart), sometimes longer. Only on
     /// a network lab (`--hosts`).
     Partition { cut_for: Duration },
-}
-
-/// The kinds of fault a run may draw, as `--faults` names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum KindName {
-    Kill,
-    Freeze,
-    Partition,
 }
 
 impl FaultKind {
@@ -116,7 +110,7 @@ impl FaultPlan {
         count: u32,
         expected: Duration,
         detection_bound: Duration,
-        kinds: &[KindName],
+        kinds: &[FaultKindArg],
     ) -> FaultPlan {
         let start = expected.mul_f64(0.15);
         let part = expected.mul_f64(0.70) / count.max(1);
@@ -135,14 +129,14 @@ impl FaultPlan {
                 None => kinds[rng.random_range(0..kinds.len())],
             };
             let kind = match name {
-                KindName::Kill => FaultKind::Kill {
+                FaultKindArg::Kill => FaultKind::Kill {
                     dead_for: Duration::from_secs_f64(rng.random_range(0.5..3.0)),
                 },
-                KindName::Freeze => FaultKind::Freeze {
+                FaultKindArg::Freeze => FaultKind::Freeze {
                     frozen_for: detection_bound
                         + Duration::from_secs_f64(rng.random_range(0.5..2.0)),
                 },
-                KindName::Partition => FaultKind::Partition {
+                FaultKindArg::Partition => FaultKind::Partition {
                     cut_for: if rng.random_bool(0.5) {
                         detection_bound.mul_f64(rng.random_range(0.3..0.7))
                     } else {
@@ -174,7 +168,7 @@ mod tests {
             count,
             Duration::from_secs(20),
             Duration::from_secs(3),
-            &[KindName::Kill, KindName::Freeze],
+            &[FaultKindArg::Kill, FaultKindArg::Freeze],
         )
     }
 
@@ -211,7 +205,11 @@ mod tests {
     fn partitions_are_drawn_when_asked_for_some_under_the_bound_some_past_it() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let bound = Duration::from_secs(3);
-        let kinds = [KindName::Kill, KindName::Freeze, KindName::Partition];
+        let kinds = [
+            FaultKindArg::Kill,
+            FaultKindArg::Freeze,
+            FaultKindArg::Partition,
+        ];
         let plan = FaultPlan::draw(&mut rng, 40, Duration::from_secs(400), bound, &kinds);
         let cuts: Vec<Duration> = plan
             .faults

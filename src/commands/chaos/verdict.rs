@@ -129,7 +129,7 @@ impl JobReport {
     }
 
     pub fn succeeded(&self) -> bool {
-        self.run.status == "succeeded"
+        self.run.ending.succeeded()
     }
 
     pub fn over_allowance(&self) -> bool {
@@ -142,7 +142,7 @@ impl JobReport {
         let mut problems = Vec::new();
         if !self.succeeded() {
             let error = self.run.error.as_deref().unwrap_or("no error given");
-            problems.push(format!("{job} ended {}: {error}", self.run.status));
+            problems.push(format!("{job} ended {}: {error}", self.run.ending));
             return problems;
         }
         if let Some(error) = &self.adapter_error {
@@ -186,7 +186,7 @@ impl JobReport {
             "{} ({}): {} in {:.1} s; faults: {faults}; {} failure(s), {} attempt(s); deviation {deviation}; extra {:.1} s of {:.1} s allowed (pace {:.2})",
             self.run.name,
             self.run.id,
-            self.run.status,
+            self.run.ending,
             self.run.wall_s,
             self.run.failures,
             self.run.attempts,
@@ -228,7 +228,7 @@ impl JobReport {
         json!({
             "name": self.run.name,
             "id": self.run.id,
-            "status": self.run.status,
+            "status": self.run.ending.name(),
             "error": self.run.error,
             "wall_s": self.run.wall_s,
             "startup_s": self.run.startup_s,
@@ -355,7 +355,11 @@ impl ChaosReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::chaos::drive::Ending;
+    use coordinator::client::JobStatus;
     use std::time::Duration;
+
+    const SUCCEEDED: Ending = Ending::Final(JobStatus::Succeeded);
 
     fn baseline() -> Baseline {
         Baseline {
@@ -378,11 +382,11 @@ mod tests {
         }
     }
 
-    fn run(status: &str, wall_s: f64, faults: Vec<InjectedFault>) -> JobRun {
+    fn run(ending: Ending, wall_s: f64, faults: Vec<InjectedFault>) -> JobRun {
         JobRun {
             name: "chaos-1".into(),
             id: "j-1".into(),
-            status: status.into(),
+            ending,
             error: None,
             wall_s,
             startup_s: Some(2.0),
@@ -429,7 +433,7 @@ mod tests {
         });
         // Steps twice as slow: the baseline becomes 40 s, the allowance
         // 4 (the fence) + 4 + 2 + 3 = 13 s.
-        let mut slow_machine = run("succeeded", 52.0, vec![kill.clone()]);
+        let mut slow_machine = run(SUCCEEDED, 52.0, vec![kill.clone()]);
         slow_machine.mean_step_s = Some(0.4);
         let judged = JobReport::new(slow_machine, &b, Ok(0.0));
         assert_eq!(judged.pace, 2.0);
@@ -437,7 +441,7 @@ mod tests {
         assert!((judged.allowance_s - 13.0).abs() < 1e-9);
         assert!(!judged.over_allowance());
         // Faster steps never shrink the baseline.
-        let mut fast = run("succeeded", 25.0, vec![kill]);
+        let mut fast = run(SUCCEEDED, 25.0, vec![kill]);
         fast.mean_step_s = Some(0.1);
         assert_eq!(JobReport::new(fast, &b, Ok(0.0)).pace, 1.0);
     }
@@ -448,10 +452,10 @@ mod tests {
         let kill = fault(FaultKind::Kill {
             dead_for: Duration::from_secs(1),
         });
-        let good = JobReport::new(run("succeeded", 25.0, vec![kill.clone()]), &b, Ok(0.0));
-        let slow = JobReport::new(run("succeeded", 40.0, vec![kill.clone()]), &b, Ok(0.0));
-        let drifted = JobReport::new(run("succeeded", 21.0, vec![kill.clone()]), &b, Ok(0.5));
-        let mut failed_run = run("failed", 30.0, vec![kill]);
+        let good = JobReport::new(run(SUCCEEDED, 25.0, vec![kill.clone()]), &b, Ok(0.0));
+        let slow = JobReport::new(run(SUCCEEDED, 40.0, vec![kill.clone()]), &b, Ok(0.0));
+        let drifted = JobReport::new(run(SUCCEEDED, 21.0, vec![kill.clone()]), &b, Ok(0.5));
+        let mut failed_run = run(Ending::Final(JobStatus::Failed), 30.0, vec![kill]);
         failed_run.error = Some("max_failures: failed 4 times".into());
         let failed = JobReport::new(failed_run, &b, Err("no checkpoint".into()));
         let report = ChaosReport {
