@@ -41,7 +41,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{self, order};
+use crate::api::{self, RankState, order};
 use crate::client::Connection;
 
 use fence::{FENCE_TICK, FenceClock, keep_fence};
@@ -90,6 +90,8 @@ pub struct AgentConfig {
 pub enum AgentError {
     #[error("the coordinator refused this worker: {0}")]
     Refused(String),
+    #[error("unknown backend {0:?}: use cpu, cuda or tch")]
+    Backend(String),
     #[error("cannot write {}: {source}", path.display())]
     WorkDir {
         path: PathBuf,
@@ -103,8 +105,7 @@ pub enum AgentError {
 struct Report {
     job_id: String,
     attempt: u32,
-    /// idle | running | finished | failed | preempted
-    state: &'static str,
+    state: RankState,
     step: u64,
     error: String,
 }
@@ -150,7 +151,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config,
         report: Mutex::new(Report {
-            state: "idle",
+            state: RankState::Idle,
             ..Report::default()
         }),
         changed: Notify::new(),
@@ -191,6 +192,13 @@ pub async fn run(
         r.kill().await;
     }
     outcome
+}
+
+/// The backend this worker was started with, as the protocol names it.
+fn backend_of(word: &str) -> Result<api::Backend, AgentError> {
+    job::spec::Backend::parse(word)
+        .map(api::Backend::from)
+        .ok_or_else(|| AgentError::Backend(word.to_string()))
 }
 
 /// The address other hosts reach this host at: the local address of a
@@ -281,7 +289,7 @@ async fn connect_and_serve(shared: &Arc<Shared>, first: bool) -> Result<Ended, A
     let request = api::RegisterRequest {
         name: config.name.clone(),
         host: config.host.clone(),
-        backend: config.backend.clone(),
+        backend: backend_of(&config.backend)?.into(),
         device: config.device.clone(),
         memory_bytes: config.memory_bytes,
         version: crate::PROTOCOL_VERSION.to_string(),
@@ -398,7 +406,7 @@ fn current_report(shared: &Shared, worker_id: &str) -> api::WorkerReport {
         job_id: r.job_id,
         attempt: r.attempt,
         step: r.step,
-        state: r.state.to_string(),
+        state: r.state.into(),
         error: r.error,
         worker_secret: shared.worker_secret(),
         seq: shared.fence().sending(),
@@ -435,7 +443,7 @@ async fn obey(shared: &Arc<Shared>, connection: &Connection, order: api::Order) 
                 let mut report = shared.report.lock().expect("report lock");
                 if report.job_id == stop.job_id && report.attempt == stop.attempt {
                     *report = Report {
-                        state: "idle",
+                        state: RankState::Idle,
                         ..Report::default()
                     };
                 }

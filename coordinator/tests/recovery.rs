@@ -94,7 +94,7 @@ async fn a_job_fails_after_max_failures_plus_one_failed_attempts() {
                     worker_id: worker.id.clone(),
                     job_id: a.job_id.clone(),
                     attempt: a.attempt,
-                    state: "failed".into(),
+                    state: api::RankState::Failed.into(),
                     error: "out of memory on cuda:0".into(),
                     ..Default::default()
                 };
@@ -182,7 +182,7 @@ async fn a_drained_worker_hands_its_job_on_after_a_checkpoint_without_a_failure(
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(drained.state, "draining");
+    assert_eq!(drained.state(), api::WorkerState::Draining);
     // The rank is asked to stop at a step boundary, not killed.
     let preempt = leaving.next_preempt().await;
     assert_eq!((&preempt.job_id, preempt.attempt), (&job.id, 1));

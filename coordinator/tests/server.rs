@@ -262,7 +262,7 @@ async fn calls_need_the_right_token_and_version() {
 
     let register = api::RegisterRequest {
         name: "intruder".into(),
-        backend: "cpu".into(),
+        backend: api::Backend::Cpu.into(),
         version: PROTOCOL_VERSION.into(),
         ring_addr: "127.0.0.1:1".into(),
         ..Default::default()
@@ -334,7 +334,7 @@ async fn a_failed_job_resumes_as_a_new_attempt_with_a_fresh_failure_budget() {
         worker_id: worker_id.clone(),
         job_id: a.job_id.clone(),
         attempt: a.attempt,
-        state: state.into(),
+        state: rank_state(state).into(),
         error: if state == "failed" {
             "disk full".into()
         } else {

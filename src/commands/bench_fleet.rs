@@ -179,7 +179,7 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
         .register(api::RegisterRequest {
             name: format!("sim-{i}"),
             host: "sim".into(),
-            backend: "cpu".into(),
+            backend: api::Backend::Cpu.into(),
             device: "cpu".into(),
             memory_bytes: 0,
             version: coordinator::PROTOCOL_VERSION.into(),
@@ -195,7 +195,12 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
         worker_id: id.clone(),
         job_id: job.to_string(),
         attempt,
-        state: if job.is_empty() { "idle" } else { "running" }.into(),
+        state: if job.is_empty() {
+            api::RankState::Idle
+        } else {
+            api::RankState::Running
+        }
+        .into(),
         ..Default::default()
     };
     tx.send(report("", 0)).await?;

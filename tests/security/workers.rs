@@ -41,7 +41,7 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
     let register = |id: &str, secret: &str| api::RegisterRequest {
         name: "attacker".into(),
         host: "127.0.0.1".into(),
-        backend: "cpu".into(),
+        backend: api::Backend::Cpu.into(),
         version: coordinator::PROTOCOL_VERSION.into(),
         ring_addr: "127.0.0.1:9".into(),
         worker_id: id.into(),
@@ -70,7 +70,7 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
         worker_id: victim.clone(),
         job_id: job.id.clone(),
         attempt,
-        state: "finished".into(),
+        state: api::RankState::Finished.into(),
         worker_secret: own.worker_secret.clone(),
         ..Default::default()
     };
@@ -153,7 +153,7 @@ fn the_cluster_token_alone_cannot_take_over_or_speak_for_another_worker() {
         worker_id: own.worker_id.clone(),
         job_id: job.id.clone(),
         attempt,
-        state: "finished".into(),
+        state: api::RankState::Finished.into(),
         worker_secret: own.worker_secret.clone(),
         ..Default::default()
     };

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use crate::api::RankState;
 
 /// How often the fence looks at the time.
 pub(super) const FENCE_TICK: Duration = Duration::from_millis(100);
@@ -110,7 +111,7 @@ pub(super) async fn keep_fence(shared: Arc<Shared>) {
         {
             let mut report = shared.report.lock().expect("report lock");
             if report.job_id == process.job_id && report.attempt == process.attempt {
-                report.state = "failed";
+                report.state = RankState::Failed;
                 report.error = error.clone();
             }
         }

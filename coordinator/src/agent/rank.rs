@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::api;
+use crate::api::{self, RankState};
 use crate::client::Connection;
 
 use job::JobEvent;
@@ -58,7 +58,7 @@ impl RankProcess {
             *report = Report {
                 job_id: a.job_id.clone(),
                 attempt: a.attempt,
-                state: "running",
+                state: RankState::Running,
                 step: 0,
                 error: String::new(),
             };
@@ -203,7 +203,15 @@ async fn not_started(shared: &Shared, a: &api::Assignment, error: String) {
         error: format!("could not start: {error}"),
         stderr_tail: Vec::new(),
     });
-    end_rank(shared, &a.job_id, a.attempt, "failed", error, &event).await;
+    end_rank(
+        shared,
+        &a.job_id,
+        a.attempt,
+        RankState::Failed,
+        error,
+        &event,
+    )
+    .await;
 }
 
 /// Records how a rank ended: its last event, then (once the coordinator
@@ -213,7 +221,7 @@ pub(super) async fn end_rank(
     shared: &Shared,
     job_id: &str,
     attempt: u32,
-    state: &'static str,
+    state: RankState,
     error: String,
     event: &JobEvent,
 ) {
@@ -313,10 +321,14 @@ async fn watch_rank(
         stderr_tail: tail.clone(),
     };
     let (state, event) = match status {
-        Ok(s) if s.success() => ("finished", JobEvent::RankFinished(end(String::new()))),
-        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => {
-            ("preempted", JobEvent::RankPreempted(end(String::new())))
-        }
+        Ok(s) if s.success() => (
+            RankState::Finished,
+            JobEvent::RankFinished(end(String::new())),
+        ),
+        Ok(s) if s.code() == Some(PREEMPTED_EXIT_CODE) => (
+            RankState::Preempted,
+            JobEvent::RankPreempted(end(String::new())),
+        ),
         Ok(s) => {
             let last = tail
                 .iter()
@@ -324,9 +336,9 @@ async fn watch_rank(
                 .find(|l| !l.trim().is_empty())
                 .cloned()
                 .unwrap_or_else(|| format!("exited with {s}"));
-            ("failed", JobEvent::RankFailed(end(last)))
+            (RankState::Failed, JobEvent::RankFailed(end(last)))
         }
-        Err(e) => ("failed", JobEvent::RankFailed(end(e.to_string()))),
+        Err(e) => (RankState::Failed, JobEvent::RankFailed(end(e.to_string()))),
     };
     let error = match &event {
         JobEvent::RankFailed(end) => end.error.clone(),
@@ -377,7 +389,7 @@ mod tests {
             report: Mutex::new(Report {
                 job_id: "j".into(),
                 attempt: 1,
-                state: "running",
+                state: RankState::Running,
                 ..Report::default()
             }),
             changed: tokio::sync::Notify::new(),
@@ -390,7 +402,7 @@ mod tests {
 
     /// Runs `script` as rank 0 of attempt 1 of job `j` until it ends;
     /// returns the events it forwarded and the state reported.
-    async fn run_script(script: &str) -> (Vec<api::Event>, &'static str, String) {
+    async fn run_script(script: &str) -> (Vec<api::Event>, RankState, String) {
         let shared = shared(script.to_string());
         let launch = RankLaunch {
             spec_file: Path::new("spec.yaml"),
@@ -453,7 +465,7 @@ mod tests {
         let (events, state, _) = run_script(&script).await;
         let kinds: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
         assert_eq!(kinds, ["train.step", "rank.preempted"], "{events:?}");
-        assert_eq!(state, "preempted");
+        assert_eq!(state, RankState::Preempted);
         let step: JobEvent = JobEvent::from_data(
             &events[0].r#type,
             &serde_json::from_str(&events[0].data_json).unwrap(),
@@ -470,7 +482,7 @@ mod tests {
             step_line(1)
         );
         let (events, state, error) = run_script(&script).await;
-        assert_eq!(state, "failed");
+        assert_eq!(state, RankState::Failed);
         assert_eq!(error, "disk full");
         let last = events.last().unwrap();
         assert_eq!(last.r#type, "rank.failed");

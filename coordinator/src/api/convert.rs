@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::generated as api;
 use crate::client::types::{self as domain, EventLevel, JobStatus, WorkerState};
 use crate::store;
+use job::spec::Backend;
 
 /// A value the other side sent that this build has no meaning for.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +90,54 @@ pub fn event_level(value: i32) -> Result<EventLevel, UnknownValue> {
     )
 }
 
+impl From<Backend> for api::Backend {
+    fn from(backend: Backend) -> api::Backend {
+        match backend {
+            Backend::Cpu => api::Backend::Cpu,
+            Backend::Cuda => api::Backend::Cuda,
+            Backend::Tch => api::Backend::Tch,
+        }
+    }
+}
+
+/// The backend a message's field holds.
+pub fn backend(value: i32) -> Result<Backend, UnknownValue> {
+    let unknown = || UnknownValue::new("backend", value);
+    Ok(
+        match api::Backend::try_from(value).map_err(|_| unknown())? {
+            api::Backend::Unspecified => return Err(unknown()),
+            api::Backend::Cpu => Backend::Cpu,
+            api::Backend::Cuda => Backend::Cuda,
+            api::Backend::Tch => Backend::Tch,
+        },
+    )
+}
+
+impl From<WorkerState> for api::WorkerState {
+    fn from(state: WorkerState) -> api::WorkerState {
+        match state {
+            WorkerState::Idle => api::WorkerState::Idle,
+            WorkerState::Busy => api::WorkerState::Busy,
+            WorkerState::Draining => api::WorkerState::Draining,
+            WorkerState::Lost => api::WorkerState::Lost,
+        }
+    }
+}
+
+/// The worker state a message's field holds.
+pub fn worker_state(value: i32) -> Result<WorkerState, UnknownValue> {
+    let unknown = || UnknownValue::new("worker state", value);
+    Ok(
+        match api::WorkerState::try_from(value).map_err(|_| unknown())? {
+            api::WorkerState::Unspecified => return Err(unknown()),
+            api::WorkerState::Idle => WorkerState::Idle,
+            api::WorkerState::Busy => WorkerState::Busy,
+            api::WorkerState::Draining => WorkerState::Draining,
+            api::WorkerState::Lost => WorkerState::Lost,
+        },
+    )
+}
+
 // ------------------------------------------------ server: store → message
 
 impl From<&store::Job> for api::Job {
@@ -109,7 +158,7 @@ impl From<&store::Job> for api::Job {
             priority: job.priority,
             workers_min: job.workers_min,
             workers_max: job.workers_max,
-            backend: job.backend.name().to_string(),
+            backend: api::Backend::from(job.backend).into(),
             failures: job.failures,
             max_failures: job.max_failures,
             spec_yaml: job.spec_yaml.clone(),
@@ -165,7 +214,7 @@ impl TryFrom<api::Job> for domain::Job {
             priority: job.priority,
             workers_min: job.workers_min,
             workers_max: job.workers_max,
-            backend: job.backend,
+            backend: backend(job.backend)?.name().to_string(),
             failures: job.failures,
             max_failures: job.max_failures,
             spec_yaml: job.spec_yaml,
@@ -241,13 +290,12 @@ impl TryFrom<api::WorkerInfo> for domain::Worker {
     type Error = UnknownValue;
 
     fn try_from(w: api::WorkerInfo) -> Result<domain::Worker, UnknownValue> {
-        let state = WorkerState::parse(&w.state)
-            .ok_or_else(|| UnknownValue::new("worker state", format!("{:?}", w.state)))?;
+        let state = worker_state(w.state)?;
         Ok(domain::Worker {
             id: w.id,
             name: w.name,
             host: w.host,
-            backend: w.backend,
+            backend: backend(w.backend)?.name().to_string(),
             device: w.device,
             memory_bytes: w.memory_bytes,
             version: w.version,
@@ -313,6 +361,7 @@ mod tests {
             id: "j-1".into(),
             name: "quickstart".into(),
             status: api::JobStatus::Failed.into(),
+            backend: api::Backend::Cuda.into(),
             total_steps: Some(20),
             error: Some(api::JobError {
                 code: "max_failures".into(),
@@ -322,6 +371,7 @@ mod tests {
         };
         let job = domain::Job::try_from(message).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(job.backend, "cuda");
         assert_eq!(job.total_steps, Some(20));
         assert_eq!(job.error.unwrap().code, "max_failures");
         assert!(domain::Job::try_from(api::Job::default()).is_err());
@@ -358,15 +408,36 @@ mod tests {
         assert_eq!(chunk.sha256, None);
         let worker = api::WorkerInfo {
             id: "w-1".into(),
-            state: "idle".into(),
+            state: api::WorkerState::Idle.into(),
+            backend: api::Backend::Cuda.into(),
             ..api::WorkerInfo::default()
         };
         let worker = domain::Worker::try_from(worker).unwrap();
         assert_eq!((worker.state, worker.job_id), (WorkerState::Idle, None));
-        let odd = api::WorkerInfo {
-            state: "sleepy".into(),
-            ..api::WorkerInfo::default()
-        };
-        assert!(domain::Worker::try_from(odd).is_err());
+        assert_eq!(worker.backend, "cuda");
+        for odd in [
+            api::WorkerInfo {
+                state: 99,
+                backend: api::Backend::Cpu.into(),
+                ..api::WorkerInfo::default()
+            },
+            api::WorkerInfo {
+                state: api::WorkerState::Busy.into(),
+                ..api::WorkerInfo::default()
+            },
+        ] {
+            assert!(domain::Worker::try_from(odd).is_err());
+        }
+        for b in Backend::ALL {
+            assert_eq!(backend(api::Backend::from(*b).into()).unwrap(), *b);
+        }
+        for w in [
+            WorkerState::Idle,
+            WorkerState::Busy,
+            WorkerState::Draining,
+            WorkerState::Lost,
+        ] {
+            assert_eq!(worker_state(api::WorkerState::from(w).into()).unwrap(), w);
+        }
     }
 }

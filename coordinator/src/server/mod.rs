@@ -160,7 +160,7 @@ struct Fleet {
     /// Each registered worker's host (kernel boot id).
     boot_ids: HashMap<WorkerId, String>,
     /// The job attempt each worker last reported on, and its state then.
-    last_state: HashMap<WorkerId, (String, u32, String)>,
+    last_state: HashMap<WorkerId, (String, u32, crate::api::RankState)>,
     /// Workers whose rank of an attempt that ended early may still run:
     /// told to stop but not yet heard from since. The job's next attempt
     /// waits for each to answer or for its fence time to pass.

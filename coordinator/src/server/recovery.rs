@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{self, Order, order};
+use crate::api::{self, Order, RankState, order};
 use crate::plan::{self, AfterFailure, RankSeen};
 use crate::store::{
     Attempt, Job, JobError, JobId, JobStatus, RestartPlan, StoreError, WorkerId, WorkerState,
@@ -159,7 +159,10 @@ impl Coordinator {
                 ended: fleet.last_state.get(worker).is_some_and(|(job, n, state)| {
                     job == attempt.job.as_str()
                         && *n == attempt.number
-                        && matches!(state.as_str(), "failed" | "finished" | "preempted")
+                        && matches!(
+                            state,
+                            RankState::Failed | RankState::Finished | RankState::Preempted
+                        )
                 }),
                 last_heard: fleet.last_report.get(worker).copied(),
             })

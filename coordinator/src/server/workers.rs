@@ -24,10 +24,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::workers_server::Workers;
-use crate::api::{self, Order, WorkerReport};
+use crate::api::{self, Order, RankState, WorkerReport};
 use crate::store::{JobId, JobStatus, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
 use job::JobEvent;
-use job::spec::Backend;
 
 use super::access::FleetCaller;
 use super::checkpoints::FileStream;
@@ -60,8 +59,8 @@ impl Workers for Coordinator {
                 crate::PROTOCOL_VERSION
             )));
         }
-        let backend = Backend::parse(&r.backend)
-            .ok_or_else(|| Status::invalid_argument(format!("unknown backend {:?}", r.backend)))?;
+        let backend = crate::api::convert::backend(r.backend)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         hosts::check_ring_addr(&r.name, &r.ring_addr, peer)?;
         let store = self.store();
         let known = if r.worker_id.is_empty() {
@@ -437,6 +436,7 @@ impl Coordinator {
         if write {
             self.store().heartbeat_worker(id).await.map_err(status_of)?;
         }
+        let state = report.state();
         {
             // A worker told to stop a rank answers with a report that no
             // longer runs it: that rank is gone.
@@ -444,15 +444,14 @@ impl Coordinator {
             let stopped = fleet.unfenced.get(id).is_some_and(|u| {
                 u.job.as_str() != report.job_id
                     || u.attempt != report.attempt
-                    || report.state != "running"
+                    || state != RankState::Running
             });
             if stopped {
                 fleet.unfenced.remove(id);
             }
-            fleet.last_state.insert(
-                id.clone(),
-                (report.job_id.clone(), report.attempt, report.state.clone()),
-            );
+            fleet
+                .last_state
+                .insert(id.clone(), (report.job_id.clone(), report.attempt, state));
         }
         if report.job_id.is_empty() {
             return Ok(());
@@ -465,25 +464,25 @@ impl Coordinator {
                 let _ = not_its_attempt(id, &job, report.attempt);
                 return Ok(());
             }
-            if report.state == "running" {
+            if state == RankState::Running {
                 let order = stop_order(&job, report.attempt, "that attempt is over");
                 self.send(id, order);
             }
             return Ok(());
         };
-        match report.state.as_str() {
-            state @ ("finished" | "preempted") => {
+        match state {
+            RankState::Finished | RankState::Preempted => {
                 let job_row = self.store().get_job(&job).await.map_err(status_of)?;
                 let attempt = self
                     .store()
                     .get_attempt(&job, report.attempt)
                     .await
                     .map_err(status_of)?;
-                self.rank_ended(&job_row, &attempt, rank, state == "preempted")
+                self.rank_ended(&job_row, &attempt, rank, state == RankState::Preempted)
                     .await
                     .map_err(status_of)?;
             }
-            "failed" => {
+            RankState::Failed => {
                 let worker = self.store().get_worker(id).await.map_err(status_of)?;
                 let reason = format!(
                     "rank {rank} on worker {} ({id}) failed: {}",
@@ -732,11 +731,11 @@ fn worker_info(w: &Worker, ring_addr: String) -> api::WorkerInfo {
         id: w.id.to_string(),
         name: w.info.name.clone(),
         host: w.info.host.clone(),
-        backend: w.info.backend.name().to_string(),
+        backend: api::Backend::from(w.info.backend).into(),
         device: w.info.device.clone(),
         memory_bytes: w.info.memory_bytes,
         version: w.info.version.clone(),
-        state: w.state.name().to_string(),
+        state: api::WorkerState::from(w.state).into(),
         job_id: w
             .assignment
             .as_ref()

@@ -174,7 +174,7 @@ impl SimWorker {
         let request = api::RegisterRequest {
             name: name.into(),
             host: "127.0.0.1".into(),
-            backend: "cpu".into(),
+            backend: api::Backend::Cpu.into(),
             version: PROTOCOL_VERSION.into(),
             ring_addr: "127.0.0.1:1".into(),
             worker_id: old_id.into(),
@@ -187,7 +187,7 @@ impl SimWorker {
         let (reports, outgoing) = mpsc::channel(16);
         let first = WorkerReport {
             worker_id: id.clone(),
-            state: "idle".into(),
+            state: api::RankState::Idle.into(),
             worker_secret: secret.clone(),
             ..Default::default()
         };
@@ -219,7 +219,7 @@ impl SimWorker {
             worker_id: self.id.clone(),
             job_id: a.job_id.clone(),
             attempt: a.attempt,
-            state: state.into(),
+            state: rank_state(state).into(),
             ..Default::default()
         };
         self.reports.send(report).await.unwrap();
@@ -229,7 +229,7 @@ impl SimWorker {
     pub async fn idle(&self) {
         let report = WorkerReport {
             worker_id: self.id.clone(),
-            state: "idle".into(),
+            state: api::RankState::Idle.into(),
             ..Default::default()
         };
         self.reports.send(report).await.unwrap();
@@ -323,6 +323,12 @@ impl SimWorker {
         };
         self.conn.workers().report_events(request).await.unwrap();
     }
+}
+
+/// The rank state a word of the old protocol names (`running`, ...).
+pub fn rank_state(word: &str) -> api::RankState {
+    api::RankState::from_str_name(&format!("RANK_STATE_{}", word.to_uppercase()))
+        .unwrap_or_else(|| panic!("no rank state {word:?}"))
 }
 
 /// The data of a `train.step` event at `step` of `total`, as a rank
