@@ -7,6 +7,7 @@ mod commands;
 mod connection;
 mod output;
 mod progress;
+mod ring;
 
 use std::process::ExitCode;
 

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use trainer::collective::TcpRing;
 
 use super::UsageError;
-use super::ranks::{join, nccl_beside, ring_config, run_local_ranks, run_local_ranks_with};
 use crate::cli::{BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
+use crate::ring::{join, nccl_beside, ring_config, run_local_ranks, run_local_ranks_with};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.workload {

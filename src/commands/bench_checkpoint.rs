@@ -171,7 +171,7 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
         rank: 0,
         world: 1,
     };
-    let mut collective = super::ranks::join(None)?;
+    let mut collective = crate::ring::join(None)?;
     let preset = match &spec.model {
         job::spec::ModelSpec::Preset(p) => p.name().to_string(),
         job::spec::ModelSpec::Path(p) => p.to_string(),

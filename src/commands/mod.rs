@@ -8,7 +8,6 @@ pub mod generate;
 pub mod init_model;
 pub mod output_folder;
 pub mod preemption;
-pub mod ranks;
 pub mod train;
 pub mod validate;
 pub mod worker_device;

@@ -60,7 +60,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let spec = job::JobSpec::from_file(&args.file)?;
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
-    let ring = super::ranks::plan(&args.ring)?;
+    let ring = crate::ring::plan(&args.ring)?;
     let backend = job::recipe::compute_backend(&spec)?;
     let device = trainer::device::device_for(backend)
         .map_err(|e| UsageError(e.to_string()))?
@@ -78,7 +78,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if !args.no_output && args.ring.rank.is_none_or(|rank| rank == 0) {
         super::output_folder::check(&inputs.plan.output_dir)?;
     }
-    let collective = super::ranks::join_on(ring, backend)?;
+    let collective = crate::ring::join_on(ring, backend)?;
     let rank = collective.rank();
     let terminal = Arc::new(Terminal::new(rank == 0 && !args.events));
     let sink: Arc<dyn EventSink> = if args.events {

@@ -1,9 +1,11 @@
 //! Rings from the command line: joining one as a rank (`--rank/--world/
 //! --peers`, secret from the environment), and starting N ranks of this
-//! binary on 127.0.0.1 for the benchmarks.
+//! binary on 127.0.0.1 for the benchmarks. A helper of `train` and
+//! `bench` (`train --world N`, `allreduce`, `checkpoint`), not a subcommand.
 //!
-//! Not here: the ring itself (`trainer::collective`), or placing ranks on a
-//! fleet (the coordinator).
+//! Not here: the ring itself (`trainer::collective`), the flags
+//! (`cli::RingArgs`, `cli::LinkArgs`), or placing ranks on a fleet (the
+//! coordinator).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use trainer::collective::{self, Collective, RingConfig, SECRET_ENV};
 
-use super::UsageError;
 use crate::cli::{LinkArgs, RingArgs};
+use crate::commands::UsageError;
 
 /// The ring configuration of rank `rank` among `peers`.
 pub fn ring_config(rank: usize, peers: &[String], link: &LinkArgs) -> anyhow::Result<RingConfig> {
