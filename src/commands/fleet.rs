@@ -4,7 +4,8 @@
 //! logs go to stderr, and SIGINT/SIGTERM stop them cleanly.
 //!
 //! `serve` prints a readiness line, `listening on http://ADDR` (`https://`
-//! with `--tls-cert`), once the port is bound (so `--listen 127.0.0.1:0`
+//! with `--tls-cert`; the prefix is `local_fleet::READINESS_PREFIX`, which
+//! the fleets and tests that start `serve` read), once the port is bound (so `--listen 127.0.0.1:0`
 //! works); `worker` prints
 //! `worker ID registered with URL` once it joined.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use coordinator::agent::{self, AgentConfig};
 use coordinator::client::{TrustedCa, coordinator_url};
+use coordinator::local_fleet::READINESS_PREFIX;
 use coordinator::server::tls::ServerTls;
 use coordinator::server::{self, Access, DevTokens, ServerConfig};
 
@@ -82,7 +84,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 "serving without TLS on {address}: tokens and worker secrets cross the network in clear (see --tls-cert, --tls-key)"
             );
         }
-        println!("listening on {scheme}://{address}");
+        println!("{READINESS_PREFIX}{scheme}://{address}");
         use std::io::Write;
         std::io::stdout().flush()?;
         server::serve(config, listener, stop_signal())
