@@ -10,8 +10,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::commands::UsageError;
-
 /// Where the coordinator is, who is asking, and whom to trust.
 #[derive(Args, Debug, Clone)]
 pub struct RemoteArgs {
@@ -172,15 +170,16 @@ pub struct DownloadArgs {
     pub remote: RemoteArgs,
 }
 
-/// A `--step` value: a step number, `latest` or `best`.
-pub fn parse_step(text: &str) -> Result<String, UsageError> {
+/// A `--step` value: a step number, `latest` or `best` (clap reports the
+/// error as a usage error).
+pub fn parse_step(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text == "latest" || text == "best" || text.parse::<u64>().is_ok() {
         Ok(text.to_string())
     } else {
-        Err(UsageError(format!(
+        Err(format!(
             "{text:?} is not a checkpoint: give a step number, `latest` or `best`"
-        )))
+        ))
     }
 }
 
