@@ -439,20 +439,13 @@ mod tests {
         (events, report.state, report.error)
     }
 
-    fn step_line(step: usize) -> String {
-        JobEvent::TrainStep {
-            total_steps: 10,
-            metrics: trainer::train::StepMetrics {
-                step,
-                epoch: 0,
-                loss: 1.0,
-                learning_rate: 1e-3,
-                grad_norm: 1.0,
-                target_tokens: 8,
-                tokens_per_s: 100.0,
-                step_time_s: 0.1,
-            },
-        }
+    /// A validation pass at `step`, as a rank prints it.
+    fn eval_line(step: usize) -> String {
+        JobEvent::TrainEval(trainer::train::EvalMetrics {
+            step,
+            eval_loss: 1.0,
+            target_tokens: 8,
+        })
         .to_line()
     }
 
@@ -460,11 +453,11 @@ mod tests {
     async fn event_lines_are_forwarded_other_lines_dropped_and_the_exit_status_is_the_state() {
         let script = format!(
             "echo '{}'; echo 'not an event'; echo '{{\"type\": \"job.succeeded\"}}'; echo oops >&2; exit 75",
-            step_line(3)
+            eval_line(3)
         );
         let (events, state, _) = run_script(&script).await;
         let kinds: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
-        assert_eq!(kinds, ["train.step", "rank.preempted"], "{events:?}");
+        assert_eq!(kinds, ["train.eval", "rank.preempted"], "{events:?}");
         assert_eq!(state, RankState::Preempted);
         let step: JobEvent = JobEvent::from_data(
             &events[0].r#type,
@@ -472,14 +465,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(step.step(), Some(3));
-        assert_eq!(events[0].message, "step 3/10: loss 1.0000, 100 tokens/s");
+        assert_eq!(events[0].message, "step 3: validation loss 1.0000");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_rank_reports_the_last_line_of_its_stderr() {
         let script = format!(
             "echo '{}'; echo 'loading' >&2; echo 'disk full' >&2; echo >&2; exit 3",
-            step_line(1)
+            eval_line(1)
         );
         let (events, state, error) = run_script(&script).await;
         assert_eq!(state, RankState::Failed);
