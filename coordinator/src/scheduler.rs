@@ -42,7 +42,7 @@
 //! between statuses), or choosing workers by host or memory.
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

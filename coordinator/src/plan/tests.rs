@@ -10,12 +10,7 @@ const NOW: i64 = 1_000_000;
 /// Plans with the default scheduler and compares the printed round.
 fn check(world: &World, expect: &str) {
     let round = plan(&Scheduler::default(), world);
-    let expect: String = expect
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let expect = crate::scheduler::tests::expected(expect);
     assert_eq!(round.to_string(), expect, "\nround:\n{round}");
 }
 

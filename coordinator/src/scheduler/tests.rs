@@ -12,13 +12,18 @@ fn check(snapshot: &Snapshot, expect: &str) {
 
 fn check_with(scheduler: Scheduler, snapshot: &Snapshot, expect: &str) {
     let plan = scheduler.plan(snapshot);
-    let expect: String = expect
+    assert_eq!(plan.to_string(), expected(expect), "\nplan:\n{plan}");
+}
+
+/// `expect` as a printed plan: one decision a line, the indentation and
+/// blank lines of the test's text dropped.
+pub(crate) fn expected(expect: &str) -> String {
+    expect
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .map(|line| format!("{line}\n"))
-        .collect();
-    assert_eq!(plan.to_string(), expect, "\nplan:\n{plan}");
+        .collect()
 }
 
 /// `count` workers `{prefix}0..` of `backend` in `state`.
