@@ -9,6 +9,9 @@
 //! job runs is started again on its address and state file (up to 3
 //! times); the workers and the follower reconnect to it. The processes' logs go to files in the
 //! temporary folder; the last lines of each are shown if the job fails.
+//!
+//! Not here: its flags (`cli::RunArgs`), starting and stopping the
+//! processes (`coordinator::local_fleet::LocalFleet`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,8 +1,9 @@
 //! Running one job of a chaos run: submit it, fire its planned faults at
 //! their moments on workers that are alive at that moment, bring killed
 //! workers back, thaw frozen ones and heal cut-off ones when their time is
-//! up, and follow the
-//! job to its end (cancelling it past a time limit). Also what is learnt
+//! up, and follow the job to its end (past a time limit it is cancelled
+//! and counts as hung: [`Ending::Hung`], this run's verdict, never the
+//! job's status). Also what is learnt
 //! from the job afterwards (the mean step time from its `train.step`
 //! events) and putting the fleet back together before the next job.
 //!
