@@ -6,7 +6,8 @@
 //! * [`access`]: tenants, tokens, versions and storage prefixes.
 //! * [`jobs`]: the `Jobs` service (what clients call).
 //! * [`workers`]: the `Workers` service (what agents call) and the live
-//!   links to connected workers, over which orders go out.
+//!   links to connected workers, over which orders go out; [`reports`]
+//!   acts on the states and events ranks report through it.
 //! * [`control`]: rounds that commit what the pure [`crate::plan`]
 //!   decides (placements, elastic growth), attempts that end well;
 //!   [`world`] builds what the plan sees.
@@ -28,6 +29,7 @@ pub mod hosts;
 mod inputs;
 mod jobs;
 mod recovery;
+mod reports;
 mod specs;
 pub mod tls;
 mod workers;

@@ -1,5 +1,5 @@
 //! The `Workers` service: registration, the heartbeat stream (reports in,
-//! orders out), events and checkpoints reported by ranks, the fleet list,
+//! orders out), event reports and input fetches by ranks, the fleet list,
 //! drains and undrains.
 //!
 //! A worker's connection is its [`Link`](super::Link): orders for it are
@@ -11,8 +11,10 @@
 //! worker a session secret (the store keeps its hash); the heartbeat
 //! stream, event reports and a later registration under the same id must
 //! carry it, so no holder of the cluster token can take over another
-//! worker's id, orders or jobs. Events and states for an attempt the
-//! worker is not a rank of are refused and logged.
+//! worker's id, orders or jobs.
+//!
+//! Not here: what a report or an event means for its job
+//! ([`reports`](super::reports)).
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -24,13 +26,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::workers_server::Workers;
-use crate::api::{self, Order, RankState, WorkerReport};
-use crate::store::{JobId, JobStatus, NewCheckpoint, NewEvent, TokenHash, Worker, WorkerId};
-use job::JobEvent;
+use crate::api::{self, Order, WorkerReport};
+use crate::store::{JobId, TokenHash, Worker, WorkerId};
 
 use super::access::FleetCaller;
 use super::checkpoints::FileStream;
-use super::recovery::{Preemption, stop_order};
+use super::recovery::Preemption;
+use super::reports::{Reporter, not_its_attempt};
 use super::{Coordinator, Link, status_of};
 use super::{hosts, inputs};
 
@@ -38,8 +40,6 @@ use super::{hosts, inputs};
 const MAX_EVENTS_PER_REPORT: usize = 1000;
 /// The longest wait for a worker to reconnect after its stream ended.
 const RECONNECT_GRACE_CAP: Duration = Duration::from_secs(5);
-/// Longest event message kept, in bytes.
-const MAX_MESSAGE_CHARS: usize = 4096;
 
 type OrderStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
 
@@ -404,16 +404,6 @@ impl Coordinator {
         }
     }
 
-    /// Whether `worker` was a rank of attempt `attempt` of `job` (now over
-    /// or not).
-    async fn was_rank(&self, job: &JobId, attempt: u32, worker: &WorkerId) -> Result<bool, Status> {
-        match self.store().get_attempt(job, attempt).await {
-            Ok(attempt) => Ok(attempt.workers.contains(worker)),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(status_of(e)),
-        }
-    }
-
     /// How long a worker whose heartbeat stream ended has to open another
     /// before it is lost: half the lost-after bound, at most 5 s.
     fn reconnect_grace(&self) -> Duration {
@@ -424,277 +414,6 @@ impl Coordinator {
     fn beat_write_every(&self) -> Duration {
         self.config().lost_after / 4
     }
-
-    /// Handles one heartbeat report of worker `id`; `write`: record the
-    /// heartbeat in the store.
-    async fn on_report(
-        &self,
-        id: &WorkerId,
-        report: WorkerReport,
-        write: bool,
-    ) -> Result<(), Status> {
-        if write {
-            self.store().heartbeat_worker(id).await.map_err(status_of)?;
-        }
-        let state = report.state();
-        {
-            // A worker told to stop a rank answers with a report that no
-            // longer runs it: that rank is gone.
-            let mut fleet = self.fleet();
-            let stopped = fleet.unfenced.get(id).is_some_and(|u| {
-                u.job.as_str() != report.job_id
-                    || u.attempt != report.attempt
-                    || state != RankState::Running
-            });
-            if stopped {
-                fleet.unfenced.remove(id);
-            }
-            fleet
-                .last_state
-                .insert(id.clone(), (report.job_id.clone(), report.attempt, state));
-        }
-        if report.job_id.is_empty() {
-            return Ok(());
-        }
-        let job = JobId::from(report.job_id.as_str());
-        let Some(rank) = self.live_rank(&job, report.attempt, id).await? else {
-            if !self.was_rank(&job, report.attempt, id).await? {
-                // Logged; the stream goes on (the worker's other news is
-                // its own).
-                let _ = not_its_attempt(id, &job, report.attempt);
-                return Ok(());
-            }
-            if state == RankState::Running {
-                let order = stop_order(&job, report.attempt, "that attempt is over");
-                self.send(id, order);
-            }
-            return Ok(());
-        };
-        match state {
-            RankState::Finished | RankState::Preempted => {
-                let job_row = self.store().get_job(&job).await.map_err(status_of)?;
-                let attempt = self
-                    .store()
-                    .get_attempt(&job, report.attempt)
-                    .await
-                    .map_err(status_of)?;
-                self.rank_ended(&job_row, &attempt, rank, state == RankState::Preempted)
-                    .await
-                    .map_err(status_of)?;
-            }
-            RankState::Failed => {
-                let worker = self.store().get_worker(id).await.map_err(status_of)?;
-                let reason = format!(
-                    "rank {rank} on worker {} ({id}) failed: {}",
-                    worker.info.name,
-                    first_line(&report.error)
-                );
-                self.attempt_failed(&job, report.attempt, &reason)
-                    .await
-                    .map_err(status_of)?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// The rank of `worker` in attempt `attempt` of `job`, if that attempt
-    /// is the job's current one and still running.
-    async fn live_rank(
-        &self,
-        job: &JobId,
-        attempt: u32,
-        worker: &WorkerId,
-    ) -> Result<Option<u32>, Status> {
-        let key = (job.clone(), attempt);
-        if let Some(gang) = self.fleet().live.get(&key) {
-            return Ok(gang.iter().position(|w| w == worker).map(|r| r as u32));
-        }
-        let store = self.store();
-        let row = match store.get_job(job).await {
-            Ok(row) => row,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(status_of(e)),
-        };
-        if row.status.is_final() || row.attempt != attempt || attempt == 0 {
-            return Ok(None);
-        }
-        let attempt = store.get_attempt(job, attempt).await.map_err(status_of)?;
-        if attempt.finished_at.is_some() {
-            return Ok(None);
-        }
-        self.fleet().live.insert(key, attempt.workers.clone());
-        Ok(attempt
-            .workers
-            .iter()
-            .position(|w| w == worker)
-            .map(|r| r as u32))
-    }
-
-    /// Stores one event a rank reported, and acts on the ones that carry
-    /// progress or a checkpoint.
-    async fn rank_event(
-        &self,
-        job: &JobId,
-        from: &Reporter<'_>,
-        event: api::Event,
-    ) -> Result<(), Status> {
-        let rank = from.rank;
-        let store = self.store();
-        let data: serde_json::Value =
-            serde_json::from_str(&event.data_json).unwrap_or(serde_json::Value::Null);
-        // Only the events a rank and its agent emit, each as its type
-        // says; anything else is dropped (a worker has no say in what the
-        // coordinator itself reports, `job.*` and `worker.*`).
-        let parsed = match JobEvent::from_data(&event.r#type, &data) {
-            Ok(parsed) if parsed.from_rank() => parsed,
-            Ok(_) | Err(_) => {
-                tracing::warn!(
-                    "job {job}: worker {} reported an event of type {:?} that is no rank's; dropped",
-                    from.worker,
-                    event.r#type
-                );
-                return Ok(());
-            }
-        };
-        let mut message = parsed.to_string();
-        if message.len() > MAX_MESSAGE_CHARS {
-            let mut cut = MAX_MESSAGE_CHARS;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        match &parsed {
-            JobEvent::TrainStep {
-                total_steps,
-                metrics,
-            } => {
-                self.progress(job, metrics.step as u64, *total_steps as u64)
-                    .await?
-            }
-            JobEvent::TrainStarted {
-                step, total_steps, ..
-            } => {
-                self.progress(job, *step as u64, *total_steps as u64)
-                    .await?
-            }
-            JobEvent::CheckpointSaved {
-                step,
-                path,
-                metrics,
-                ..
-            } if rank == 0 => {
-                let total = store.get_job(job).await.map_err(status_of)?.total_steps;
-                if total.is_some_and(|total| *step > total) {
-                    // A checkpoint past the last step cannot be real; it
-                    // would become the job's "latest".
-                    tracing::warn!(
-                        "job {job}: rank 0 reported a checkpoint at step {step} of {total:?}; not recorded"
-                    );
-                } else {
-                    let checkpoint = NewCheckpoint {
-                        job: job.clone(),
-                        step: *step,
-                        url: path.clone(),
-                        metrics: metrics.clone(),
-                    };
-                    store
-                        .record_checkpoint(&checkpoint)
-                        .await
-                        .map_err(status_of)?;
-                }
-            }
-            JobEvent::CheckpointDeleted { step } if rank == 0 => {
-                store
-                    .delete_checkpoint(job, *step)
-                    .await
-                    .map_err(status_of)?;
-            }
-            JobEvent::TrainFailed {
-                ring_peer: Some(peer),
-                ..
-            } => {
-                self.note_broken_pair(job, from.attempt, rank, *peer as u32)
-                    .await?;
-            }
-            _ => {}
-        }
-        let new = NewEvent::of(job, &parsed).with_message(message);
-        if from.seq > 0 {
-            store
-                .append_reported_event(&new, from.attempt, from.worker, from.seq)
-                .await
-                .map_err(status_of)?;
-        } else {
-            store.append_event(&new).await.map_err(status_of)?;
-        }
-        Ok(())
-    }
-
-    /// A rank reported `step` of `total`: the job's progress, and a
-    /// starting job is now running.
-    async fn progress(&self, job: &JobId, step: u64, total: u64) -> Result<(), Status> {
-        let store = self.store();
-        store
-            .set_job_progress(job, step, Some(total))
-            .await
-            .map_err(status_of)?;
-        let row = store.get_job(job).await.map_err(status_of)?;
-        if row.status == JobStatus::Starting {
-            store
-                .move_job(job, JobStatus::Running, None)
-                .await
-                .map_err(status_of)?;
-        }
-        Ok(())
-    }
-
-    /// Ranks `rank` and `peer` of attempt `attempt` could not reach each
-    /// other: the job's next attempts prefer gangs without that pair.
-    async fn note_broken_pair(
-        &self,
-        job: &JobId,
-        attempt: u32,
-        rank: u32,
-        peer: u32,
-    ) -> Result<(), Status> {
-        let gang = self
-            .store()
-            .get_attempt(job, attempt)
-            .await
-            .map_err(status_of)?
-            .workers;
-        let (Some(a), Some(b)) = (gang.get(rank as usize), gang.get(peer as usize)) else {
-            return Ok(());
-        };
-        if a == b {
-            return Ok(());
-        }
-        let pair = if a < b {
-            (a.clone(), b.clone())
-        } else {
-            (b.clone(), a.clone())
-        };
-        tracing::warn!(
-            "job {job}: ranks {rank} ({a}) and {peer} ({b}) could not reach each other; the next attempt avoids that pair"
-        );
-        let mut fleet = self.fleet();
-        let pairs = fleet.broken_pairs.entry(job.clone()).or_default();
-        if !pairs.contains(&pair) {
-            pairs.push(pair);
-        }
-        Ok(())
-    }
-}
-
-/// Who reported an event: the worker, its rank in the attempt, and the
-/// number its agent gave the event (0: none).
-struct Reporter<'a> {
-    worker: &'a WorkerId,
-    rank: u32,
-    attempt: u32,
-    seq: u64,
 }
 
 /// Refuses a call that names worker `id` without proving it is that
@@ -704,26 +423,6 @@ fn impostor(id: &WorkerId, what: &str) -> Status {
     Status::permission_denied(format!(
         "worker {id}: this call does not carry the worker's session secret; a new worker registers without an id"
     ))
-}
-
-/// Refuses news from `worker` about an attempt it is not a rank of, and
-/// logs it.
-fn not_its_attempt(worker: &WorkerId, job: &JobId, attempt: u32) -> Status {
-    tracing::warn!(
-        "refused: worker {worker} reported on job {job} attempt {attempt}, which it does not run"
-    );
-    Status::permission_denied(format!(
-        "worker {worker} is not a rank of job {job} attempt {attempt}"
-    ))
-}
-
-fn first_line(text: &str) -> &str {
-    let text = text.trim();
-    if text.is_empty() {
-        "no reason given"
-    } else {
-        text
-    }
 }
 
 fn worker_info(w: &Worker, ring_addr: String) -> api::WorkerInfo {
