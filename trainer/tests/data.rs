@@ -15,8 +15,8 @@ use std::sync::Arc;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
-use trainer::data::dataset::TOKENIZED_BYTES_AT_ONCE;
 use trainer::data::format::{encode_sample, fit_to_budget, text_bytes, tokenized_text_budget};
+use trainer::data::reading::TOKENIZED_BYTES_AT_ONCE;
 use trainer::data::source::MAX_RECORD_BYTES;
 use trainer::data::{
     DataError, DataOptions, DataSource, DatasetConfig, Format, MAX_PROBLEMS, RawSample, Sampler,

@@ -3,8 +3,9 @@
 //!
 //! Owns: reading datasets through `object_store` ([`source`]), parsing and
 //! checking the three JSONL shapes ([`jsonl`]), tokenizing them with loss
-//! masks ([`format`](mod@format)), truncation, packing ([`packing`]), held-out splits and
-//! statistics ([`dataset`]), the deterministic distributed sampler
+//! masks ([`format`](mod@format)), truncation, reading a file's lines into
+//! samples within memory bounds ([`reading`]), packing ([`packing`]),
+//! held-out splits and statistics ([`dataset`]), the deterministic distributed sampler
 //! ([`sampler`]) and padded batches ([`batch`]). Not here: tensors (the
 //! trainer turns a [`Batch`]'s plain `Vec`s into them), the loss itself, the
 //! tokenizer and chat templates (`crate::tokenizer`), or the job spec (the
@@ -71,7 +72,7 @@
 //! record costs about its size to parse ([`jsonl`] keeps only the strings
 //! a shape uses), and at most [`tokenized_text_budget`](format::tokenized_text_budget)`(max_seq_len)`
 //! bytes of each sample's text are tokenized (a chat: about twice that),
-//! at most [`TOKENIZED_BYTES_AT_ONCE`](dataset::TOKENIZED_BYTES_AT_ONCE)
+//! at most [`TOKENIZED_BYTES_AT_ONCE`](reading::TOKENIZED_BYTES_AT_ONCE)
 //! bytes (or one sample) at once whatever the number of threads.
 //! Tokenizing costs up to
 //! ~250 bytes a byte of text; what threads keep of it once freed is handed
@@ -85,6 +86,7 @@ pub mod dataset;
 pub mod format;
 pub mod jsonl;
 pub mod packing;
+pub mod reading;
 pub mod sampler;
 pub mod source;
 
@@ -93,11 +95,12 @@ use std::str::FromStr;
 
 pub use batch::{Batch, pad_id};
 pub use dataset::{
-    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, check_records,
-    load_dataset, load_datasets,
+    DatasetConfig, DatasetStats, Datasets, TokenizedDataset, Validation, load_dataset,
+    load_datasets,
 };
 pub use format::TokenizedSample;
 pub use jsonl::RawSample;
+pub use reading::check_records;
 pub use sampler::{SampleRef, Sampler};
 pub use source::DataSource;
 
