@@ -7,7 +7,6 @@
 //! (`logs -f`, `WatchEvents`). Waking followers when an event lands is the
 //! server's business, not the store's.
 
-
 use sqlx::Row;
 
 use super::{
