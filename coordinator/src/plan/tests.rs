@@ -47,16 +47,7 @@ fn workers(prefix: &str, count: usize, state: WorkerState) -> Vec<LiveWorker> {
 /// nothing holding it back.
 fn waiting(name: &str, seq: i64, count: u32) -> WaitingJob {
     WaitingJob {
-        job: scheduler::WaitingJob {
-            id: JobId::from(name),
-            tenant: tenant(),
-            priority: 0,
-            seq,
-            gang_sizes: vec![count],
-            backend: Backend::Cpu,
-            waiting_since: NOW,
-            avoid_pairs: Vec::new(),
-        },
+        job: crate::scheduler::tests::job(name, seq, count),
         backoff_until: None,
         fenced_until: None,
     }

@@ -50,7 +50,7 @@ fn cpu_fleet(idle: usize, busy: usize) -> Vec<FleetWorker> {
 
 /// A cpu job of tenant `t` needing `count` workers, submitted `seq`-th,
 /// that started waiting just now.
-fn job(name: &str, seq: i64, count: u32) -> WaitingJob {
+pub(crate) fn job(name: &str, seq: i64, count: u32) -> WaitingJob {
     WaitingJob {
         id: JobId::from(name),
         tenant: TenantId::new("t").unwrap(),
