@@ -227,9 +227,17 @@ pub struct JobWatch {
     pub attempt_seen: Vec<(u64, Duration)>,
     /// (time since submit, step) of each poll while running.
     pub steps: Vec<(Duration, u64)>,
+    /// Time since submit of every poll.
+    pub polls: Vec<Duration>,
 }
 
 impl JobWatch {
+    /// The time of the last poll before `at`: what was seen then had not
+    /// yet changed into what was seen at `at`.
+    pub fn poll_before(&self, at: Duration) -> Option<Duration> {
+        self.polls.iter().rev().copied().find(|t| *t < at)
+    }
+
     /// The highest step seen running by `since_submit`.
     pub fn step_at(&self, since_submit: Duration) -> u64 {
         self.steps
@@ -267,6 +275,7 @@ pub fn run_job(
         let status = fleet.json(&["status", &watch.id]);
         let now = submitted.elapsed();
         watch.last_poll = now;
+        watch.polls.push(now);
         watch.status = status["status"].as_str().unwrap_or_default().to_string();
         watch.attempt = status["attempt"].as_u64().unwrap_or(0);
         watch.failures = status["failures"].as_u64().unwrap_or(0);

@@ -139,16 +139,27 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
     assert!(second_writer.is_empty(), "second writer: {second_writer:?}");
     // Storage agrees: after the job moved, no manifest appeared that the
     // new attempt could not have written by then. It resumes from step R
-    // (already committed) and needs a step's time for each step past R;
-    // the floor is half the undisturbed job's median.
+    // (already committed) and needs a step's time for each step past R.
     let submitted = watch.submitted_at.unwrap();
-    let moved = moved_at.flatten().unwrap_or(cut_at);
-    let resume_step = events(&fleet, &watch.id)
+    // The move happened after the last poll that did not see it (the
+    // poll that did may come a status call later).
+    let seen_moved = moved_at.flatten().unwrap_or(cut_at);
+    let moved = watch.poll_before(seen_moved).unwrap_or(seen_moved);
+    let story_events = events(&fleet, &watch.id);
+    let restarting = story_events
         .iter()
-        .find(|e| e["type"] == "job.restarting")
-        .and_then(|e| e["data"]["resume_step"].as_u64())
+        .position(|e| e["type"] == "job.restarting");
+    let resume_step = restarting
+        .and_then(|at| story_events[at]["data"]["resume_step"].as_u64())
         .unwrap_or(0);
-    let step_floor = Duration::from_secs_f64(baseline.step_s / 2.0);
+    // The floor is half a step of the faster of the undisturbed job and
+    // the new attempt itself (the machine's load changes between them).
+    let fastest_new = story_events[restarting.unwrap_or(0)..]
+        .iter()
+        .filter(|e| e["type"] == "train.step")
+        .filter_map(|e| e["data"]["step_time_s"].as_f64())
+        .fold(baseline.step_s, f64::min);
+    let step_floor = Duration::from_secs_f64(fastest_new / 2.0);
     let ahead: Vec<(u64, f64)> = manifests(&fleet, name)
         .into_iter()
         .filter_map(|(step, written)| {
@@ -162,7 +173,7 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
         ahead.is_empty(),
         "checkpoints written after the job moved that its new attempt (resuming from step \
          {resume_step}) could not have written by then (step, s after submit): {ahead:?}; \
-         {host} was cut from the coordinator at {:.1} s, attempt 2 was seen at {:.1} s\n{}\n{}",
+         {host} was cut from the coordinator at {:.1} s, attempt 2 was not yet seen at {:.1} s\n{}\n{}",
         cut_at.as_secs_f64(),
         moved.as_secs_f64(),
         story(&fleet, &watch.id),
