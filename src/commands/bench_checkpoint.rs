@@ -165,7 +165,7 @@ fn step_overhead(args: &BenchCheckpointArgs, run_id: &str) -> anyhow::Result<ser
         train: &data.train,
         // Only training steps are timed.
         validation: None,
-        sampler,
+        sampler: &sampler,
         micro_batch_size: spec.training.micro_batch_size as usize,
         pad_id: trainer::data::pad_id(&tokenizer),
         rank: 0,

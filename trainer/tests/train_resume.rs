@@ -57,11 +57,11 @@ fn setup() -> (Llama, Device, TrainState) {
     (model, device, state)
 }
 
-fn steps(data: &TokenizedDataset) -> SampledSteps<'_> {
+fn steps<'a>(data: &'a TokenizedDataset, sampler: &'a Sampler) -> SampledSteps<'a> {
     SampledSteps {
         train: data,
         validation: Some(data),
-        sampler: Sampler::new(data.len(), 8, 5).unwrap(),
+        sampler,
         micro_batch_size: 4,
         pad_id: 0,
         rank: 0,
@@ -78,11 +78,12 @@ fn train(
     state: &mut TrainState,
     stop_at: Option<usize>,
 ) {
+    let sampler = Sampler::new(data.len(), 8, 5).unwrap();
     run(
         model,
         device,
         config,
-        &steps(data),
+        &steps(data, &sampler),
         &mut Solo,
         state,
         &mut Silent,

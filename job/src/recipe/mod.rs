@@ -292,12 +292,7 @@ impl JobRun {
         let steps = SampledSteps {
             train: &self.plan.data.train,
             validation: self.plan.data.validation.as_ref(),
-            // The same draws as the sampler the inputs were checked with.
-            sampler: trainer::data::Sampler::new(
-                self.plan.data.train.len(),
-                self.spec.training.global_batch_size as usize,
-                train.seed,
-            )?,
+            sampler: &self.plan.sampler,
             micro_batch_size: self.spec.training.micro_batch_size as usize,
             pad_id: trainer::data::pad_id(&self.tokenizer),
             rank,

@@ -13,7 +13,7 @@ use crate::data::{Batch, SampleRef, Sampler, TokenizedDataset};
 pub struct SampledSteps<'a> {
     pub train: &'a TokenizedDataset,
     pub validation: Option<&'a TokenizedDataset>,
-    pub sampler: Sampler,
+    pub sampler: &'a Sampler,
     pub micro_batch_size: usize,
     pub pad_id: u32,
     pub rank: usize,
