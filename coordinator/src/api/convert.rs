@@ -163,6 +163,12 @@ impl From<&store::Job> for api::Job {
             max_failures: job.max_failures,
             spec_yaml: job.spec_yaml.clone(),
             tenant: job.tenant.to_string(),
+            train_loss: job.progress.train_loss,
+            valid_loss: job.progress.valid_loss,
+            step_seconds: job.progress.step_seconds,
+            tokens_per_s: job.progress.tokens_per_s,
+            trained_tokens: job.progress.trained_tokens,
+            eta_seconds: job.eta_seconds(),
         }
     }
 }
@@ -219,6 +225,12 @@ impl TryFrom<api::Job> for domain::Job {
             max_failures: job.max_failures,
             spec_yaml: job.spec_yaml,
             tenant: job.tenant,
+            train_loss: job.train_loss,
+            valid_loss: job.valid_loss,
+            step_seconds: job.step_seconds,
+            tokens_per_s: job.tokens_per_s,
+            trained_tokens: job.trained_tokens,
+            eta_seconds: job.eta_seconds,
         })
     }
 }

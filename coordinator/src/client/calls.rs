@@ -15,7 +15,8 @@ use tonic::Streaming;
 use super::Connection;
 use super::error::{CallError, UploadError};
 use super::types::{
-    Checkpoint, Event, FileChunk, Job, JobPage, Submission, UploadPurpose, Uploaded, Worker,
+    Checkpoint, Event, FileChunk, Job, JobPage, JobStatus, Submission, UploadPurpose, Uploaded,
+    Worker,
 };
 use crate::api::{self, CHUNK_BYTES, convert};
 
@@ -84,9 +85,23 @@ impl Connection {
     /// coordinator's default), after job `after` (the last id of the
     /// previous page).
     pub async fn list(&self, limit: u32, after: Option<&str>) -> Result<JobPage, CallError> {
+        self.list_in(limit, after, &[]).await
+    }
+
+    /// As [`Connection::list`], only jobs in one of `statuses` (none: any).
+    pub async fn list_in(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+        statuses: &[JobStatus],
+    ) -> Result<JobPage, CallError> {
         let request = api::ListJobsRequest {
             limit,
             after: after.unwrap_or_default().to_string(),
+            statuses: statuses
+                .iter()
+                .map(|status| api::JobStatus::from(*status).into())
+                .collect(),
         };
         let list = self.jobs().list(request).await?.into_inner();
         Ok(JobPage::try_from(list)?)

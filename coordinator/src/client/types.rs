@@ -35,6 +35,18 @@ pub struct Job {
     /// The spec as stored (paths resolved, uploads in place).
     pub spec_yaml: String,
     pub tenant: String,
+    /// The last step's training loss.
+    pub train_loss: Option<f64>,
+    /// The last validation pass's loss.
+    pub valid_loss: Option<f64>,
+    /// The last step's wall time.
+    pub step_seconds: Option<f64>,
+    /// The last step's throughput (all ranks).
+    pub tokens_per_s: Option<f64>,
+    /// Target tokens trained so far.
+    pub trained_tokens: u64,
+    /// Seconds to the last step at the last step's pace, while running.
+    pub eta_seconds: Option<f64>,
 }
 
 impl Job {
@@ -59,6 +71,12 @@ impl Job {
             max_failures: 0,
             spec_yaml: String::new(),
             tenant: String::new(),
+            train_loss: None,
+            valid_loss: None,
+            step_seconds: None,
+            tokens_per_s: None,
+            trained_tokens: 0,
+            eta_seconds: None,
         }
     }
 }

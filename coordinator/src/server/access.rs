@@ -215,9 +215,14 @@ impl Access {
     pub fn client<T>(&self, request: &tonic::Request<T>) -> Result<&TenantPolicy, Status> {
         check_version(request)?;
         let token = bearer_token(request)?;
-        self.tenants
-            .get(&TokenHash::of_token(token))
+        self.tenant_of_token(token)
             .ok_or_else(|| refused("the token is not valid for this coordinator"))
+    }
+
+    /// The tenant whose token is `token`, if any (HTTP calls, which carry
+    /// no lorafleet version).
+    pub fn tenant_of_token(&self, token: &str) -> Option<&TenantPolicy> {
+        self.tenants.get(&TokenHash::of_token(token))
     }
 
     /// Checks that a call comes from a worker (the cluster token).

@@ -189,10 +189,17 @@ impl Jobs for Coordinator {
     ) -> Result<Response<api::JobList>, Status> {
         let tenant = self.config().access.client(&request)?.clone();
         let r = request.into_inner();
+        let statuses = r
+            .statuses
+            .iter()
+            .map(|value| crate::api::convert::job_status(*value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("statuses: {e}")))?;
         let query = JobQuery {
             tenant: Some(tenant.id.clone()),
             after: (!r.after.is_empty()).then(|| JobId::from(r.after.as_str())),
             limit: if r.limit == 0 { 20 } else { r.limit.min(1000) },
+            statuses,
         };
         let page = self.store().list_jobs(&query).await.map_err(status_of)?;
         Ok(Response::new(api::JobList {

@@ -26,6 +26,7 @@ pub mod access;
 mod checkpoints;
 mod control;
 pub mod hosts;
+mod http;
 mod inputs;
 mod jobs;
 mod recovery;
@@ -243,11 +244,17 @@ pub async fn serve(
     let workers = WorkersServer::new(coordinator.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // gRPC and the HTTP face share the port: tonic's router sends what is
+    // not one of its services to `http::router`.
+    let routes = tonic::service::Routes::new(jobs)
+        .add_service(workers)
+        .into_axum_router()
+        .merge(http::router(coordinator.clone()));
     let result = builder
+        .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(jobs)
-        .add_service(workers)
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     control.abort();

@@ -13,7 +13,7 @@
 use tonic::Status;
 
 use crate::api::{self, RankState, WorkerReport};
-use crate::store::{JobId, JobStatus, NewCheckpoint, NewEvent, WorkerId};
+use crate::store::{JobId, JobStatus, NewCheckpoint, NewEvent, StepReport, WorkerId};
 use job::JobEvent;
 
 use super::recovery::stop_order;
@@ -183,9 +183,24 @@ impl Coordinator {
                 total_steps,
                 metrics,
             } => {
-                self.progress(job, metrics.step as u64, *total_steps as u64)
-                    .await?
+                let report = StepReport {
+                    step: metrics.step as u64,
+                    total_steps: *total_steps as u64,
+                    loss: metrics.loss,
+                    step_seconds: metrics.step_time_s,
+                    tokens_per_s: metrics.tokens_per_s,
+                    target_tokens: metrics.target_tokens as u64,
+                };
+                store
+                    .record_step(job, &report, rank == 0)
+                    .await
+                    .map_err(status_of)?;
+                self.now_running(job).await?
             }
+            JobEvent::TrainEval(metrics) if rank == 0 => store
+                .record_eval(job, metrics.eval_loss)
+                .await
+                .map_err(status_of)?,
             JobEvent::TrainStarted {
                 step, total_steps, ..
             } => {
@@ -248,11 +263,16 @@ impl Coordinator {
     /// A rank reported `step` of `total`: the job's progress, and a
     /// starting job is now running.
     async fn progress(&self, job: &JobId, step: u64, total: u64) -> Result<(), Status> {
-        let store = self.store();
-        store
+        self.store()
             .set_job_progress(job, step, Some(total))
             .await
             .map_err(status_of)?;
+        self.now_running(job).await
+    }
+
+    /// A rank reported training: a starting job is now running.
+    async fn now_running(&self, job: &JobId) -> Result<(), Status> {
+        let store = self.store();
         let row = store.get_job(job).await.map_err(status_of)?;
         if row.status == JobStatus::Starting {
             store

@@ -100,6 +100,23 @@ pub struct Job {
     pub waiting_since: i64,
     pub finished_at: Option<i64>,
     pub error: Option<JobError>,
+    /// What ranks last reported of the training itself.
+    pub progress: JobProgress,
+}
+
+/// The latest figures ranks reported for a job: none until its first step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobProgress {
+    /// The training loss of the last step.
+    pub train_loss: Option<f64>,
+    /// The loss of the last validation pass.
+    pub valid_loss: Option<f64>,
+    /// The last step's wall time.
+    pub step_seconds: Option<f64>,
+    /// The last step's throughput (all ranks).
+    pub tokens_per_s: Option<f64>,
+    /// Target tokens of every step reported, steps run again included.
+    pub trained_tokens: u64,
 }
 
 impl Job {
@@ -107,6 +124,27 @@ impl Job {
     pub fn may_restart(&self) -> bool {
         self.failures <= self.max_failures
     }
+
+    /// Seconds until the last step at the last step's pace, while the job
+    /// runs and both are known.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        if self.status != JobStatus::Running {
+            return None;
+        }
+        let left = self.total_steps?.saturating_sub(self.step);
+        Some(left as f64 * self.progress.step_seconds?)
+    }
+}
+
+/// A training step as [`Store::record_step`] keeps it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub step_seconds: f64,
+    pub tokens_per_s: f64,
+    pub target_tokens: u64,
 }
 
 /// Which jobs [`Store::list_jobs`] returns, newest first.
@@ -118,6 +156,8 @@ pub struct JobQuery {
     pub after: Option<JobId>,
     /// At most this many (at least 1 is returned when any match).
     pub limit: u32,
+    /// Only jobs in one of these statuses; empty: any.
+    pub statuses: Vec<JobStatus>,
 }
 
 /// One page of a list: `has_more` says whether a next page exists.
@@ -131,7 +171,8 @@ macro_rules! job_columns {
     () => {
         "seq, id, tenant_id, name, spec_yaml, priority, workers_min, \
      workers_max, backend, status, step, total_steps, attempt, failures, max_failures, \
-     created_at, waiting_since, finished_at, error_code, error_message"
+     created_at, waiting_since, finished_at, error_code, error_message, \
+     train_loss, valid_loss, step_seconds, tokens_per_s, trained_tokens"
     };
 }
 
@@ -211,11 +252,13 @@ impl Store {
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE seq < $1 AND ($2 IS NULL OR tenant_id = $2) \
+             AND ($4 = '' OR instr($4, ',' || status || ',') > 0) \
              ORDER BY seq DESC LIMIT $3"
         ))
         .bind(before_seq)
         .bind(query.tenant.as_ref().map(TenantId::as_str))
         .bind(i64::from(limit) + 1)
+        .bind(status_set(&query.statuses))
         .fetch_all(&self.pool)
         .await?;
         let mut data = rows
@@ -372,6 +415,67 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Records a training step: progress as [`Store::set_job_progress`],
+    /// and the step's loss, time and throughput. `count_tokens` adds the
+    /// step's target tokens to the job's total (one rank's report counts).
+    pub async fn record_step(
+        &self,
+        id: &JobId,
+        report: &StepReport,
+        count_tokens: bool,
+    ) -> Result<(), StoreError> {
+        let tokens = if count_tokens {
+            report.target_tokens
+        } else {
+            0
+        };
+        let result = sqlx::query(
+            "UPDATE jobs SET step = $1, total_steps = $2, train_loss = $3, step_seconds = $4, \
+             tokens_per_s = $5, trained_tokens = trained_tokens + $6 WHERE id = $7",
+        )
+        .bind(to_i64("step", report.step)?)
+        .bind(to_i64("total_steps", report.total_steps)?)
+        .bind(finite(report.loss))
+        .bind(finite(report.step_seconds))
+        .bind(finite(report.tokens_per_s))
+        .bind(to_i64("target_tokens", tokens)?)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::JobNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records the loss of a validation pass as the job's latest.
+    pub async fn record_eval(&self, id: &JobId, valid_loss: f64) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE jobs SET valid_loss = $1 WHERE id = $2")
+            .bind(finite(valid_loss))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::JobNotFound(id.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// `value`, or NULL for NaN and infinities (which SQLite cannot keep).
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+/// `statuses` as one bound text, `,queued,running,` (empty for any), which
+/// the list query tests with `instr`.
+fn status_set(statuses: &[JobStatus]) -> String {
+    if statuses.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = statuses.iter().map(|status| status.name()).collect();
+    format!(",{},", names.join(","))
 }
 
 /// `$first, $first+1, ...`: `count` numbered parameters.
@@ -493,5 +597,12 @@ fn job_from_row(row: &DbRow) -> Result<Job, StoreError> {
         waiting_since: row.try_get("waiting_since")?,
         finished_at: row.try_get("finished_at")?,
         error,
+        progress: JobProgress {
+            train_loss: row.try_get("train_loss")?,
+            valid_loss: row.try_get("valid_loss")?,
+            step_seconds: row.try_get("step_seconds")?,
+            tokens_per_s: row.try_get("tokens_per_s")?,
+            trained_tokens: to_u64("trained_tokens", row.try_get("trained_tokens")?)?,
+        },
     })
 }

@@ -54,7 +54,7 @@ pub use attempts::Attempt;
 pub use checkpoints::{Checkpoint, NewCheckpoint};
 pub use events::{Event, Level, NewEvent};
 pub use ids::{JobId, TenantId, WorkerId};
-pub use jobs::{Job, JobError, JobQuery, NewJob, Page, RestartPlan};
+pub use jobs::{Job, JobError, JobProgress, JobQuery, NewJob, Page, RestartPlan, StepReport};
 pub use snapshot::StoreSnapshot;
 pub use status::JobStatus;
 pub use tenants::{Tenant, TokenHash, new_token};
