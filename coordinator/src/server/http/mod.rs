@@ -20,6 +20,7 @@ mod console;
 mod error;
 mod metrics;
 mod openai;
+mod series;
 
 use axum::Router;
 
@@ -34,5 +35,6 @@ pub(crate) fn router(coordinator: Coordinator) -> Router {
         .merge(openai::routes())
         .merge(console::routes())
         .merge(metrics::routes())
+        .merge(series::routes())
         .with_state(coordinator)
 }
