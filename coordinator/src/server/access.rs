@@ -23,6 +23,7 @@ use tonic::Status;
 use crate::api;
 use trainer::storage::ObjectAddress;
 
+use super::catalogue::{Catalogue, ModelFile};
 use crate::store::{TenantId, TokenHash};
 use job::spec::{JobSpec, ModelSpec, PathOrUrl, Validation};
 
@@ -51,6 +52,9 @@ pub enum ConfigError {
 ///     token_sha256: 9b1c...       # sha256 of the tenant's token, hex
 ///     storage: [/data/team-a, s3://team-a/]
 ///     max_workers: 4              # optional quota on busy workers
+/// models:                         # optional: the OpenAI API's base models
+///   smollm2-135m:                 #   (see `catalogue`)
+///     path: /models/SmolLM2-135M
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +63,8 @@ struct ConfigFile {
     #[serde(default)]
     operators: BTreeMap<String, OperatorFile>,
     tenants: BTreeMap<String, TenantFile>,
+    #[serde(default)]
+    models: BTreeMap<String, ModelFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +103,8 @@ pub struct Access {
     /// Operators by token hash, with their names.
     operators: HashMap<TokenHash, String>,
     cluster: TokenHash,
+    /// The base models the OpenAI-compatible API offers.
+    catalogue: Catalogue,
 }
 
 /// Who a fleet call (`Workers.List`, `Drain`, `Undrain`) comes from.
@@ -133,6 +141,7 @@ impl Access {
             operators: HashMap::from([(policy.token_hash, "default".to_string())]),
             tenants: HashMap::from([(policy.token_hash, policy)]),
             cluster: TokenHash::of_token(&tokens.cluster),
+            catalogue: Catalogue::presets(),
         }
     }
 
@@ -194,11 +203,19 @@ impl Access {
         if tenants.is_empty() {
             return Err(invalid("tenants: at least one tenant is needed".into()));
         }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let catalogue = Catalogue::from_entries(file.models, dir).map_err(invalid)?;
         Ok(Access {
             tenants,
             operators,
             cluster,
+            catalogue,
         })
+    }
+
+    /// The base models the OpenAI-compatible API offers.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
     }
 
     /// Every tenant.

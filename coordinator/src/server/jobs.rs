@@ -11,8 +11,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,15 +27,9 @@ use super::access::TenantPolicy;
 use super::checkpoints::FileStream;
 use super::control::job_checkpoints;
 use super::inputs;
+use super::uploads::{MAX_MODEL_FILE_BYTES, MAX_UPLOAD_BYTES, UploadWriter, extension_of};
 use super::{Coordinator, status_of};
 
-/// The largest dataset an upload may send.
-const MAX_UPLOAD_BYTES: u64 = 4 << 30;
-/// The largest file of a base model an upload may send.
-const MAX_MODEL_FILE_BYTES: u64 = 64 << 30;
-/// The name an upload has until it is whole; a coordinator that crashed
-/// mid-upload removes such files when it starts again.
-const UNFINISHED_UPLOAD: &str = ".upload-";
 /// Events sent per store read while replaying a log.
 const EVENT_PAGE: u32 = 500;
 
@@ -105,81 +97,49 @@ impl Jobs for Coordinator {
         request: Request<Streaming<api::DatasetChunk>>,
     ) -> Result<Response<api::DatasetRef>, Status> {
         let tenant = self.config().access.client(&request)?.clone();
-        let folder = self.uploads(&tenant);
-        tokio::fs::create_dir_all(&folder)
-            .await
-            .map_err(|e| Status::internal(format!("cannot create {}: {e}", folder.display())))?;
         let mut chunks = request.into_inner();
-        let tmp = folder.join(format!("{UNFINISHED_UPLOAD}{}", rand::random::<u64>()));
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Status::internal(format!("cannot write {}: {e}", tmp.display())))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut extension = String::from("jsonl");
-        let mut limit = MAX_UPLOAD_BYTES;
+        let mut upload: Option<(UploadWriter, String)> = None;
         let outcome: Result<(), Status> = async {
-            let mut first = true;
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
-                if first {
-                    limit = match chunk.purpose.as_str() {
-                        "" | "dataset" => MAX_UPLOAD_BYTES,
-                        "model" => MAX_MODEL_FILE_BYTES,
-                        other => {
-                            return Err(Status::invalid_argument(format!(
-                                "upload purpose {other:?}: expected dataset or model"
-                            )));
-                        }
-                    };
-                    if let Some(ext) = Path::new(&chunk.file_name)
-                        .extension()
-                        .and_then(|e| e.to_str())
-                        && ext.chars().all(|c| c.is_ascii_alphanumeric())
-                    {
-                        extension = ext.to_string();
+                let (writer, _) = match &mut upload {
+                    Some(started) => started,
+                    None => {
+                        let limit = match chunk.purpose.as_str() {
+                            "" | "dataset" => MAX_UPLOAD_BYTES,
+                            "model" => MAX_MODEL_FILE_BYTES,
+                            other => {
+                                return Err(Status::invalid_argument(format!(
+                                    "upload purpose {other:?}: expected dataset or model"
+                                )));
+                            }
+                        };
+                        let writer = UploadWriter::create(&self.uploads(&tenant), limit).await?;
+                        upload.insert((writer, extension_of(&chunk.file_name, "jsonl")))
                     }
-                    first = false;
-                }
-                size += chunk.data.len() as u64;
-                if size > limit {
-                    return Err(Status::resource_exhausted(format!(
-                        "the file is larger than the {} GiB an upload may be",
-                        limit >> 30
-                    )));
-                }
-                hasher.update(&chunk.data);
-                file.write_all(&chunk.data)
-                    .await
-                    .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
+                };
+                writer.write(&chunk.data).await?;
             }
-            file.flush()
-                .await
-                .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
-            // On disk before it gets its name: a crash after the rename
-            // leaves the whole file or none.
-            file.sync_all()
-                .await
-                .map_err(|e| Status::internal(format!("cannot write the upload: {e}")))?;
             Ok(())
         }
         .await;
+        let (writer, extension) = match upload {
+            Some(upload) => upload,
+            // An empty upload: an empty file.
+            None => (
+                UploadWriter::create(&self.uploads(&tenant), MAX_UPLOAD_BYTES).await?,
+                "jsonl".to_string(),
+            ),
+        };
         if let Err(status) = outcome {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            writer.abort().await;
             return Err(status);
         }
-        let sha256 = hex::encode(hasher.finalize());
-        let path = folder.join(format!("{sha256}.{extension}"));
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| Status::internal(format!("cannot store the upload: {e}")))?;
-        if let Ok(dir) = tokio::fs::File::open(&folder).await {
-            let _ = dir.sync_all().await;
-        }
+        let stored = writer.finish(&extension).await?;
         Ok(Response::new(api::DatasetRef {
-            url: path.display().to_string(),
-            sha256,
-            size_bytes: size,
+            url: stored.path.display().to_string(),
+            sha256: stored.sha256,
+            size_bytes: stored.size,
         }))
     }
 
@@ -356,39 +316,11 @@ impl Coordinator {
     }
 
     /// The folder `tenant`'s uploads go to.
-    fn uploads(&self, tenant: &TenantPolicy) -> PathBuf {
+    pub(super) fn uploads(&self, tenant: &TenantPolicy) -> PathBuf {
         self.config()
             .data_dir
             .join("datasets")
             .join(tenant.id.as_str())
-    }
-}
-
-/// Removes the uploads a crash interrupted (`datasets/{tenant}/.upload-*`
-/// under the coordinator's data folder): nothing refers to them.
-pub(super) fn remove_unfinished_uploads(uploads: &Path) {
-    let Ok(tenants) = std::fs::read_dir(uploads) else {
-        return;
-    };
-    for tenant in tenants.flatten() {
-        let Ok(files) = std::fs::read_dir(tenant.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            if file
-                .file_name()
-                .to_string_lossy()
-                .starts_with(UNFINISHED_UPLOAD)
-            {
-                match std::fs::remove_file(file.path()) {
-                    Ok(()) => tracing::info!(
-                        "removed {}, an upload a stop interrupted",
-                        file.path().display()
-                    ),
-                    Err(e) => tracing::warn!("cannot remove {}: {e}", file.path().display()),
-                }
-            }
-        }
     }
 }
 

@@ -23,6 +23,7 @@
 //! (`store`), the worker side (`agent`).
 
 pub mod access;
+pub mod catalogue;
 mod checkpoints;
 mod control;
 pub mod hosts;
@@ -33,6 +34,7 @@ mod recovery;
 mod reports;
 mod specs;
 pub mod tls;
+mod uploads;
 mod workers;
 mod world;
 
@@ -202,7 +204,7 @@ pub async fn serve(
         path: uploads.clone(),
         source,
     })?;
-    jobs::remove_unfinished_uploads(&uploads);
+    uploads::remove_unfinished(&uploads);
     let store = Store::open(&config.state).await?;
     for tenant in config.access.tenants() {
         store.put_tenant(&tenant.id, &tenant.token_hash).await?;

@@ -90,6 +90,33 @@ impl Store {
         }
         rows.iter().map(event_from_row).collect()
     }
+
+    /// A page of job `job`'s events, newest first, with ids below
+    /// `before` (`None`: from the newest).
+    pub async fn events_before(
+        &self,
+        job: &JobId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<super::Page<Event>, StoreError> {
+        let limit = limit.max(1);
+        let rows = sqlx::query(
+            "SELECT id, job_id, created_at, level, type, message, data FROM events \
+             WHERE job_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(job.as_str())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut data = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = data.len() > limit as usize;
+        data.truncate(limit as usize);
+        Ok(super::Page { data, has_more })
+    }
 }
 
 impl Store {

@@ -13,8 +13,13 @@ use super::StoreError;
 
 /// `prefix-` followed by 16 lowercase hex digits of fresh randomness.
 fn random_id(prefix: &str) -> String {
-    let bytes: [u8; 8] = rand::rng().random();
-    format!("{prefix}-{}", hex::encode(bytes))
+    format!("{prefix}-{}", random_hex(8))
+}
+
+/// `bytes` random bytes as hex digits.
+pub(super) fn random_hex(bytes: usize) -> String {
+    let bytes: Vec<u8> = (0..bytes).map(|_| rand::rng().random()).collect();
+    hex::encode(bytes)
 }
 
 macro_rules! string_id {

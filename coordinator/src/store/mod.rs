@@ -35,6 +35,7 @@
 mod attempts;
 mod checkpoints;
 mod events;
+mod files;
 mod ids;
 mod jobs;
 mod snapshot;
@@ -53,6 +54,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 pub use attempts::Attempt;
 pub use checkpoints::{Checkpoint, NewCheckpoint};
 pub use events::{Event, Level, NewEvent};
+pub use files::{FileRecord, NewFile};
 pub use ids::{JobId, TenantId, WorkerId};
 pub use jobs::{Job, JobError, JobProgress, JobQuery, NewJob, Page, RestartPlan, StepReport};
 pub use snapshot::StoreSnapshot;
@@ -135,6 +137,8 @@ pub enum StoreError {
     WorkerNotFound(WorkerId),
     #[error("tenant {0} not found")]
     TenantNotFound(TenantId),
+    #[error("file {0} not found")]
+    FileNotFound(String),
     #[error("job {job} has no attempt {number}")]
     AttemptNotFound { job: JobId, number: u32 },
     #[error("cannot move job {job} from {from} to {to}")]
@@ -180,6 +184,7 @@ impl StoreError {
             StoreError::JobNotFound(_)
                 | StoreError::WorkerNotFound(_)
                 | StoreError::TenantNotFound(_)
+                | StoreError::FileNotFound(_)
                 | StoreError::AttemptNotFound { .. }
         )
     }
