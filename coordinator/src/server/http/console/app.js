@@ -321,7 +321,7 @@
    * A line chart as inline SVG. `series`: [{key, name, points: [[x, y]],
    * markers, area, format}]; every series shares the axes.
    */
-  function lineChart({ id, series, xTitle, yTitle, yFormat, height = 250 }) {
+  function lineChart({ id, series, xTitle, yTitle, yFormat, xMax, height = 250 }) {
     const width = 560;
     const margin = { left: 62, right: 14, top: 12, bottom: 42 };
     const plotW = width - margin.left - margin.right;
@@ -350,7 +350,7 @@
 
     const xs = all.map((p) => p[0]);
     const ys = all.map((p) => p[1]);
-    const xScale = niceScale(Math.min(...xs), Math.max(...xs), 6, true);
+    const xScale = niceScale(Math.min(0, ...xs), Math.max(xMax || 0, ...xs), 6, true);
     const yScale = niceScale(Math.min(...ys), Math.max(...ys), 5, false);
     const x = (v) => margin.left + ((v - xScale.lo) / (xScale.hi - xScale.lo)) * plotW;
     const y = (v) => margin.top + plotH - ((v - yScale.lo) / (yScale.hi - yScale.lo)) * plotH;
@@ -423,13 +423,14 @@
     return wrap;
   }
 
-  function lossChart(points) {
+  function lossChart(points, xMax) {
     const train = points.filter((p) => p.train_loss != null && isFinite(p.train_loss))
       .map((p) => [p.step, p.train_loss]);
     const valid = points.filter((p) => p.valid_loss != null && isFinite(p.valid_loss))
       .map((p) => [p.step, p.valid_loss]);
     return lineChart({
       id: 'loss-chart',
+      xMax,
       xTitle: 'Step',
       yTitle: 'Loss',
       yFormat: (v) => v.toFixed(Math.abs(v) >= 10 ? 1 : 2),
@@ -440,11 +441,12 @@
     });
   }
 
-  function lrChart(points) {
+  function lrChart(points, xMax) {
     const lr = points.filter((p) => p.learning_rate != null && isFinite(p.learning_rate))
       .map((p) => [p.step, p.learning_rate]);
     return lineChart({
       id: 'lr-chart',
+      xMax,
       xTitle: 'Step',
       yTitle: 'Learning rate',
       yFormat: (v) => (v === 0 ? '0' : v.toExponential(1)),
@@ -466,14 +468,14 @@
     const status = statusOf(job);
     const eta = etaOf(job);
     const total = lf.total_steps;
-    const percent = total ? Math.round(Math.min(1, (lf.step || 0) / total) * 100) + '%' : dash;
+    const percent = total ? Math.round(Math.min(1, (lf.step || 0) / total) * 100) + '%' : null;
     const took = job.finished_at ? job.finished_at - job.created_at : null;
-    return h('div', { class: 'stats' },
-      stat('Progress', percent, null, null),
-      h('div', { class: 'stat wide' },
-        h('div', { class: 'label' }, 'Steps'),
+    const pace = lf.step_seconds != null ? ` · ${lf.step_seconds.toFixed(2)} s per step` : '';
+    return h('div', { class: 'stats job-stats' },
+      h('div', { class: 'stat' },
+        h('div', { class: 'label' }, 'Progress'),
         h('div', { class: 'value' }, progressBar(job, true)),
-        h('div', { class: 'note' }, lf.step_seconds != null ? `${lf.step_seconds.toFixed(2)} s per step` : '')),
+        h('div', { class: 'note' }, (total ? `${percent} done` : 'length not known yet') + pace)),
       stat('Train loss', fmtLoss(lf.train_loss)),
       stat('Valid loss', fmtLoss(lf.valid_loss)),
       stat('Throughput', fmtRate(lf.tokens_per_s)),
@@ -523,12 +525,13 @@
             h('td', { class: 'num' }, fmtLoss(m.valid_loss)),
             h('td', null, files.map((f) => {
               const button = h('button', {
-                type: 'button', class: 'file-button', 'data-file': f.name, title: `Download ${f.name}`,
+                type: 'button', class: 'file-button', 'data-file': f.name, 'data-bytes': f.bytes,
+                title: `Download ${f.name}`,
               }, f.name, h('span', { class: 'size' }, fmtBytes(f.bytes)));
               button.addEventListener('click', () => download(f.url, f.name, button));
               return button;
             })),
-            h('td', { title: fmtTime(cp.created_at) }, fmtAgo(cp.created_at)));
+            h('td', { class: 'nowrap', title: fmtTime(cp.created_at) }, fmtAgo(cp.created_at)));
         }))));
   }
 
@@ -631,11 +634,12 @@
       settle(metrics, (page) => {
         const points = page.data || [];
         const last = points[points.length - 1];
-        const key = JSON.stringify([points.length, last]);
+        const total = (job.lorafleet || {}).total_steps;
+        const key = JSON.stringify([points.length, last, total]);
         if (key === chartKey) return;
         chartKey = key;
-        fill(loss, lossChart(points));
-        fill(lr, lrChart(points));
+        fill(loss, lossChart(points, total));
+        fill(lr, lrChart(points, total));
       }, 'Metrics');
       settle(eventPage, (page) => {
         fill(events, eventsTable(page.data || []));
