@@ -15,6 +15,10 @@
 //! job.yaml:15:3: checkpoint.keep_lst: unknown key; did you mean keep_last? allowed keys: every_steps, keep_last, keep_best, storage, max_failures
 //! ```
 //!
+//! Command-line overrides (`lora.r=4`, `overrides.rs`) are written into
+//! the spec's text before it is read ([`JobSpec::from_file_with_overrides`]),
+//! and a problem in one names the override instead of a line.
+//!
 //! It does not read datasets or models, check that paths exist, talk to
 //! object storage, or run anything: those belong to the trainer, the agent
 //! and the CLI.
@@ -114,6 +118,7 @@
 //! key and its alias together is an error. [`JobSpec::to_yaml`] writes the
 //! canonical names.
 
+mod overrides;
 mod reader;
 mod schema;
 mod suggest;
@@ -141,11 +146,12 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 /// One thing wrong with a spec, and where.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SpecProblem {
-    /// The file name given for messages.
+    /// The file name given for messages; for a problem in a command-line
+    /// override, the override (`override 2 (lora.r=abc)`).
     pub file: String,
-    /// 1-based line.
+    /// 1-based line; 0 when the problem is not in the file (an override).
     pub line: u32,
-    /// 1-based column, in characters.
+    /// 1-based column, in characters; 0 with line 0.
     pub column: u32,
     /// Dotted key path as spelt in the file (`lora.r`,
     /// `lora.target_modules[2]`); empty for the document as a whole.
@@ -154,10 +160,15 @@ pub struct SpecProblem {
     pub message: String,
 }
 
-/// `file:line:col: path: message`.
+/// `file:line:col: path: message` (`override N (key=value): path:
+/// message` for an override's).
 impl fmt::Display for SpecProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if self.line == 0 {
+            write!(f, "{}: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
@@ -223,38 +234,58 @@ impl JobSpec {
     /// it goes next. Messages name the file as `path` is written.
     pub fn from_file(path: impl AsRef<Path>) -> Result<JobSpec, SpecError> {
         let path = path.as_ref();
-        let file_name = path.display().to_string();
-        let read_error = |source| SpecError::Read {
+        let (text, base_dir) = read_spec_file(path)?;
+        JobSpec::from_yaml(&text, &path.display().to_string(), base_dir)
+    }
+
+    /// [`JobSpec::from_file`] with command-line overrides (`key.path=value`
+    /// each, see `overrides.rs`) written into the file's text first; the
+    /// spec is read from, and comes with, that text. Problems in the file
+    /// keep its lines; a problem in an override names it. Relative paths
+    /// in overrides are relative to the current directory.
+    pub fn from_file_with_overrides(
+        path: impl AsRef<Path>,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<LoadedSpec, SpecError> {
+        let path = path.as_ref();
+        let (text, base_dir) = read_spec_file(path)?;
+        let cwd = std::path::absolute(".").map_err(|source| SpecError::Read {
             path: path.to_path_buf(),
             source,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes))
-            .map_err(read_error)?;
-        if bytes.len() > MAX_SPEC_BYTES {
-            return Err(too_large(&file_name));
-        }
-        let text = String::from_utf8(bytes).map_err(|error| {
-            let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
-            let valid = String::from_utf8_lossy(valid);
-            let line = valid.matches('\n').count() + 1;
-            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            document_problem(
-                &file_name,
-                yaml::Pos {
-                    line: u32::try_from(line).unwrap_or(u32::MAX),
-                    column: u32::try_from(column).unwrap_or(u32::MAX),
-                },
-                "the spec is not valid UTF-8 text".to_owned(),
-            )
         })?;
-        let folder = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let base_dir = std::path::absolute(folder).map_err(read_error)?;
-        JobSpec::from_yaml(&text, &file_name, base_dir)
+        let overrides: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
+        let file_name = path.display().to_string();
+        JobSpec::from_yaml_with_overrides(&text, &file_name, base_dir, &overrides, &cwd)
+    }
+
+    /// [`JobSpec::from_yaml`] with `overrides` written into `text` first;
+    /// relative paths in them are joined to `cwd`.
+    pub fn from_yaml_with_overrides(
+        text: &str,
+        file_name: &str,
+        base_dir: impl AsRef<Path>,
+        overrides: &[&str],
+        cwd: &Path,
+    ) -> Result<LoadedSpec, SpecError> {
+        if overrides.is_empty() {
+            let spec = JobSpec::from_yaml(text, file_name, base_dir)?;
+            return Ok(LoadedSpec {
+                spec,
+                text: text.to_owned(),
+            });
+        }
+        let overridden = overrides::apply(text, file_name, overrides, cwd)?;
+        match JobSpec::from_yaml(overridden.text(), file_name, base_dir) {
+            Ok(spec) => Ok(LoadedSpec {
+                spec,
+                text: overridden.text().to_owned(),
+            }),
+            Err(SpecError::Invalid { file, problems }) => Err(SpecError::Invalid {
+                file,
+                problems: overridden.locate(problems),
+            }),
+            Err(read) => Err(read),
+        }
     }
 
     /// Reads and checks spec `text`. `file_name` names it in messages;
@@ -284,6 +315,52 @@ impl JobSpec {
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).expect("a JobSpec is plain data and always serializes")
     }
+}
+
+/// A spec and the text it was read from: the file's, with any
+/// command-line overrides written in. That text is what a fleet stores
+/// and runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedSpec {
+    pub spec: JobSpec,
+    pub text: String,
+}
+
+/// The text of the spec file at `path` (at most [`MAX_SPEC_BYTES`],
+/// UTF-8) and the absolute folder its relative paths start from.
+fn read_spec_file(path: &Path) -> Result<(String, PathBuf), SpecError> {
+    let file_name = path.display().to_string();
+    let read_error = |source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(too_large(&file_name));
+    }
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let valid = String::from_utf8_lossy(valid);
+        let line = valid.matches('\n').count() + 1;
+        let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        document_problem(
+            &file_name,
+            yaml::Pos {
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                column: u32::try_from(column).unwrap_or(u32::MAX),
+            },
+            "the spec is not valid UTF-8 text".to_owned(),
+        )
+    })?;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let base_dir = std::path::absolute(folder).map_err(read_error)?;
+    Ok((text, base_dir))
 }
 
 /// A spec with one problem that concerns the whole document.

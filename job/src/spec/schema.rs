@@ -121,6 +121,14 @@ const SECTIONS: &[(&str, &Schema)] = &[
     ("output", &OUTPUT),
 ];
 
+/// The schema of the section named `name` (canonical), if it is one.
+pub(super) fn section_schema(name: &str) -> Option<&'static Schema> {
+    SECTIONS
+        .iter()
+        .find(|(section, _)| *section == name)
+        .map(|(_, schema)| *schema)
+}
+
 /// Keys from other tools that need more than a new name.
 const ADVICE: &[(&str, &str)] = &[
     (
