@@ -11,12 +11,13 @@
 
 use std::pin::Pin;
 
+use axum::body::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use trainer::checkpoint::{CheckpointStore, FileCheck, MANIFEST_FILE};
+use trainer::checkpoint::{CheckpointManifest, CheckpointStore, FileCheck, MANIFEST_FILE};
 
 use crate::api::{self, CHUNK_BYTES};
 use crate::store::{Checkpoint, Job, NewCheckpoint};
@@ -109,12 +110,13 @@ impl Coordinator {
         })
     }
 
-    /// Streams the files of the checkpoint of `job` that `step` names.
-    pub(super) async fn checkpoint_files(
+    /// The manifest of the checkpoint of `job` that `step` names
+    /// (`latest`, `best` or a number), and the storage it is in.
+    pub(super) async fn checkpoint_manifest(
         &self,
         job: &Job,
         step: &str,
-    ) -> Result<FileStream, Status> {
+    ) -> Result<(CheckpointStore, CheckpointManifest), Status> {
         let checkpoints = self
             .store()
             .list_checkpoints(&job.id)
@@ -127,11 +129,81 @@ impl Coordinator {
             .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
         let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)
             .map_err(Status::failed_precondition)?;
-        let step = checkpoint.step;
         let manifest = store
-            .manifest(step)
+            .manifest(checkpoint.step)
             .await
             .map_err(|e| Status::data_loss(e.to_string()))?;
+        Ok((store, manifest))
+    }
+
+    /// Streams file `name` (one the manifest lists, or the manifest
+    /// itself) of the checkpoint of `job` that `step` names, checked
+    /// against the manifest as it goes: bytes that differ end the stream
+    /// with `DATA_LOSS`. Returns its size and its bytes.
+    pub(super) async fn checkpoint_file(
+        &self,
+        job: &Job,
+        step: &str,
+        name: &str,
+    ) -> Result<(u64, mpsc::Receiver<Result<Bytes, Status>>), Status> {
+        let (store, manifest) = self.checkpoint_manifest(job, step).await?;
+        let (tx, rx) = mpsc::channel(4);
+        if name == MANIFEST_FILE {
+            let bytes = manifest.to_json();
+            let size = bytes.len() as u64;
+            let _ = tx.send(Ok(Bytes::from(bytes))).await;
+            return Ok((size, rx));
+        }
+        let Some(file) = manifest.files.iter().find(|f| f.path == name).cloned() else {
+            let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+            return Err(Status::not_found(format!(
+                "job {}: the checkpoint at step {} has no file {name:?} (it has: {}, {MANIFEST_FILE})",
+                job.id,
+                manifest.step,
+                names.join(", ")
+            )));
+        };
+        let size = file.bytes;
+        let step = manifest.step;
+        tokio::spawn(async move {
+            let checkpoint = store.location(step).name().to_string();
+            let mut check = FileCheck::new(&checkpoint, &file);
+            let mut stream = match store.file_stream(step, &file.path).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::data_loss(e.to_string()))).await;
+                    return;
+                }
+            };
+            while let Some(bytes) = stream.next().await {
+                let checked = bytes
+                    .map_err(|e| Status::unavailable(e.to_string()))
+                    .and_then(|bytes| {
+                        check
+                            .update(&bytes)
+                            .map(|()| bytes)
+                            .map_err(|e| Status::data_loss(e.to_string()))
+                    });
+                let failed = checked.is_err();
+                if tx.send(checked).await.is_err() || failed {
+                    return;
+                }
+            }
+            if let Err(e) = check.finish() {
+                let _ = tx.send(Err(Status::data_loss(e.to_string()))).await;
+            }
+        });
+        Ok((size, rx))
+    }
+
+    /// Streams the files of the checkpoint of `job` that `step` names.
+    pub(super) async fn checkpoint_files(
+        &self,
+        job: &Job,
+        step: &str,
+    ) -> Result<FileStream, Status> {
+        let (store, manifest) = self.checkpoint_manifest(job, step).await?;
+        let step = manifest.step;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             for file in &manifest.files {
