@@ -286,6 +286,7 @@ fn failed_job(failures: u32, max_failures: u32) -> Job {
         waiting_since: NOW,
         finished_at: None,
         error: None,
+        progress: Default::default(),
     }
 }
 

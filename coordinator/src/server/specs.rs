@@ -69,6 +69,7 @@ mod tests {
             waiting_since: 0,
             finished_at: None,
             error: None,
+            progress: Default::default(),
         }
     }
 

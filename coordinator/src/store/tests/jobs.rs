@@ -130,6 +130,7 @@ async fn jobs_page_newest_first_per_tenant() {
         tenant: tenant.cloned(),
         after: after.cloned(),
         limit,
+        statuses: Vec::new(),
     };
     let names = |page: &Page<Job>| {
         page.data
@@ -431,4 +432,120 @@ async fn events_replay_after_an_id_then_follow() {
         (new.level, new.data),
         (Level::Warn, serde_json::Value::Null)
     );
+}
+
+#[tokio::test]
+async fn lists_filter_by_status_and_jobs_keep_their_latest_figures() {
+    let (store, _dir) = fresh().await;
+    let team = tenant(&store, "team-a").await;
+    let waiting = store
+        .create_job(&new_job(&team, "waiting", 1))
+        .await
+        .unwrap();
+    let gone = store.create_job(&new_job(&team, "gone", 1)).await.unwrap();
+    store
+        .move_job(&gone.id, JobStatus::Cancelled, None)
+        .await
+        .unwrap();
+    let query = |statuses: Vec<JobStatus>| JobQuery {
+        tenant: Some(team.clone()),
+        limit: 10,
+        statuses,
+        ..JobQuery::default()
+    };
+    let ids = |page: Page<Job>| page.data.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let cancelled = store.list_jobs(&query(vec![JobStatus::Cancelled])).await;
+    assert_eq!(ids(cancelled.unwrap()), vec![gone.id.clone()]);
+    let either = query(vec![JobStatus::Queued, JobStatus::Cancelled]);
+    assert_eq!(store.list_jobs(&either).await.unwrap().data.len(), 2);
+    let running = store.list_jobs(&query(vec![JobStatus::Running])).await;
+    assert!(running.unwrap().data.is_empty());
+
+    let step = |step, loss: f64| StepReport {
+        step,
+        total_steps: 10,
+        loss,
+        step_seconds: 0.5,
+        tokens_per_s: 1000.0,
+        target_tokens: 64,
+    };
+    store
+        .record_step(&waiting.id, &step(1, 2.5), true)
+        .await
+        .unwrap();
+    // Another rank's report of the same step moves nothing but the figures.
+    store
+        .record_step(&waiting.id, &step(1, 2.5), false)
+        .await
+        .unwrap();
+    store
+        .record_step(&waiting.id, &step(2, f64::NAN), true)
+        .await
+        .unwrap();
+    store.record_eval(&waiting.id, 2.25).await.unwrap();
+    let job = store.get_job(&waiting.id).await.unwrap();
+    assert_eq!((job.step, job.total_steps), (2, Some(10)));
+    assert_eq!(job.progress.train_loss, None, "NaN is kept as unknown");
+    assert_eq!(job.progress.valid_loss, Some(2.25));
+    assert_eq!(job.progress.trained_tokens, 128);
+    assert_eq!(job.eta_seconds(), None, "only a running job has an ETA");
+    let missing = store.record_eval(&JobId::from("job-none"), 1.0).await;
+    assert!(missing.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn files_are_a_tenants_own_and_deleting_says_whether_bytes_are_shared() {
+    let (store, _dir) = fresh().await;
+    let a = tenant(&store, "team-a").await;
+    let b = tenant(&store, "team-b").await;
+    let file = |name: &str| NewFile {
+        tenant: a.clone(),
+        filename: name.into(),
+        purpose: "fine-tune".into(),
+        bytes: 10,
+        sha256: "ab".into(),
+        path: "/uploads/ab.jsonl".into(),
+    };
+    let first = store.create_file(&file("one.jsonl")).await.unwrap();
+    let second = store.create_file(&file("two.jsonl")).await.unwrap();
+    assert!(first.id.starts_with("file-") && first.id != second.id);
+    assert!(
+        store
+            .get_file(&b, &first.id)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let page = store.list_files(&a, None, None, 1).await.unwrap();
+    assert_eq!(
+        (page.data[0].id.clone(), page.has_more),
+        (second.id.clone(), true)
+    );
+    let next = store
+        .list_files(&a, None, Some(&second.id), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.data[0].id.clone(), next.has_more),
+        (first.id.clone(), false)
+    );
+    assert!(
+        store
+            .list_files(&b, None, None, 10)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+    assert!(
+        store
+            .delete_file(&b, &first.id)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let (_, shared) = store.delete_file(&a, &first.id).await.unwrap();
+    assert!(shared, "two.jsonl still names the bytes");
+    let (_, shared) = store.delete_file(&a, &second.id).await.unwrap();
+    assert!(!shared);
 }
