@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve /metrics' fleet-wide figures (jobs by status, workers,
+    /// requests, checkpoint uploads) without a token; per-job series
+    /// still need an operator's token or the cluster token.
+    #[arg(long)]
+    pub metrics_public: bool,
 }
 
 #[derive(Args, Debug)]

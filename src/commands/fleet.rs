@@ -65,6 +65,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         seconds("--restart-backoff", args.restart_backoff)?
     };
     config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    config.metrics_public = args.metrics_public;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let tls = ServerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
         config.tls = Some(tls);

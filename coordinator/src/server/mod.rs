@@ -80,6 +80,9 @@ pub struct ServerConfig {
     /// The certificate and key served over TLS on the same port; `None`
     /// serves in clear.
     pub tls: Option<tls::ServerTls>,
+    /// Whether `/metrics` serves its fleet-wide figures to anyone; per-job
+    /// series always need an operator's token or the cluster token.
+    pub metrics_public: bool,
 }
 
 impl ServerConfig {
@@ -96,6 +99,7 @@ impl ServerConfig {
             grace: Duration::from_secs(30),
             restart_backoff: Duration::from_secs(2),
             tls: None,
+            metrics_public: false,
         }
     }
 }
@@ -138,6 +142,8 @@ struct Shared {
     news: watch::Sender<u64>,
     /// Set when the coordinator begins to stop: open streams end.
     stopping: watch::Sender<bool>,
+    /// What `/metrics` counts in memory (requests, checkpoint uploads).
+    metrics: http::metrics::Metrics,
 }
 
 /// What the coordinator knows only while it runs.
@@ -221,6 +227,7 @@ pub async fn serve(
             wake: Notify::new(),
             news: watch::channel(0).0,
             stopping: watch::channel(false).0,
+            metrics: http::metrics::Metrics::new(),
         }),
     };
     // A graceful stop waits for open streams: end them first. Workers keep
@@ -253,6 +260,7 @@ pub async fn serve(
         .into_axum_router()
         .merge(http::router(coordinator.clone()));
     let result = builder
+        .layer(http::metrics::RequestMetricsLayer::new(&coordinator))
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -211,8 +211,10 @@ impl Coordinator {
                 step,
                 path,
                 metrics,
-                ..
+                bytes,
+                upload_s,
             } if rank == 0 => {
+                self.inner.metrics.checkpoint_saved(*bytes, *upload_s);
                 let total = store.get_job(job).await.map_err(status_of)?.total_steps;
                 if total.is_some_and(|total| *step > total) {
                     // A checkpoint past the last step cannot be real; it

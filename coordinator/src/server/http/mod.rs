@@ -18,7 +18,7 @@
 mod caller;
 mod console;
 mod error;
-mod metrics;
+pub(super) mod metrics;
 mod openai;
 mod series;
 
@@ -36,5 +36,6 @@ pub(crate) fn router(coordinator: Coordinator) -> Router {
         .merge(console::routes())
         .merge(metrics::routes())
         .merge(series::routes())
+        .layer(axum::middleware::from_fn(metrics::label_route))
         .with_state(coordinator)
 }
