@@ -3,6 +3,7 @@
 //! this file knows nothing about tensors or jobs.
 
 mod cli;
+mod client_config;
 mod commands;
 mod connection;
 mod output;
@@ -11,7 +12,7 @@ mod ring;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
@@ -28,8 +29,34 @@ pub mod exit {
 fn main() -> ExitCode {
     keep_freed_memory();
     end_quietly_on_closed_output();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = client_config::fill(&mut cli.command, &matches).and_then(|()| run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `writeln!(stdout, ..)?` into a closed pipe (`lorafleet logs
+            // JOB | head -1`): quiet, as below. Only when this process's
+            // own output has lost its reader: a broken socket or child
+            // pipe is a failure like any other.
+            let broken_pipe = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe && (reader_gone(libc::STDOUT_FILENO) || reader_gone(libc::STDERR_FILENO))
+            {
+                end_by_sigpipe();
+            }
+            eprintln!("lorafleet: {err:#}");
+            ExitCode::from(commands::exit_code(&err))
+        }
+    }
+}
+
+/// Runs one command.
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Train(args) => commands::train::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::InitModel(args) => commands::init_model::run(args),
@@ -51,26 +78,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run_logs(args),
         Command::Download(args) => commands::download::run_download(args),
         Command::Chaos(args) => commands::chaos::run(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // `writeln!(stdout, ..)?` into a closed pipe (`lorafleet logs
-            // JOB | head -1`): quiet, as below. Only when this process's
-            // own output has lost its reader: a broken socket or child
-            // pipe is a failure like any other.
-            let broken_pipe = err.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            });
-            if broken_pipe && (reader_gone(libc::STDOUT_FILENO) || reader_gone(libc::STDERR_FILENO))
-            {
-                end_by_sigpipe();
-            }
-            eprintln!("lorafleet: {err:#}");
-            ExitCode::from(commands::exit_code(&err))
-        }
+        Command::Completions(args) => commands::completions::run(args),
     }
 }
 

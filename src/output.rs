@@ -32,7 +32,18 @@ pub fn job_json(job: &Job) -> Value {
         "failures": job.failures,
         "max_failures": job.max_failures,
         "tenant": job.tenant,
+        "train_loss": job.train_loss,
+        "valid_loss": job.valid_loss,
+        "step_seconds": job.step_seconds,
+        "tokens_per_s": job.tokens_per_s,
+        "trained_tokens": job.trained_tokens,
+        "eta_seconds": job.eta_seconds,
     })
+}
+
+/// A list as `--json` prints it: `{"data": [...], "has_more"}`.
+pub fn list_json(data: Vec<Value>, has_more: bool) -> Value {
+    json!({ "data": data, "has_more": has_more })
 }
 
 /// An event as `logs --json` prints it (README.md, "A fleet"): one NDJSON line.
@@ -113,6 +124,9 @@ mod tests {
                 message: "rank 1 went away".into(),
             }),
             spec_yaml: "name: secret".into(),
+            train_loss: Some(1.5),
+            eta_seconds: Some(12.0),
+            trained_tokens: 4096,
             ..Job::new("j-1", "quickstart", JobStatus::Failed)
         };
         let value = job_json(&job);
@@ -134,9 +148,19 @@ mod tests {
             "failures",
             "max_failures",
             "tenant",
+            "train_loss",
+            "valid_loss",
+            "step_seconds",
+            "tokens_per_s",
+            "trained_tokens",
+            "eta_seconds",
         ] {
             assert!(object.contains_key(key), "missing {key}");
         }
+        assert_eq!(value["train_loss"], 1.5);
+        assert_eq!(value["valid_loss"], Value::Null);
+        assert_eq!(value["eta_seconds"], 12.0);
+        assert_eq!(value["trained_tokens"], 4096);
         assert!(!value.to_string().contains("secret"));
         assert_eq!(value["status"], "failed");
         assert_eq!(value["finished_at"], 200);

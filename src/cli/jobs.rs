@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use coordinator::client::JobStatus;
 
 /// Where the coordinator is, who is asking, and whom to trust.
 #[derive(Args, Debug, Clone)]
@@ -37,6 +39,12 @@ pub struct RemoteArgs {
 pub struct SubmitArgs {
     /// The YAML job spec.
     pub file: PathBuf,
+    /// Spec keys changed for this run, `key.path=value` each (values are
+    /// YAML: `training.max_steps=20 lora.target_modules=[q_proj,v_proj]`;
+    /// `key=` clears one). Checked as the spec is; relative paths are from
+    /// the current directory.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Follow the job until it ends (exit 1 if it fails or is cancelled),
     /// riding out a coordinator restart as `logs -f` does: retried 0.5 s,
     /// then 1, 2, 4 and every 5 s after, for up to 120 s (then exit 3).
@@ -64,6 +72,15 @@ pub struct JobsArgs {
     /// List the jobs after this id (the last id of the previous page).
     #[arg(long, value_name = "ID")]
     pub after: Option<String>,
+    /// Only jobs in these states (repeat the flag or give a comma list:
+    /// `--status running,queued`).
+    #[arg(
+        long = "status",
+        value_name = "STATUS",
+        value_delimiter = ',',
+        value_parser = status_parser(),
+    )]
+    pub statuses: Vec<JobStatus>,
     /// Print {"data": [jobs], "has_more"}.
     #[arg(long)]
     pub json: bool,
@@ -96,7 +113,15 @@ pub type ResumeArgs = JobArgs;
 pub struct CheckpointsArgs {
     /// The job's id.
     pub job: String,
-    /// Print {"data": [{"step", "url", "metrics", "committed_at"}]}.
+    /// The most checkpoints to list (default: all).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// List the checkpoints after this step (the last step of the
+    /// previous page).
+    #[arg(long, value_name = "STEP")]
+    pub after: Option<u64>,
+    /// Print {"data": [{"step", "url", "metrics", "committed_at"}],
+    /// "has_more"}.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -106,7 +131,13 @@ pub struct CheckpointsArgs {
 /// `lorafleet workers`.
 #[derive(Args, Debug)]
 pub struct WorkersArgs {
-    /// Print {"data": [workers]}.
+    /// The most workers to list (default: all).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// List the workers after this id (the last id of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+    /// Print {"data": [workers], "has_more"}.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -168,6 +199,14 @@ pub struct DownloadArgs {
     pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// A `--status` value: a job state's name (clap lists them, and
+/// suggests the closest to a misspelt one).
+fn status_parser() -> impl TypedValueParser<Value = JobStatus> {
+    PossibleValuesParser::new(JobStatus::ALL.map(JobStatus::name)).map(|name| {
+        JobStatus::parse(&name).expect("only the names of job states are possible values")
+    })
 }
 
 /// A `--step` value: a step number, `latest` or `best` (clap reports the

@@ -1,6 +1,6 @@
 //! The flags of the commands that work on this machine alone: `train`
-//! (and how one rank joins a ring), `validate`, `init-model`, `generate`
-//! and `export`.
+//! (and how one rank joins a ring), `validate`, `init-model`, `generate`,
+//! `export` and `completions`.
 //!
 //! Not here: what the commands do (`commands::*`), the benchmarks
 //! (`bench`), anything that calls a coordinator (`fleet`, `jobs`).
@@ -13,6 +13,12 @@ use clap::{Args, ValueEnum};
 pub struct TrainArgs {
     /// The YAML job spec.
     pub file: PathBuf,
+    /// Spec keys changed for this run, `key.path=value` each (values are
+    /// YAML: `training.max_steps=20 lora.target_modules=[q_proj,v_proj]`;
+    /// `key=` clears one). Checked as the spec is; relative paths are from
+    /// the current directory.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Continue from the newest checkpoint of this job that verifies (in
     /// checkpoint.storage), if there is one. Without it, a run starts at
     /// step 0 and removes the checkpoints an earlier run of the job left.
@@ -107,6 +113,12 @@ impl TransportArg {
 pub struct ValidateArgs {
     /// The YAML job spec.
     pub file: PathBuf,
+    /// Spec keys changed for this run, `key.path=value` each (values are
+    /// YAML: `training.max_steps=20 lora.target_modules=[q_proj,v_proj]`;
+    /// `key=` clears one). Checked as the spec is; relative paths are from
+    /// the current directory.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -184,6 +196,14 @@ pub struct GenerateArgs {
     /// Print one JSON object: {"prompt_ids", "output_ids", "text"}.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `lorafleet completions SHELL`.
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]

@@ -13,6 +13,12 @@ use clap::{Args, ValueEnum};
 pub struct RunArgs {
     /// The YAML job spec.
     pub file: PathBuf,
+    /// Spec keys changed for this run, `key.path=value` each (values are
+    /// YAML: `training.max_steps=20 lora.target_modules=[q_proj,v_proj]`;
+    /// `key=` clears one). Checked as the spec is; relative paths are from
+    /// the current directory.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Worker processes to start (default: the most the spec asks for).
     #[arg(long)]
     pub workers: Option<u32>,

@@ -25,7 +25,8 @@ pub use jobs::{
     ResumeArgs, StatusArgs, SubmitArgs, WorkersArgs,
 };
 pub use local::{
-    ExportArgs, GenerateArgs, InitModelArgs, LinkArgs, PresetArg, RingArgs, TrainArgs, ValidateArgs,
+    CompletionsArgs, ExportArgs, GenerateArgs, InitModelArgs, LinkArgs, PresetArg, RingArgs,
+    TrainArgs, ValidateArgs,
 };
 pub use local_fleet::{ChaosArgs, FaultKindArg, RunArgs};
 
@@ -89,4 +90,37 @@ pub enum Command {
     /// Run jobs on a local fleet while workers are killed and frozen, and
     /// check they succeed with the undisturbed adapter in bounded time.
     Chaos(ChaosArgs),
+    /// Print a shell completion script for lorafleet
+    /// (`source <(lorafleet completions bash)`).
+    Completions(CompletionsArgs),
+}
+
+impl Command {
+    /// Where the coordinator is and who asks, for the commands that call
+    /// one as a tenant (the client config file may fill them in).
+    pub fn remote_mut(&mut self) -> Option<&mut RemoteArgs> {
+        match self {
+            Command::Submit(args) => Some(&mut args.remote),
+            Command::Jobs(args) => Some(&mut args.remote),
+            Command::Status(args) | Command::Cancel(args) | Command::Resume(args) => {
+                Some(&mut args.remote)
+            }
+            Command::Checkpoints(args) => Some(&mut args.remote),
+            Command::Workers(args) => Some(&mut args.remote),
+            Command::Drain(args) | Command::Undrain(args) => Some(&mut args.remote),
+            Command::Logs(args) => Some(&mut args.remote),
+            Command::Download(args) => Some(&mut args.remote),
+            Command::Train(_)
+            | Command::Validate(_)
+            | Command::InitModel(_)
+            | Command::Generate(_)
+            | Command::Bench(_)
+            | Command::Export(_)
+            | Command::Run(_)
+            | Command::Serve(_)
+            | Command::Worker(_)
+            | Command::Chaos(_)
+            | Command::Completions(_) => None,
+        }
+    }
 }

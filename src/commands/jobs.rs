@@ -2,30 +2,37 @@
 //! `checkpoints`, `workers`, `drain`. Each makes one call to the
 //! coordinator and prints the answer as a table or summary, or as JSON with
 //! `--json` (README.md, "A fleet"). A successful call exits 0 whatever state the
-//! job is in.
+//! job is in. `jobs` pages on the coordinator (`--limit`/`--after`,
+//! `--status`); `workers` and `checkpoints` get their whole (short) list
+//! and page it here ([`page`]).
 //!
 //! Not here: `submit`, `logs`, `download`, connecting (`connection`), or
 //! the JSON shapes (`output`).
 
 use anyhow::Context;
 use coordinator::client::{Job, Worker};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cli::{
     CancelArgs, CheckpointsArgs, DrainArgs, JobsArgs, RemoteArgs, ResumeArgs, StatusArgs,
     WorkersArgs,
 };
+use crate::commands::UsageError;
 use crate::connection::with_connection;
-use crate::output::{checkpoint_json, job_json, now_unix, short_duration, utc_time, worker_json};
+use crate::output::{
+    checkpoint_json, job_json, list_json, now_unix, short_duration, utc_time, worker_json,
+};
 
 pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
     let list = with_connection(&args.remote, async |conn| {
-        let list = conn.list(args.limit, args.after.as_deref()).await;
+        let list = conn
+            .list_in(args.limit, args.after.as_deref(), &args.statuses)
+            .await;
         list.context("cannot list jobs")
     })?;
     if args.json {
         let data: Vec<Value> = list.data.iter().map(job_json).collect();
-        println!("{}", json!({"data": data, "has_more": list.has_more}));
+        println!("{}", list_json(data, list.has_more));
         return Ok(());
     }
     let now = now_unix();
@@ -38,13 +45,26 @@ pub fn run_jobs(args: JobsArgs) -> anyhow::Result<()> {
                 job.name.clone(),
                 job.status.to_string(),
                 step_of(job),
+                loss(job.train_loss),
+                loss(job.valid_loss),
+                eta(job),
                 job.attempt.to_string(),
                 short_duration(now - job.created_at),
             ]
         })
         .collect();
     print_table(
-        &["ID", "NAME", "STATUS", "STEP/TOTAL", "ATTEMPT", "AGE"],
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "STEP/TOTAL",
+            "TRAIN LOSS",
+            "VALID LOSS",
+            "ETA",
+            "ATTEMPT",
+            "AGE",
+        ],
         rows,
     );
     if list.has_more
@@ -101,13 +121,25 @@ pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
         let list = conn.checkpoints(&args.job).await;
         list.with_context(|| format!("cannot list the checkpoints of job {}", args.job))
     })?;
+    let (list, has_more) =
+        page(list, args.limit, args.after.as_ref(), |c| &c.step).map_err(|()| {
+            let after = args.after.unwrap_or_default();
+            UsageError(format!(
+                "--after {after}: job {} has no checkpoint at step {after}",
+                args.job
+            ))
+        })?;
     if args.json {
         let data: Vec<Value> = list.iter().map(checkpoint_json).collect();
-        println!("{}", json!({ "data": data }));
+        println!("{}", list_json(data, has_more));
         return Ok(());
     }
     if list.is_empty() {
-        println!("job {} has no checkpoints yet", args.job);
+        if args.after.is_some() {
+            println!("no more checkpoints");
+        } else {
+            println!("job {} has no checkpoints yet", args.job);
+        }
         return Ok(());
     }
     let rows = list
@@ -122,6 +154,9 @@ pub fn run_checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["STEP", "URL", "METRICS", "COMMITTED"], rows);
+    if has_more && let Some(last) = list.last() {
+        println!("(more: --after {})", last.step);
+    }
     Ok(())
 }
 
@@ -129,13 +164,24 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
     let list = with_connection(&args.remote, async |conn| {
         conn.list_workers().await.context("cannot list workers")
     })?;
+    let (list, has_more) =
+        page(list, args.limit, args.after.as_ref(), |w| &w.id).map_err(|()| {
+            UsageError(format!(
+                "--after {}: no such worker",
+                args.after.as_deref().unwrap_or_default()
+            ))
+        })?;
     if args.json {
         let data: Vec<Value> = list.iter().map(worker_json).collect();
-        println!("{}", json!({ "data": data }));
+        println!("{}", list_json(data, has_more));
         return Ok(());
     }
     if list.is_empty() {
-        println!("no workers have joined");
+        if args.after.is_some() {
+            println!("no more workers");
+        } else {
+            println!("no workers have joined");
+        }
         return Ok(());
     }
     let now = now_unix();
@@ -167,7 +213,30 @@ pub fn run_workers(args: WorkersArgs) -> anyhow::Result<()> {
         ],
         rows,
     );
+    if has_more && let Some(last) = list.last() {
+        println!("(more: --after {})", last.id);
+    }
     Ok(())
+}
+
+/// One page of `items`: those after the one whose `key` is `after` (all
+/// when `None`), at most `limit` of them (all when `None`), and whether
+/// more follow. `Err(())` when no item has the key `after`.
+fn page<T, K: PartialEq + ?Sized>(
+    items: Vec<T>,
+    limit: Option<u32>,
+    after: Option<&K>,
+    key: impl Fn(&T) -> &K,
+) -> Result<(Vec<T>, bool), ()> {
+    let start = match after {
+        None => 0,
+        Some(after) => items.iter().position(|item| key(item) == after).ok_or(())? + 1,
+    };
+    let mut rest: Vec<T> = items.into_iter().skip(start).collect();
+    let limit = limit.map_or(usize::MAX, |l| l as usize);
+    let has_more = rest.len() > limit;
+    rest.truncate(limit);
+    Ok((rest, has_more))
 }
 
 pub fn run_drain(args: DrainArgs) -> anyhow::Result<()> {
@@ -221,6 +290,26 @@ fn print_job(job: &Job) {
     println!("job       {} ({})", job.id, job.name);
     println!("status    {}", job.status);
     println!("step      {}", step_of(job));
+    if job.train_loss.is_some() || job.valid_loss.is_some() {
+        println!(
+            "loss      train {}, valid {}",
+            loss(job.train_loss),
+            loss(job.valid_loss)
+        );
+    }
+    if let Some(tokens_per_s) = job.tokens_per_s {
+        let per_step = job
+            .step_seconds
+            .map(|s| format!(" ({s:.2} s/step)"))
+            .unwrap_or_default();
+        println!("speed     {tokens_per_s:.0} tokens/s{per_step}");
+    }
+    if job.trained_tokens > 0 {
+        println!("trained   {} tokens", job.trained_tokens);
+    }
+    if job.eta_seconds.is_some() {
+        println!("eta       {}", eta(job));
+    }
     println!("attempt   {}", job.attempt);
     println!("failures  {}/{}", job.failures, job.max_failures);
     println!("created   {}", utc_time(job.created_at));
@@ -238,6 +327,18 @@ fn step_of(job: &Job) -> String {
         Some(total) => format!("{}/{total}", job.step),
         None => format!("{}/?", job.step),
     }
+}
+
+/// A loss with 4 decimals, `-` when there is none yet.
+fn loss(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |loss| format!("{loss:.4}"))
+}
+
+/// The time left, short (`3m`), `-` when unknown.
+fn eta(job: &Job) -> String {
+    job.eta_seconds
+        .filter(|s| s.is_finite())
+        .map_or_else(|| "-".to_string(), |s| short_duration(s.ceil() as i64))
 }
 
 /// Checkpoint metrics as `key=value` pairs, sorted by key.
@@ -295,6 +396,7 @@ fn table_lines(headers: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn tables_align_columns_to_the_widest_cell() {
@@ -324,6 +426,51 @@ mod tests {
         let summary = metrics_summary(&c.metrics);
         assert_eq!(summary, "eval_loss=1.5000 loss=1.2346 tokens=4096");
         assert_eq!(metrics_summary(&Value::Null), "-");
+    }
+
+    #[test]
+    fn pages_start_after_the_named_item_and_say_whether_more_follow() {
+        fn key(item: &String) -> &str {
+            item
+        }
+        let strings = |names: &[&str]| -> Vec<String> {
+            names.iter().map(ToString::to_string).collect()
+        };
+        let items = strings(&["a", "b", "c", "d"]);
+        assert_eq!(
+            page(items.clone(), None, None, key),
+            Ok((items.clone(), false))
+        );
+        assert_eq!(
+            page(items.clone(), Some(2), None, key),
+            Ok((strings(&["a", "b"]), true))
+        );
+        assert_eq!(
+            page(items.clone(), Some(2), Some("b"), key),
+            Ok((strings(&["c", "d"]), false))
+        );
+        assert_eq!(
+            page(items.clone(), Some(1), Some("c"), key),
+            Ok((strings(&["d"]), false))
+        );
+        assert_eq!(
+            page(items.clone(), None, Some("d"), key),
+            Ok((vec![], false))
+        );
+        assert_eq!(page(items, None, Some("x"), key), Err(()));
+    }
+
+    #[test]
+    fn losses_and_eta_read_plainly() {
+        let job = Job {
+            train_loss: Some(1.234_56),
+            eta_seconds: Some(125.2),
+            ..Job::new("j-1", "x", coordinator::client::JobStatus::Running)
+        };
+        assert_eq!(loss(job.train_loss), "1.2346");
+        assert_eq!(loss(job.valid_loss), "-");
+        assert_eq!(eta(&job), "2m");
+        assert_eq!(eta(&Job::new("j-2", "x", job.status)), "-");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_checkpoint;
 pub mod bench_fleet;
+pub mod completions;
 pub mod export;
 pub mod generate;
 pub mod init_model;

@@ -1,4 +1,4 @@
-//! `lorafleet run FILE [--workers N]`: the embedded fleet. Starts a
+//! `lorafleet run FILE [KEY=VALUE ...] [--workers N]`: the embedded fleet. Starts a
 //! coordinator on 127.0.0.1 with a temporary SQLite file and N worker
 //! processes of this same binary, submits the spec, follows it with
 //! progress bars, downloads the final adapter to the spec's `output.dir`,
@@ -20,13 +20,13 @@ use anyhow::{Context, bail};
 use coordinator::client::{Connection, WorkerState};
 use coordinator::local_fleet::{LocalFleet, LocalFleetError};
 use job::JobSpec;
-use job::spec::PathOrUrl;
+use job::spec::{LoadedSpec, PathOrUrl};
 
 use super::UsageError;
 use super::download::download_checkpoint;
 use super::fleet::stop_signal;
 use super::logs::{Reconnect, final_outcome, follow};
-use super::submit::submit_parsed;
+use super::submit::submit_loaded;
 use crate::cli::{RemoteArgs, RunArgs};
 use crate::connection::{block_on, connect, transient_call};
 use crate::output::job_json;
@@ -40,7 +40,8 @@ const MAX_RESTARTS: u32 = 3;
 pub struct Interrupted;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let spec = JobSpec::from_file(&args.file)?;
+    let loaded = JobSpec::from_file_with_overrides(&args.file, &args.overrides)?;
+    let spec = &loaded.spec;
     let workers = args.workers.unwrap_or(spec.resources.workers.max);
     if workers == 0 || workers > 64 {
         bail!(UsageError(format!(
@@ -69,7 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut fleet = start_fleet(scratch.path(), workers, spec.resources.backend.name())?;
     let outcome = block_on(async {
         tokio::select! {
-            outcome = drive(&mut fleet, &args, &spec, &output) => outcome,
+            outcome = drive(&mut fleet, &args, &loaded, &output) => outcome,
             () = stop_signal() => Err(Interrupted.into()),
         }
     });
@@ -86,13 +87,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn drive(
     fleet: &mut LocalFleet,
     args: &RunArgs,
-    spec: &JobSpec,
+    loaded: &LoadedSpec,
     output: &Path,
 ) -> anyhow::Result<()> {
     let conn = connect(&RemoteArgs::new(fleet.url(), fleet.tenant_token())).await?;
     wait_for_workers(fleet, &conn).await?;
     // The model is named by its path: the workers are on this host.
-    let job = submit_parsed(&conn, &args.file, spec, false).await?;
+    let job = submit_loaded(&conn, &args.file, loaded, false).await?;
     eprintln!(
         "job {} ({}) on {} local worker(s)",
         job.id,

@@ -1,7 +1,9 @@
-//! `lorafleet submit FILE [--wait]`: check a spec here (errors point at the
-//! file's lines), upload the local datasets and the local base model it
+//! `lorafleet submit FILE [KEY=VALUE ...] [--wait]`: check a spec here,
+//! with its overrides written in (errors point at the file's lines or name
+//! the override), upload the local datasets and the local base model it
 //! names to the coordinator (content-addressed: workers on other hosts
-//! fetch them from there), and queue it.
+//! fetch them from there), and queue it: the text sent is the file's with
+//! the overrides in it, so workers and `status` see the spec that ran.
 //!
 //! Not here: following a job (`logs::follow`), the embedded fleet (`run`).
 
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use coordinator::client::{Connection, Job, Submission, UploadPurpose};
 use job::JobSpec;
-use job::spec::{ModelSpec, PathOrUrl, Validation};
+use job::spec::{LoadedSpec, ModelSpec, PathOrUrl, Validation};
 
 use super::logs::{final_outcome, follow};
 use crate::cli::SubmitArgs;
@@ -20,9 +22,9 @@ use crate::output::job_json;
 
 pub fn run_submit(args: SubmitArgs) -> anyhow::Result<()> {
     // The spec is checked before anything is sent.
-    let spec = JobSpec::from_file(&args.file)?;
+    let loaded = JobSpec::from_file_with_overrides(&args.file, &args.overrides)?;
     with_connection(&args.remote, async |conn| {
-        let job = submit_parsed(conn, &args.file, &spec, !args.shared_model).await?;
+        let job = submit_loaded(conn, &args.file, &loaded, !args.shared_model).await?;
         if args.json {
             println!("{}", job_json(&job));
         } else {
@@ -57,6 +59,22 @@ pub async fn submit_parsed(
 ) -> anyhow::Result<Job> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let loaded = LoadedSpec {
+        spec: spec.clone(),
+        text,
+    };
+    submit_loaded(conn, file, &loaded, upload_model).await
+}
+
+/// [`submit_spec`] for a spec read from `file` with its text (overrides
+/// written in): that text is what the coordinator stores.
+pub async fn submit_loaded(
+    conn: &Connection,
+    file: &Path,
+    loaded: &LoadedSpec,
+    upload_model: bool,
+) -> anyhow::Result<Job> {
+    let spec = &loaded.spec;
     let base_dir = std::path::absolute(file)?
         .parent()
         .map(Path::to_path_buf)
@@ -97,7 +115,7 @@ pub async fn submit_parsed(
         }
     }
     let submission = Submission {
-        spec_yaml: text,
+        spec_yaml: loaded.text.clone(),
         file_name: file.display().to_string(),
         base_dir: base_dir.display().to_string(),
         datasets,

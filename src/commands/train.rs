@@ -57,7 +57,7 @@ fn report_failure(error: &anyhow::Error) {
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     preemption::listen_for_sigterm();
-    let spec = job::JobSpec::from_file(&args.file)?;
+    let spec = job::JobSpec::from_file_with_overrides(&args.file, &args.overrides)?.spec;
     // Before any work: tokenization and tensors share this pool.
     trainer::device::set_cpu_threads(spec.resources.threads_per_worker as usize);
     let ring = crate::ring::plan(&args.ring)?;

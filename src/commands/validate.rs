@@ -1,4 +1,5 @@
-//! `lorafleet validate FILE`: check a spec and its datasets without training.
+//! `lorafleet validate FILE [KEY=VALUE ...]`: check a spec (with its
+//! overrides written in) and its datasets without training.
 
 use job::JobSpec;
 
@@ -6,7 +7,7 @@ use crate::cli::ValidateArgs;
 use job::recipe::JobInputs;
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
-    let spec = JobSpec::from_file(&args.file)?;
+    let spec = JobSpec::from_file_with_overrides(&args.file, &args.overrides)?.spec;
     let job = JobInputs::load(spec)?;
     let g = job.spec.training.global_batch_size as usize;
     let train = job.plan.data.train.stats();
