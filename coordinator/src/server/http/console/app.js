@@ -581,10 +581,10 @@
       h('div', { class: 'grid-2 section' },
         panel('Loss', legend, loss, 'loss-panel'),
         panel('Learning rate', h('div', { class: 'legend' }, h('span', null, h('i', { class: 'k-lr' }), 'lr')), lr, 'lr-panel')),
-      h('div', { class: 'grid-2 section' },
-        panel('Checkpoints', null, checkpoints, 'checkpoints-panel'),
-        panel('Details', null, details, 'details-panel')),
-      h('div', { class: 'section' }, panel('Events', eventsHint, events, 'events-panel')));
+      h('div', { class: 'section' }, panel('Checkpoints', null, checkpoints, 'checkpoints-panel')),
+      h('div', { class: 'grid-wide section' },
+        panel('Events', eventsHint, events, 'events-panel'),
+        panel('Details', null, details, 'details-panel')));
 
     let chartKey = null;
     let finalPolls = 0;
