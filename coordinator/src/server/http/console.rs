@@ -75,7 +75,7 @@ mod tests {
 
     use super::*;
 
-    fn header_of<'a>(response: &'a Response, name: HeaderName) -> &'a str {
+    fn header_of(response: &Response, name: HeaderName) -> &str {
         response.headers()[name].to_str().unwrap()
     }
 
