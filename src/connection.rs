@@ -48,7 +48,7 @@ pub async fn connect(args: &RemoteArgs) -> anyhow::Result<Connection> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             UsageError(
-                "no token to call the coordinator with: set LORAFLEET_TOKEN or pass --token"
+                "no token to call the coordinator with: set LORAFLEET_TOKEN, pass --token, or put token: in ~/.config/lorafleet/config.yaml"
                     .to_string(),
             )
         })?;

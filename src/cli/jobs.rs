@@ -12,11 +12,14 @@ use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use coordinator::client::JobStatus;
 
-/// Where the coordinator is, who is asking, and whom to trust.
+/// Where the coordinator is, who is asking, and whom to trust. Each
+/// comes from its flag, else its environment variable, else the client
+/// config file (`coordinator:`, `token:`, `ca:` in
+/// ~/.config/lorafleet/config.yaml, or the file LORAFLEET_CONFIG names).
 #[derive(Args, Debug, Clone)]
 pub struct RemoteArgs {
     /// The coordinator's address: http://host:port, or https://host:port
-    /// for one serving TLS.
+    /// for one serving TLS (also `coordinator:` in the config file).
     #[arg(
         long,
         env = "LORAFLEET_COORDINATOR",
@@ -24,7 +27,8 @@ pub struct RemoteArgs {
         value_name = "URL"
     )]
     pub coordinator: String,
-    /// The tenant token sent with every call.
+    /// The tenant token sent with every call (also `token:` in the config
+    /// file, which must then be private).
     #[arg(long, env = "LORAFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The PEM CA bundle that signed the coordinator's TLS certificate:
