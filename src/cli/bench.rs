@@ -171,9 +171,24 @@ pub struct BenchFleetArgs {
     /// Simulated workers of the load measurement.
     #[arg(long, default_value_t = 200)]
     pub sim_workers: usize,
-    /// Seconds the load is measured over.
+    /// Seconds the load is measured over (each window, with --http-clients).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// HTTP/1.1 keep-alive connections that, in every other window of the
+    /// load measurement, send `GET /v1/fine_tuning/jobs?limit=20` as the
+    /// tenant (0: no HTTP load, one window).
+    #[arg(long, default_value_t = 0)]
+    pub http_clients: usize,
+    /// Job list requests per second, all --http-clients together.
+    #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
+    pub http_rate: f64,
+    /// `GET /metrics` scrapes per second during the HTTP windows, on a
+    /// connection of their own (0: none).
+    #[arg(long, default_value_t = 1.0, value_name = "PER_SECOND")]
+    pub scrape_rate: f64,
+    /// Windows without and with HTTP load, alternating (with --http-clients).
+    #[arg(long, default_value_t = 3)]
+    pub http_rounds: usize,
     /// One JSON object: {"submit_to_first_step_s", "coordinator_cpu_share", ...}.
     #[arg(long)]
     pub json: bool,

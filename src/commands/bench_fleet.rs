@@ -7,6 +7,10 @@
 //!   simulated workers (tasks of this process) heartbeating every second;
 //!   the coordinator process's CPU time over `--seconds`, as a share of one
 //!   core (from /proc/PID/stat).
+//! * **HTTP load** (`--http-clients N`): windows of `--seconds` without and
+//!   with HTTP requests alternate ([`http_load`]: the jobs list as the
+//!   console asks for it and `/metrics` scrapes); the coordinator's CPU in
+//!   each kind of window, and the jobs list's latency percentiles.
 //!
 //! Not here: training speed (`bench train`) or the ring (`bench allreduce`).
 
@@ -21,6 +25,8 @@ use coordinator::local_fleet::LocalFleet;
 use job::JobSpec;
 use job::spec::Workers;
 use tokio_stream::StreamExt;
+
+mod http_load;
 
 use super::run::{start_fleet, wait_for_workers};
 use super::submit::submit_spec;
@@ -53,7 +59,7 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
         block_on(coordinator_load(&fleet, &spec_file, &args))?
     };
     let median = median(&first_step);
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "submit_to_first_step_s": median,
         "submit_to_first_step_runs_s": first_step,
         "workers": args.workers,
@@ -63,6 +69,29 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
         "coordinator_cpu_share": load.cpu_share,
         "measured_s": load.seconds,
     });
+    if let Some(http) = &load.http {
+        let fields = serde_json::json!({
+            "http_clients": args.http_clients,
+            "http_rate_per_s": args.http_rate,
+            "scrape_rate_per_s": args.scrape_rate,
+            "coordinator_cpu_share_with_http": http.cpu_share,
+            "coordinator_cpu_share_windows": load.windows,
+            "coordinator_cpu_share_with_http_windows": http.windows,
+            "http_cpu_added_share": http.cpu_share - load.cpu_share,
+            "http_measured_s": http.seconds,
+            "jobs_list_requests": http.samples.jobs_list_ms.len(),
+            "jobs_list_p50_ms": http_load::quantile(&http.samples.jobs_list_ms, 0.5),
+            "jobs_list_p99_ms": http_load::quantile(&http.samples.jobs_list_ms, 0.99),
+            "jobs_list_max_ms": http_load::quantile(&http.samples.jobs_list_ms, 1.0),
+            "metrics_scrapes": http.samples.scrape_ms.len(),
+            "metrics_scrape_p50_ms": http_load::quantile(&http.samples.scrape_ms, 0.5),
+            "metrics_scrape_p99_ms": http_load::quantile(&http.samples.scrape_ms, 0.99),
+            "http_errors": http.samples.errors,
+        });
+        if let (Some(all), Some(more)) = (report.as_object_mut(), fields.as_object()) {
+            all.extend(more.clone());
+        }
+    }
     if args.json {
         println!("{report}");
     } else {
@@ -78,6 +107,30 @@ pub fn run(args: BenchFleetArgs) -> anyhow::Result<()> {
             args.sim_workers,
             load.seconds
         );
+        if let Some(http) = &load.http {
+            let list = &http.samples.jobs_list_ms;
+            println!(
+                "with HTTP load ({} connections, {} job lists/s, {} /metrics scrapes/s): {:.2}% of one core, {:+.2} points; jobs list p50 {:.1} ms, p99 {:.1} ms over {} requests; /metrics p50 {:.1} ms over {}; {} errors",
+                args.http_clients,
+                args.http_rate,
+                args.scrape_rate,
+                http.cpu_share * 100.0,
+                (http.cpu_share - load.cpu_share) * 100.0,
+                http_load::quantile(list, 0.5),
+                http_load::quantile(list, 0.99),
+                list.len(),
+                http_load::quantile(&http.samples.scrape_ms, 0.5),
+                http.samples.scrape_ms.len(),
+                http.samples.errors,
+            );
+        }
+    }
+    if let Some(error) = load
+        .http
+        .as_ref()
+        .and_then(|h| h.samples.first_error.as_ref())
+    {
+        eprintln!("first HTTP failure: {error}");
     }
     Ok(())
 }
@@ -126,8 +179,20 @@ async fn time_to_first_step(
 
 struct Load {
     queued: usize,
+    /// The coordinator's CPU share without HTTP load (mean of the windows).
     cpu_share: f64,
+    /// Each window's share.
+    windows: Vec<f64>,
     seconds: f64,
+    /// The windows with HTTP load, with --http-clients.
+    http: Option<HttpFigures>,
+}
+
+struct HttpFigures {
+    cpu_share: f64,
+    windows: Vec<f64>,
+    seconds: f64,
+    samples: http_load::Samples,
 }
 
 /// Queues the jobs, starts the simulated workers, and measures.
@@ -149,13 +214,50 @@ async fn coordinator_load(
     // Let registration and the first placements settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = fleet.coordinator_pid().expect("the coordinator runs");
-    let before = cpu_seconds(pid)?;
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
-    let used = cpu_seconds(pid)? - before;
-    let seconds = start.elapsed().as_secs_f64();
-    for task in &tasks {
-        task.abort();
+    let window = Duration::from_secs_f64(args.seconds);
+    let address = fleet.url().trim_start_matches("http://").to_string();
+    let (mut quiet, mut loaded) = (Vec::new(), Vec::new());
+    let mut samples = http_load::Samples::default();
+    let rounds = if args.http_clients > 0 {
+        args.http_rounds.max(1)
+    } else {
+        1
+    };
+    for _ in 0..rounds {
+        quiet.push(cpu_share_over(pid, window).await?);
+        if args.http_clients > 0 {
+            let load = http_load::HttpLoad::start(
+                &address,
+                fleet.tenant_token(),
+                args.http_clients,
+                args.http_rate,
+                args.scrape_rate,
+            );
+            loaded.push(cpu_share_over(pid, window).await?);
+            samples.add(load.stop().await);
+        }
+    }
+    let mut stopped = 0;
+    for task in tasks {
+        if task.is_finished() {
+            stopped += 1;
+            if stopped == 1 {
+                let why = match task.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Ok(Ok(())) => "its heartbeat stream ended".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!("a simulated worker stopped early: {why}");
+            }
+        } else {
+            task.abort();
+        }
+    }
+    if stopped > 0 {
+        eprintln!(
+            "{stopped} of {} simulated workers stopped early",
+            args.sim_workers
+        );
     }
     let queued = conn
         .list(1000, None)
@@ -164,11 +266,40 @@ async fn coordinator_load(
         .iter()
         .filter(|j| j.status == JobStatus::Queued)
         .count();
+    let mean = |shares: &[(f64, f64)]| {
+        let (used, seconds) = shares.iter().fold((0.0, 0.0), |(u, s), (share, secs)| {
+            (u + share * secs, s + secs)
+        });
+        (used / seconds, seconds)
+    };
+    let (cpu_share, seconds) = mean(&quiet);
+    let http = (!loaded.is_empty()).then(|| {
+        let (cpu_share, seconds) = mean(&loaded);
+        HttpFigures {
+            cpu_share,
+            windows: loaded.iter().map(|(share, _)| *share).collect(),
+            seconds,
+            samples,
+        }
+    });
     Ok(Load {
         queued,
-        cpu_share: used / seconds,
+        cpu_share,
+        windows: quiet.iter().map(|(share, _)| *share).collect(),
         seconds,
+        http,
     })
+}
+
+/// The coordinator's CPU time over `window` as a share of one core, and
+/// the seconds it was measured over.
+async fn cpu_share_over(pid: u32, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let before = cpu_seconds(pid)?;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let used = cpu_seconds(pid)? - before;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok((used / seconds, seconds))
 }
 
 /// A worker that registers, reports every second, and answers each
@@ -190,6 +321,8 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
         .map_err(CallError::from)?
         .into_inner();
     let id = reply.worker_id;
+    // Every report proves the worker is the one that registered.
+    let secret = reply.worker_secret;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let report = |job: &str, attempt: u32| api::WorkerReport {
         worker_id: id.clone(),
@@ -201,6 +334,7 @@ async fn simulated_worker(conn: Connection, i: usize) -> anyhow::Result<()> {
             api::RankState::Running
         }
         .into(),
+        worker_secret: secret.clone(),
         ..Default::default()
     };
     tx.send(report("", 0)).await?;
