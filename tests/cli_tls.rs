@@ -358,3 +358,38 @@ fn a_caller_that_never_finishes_its_handshake_is_dropped_and_others_get_in() {
         "an idle caller was kept {waited:?}"
     );
 }
+
+#[test]
+fn the_http_api_answers_over_tls_to_clients_that_speak_only_http1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TestCa::new("lorafleet test CA");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let (cert, key) = ca.issue(dir, "coordinator", &["127.0.0.1"], CURRENT);
+    let mut fleet = serve_tls(dir, &cert, &key, Vec::new());
+    // What the openai package's HTTP client offers: ALPN http/1.1 only.
+    let script = r#"
+import json, ssl, sys, urllib.request
+url, ca, token = sys.argv[1:4]
+context = ssl.create_default_context(cafile=ca)
+context.set_alpn_protocols(["http/1.1"])
+request = urllib.request.Request(url + "/v1/models", headers={"Authorization": "Bearer " + token})
+with urllib.request.urlopen(request, context=context, timeout=30) as response:
+    models = [m["id"] for m in json.load(response)["data"]]
+    print(response.version, " ".join(models))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &fleet.url])
+        .arg(&ca_file)
+        .arg(TOKEN)
+        .output()
+        .expect("python3 runs");
+    // gRPC on the same port still works.
+    let jobs = client(&fleet.url, Some(&ca_file), &["jobs"]);
+    fleet.kill_server();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("11 "), "not HTTP/1.1: {stdout}");
+    assert!(stdout.contains("tiny"), "{stdout}");
+    assert!(jobs.status.success(), "jobs: {}", text(&jobs.stderr));
+}

@@ -79,7 +79,7 @@ fn the_openai_client_fine_tunes_downloads_and_cannot_cross_tenants() {
     // The same checkpoint through the CLI: byte for byte the same adapter.
     let cli_out = dir.join("cli-download");
     let out = fleet.cli(
-        None,
+        Some("token-of-a"),
         &[
             "download",
             job,

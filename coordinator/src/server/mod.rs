@@ -242,10 +242,6 @@ pub async fn serve(
             coordinator.inner.stopping.send_replace(true);
         }
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &coordinator.inner.config.tls {
-        builder = builder.tls_config(tls.tonic_config())?;
-    }
     let control = tokio::spawn(coordinator.clone().run_control());
     let jobs = JobsServer::new(coordinator.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -259,14 +255,24 @@ pub async fn serve(
         .add_service(workers)
         .into_axum_router()
         .merge(http::router(coordinator.clone()));
-    let result = builder
+    let router = tonic::transport::Server::builder()
         .layer(http::metrics::RequestMetricsLayer::new(&coordinator))
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_routes(tonic::service::Routes::from(routes));
+    let result = match coordinator.inner.config.tls.clone() {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
     control.abort();
     coordinator.inner.store.close().await;
     result.map_err(ServerError::from)

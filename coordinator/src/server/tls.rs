@@ -3,15 +3,26 @@
 //! before the port opens, so a wrong file is one clear error naming it
 //! rather than a refused handshake later.
 //!
-//! Not here: serving (`server::serve` hands `ServerTls::tonic_config` to
-//! tonic), the clients' side (`client::tls`).
+//! [`ServerTls::incoming`] turns the listening socket into handshaken
+//! connections that offer both `h2` (gRPC, browsers) and `http/1.1` (the
+//! HTTP routes' other clients) by ALPN; tonic's own TLS offers only `h2`,
+//! which clients limited to HTTP/1.1 cannot agree to.
+//!
+//! Not here: serving (`server::serve`), the clients' side (`client::tls`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use futures::Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Identity, ServerTlsConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// How long a caller has to finish its TLS handshake: connections that
 /// open and say nothing do not pile up.
@@ -21,8 +32,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ServerTls {
     cert_path: PathBuf,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    config: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -102,8 +112,7 @@ impl ServerTls {
             key: key.to_path_buf(),
             reason,
         };
-        // What tonic will do at start, done here to name the files.
-        rustls::ServerConfig::builder_with_provider(
+        let mut config = rustls::ServerConfig::builder_with_provider(
             rustls::crypto::ring::default_provider().into(),
         )
         .with_safe_default_protocol_versions()
@@ -116,10 +125,10 @@ impl ServerTls {
             }
             other => mismatch(other.to_string()),
         })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls {
             cert_path: cert.to_path_buf(),
-            cert_pem,
-            key_pem,
+            config: Arc::new(config),
         })
     }
 
@@ -128,12 +137,46 @@ impl ServerTls {
         &self.cert_path
     }
 
-    /// tonic's settings for this identity. Installs ring as this process's
-    /// rustls provider first (tonic's server takes the process default).
-    pub(crate) fn tonic_config(&self) -> ServerTlsConfig {
-        crate::client::use_ring_provider();
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+    /// The connections `listener` accepts, once their TLS handshake is
+    /// done. Each handshake runs in its own task and has
+    /// [`HANDSHAKE_TIMEOUT`] to finish, so a caller that opens a connection
+    /// and says nothing delays no one; failed handshakes are logged and
+    /// dropped. Accepting stops when the stream is dropped.
+    pub(crate) fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<> {
+        let acceptor = TlsAcceptor::from(self.config.clone());
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, go on.
+                        tracing::warn!("cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
     }
 }
