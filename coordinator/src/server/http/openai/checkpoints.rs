@@ -49,7 +49,7 @@ pub(super) async fn list(
         .list_checkpoints(&job.id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    checkpoints.sort_by(|a, b| b.step.cmp(&a.step));
+    checkpoints.sort_by_key(|c| std::cmp::Reverse(c.step));
     if let Some(after) = &query.after {
         let Some(at) = checkpoints
             .iter()

@@ -251,7 +251,7 @@ impl CreateJob {
             return Err(ApiError::invalid("lorafleet.workers must be at least 1")
                 .param("lorafleet.workers"));
         }
-        if resolved.batch_size % workers != 0 {
+        if !resolved.batch_size.is_multiple_of(workers) {
             return Err(ApiError::invalid(format!(
                 "batch_size {} cannot be split evenly over {workers} workers",
                 resolved.batch_size

@@ -299,10 +299,11 @@ pub(super) async fn delete(
         .delete_file(&caller.tenant.id, &id)
         .await
         .map_err(file_error)?;
-    if !shared && !named_by_unfinished_job(&coordinator, &caller, &file.path).await? {
-        if let Err(e) = tokio::fs::remove_file(&file.path).await {
-            tracing::warn!("file {id}: cannot remove {}: {e}", file.path);
-        }
+    if !shared
+        && !named_by_unfinished_job(&coordinator, &caller, &file.path).await?
+        && let Err(e) = tokio::fs::remove_file(&file.path).await
+    {
+        tracing::warn!("file {id}: cannot remove {}: {e}", file.path);
     }
     Ok(Json(
         json!({ "id": file.id, "object": "file", "deleted": true }),
