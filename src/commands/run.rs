@@ -100,6 +100,11 @@ async fn drive(
         job.name,
         fleet.worker_count()
     );
+    eprintln!(
+        "console and OpenAI-compatible API at {}/ while it runs (token {})",
+        fleet.url(),
+        fleet.tenant_token()
+    );
     let started = Instant::now();
     let mut restarts = 0;
     let following = follow(&conn, &job.id, args.json);
