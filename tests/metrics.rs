@@ -217,6 +217,9 @@ fn per_job_samples(families: &Families) -> Vec<Sample> {
         .collect()
 }
 
+/// A histogram's `(le, cumulative count)` buckets per label set.
+type Buckets = BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>>;
+
 /// Every histogram's buckets, per label set: cumulative counts that never
 /// fall as `le` grows, ending with `+Inf` equal to `_count`.
 fn assert_histograms_are_sound(families: &Families) {
@@ -226,7 +229,7 @@ fn assert_histograms_are_sound(families: &Families) {
             continue;
         }
         histograms += 1;
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series = Buckets::new();
         for s in samples.iter().filter(|s| s.name.ends_with("_bucket")) {
             let le: f64 = match s.labels["le"].as_str() {
                 "+Inf" => f64::INFINITY,
