@@ -16,6 +16,7 @@
 //! - [`generate`]: text generation with a KV cache; [`bench`]: the
 //!   workloads `lorafleet bench` measures.
 //! - [`device`]: the compute backend, frozen-weight precision, CPU threads.
+//! - [`suggest`]: "did you mean ...?" for misspelt words.
 //!
 //! **Architecture invariant:** this crate knows nothing of job specs, gRPC
 //! or the coordinator, and model code never names a backend: the
@@ -31,5 +32,6 @@ pub mod generate;
 pub mod lora;
 pub mod model;
 pub mod storage;
+pub mod suggest;
 pub mod tokenizer;
 pub mod train;
