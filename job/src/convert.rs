@@ -44,6 +44,8 @@ impl From<spec::DatasetFormat> for Format {
             spec::DatasetFormat::Text => Format::Text,
             spec::DatasetFormat::Completion => Format::Completion,
             spec::DatasetFormat::Chat => Format::Chat,
+            spec::DatasetFormat::Alpaca => Format::Alpaca,
+            spec::DatasetFormat::ShareGpt => Format::ShareGpt,
         }
     }
 }

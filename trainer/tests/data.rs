@@ -352,7 +352,7 @@ fn every_bad_line_is_reported_with_file_and_line() {
         [
             "d.jsonl:2: not JSON: EOF while parsing a value at column 9",
             "d.jsonl:3: not a JSON object (got a list)",
-            "d.jsonl:4: unknown shape: expected a \"text\", \"prompt\" and \"completion\", or \"messages\" key (keys: input)",
+            "d.jsonl:4: unknown shape: expected a \"text\", \"prompt\" and \"completion\", \"messages\", \"instruction\" and \"output\", or \"conversations\" key (keys: input)",
             "d.jsonl:5: mixed shapes: this line is completion, line 1 is text (use one shape per file)",
             "d.jsonl:6: \"text\" is empty",
             "d.jsonl:8: \"text\" is not a string (got a number)",
@@ -400,7 +400,7 @@ fn a_forced_format_names_itself() {
     assert_eq!("chat".parse::<Format>().unwrap(), Format::Chat);
     assert_eq!(
         "jsonl".parse::<Format>().unwrap_err().to_string(),
-        "format: must be auto, text, completion or chat, got \"jsonl\""
+        "format: must be auto, text, completion, chat, alpaca or sharegpt, got \"jsonl\""
     );
 }
 
@@ -776,16 +776,16 @@ fn cutting_before_tokenizing_gives_the_same_samples_with_a_bpe_tokenizer() {
         // The prompt ends just inside the budget; the completion gets the rest.
         completion(prefix(budget - 10), &long),
         completion(prefix(budget - 20_000), &long),
-        RawSample::Chat(vec![turn("system", &long), turn("assistant", "a")]),
-        RawSample::Chat(vec![turn("user", &long), turn("assistant", &long)]),
-        RawSample::Chat(vec![turn("user", "q"), turn("assistant", &long)]),
-        RawSample::Chat(
+        RawSample::chat(vec![turn("system", &long), turn("assistant", "a")]),
+        RawSample::chat(vec![turn("user", &long), turn("assistant", &long)]),
+        RawSample::chat(vec![turn("user", "q"), turn("assistant", &long)]),
+        RawSample::chat(
             (0..40)
                 .map(|i| turn(["user", "assistant"][i % 2], prefix(budget / 8 + i)))
                 .collect(),
         ),
         // Short turns, many of them: cut by the length of the rendering.
-        RawSample::Chat(
+        RawSample::chat(
             (0..2_000)
                 .map(|i| turn(["user", "assistant"][i % 2], prefix(20 + i % 7)))
                 .collect(),

@@ -568,7 +568,7 @@ fn words_must_be_known_with_a_suggestion() {
         problem(
             "name: t\nmodel: {preset: tiny}\ndataset: {train: d, format: jsonl}\ntraining: {max_steps: 1}\n"
         ),
-        "job.yaml:3:29: dataset.format: unknown value \"jsonl\"; allowed: auto, text, completion, chat"
+        "job.yaml:3:29: dataset.format: unknown value \"jsonl\"; allowed: auto, text, completion, chat, alpaca, sharegpt"
     );
 }
 

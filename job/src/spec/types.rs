@@ -210,6 +210,10 @@ word_enum! {
         Completion = "completion",
         /// `{"messages": [{"role": ..., "content": ...}, ...]}`.
         Chat = "chat",
+        /// `{"instruction": ..., "input": ..., "output": ...}`: a completion.
+        Alpaca = "alpaca",
+        /// `{"conversations": [{"from": ..., "value": ...}, ...]}`: a chat.
+        ShareGpt = "sharegpt",
     }
 }
 

@@ -169,7 +169,10 @@ pub fn fit_to_budget(
             cut_text(prompt, budget);
             cut_text(completion, budget - prompt.len());
         }
-        RawSample::Chat(messages) => {
+        RawSample::Chat {
+            messages,
+            untrained,
+        } => {
             let mut left = budget;
             if let Some(cut) = messages.iter_mut().position(|m| {
                 let was_cut = cut_text(&mut m.content, left);
@@ -183,6 +186,8 @@ pub fn fit_to_budget(
                 messages.truncate(keep);
             }
             messages.shrink_to_fit();
+            untrained.retain(|&i| i < messages.len());
+            untrained.shrink_to_fit();
         }
     }
     Ok(())
@@ -239,7 +244,7 @@ pub fn text_bytes(raw: &RawSample) -> usize {
     match raw {
         RawSample::Text(text) => text.len(),
         RawSample::Completion { prompt, completion } => prompt.len() + completion.len(),
-        RawSample::Chat(messages) => messages
+        RawSample::Chat { messages, .. } => messages
             .iter()
             .map(|m| m.content.len() + CHAT_MARKUP_BYTES)
             .sum(),
@@ -282,11 +287,15 @@ fn encode_whole(
             b.push(&tokenizer.encode(completion, false).map_err(tok_err)?, true);
             b.push(&eos, true);
         }
-        RawSample::Chat(messages) => {
-            for (piece, is_assistant) in chat_pieces(messages, tokenizer)? {
+        RawSample::Chat {
+            messages,
+            untrained,
+        } => {
+            for (piece, assistant) in chat_pieces(messages, tokenizer)? {
                 let ids = tokenizer.encode(&piece, false).map_err(tok_err)?;
-                if !is_assistant {
-                    b.push(&ids, options.train_on_inputs);
+                // An assistant turn given `"weight": 0` is never a target.
+                if assistant.is_none_or(|i| untrained.binary_search(&i).is_ok()) {
+                    b.push(&ids, options.train_on_inputs && assistant.is_none());
                     continue;
                 }
                 // Targets end at the turn's last EOS; template text after it
@@ -309,12 +318,12 @@ fn encode_whole(
     Ok(b.finish(options.max_seq_len))
 }
 
-/// The rendered conversation cut into pieces, each flagged when it is an
-/// assistant turn (see the module doc).
+/// The rendered conversation cut into pieces, each with the index of the
+/// assistant message it is, if it is one (see the module doc).
 pub fn chat_pieces(
     messages: &[ChatMessage],
     tokenizer: &TextTokenizer,
-) -> Result<Vec<(String, bool)>, String> {
+) -> Result<Vec<(String, Option<usize>)>, String> {
     let render = |msgs: &[ChatMessage], gen_prompt: bool| {
         tokenizer
             .render_chat(msgs, gen_prompt)
@@ -339,22 +348,22 @@ pub fn chat_pieces(
             ));
         }
         if before.len() > done {
-            pieces.push((full[done..before.len()].to_string(), false));
+            pieces.push((full[done..before.len()].to_string(), None));
         }
         if through.len() > before.len() {
-            pieces.push((full[before.len()..through.len()].to_string(), true));
+            pieces.push((full[before.len()..through.len()].to_string(), Some(i)));
         }
         done = through.len();
     }
     if full.len() > done {
-        pieces.push((full[done..].to_string(), false));
+        pieces.push((full[done..].to_string(), None));
     }
     Ok(pieces)
 }
 
 /// Whether `tokenizer` can encode samples of `shape` (a chat needs a template).
 pub fn can_encode(shape: Shape, tokenizer: &TextTokenizer) -> bool {
-    shape != Shape::Chat || tokenizer.chat_template().is_some()
+    !matches!(shape, Shape::Chat | Shape::ShareGpt) || tokenizer.chat_template().is_some()
 }
 
 #[cfg(test)]
@@ -394,9 +403,9 @@ mod tests {
             [
                 (
                     "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n".to_string(),
-                    false
+                    None
                 ),
-                ("a<|im_end|>\n".to_string(), true),
+                ("a<|im_end|>\n".to_string(), Some(1)),
             ]
         );
     }
@@ -449,16 +458,16 @@ mod tests {
                 prompt: long.clone(),
                 completion: "a".into(),
             },
-            RawSample::Chat(vec![turn("user", &long), turn("assistant", &long)]),
-            RawSample::Chat(vec![turn("user", "q"), turn("assistant", &long)]),
+            RawSample::chat(vec![turn("user", &long), turn("assistant", &long)]),
+            RawSample::chat(vec![turn("user", "q"), turn("assistant", &long)]),
             // Many turns, each under the budget: cut by their sum.
-            RawSample::Chat(
+            RawSample::chat(
                 (0..40)
                     .map(|i| turn(["user", "assistant"][i % 2], &long[..budget / 8]))
                     .collect(),
             ),
             // Many short turns: cut by the length of their rendering.
-            RawSample::Chat(
+            RawSample::chat(
                 (0..2_000)
                     .map(|i| turn(["user", "assistant"][i % 2], ["0123456789", "é"][i % 2]))
                     .collect(),
@@ -488,7 +497,7 @@ mod tests {
             assert!(got.truncated);
         }
         // A short sample is left as it is.
-        let short = RawSample::Chat(vec![turn("user", "q"), turn("assistant", "a")]);
+        let short = RawSample::chat(vec![turn("user", "q"), turn("assistant", "a")]);
         assert_eq!(fitted(&short, &t, max_seq_len).0, short);
     }
 

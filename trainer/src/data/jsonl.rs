@@ -11,27 +11,47 @@
 //! few fields a sample can use (`record`), reading bytes
 //! ([`super::source`]) or tokenizing ([`super::format`]).
 
+mod alpaca;
+mod chat;
 mod record;
 
-use record::{Field, Line, Message, Messages, Record};
+use record::{Field, Line, Record};
 
 use super::{Format, Shape};
 use crate::tokenizer::ChatMessage;
 
-/// A line's content, checked but not yet tokenized.
+/// A line's content, checked but not yet tokenized: what is encoded. An
+/// Alpaca record becomes a `Completion`, a ShareGPT one a `Chat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawSample {
     Text(String),
-    Completion { prompt: String, completion: String },
-    Chat(Vec<ChatMessage>),
+    Completion {
+        prompt: String,
+        completion: String,
+    },
+    Chat {
+        messages: Vec<ChatMessage>,
+        /// The indexes of the assistant messages given `"weight": 0`, in
+        /// order: they are not targets.
+        untrained: Vec<usize>,
+    },
 }
 
 impl RawSample {
+    /// A chat whose assistant messages are all targets.
+    pub fn chat(messages: Vec<ChatMessage>) -> RawSample {
+        RawSample::Chat {
+            messages,
+            untrained: Vec::new(),
+        }
+    }
+
+    /// How it is encoded: `Text`, `Completion` or `Chat`.
     pub fn shape(&self) -> Shape {
         match self {
             RawSample::Text(_) => Shape::Text,
             RawSample::Completion { .. } => Shape::Completion,
-            RawSample::Chat(_) => Shape::Chat,
+            RawSample::Chat { .. } => Shape::Chat,
         }
     }
 }
@@ -46,6 +66,12 @@ pub const ROLE_CHARS_SHOWN: usize = 40;
 
 /// Parses one line (already known to be non-blank) in `format`.
 pub fn parse_line(line: &str, format: Format) -> Result<RawSample, String> {
+    parse_record(line, format).map(|(_, sample)| sample)
+}
+
+/// Parses one line (already known to be non-blank) in `format`: the
+/// record's shape (what one file keeps to) and its sample.
+pub fn parse_record(line: &str, format: Format) -> Result<(Shape, RawSample), String> {
     let record = match serde_json::from_str::<Line>(line).map_err(not_json)? {
         Line::Object(record) => record,
         Line::Other(kind) => return Err(format!("not a JSON object (got {kind})")),
@@ -54,11 +80,14 @@ pub fn parse_line(line: &str, format: Format) -> Result<RawSample, String> {
         Some(shape) => shape,
         None => detect_shape(&record)?,
     };
-    match shape {
+    let sample = match shape {
         Shape::Text => parse_text(record, format),
         Shape::Completion => parse_completion(record, format),
-        Shape::Chat => parse_chat(record, format),
-    }
+        Shape::Chat => chat::parse_messages(record, format),
+        Shape::Alpaca => alpaca::parse_alpaca(record, format),
+        Shape::ShareGpt => chat::parse_conversations(record, format),
+    }?;
+    Ok((shape, sample))
 }
 
 /// `not JSON: <serde_json's reason> at column N` (the line is the caller's).
@@ -72,26 +101,50 @@ fn not_json(e: serde_json::Error) -> String {
 
 /// The shape a record's keys say it has, or why it has none.
 fn detect_shape(record: &Record) -> Result<Shape, String> {
-    let mut found: Vec<(Shape, &str)> = Vec::new();
-    if record.text.is_some() {
-        found.push((Shape::Text, "\"text\""));
-    }
-    if record.prompt.is_some() || record.completion.is_some() {
-        let key = if record.prompt.is_some() {
-            "\"prompt\""
-        } else {
-            "\"completion\""
-        };
-        found.push((Shape::Completion, key));
-    }
-    if record.messages.is_some() {
-        found.push((Shape::Chat, "\"messages\""));
-    }
+    let either = |a: &Option<Field>, b: &Option<Field>, ka, kb| match (a, b) {
+        (Some(_), _) => Some(ka),
+        (None, Some(_)) => Some(kb),
+        (None, None) => None,
+    };
+    let candidates = [
+        (Shape::Text, record.text.as_ref().map(|_| "\"text\"")),
+        (
+            Shape::Completion,
+            either(
+                &record.prompt,
+                &record.completion,
+                "\"prompt\"",
+                "\"completion\"",
+            ),
+        ),
+        (
+            Shape::Chat,
+            record.messages.as_ref().map(|_| "\"messages\""),
+        ),
+        (
+            Shape::Alpaca,
+            either(
+                &record.instruction,
+                &record.output,
+                "\"instruction\"",
+                "\"output\"",
+            ),
+        ),
+        (
+            Shape::ShareGpt,
+            record.conversations.as_ref().map(|_| "\"conversations\""),
+        ),
+    ];
+    let found: Vec<(Shape, &str)> = candidates
+        .into_iter()
+        .filter_map(|(shape, key)| key.map(|k| (shape, k)))
+        .collect();
     match found.as_slice() {
         [(shape, _)] => Ok(*shape),
         [] => Err(format!(
-            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", or \"messages\" key (keys: {})",
-            key_list(record)
+            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", \"messages\", \"instruction\" and \"output\", or \"conversations\" key (keys: {}){}",
+            key_list(record),
+            did_you_mean(&record.near_misses)
         )),
         [.., _] => {
             let keys: Vec<&str> = found.iter().map(|(_, k)| *k).collect();
@@ -101,6 +154,19 @@ fn detect_shape(record: &Record) -> Result<Shape, String> {
             ))
         }
     }
+}
+
+/// `; did you mean "instruction" for "instrution", "output" for "ouput"?`
+/// for the unknown keys that look like misspelt known ones, or nothing.
+fn did_you_mean(near_misses: &[(String, &'static str)]) -> String {
+    if near_misses.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = near_misses
+        .iter()
+        .map(|(key, known)| format!("{known:?} for {key:?}"))
+        .collect();
+    format!("; did you mean {}?", pairs.join(", "))
 }
 
 /// `a, b, c` (at most [`KEYS_SHOWN`] of them, then `...`), or `none`.
@@ -123,17 +189,32 @@ fn forced(format: Format) -> String {
     }
 }
 
+/// `no "key" key`, naming the format when forced and the record's key that
+/// looks like a misspelling of it.
+fn missing_key(key: &str, format: Format, near_misses: &[(String, &'static str)]) -> String {
+    let hint = match near_misses.iter().find(|(_, known)| *known == key) {
+        Some((typo, _)) => format!("; did you mean {key:?} for {typo:?}?"),
+        None => String::new(),
+    };
+    format!("no {key:?} key{}{hint}", forced(format))
+}
+
 /// A string field: present, a string.
-fn string_field(field: Option<Field>, key: &str, format: Format) -> Result<String, String> {
+fn string_field(
+    field: Option<Field>,
+    key: &str,
+    format: Format,
+    near_misses: &[(String, &'static str)],
+) -> Result<String, String> {
     match field {
-        None => Err(format!("no \"{key}\" key{}", forced(format))),
+        None => Err(missing_key(key, format, near_misses)),
         Some(Field::Str(s)) => Ok(s),
         Some(Field::Other(kind)) => Err(format!("\"{key}\" is not a string (got {kind})")),
     }
 }
 
 fn parse_text(record: Record, format: Format) -> Result<RawSample, String> {
-    let text = string_field(record.text, "text", format)?;
+    let text = string_field(record.text, "text", format, &record.near_misses)?;
     if text.trim().is_empty() {
         return Err("\"text\" is empty".into());
     }
@@ -141,61 +222,13 @@ fn parse_text(record: Record, format: Format) -> Result<RawSample, String> {
 }
 
 fn parse_completion(record: Record, format: Format) -> Result<RawSample, String> {
-    let prompt = string_field(record.prompt, "prompt", format)?;
-    let completion = string_field(record.completion, "completion", format)?;
+    let near = &record.near_misses;
+    let prompt = string_field(record.prompt, "prompt", format, near)?;
+    let completion = string_field(record.completion, "completion", format, near)?;
     if completion.is_empty() {
         return Err("\"completion\" is empty".into());
     }
     Ok(RawSample::Completion { prompt, completion })
-}
-
-fn parse_chat(record: Record, format: Format) -> Result<RawSample, String> {
-    let list = match record.messages {
-        None => return Err(format!("no \"messages\" key{}", forced(format))),
-        Some(Messages::List(list)) => list,
-        Some(Messages::Other(kind)) => {
-            return Err(format!("\"messages\" is not a list (got {kind})"));
-        }
-    };
-    if list.is_empty() {
-        return Err("\"messages\" is empty".into());
-    }
-    let mut messages = Vec::with_capacity(list.len());
-    for (i, item) in list.into_iter().enumerate() {
-        let (role, content) = match item {
-            Message::Other(kind) => {
-                return Err(format!("messages[{i}] is not an object (got {kind})"));
-            }
-            Message::Object { role, content } => (role, content),
-        };
-        let role = match role {
-            None => return Err(format!("messages[{i}] has no \"role\"")),
-            Some(Field::Str(r)) => r,
-            Some(Field::Other(kind)) => {
-                return Err(format!("messages[{i}].role is not a string (got {kind})"));
-            }
-        };
-        if !ROLES.contains(&role.as_str()) {
-            return Err(format!(
-                "messages[{i}].role {} is not system, user or assistant",
-                shown_role(&role)
-            ));
-        }
-        let content = match content {
-            None => return Err(format!("messages[{i}] has no \"content\"")),
-            Some(Field::Str(c)) => c,
-            Some(Field::Other(kind)) => {
-                return Err(format!(
-                    "messages[{i}].content is not a string (got {kind})"
-                ));
-            }
-        };
-        messages.push(ChatMessage::new(role, content));
-    }
-    if !messages.iter().any(|m| m.role == "assistant") {
-        return Err("conversation has no assistant turn".into());
-    }
-    Ok(RawSample::Chat(messages))
 }
 
 /// `"role"` quoted, its first [`ROLE_CHARS_SHOWN`] characters when longer.
@@ -269,7 +302,7 @@ mod tests {
         assert!(err("{oops").starts_with("not JSON: "), "{}", err("{oops"));
         assert_eq!(
             err(r#"{"input": "x"}"#),
-            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", or \"messages\" key (keys: input)"
+            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", \"messages\", \"instruction\" and \"output\", or \"conversations\" key (keys: input)"
         );
         assert_eq!(
             err(r#"{"text": "x", "messages": []}"#),
@@ -300,6 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn misspelt_keys_get_a_suggestion_when_no_shape_matches() {
+        assert_eq!(
+            err(r#"{"mesages": [], "id": 1}"#),
+            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", \"messages\", \"instruction\" and \"output\", or \"conversations\" key (keys: id, mesages); did you mean \"messages\" for \"mesages\"?"
+        );
+        assert!(
+            err(r#"{"conversation": [], "Text": "x"}"#).ends_with(
+                "(keys: Text, conversation); did you mean \"conversations\" for \"conversation\", \"text\" for \"Text\"?"
+            ),
+            "{}",
+            err(r#"{"conversation": [], "Text": "x"}"#)
+        );
+        assert_eq!(
+            err(r#"{"prompt": "p", "completions": "c"}"#),
+            "no \"completion\" key; did you mean \"completion\" for \"completions\"?"
+        );
+    }
+
+    #[test]
     fn values_are_read_as_a_json_object_would_be() {
         // A key given twice keeps its last value; escaped keys are keys.
         assert_eq!(
@@ -313,7 +365,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             chat,
-            RawSample::Chat(vec![ChatMessage::new("assistant", "x\ny")])
+            RawSample::chat(vec![ChatMessage::new("assistant", "x\ny")])
         );
         assert_eq!(
             err(r#"{"text": {"nested": [1, {"a": null}]}}"#),
@@ -336,7 +388,7 @@ mod tests {
         let keys: Vec<String> = (0..20).map(|i| format!("\"k{i:02}\": 0")).collect();
         assert_eq!(
             err(&format!("{{{}}}", keys.join(", "))),
-            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", or \"messages\" key (keys: k00, k01, k02, k03, k04, k05, k06, k07, ...)"
+            "unknown shape: expected a \"text\", \"prompt\" and \"completion\", \"messages\", \"instruction\" and \"output\", or \"conversations\" key (keys: k00, k01, k02, k03, k04, k05, k06, k07, ...)"
         );
         let role = "r".repeat(10_000);
         assert_eq!(

@@ -170,6 +170,11 @@ pub enum Shape {
     Completion,
     /// `{"messages"}`
     Chat,
+    /// `{"instruction", "input", "output"}`, read as a completion.
+    Alpaca,
+    /// `{"conversations": [{"from", "value"}, ...]}`, read as a chat.
+    #[serde(rename = "sharegpt")]
+    ShareGpt,
 }
 
 impl Shape {
@@ -178,6 +183,8 @@ impl Shape {
             Shape::Text => "text",
             Shape::Completion => "completion",
             Shape::Chat => "chat",
+            Shape::Alpaca => "alpaca",
+            Shape::ShareGpt => "sharegpt",
         }
     }
 }
@@ -196,6 +203,8 @@ pub enum Format {
     Text,
     Completion,
     Chat,
+    Alpaca,
+    ShareGpt,
 }
 
 impl Format {
@@ -206,6 +215,8 @@ impl Format {
             Format::Text => Some(Shape::Text),
             Format::Completion => Some(Shape::Completion),
             Format::Chat => Some(Shape::Chat),
+            Format::Alpaca => Some(Shape::Alpaca),
+            Format::ShareGpt => Some(Shape::ShareGpt),
         }
     }
 }
@@ -219,9 +230,13 @@ impl FromStr for Format {
             "text" => Ok(Format::Text),
             "completion" => Ok(Format::Completion),
             "chat" => Ok(Format::Chat),
+            "alpaca" => Ok(Format::Alpaca),
+            "sharegpt" => Ok(Format::ShareGpt),
             other => Err(DataError::Config {
                 key: "format",
-                message: format!("must be auto, text, completion or chat, got {other:?}"),
+                message: format!(
+                    "must be auto, text, completion, chat, alpaca or sharegpt, got {other:?}"
+                ),
             }),
         }
     }

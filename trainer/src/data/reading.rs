@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::format::{Encoded, can_encode, encode_sample, fit_to_budget, text_bytes};
-use super::jsonl::{RawSample, ShapeTracker, parse_line};
+use super::jsonl::{RawSample, ShapeTracker, parse_record};
 use super::source::DataSource;
 use super::{DataError, DataOptions, LineProblem, MAX_PROBLEMS, Shape};
 use crate::tokenizer::TextTokenizer;
@@ -79,10 +79,9 @@ fn prepare_line(
     if text.trim().is_empty() {
         return LineOutcome::Blank;
     }
-    match parse_line(text, options.format) {
+    match parse_record(text, options.format) {
         Err(message) => LineOutcome::Bad(message),
-        Ok(mut raw) => {
-            let shape = raw.shape();
+        Ok((shape, mut raw)) => {
             if !can_encode(shape, tokenizer) {
                 return LineOutcome::Parsed(shape, Err(String::new()));
             }
@@ -375,7 +374,8 @@ pub fn check_records(source: &DataSource, format: super::Format) -> Result<usize
                 if text.trim().is_empty() {
                     continue;
                 }
-                match parse_line(text, format).and_then(|raw| tracker.check(raw.shape(), number)) {
+                match parse_record(text, format).and_then(|(shape, _)| tracker.check(shape, number))
+                {
                     Ok(()) => {
                         records += 1;
                         continue;

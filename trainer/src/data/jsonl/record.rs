@@ -2,7 +2,9 @@
 //! use ([`Record`]): the strings are kept, any other value is skipped and
 //! only its kind is remembered (for "is not a string (got a list)"), keys
 //! the shapes do not use are skipped, and of all the keys only the first
-//! [`KEYS_SHOWN`] in sorted order are named. So a record costs about its
+//! [`KEYS_SHOWN`] in sorted order are named (plus at most as many unknown
+//! keys that look like misspellings of known ones, each a few characters,
+//! for "did you mean"). So a record costs about its
 //! own size in memory, whatever it holds (a generic JSON tree costs 10–20×
 //! the text of a list of small objects).
 //!
@@ -15,6 +17,19 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::KEYS_SHOWN;
+use crate::suggest::closest;
+
+/// Every key a shape reads, for "did you mean" on unknown keys.
+pub(super) const RECORD_KEYS: [&str; 8] = [
+    "text",
+    "prompt",
+    "completion",
+    "messages",
+    "instruction",
+    "input",
+    "output",
+    "conversations",
+];
 
 /// A whole line: an object, or the kind of value it is instead.
 pub(super) enum Line {
@@ -34,6 +49,13 @@ pub(super) struct Record {
     pub(super) prompt: Option<Field>,
     pub(super) completion: Option<Field>,
     pub(super) messages: Option<Messages>,
+    pub(super) instruction: Option<Field>,
+    pub(super) input: Option<Field>,
+    pub(super) output: Option<Field>,
+    pub(super) conversations: Option<Messages>,
+    /// Unknown keys close to a key of [`RECORD_KEYS`] and that key, in the
+    /// order met (at most [`KEYS_SHOWN`]).
+    pub(super) near_misses: Vec<(String, &'static str)>,
 }
 
 impl Record {
@@ -46,6 +68,16 @@ impl Record {
             self.more_keys = true;
         }
     }
+
+    /// Remembers `key` when it is not one a shape reads but looks like a
+    /// misspelling of one.
+    fn note_near_miss(&mut self, key: &str) {
+        if self.near_misses.len() < KEYS_SHOWN
+            && let Some(known) = closest(key, RECORD_KEYS)
+        {
+            self.near_misses.push((key.to_owned(), known));
+        }
+    }
 }
 
 /// A value where a string is wanted.
@@ -55,19 +87,34 @@ pub(super) enum Field {
     Other(&'static str),
 }
 
-/// The value of `"messages"`.
+/// The value of `"weight"` in a message: a number, or the kind of value
+/// it is instead.
+pub(super) enum Weight {
+    Number(f64),
+    Other(&'static str),
+}
+
+/// The value of `"messages"` or `"conversations"`.
 pub(super) enum Messages {
     List(Vec<Message>),
     Other(&'static str),
 }
 
-/// One item of `"messages"`.
+/// One item of `"messages"` (`role`, `content`, `weight`) or of
+/// `"conversations"` (`from`, `value`).
 pub(super) enum Message {
-    Object {
-        role: Option<Field>,
-        content: Option<Field>,
-    },
+    Object(Turn),
     Other(&'static str),
+}
+
+/// The keys of a message object that a shape reads.
+#[derive(Default)]
+pub(super) struct Turn {
+    pub(super) role: Option<Field>,
+    pub(super) content: Option<Field>,
+    pub(super) weight: Option<Weight>,
+    pub(super) from: Option<Field>,
+    pub(super) value: Option<Field>,
 }
 
 /// Skips the rest of a list without keeping it.
@@ -156,17 +203,20 @@ impl<'de> Deserialize<'de> for Message {
                 skip_seq(seq).map(|()| Message::Other("a list"))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
-                let (mut role, mut content) = (None, None);
+                let mut turn = Turn::default();
                 while let Some(key) = map.next_key::<MessageKey>()? {
                     match key {
-                        MessageKey::Role => role = Some(map.next_value()?),
-                        MessageKey::Content => content = Some(map.next_value()?),
+                        MessageKey::Role => turn.role = Some(map.next_value()?),
+                        MessageKey::Content => turn.content = Some(map.next_value()?),
+                        MessageKey::Weight => turn.weight = Some(map.next_value()?),
+                        MessageKey::From => turn.from = Some(map.next_value()?),
+                        MessageKey::Value => turn.value = Some(map.next_value()?),
                         MessageKey::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(Message::Object { role, content })
+                Ok(Message::Object(turn))
             }
         }
         deserializer.deserialize_any(MessageVisitor)
@@ -177,6 +227,9 @@ impl<'de> Deserialize<'de> for Message {
 enum MessageKey {
     Role,
     Content,
+    Weight,
+    From,
+    Value,
     Other,
 }
 
@@ -192,11 +245,52 @@ impl<'de> Deserialize<'de> for MessageKey {
                 Ok(match v {
                     "role" => MessageKey::Role,
                     "content" => MessageKey::Content,
+                    "weight" => MessageKey::Weight,
+                    "from" => MessageKey::From,
+                    "value" => MessageKey::Value,
                     _ => MessageKey::Other,
                 })
             }
         }
         deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
+        struct WeightVisitor;
+        impl<'de> Visitor<'de> for WeightVisitor {
+            type Value = Weight;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            other_string!(Weight::Other);
+            fn visit_bool<E>(self, _: bool) -> Result<Weight, E> {
+                Ok(Weight::Other("a boolean"))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Weight, E> {
+                Ok(Weight::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Weight, E> {
+                Ok(Weight::Number(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Weight, E> {
+                Ok(Weight::Number(v))
+            }
+            fn visit_unit<E>(self) -> Result<Weight, E> {
+                Ok(Weight::Other("null"))
+            }
+            fn visit_none<E>(self) -> Result<Weight, E> {
+                Ok(Weight::Other("null"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Weight, A::Error> {
+                skip_seq(seq).map(|()| Weight::Other("a list"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Weight, A::Error> {
+                skip_map(map).map(|()| Weight::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(WeightVisitor)
     }
 }
 
@@ -246,8 +340,13 @@ impl<'de> Deserialize<'de> for Line {
                         "prompt" => record.prompt = Some(map.next_value()?),
                         "completion" => record.completion = Some(map.next_value()?),
                         "messages" => record.messages = Some(map.next_value()?),
+                        "instruction" => record.instruction = Some(map.next_value()?),
+                        "input" => record.input = Some(map.next_value()?),
+                        "output" => record.output = Some(map.next_value()?),
+                        "conversations" => record.conversations = Some(map.next_value()?),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
+                            record.note_near_miss(&key);
                         }
                     }
                     record.note_key(key);
