@@ -2,9 +2,10 @@
 //! messages users see for bad lines.
 //!
 //! Owns: parsing a line (its JSON decoded by `record`), shape detection and
-//! forcing, value checks (empty text, unknown roles, a chat without an
-//! assistant turn, ...) and the per-file shape consistency of
-//! `format: auto` ([`ShapeTracker`]). Each check returns the message part
+//! forcing, value checks (empty text, a missing key with a did-you-mean
+//! for a misspelt one, ...) and the per-file shape consistency of
+//! `format: auto` ([`ShapeTracker`]); the chat shapes' checks (roles,
+//! weights) are in `chat`, Alpaca's prompt in `alpaca`. Each check returns the message part
 //! of `FILE:LINE: message`; the caller adds the file and line. The messages
 //! users see name at most [`KEYS_SHOWN`] keys and [`ROLE_CHARS_SHOWN`]
 //! characters of a role. Not here: how a line's JSON is decoded into the
@@ -73,7 +74,7 @@ pub fn parse_line(line: &str, format: Format) -> Result<RawSample, String> {
 /// record's shape (what one file keeps to) and its sample.
 pub fn parse_record(line: &str, format: Format) -> Result<(Shape, RawSample), String> {
     let record = match serde_json::from_str::<Line>(line).map_err(not_json)? {
-        Line::Object(record) => record,
+        Line::Object(record) => *record,
         Line::Other(kind) => return Err(format!("not a JSON object (got {kind})")),
     };
     let shape = match format.shape() {

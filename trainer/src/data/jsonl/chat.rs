@@ -139,8 +139,8 @@ fn string_of(field: Option<Field>, list: &str, i: usize, key: &str) -> Result<St
 fn weight_is_one(weight: Option<Weight>, list: &str, i: usize) -> Result<bool, String> {
     match weight {
         None => Ok(true),
-        Some(Weight::Number(w)) if w == 1.0 => Ok(true),
-        Some(Weight::Number(w)) if w == 0.0 => Ok(false),
+        Some(Weight::Number(1.0)) => Ok(true),
+        Some(Weight::Number(0.0)) => Ok(false),
         Some(Weight::Number(w)) => Err(format!("{list}[{i}].weight must be 0 or 1 (got {w})")),
         Some(Weight::Other(kind)) => Err(format!("{list}[{i}].weight must be 0 or 1 (got {kind})")),
     }

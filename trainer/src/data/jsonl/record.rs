@@ -33,7 +33,7 @@ pub(super) const RECORD_KEYS: [&str; 8] = [
 
 /// A whole line: an object, or the kind of value it is instead.
 pub(super) enum Line {
-    Object(Record),
+    Object(Box<Record>),
     Other(&'static str),
 }
 
@@ -351,7 +351,7 @@ impl<'de> Deserialize<'de> for Line {
                     }
                     record.note_key(key);
                 }
-                Ok(Line::Object(record))
+                Ok(Line::Object(Box::new(record)))
             }
         }
         deserializer.deserialize_any(LineVisitor)
