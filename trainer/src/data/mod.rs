@@ -2,7 +2,7 @@
 //! batches each rank trains on at each step.
 //!
 //! Owns: reading datasets through `object_store` ([`source`]), parsing and
-//! checking the three JSONL shapes ([`jsonl`]), tokenizing them with loss
+//! checking the five JSONL shapes ([`jsonl`]), tokenizing them with loss
 //! masks ([`format`](mod@format)), truncation, reading a file's lines into
 //! samples within memory bounds ([`reading`]), packing ([`packing`]),
 //! held-out splits and statistics ([`dataset`]), the deterministic distributed sampler
@@ -12,18 +12,26 @@
 //! coordinator fills a [`DatasetConfig`]). This module does not depend on
 //! burn.
 //!
-//! # The three shapes
+//! # The shapes
 //!
-//! Each non-blank line of a file is one JSON object in one of three shapes,
-//! detected per file (`format: auto`: the first valid line decides, a later
-//! line of another shape is an error) or forced (`text`, `completion`,
-//! `chat`). Extra keys are ignored.
+//! Each non-blank line of a file is one JSON object in one of five shapes,
+//! detected per file from its keys (`format: auto`: the first valid line
+//! decides, a later line of another shape is an error; a line with the
+//! keys of two shapes is ambiguous) or forced (`text`, `completion`,
+//! `chat`, `alpaca`, `sharegpt`). Extra keys are ignored.
 //!
-//! | shape | line | targets (unless `train_on_inputs`) |
+//! | shape | line (detected by) | targets (unless `train_on_inputs`) |
 //! |---|---|---|
 //! | text | `{"text": "..."}` | every token, plus EOS appended |
 //! | completion | `{"prompt": "...", "completion": "..."}` | the completion's tokens plus EOS; the prompt is masked |
-//! | chat | `{"messages": [{"role": "system"\|"user"\|"assistant", "content": "..."}, ...]}` | each assistant turn's tokens up to and including the EOS the template closes it with; system and user turns and the template's own markup are masked |
+//! | chat | `{"messages": [{"role": "system"\|"user"\|"assistant", "content": "...", "weight": 0\|1}, ...]}` | each assistant turn's tokens up to and including the EOS the template closes it with, except a turn with `"weight": 0` (never a target, even with `train_on_inputs`); system and user turns and the template's own markup are masked |
+//! | alpaca | `{"instruction": "...", "input": "...", "output": "..."}` (`instruction` or `output`) | a completion: prompt = instruction, then `"\n\n"` and the input when it is not empty (absent and `null` are empty); completion = output, right after the prompt |
+//! | sharegpt | `{"conversations": [{"from": "system"\|"human"\|"gpt", "value": "..."}, ...]}` | a chat: `human` (or `user`) is the user, `gpt` (or `assistant`) the assistant, `system` the system |
+//!
+//! A bad line names its field (`messages[1].weight must be 0 or 1 (got
+//! 0.5)`), and a misspelt key or role gets a suggestion (`unknown shape:
+//! ... (keys: mesages); did you mean "messages" for "mesages"?`,
+//! `conversations[0].from "humman" is not ...; did you mean "human"?`).
 //!
 //! `text` and `prompt` are encoded as a prompt
 //! ([`TextTokenizer::encode_prompt`](crate::tokenizer::TextTokenizer::encode_prompt):
