@@ -8,7 +8,7 @@
 //! weight is an error. Not here: decoding the JSON (`record`), tokenizing
 //! (`format`).
 
-use super::record::{Field, Message, Messages, Record, Weight};
+use super::record::{Field, Keys, Message, Messages, Record, Weight};
 use super::{Format, ROLES, RawSample, missing_key, shown_role};
 use crate::suggest::closest;
 use crate::tokenizer::ChatMessage;
@@ -66,8 +66,8 @@ pub(super) fn parse_conversations(record: Record, format: Format) -> Result<RawS
     )
 }
 
-fn parse_turns(
-    list: Option<Messages>,
+fn parse_turns<const K: Keys>(
+    list: Option<Messages<K>>,
     near_misses: &[(String, &'static str)],
     keys: &ChatKeys,
     format: Format,
@@ -92,11 +92,7 @@ fn parse_turns(
             }
             Message::Object(turn) => turn,
         };
-        let (role, content) = match keys.role {
-            "role" => (turn.role, turn.content),
-            _ => (turn.from, turn.value),
-        };
-        let role = string_of(role, name, i, keys.role)?;
+        let role = string_of(turn.role, name, i, keys.role)?;
         let Some(&(_, role)) = keys.roles.iter().find(|(word, _)| *word == role) else {
             let hint = match closest(&role, keys.roles.iter().map(|(word, _)| *word)) {
                 Some(word) => format!("; did you mean {word:?}?"),
@@ -109,7 +105,7 @@ fn parse_turns(
                 keys.roles_shown
             ));
         };
-        let content = string_of(content, name, i, keys.content)?;
+        let content = string_of(turn.content, name, i, keys.content)?;
         if !weight_is_one(turn.weight, name, i)? && role == "assistant" {
             untrained.push(i);
         }

@@ -48,11 +48,11 @@ pub(super) struct Record {
     pub(super) text: Option<Field>,
     pub(super) prompt: Option<Field>,
     pub(super) completion: Option<Field>,
-    pub(super) messages: Option<Messages>,
+    pub(super) messages: Option<Messages<OPENAI>>,
     pub(super) instruction: Option<Field>,
     pub(super) input: Option<Field>,
     pub(super) output: Option<Field>,
-    pub(super) conversations: Option<Messages>,
+    pub(super) conversations: Option<Messages<SHAREGPT>>,
     /// Unknown keys close to a key of [`RECORD_KEYS`] and that key, in the
     /// order met (at most [`KEYS_SHOWN`]).
     pub(super) near_misses: Vec<(String, &'static str)>,
@@ -94,27 +94,33 @@ pub(super) enum Weight {
     Other(&'static str),
 }
 
+/// Which keys of a message object hold its role and content: OpenAI's
+/// `role` and `content`, or ShareGPT's `from` and `value`.
+pub(super) type Keys = bool;
+/// `"messages"`: `role`, `content`.
+pub(super) const OPENAI: Keys = false;
+/// `"conversations"`: `from`, `value`.
+pub(super) const SHAREGPT: Keys = true;
+
 /// The value of `"messages"` or `"conversations"`.
-pub(super) enum Messages {
-    List(Vec<Message>),
+pub(super) enum Messages<const K: Keys> {
+    List(Vec<Message<K>>),
     Other(&'static str),
 }
 
-/// One item of `"messages"` (`role`, `content`, `weight`) or of
-/// `"conversations"` (`from`, `value`).
-pub(super) enum Message {
+/// One item of `"messages"` or `"conversations"`.
+pub(super) enum Message<const K: Keys> {
     Object(Turn),
     Other(&'static str),
 }
 
-/// The keys of a message object that a shape reads.
+/// The keys of a message object that a shape reads: its role (`role` or
+/// `from`), its content (`content` or `value`) and its `weight`.
 #[derive(Default)]
 pub(super) struct Turn {
     pub(super) role: Option<Field>,
     pub(super) content: Option<Field>,
     pub(super) weight: Option<Weight>,
-    pub(super) from: Option<Field>,
-    pub(super) value: Option<Field>,
 }
 
 /// Skips the rest of a list without keeping it.
@@ -189,29 +195,27 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
-impl<'de> Deserialize<'de> for Message {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Message, D::Error> {
-        struct MessageVisitor;
-        impl<'de> Visitor<'de> for MessageVisitor {
-            type Value = Message;
+impl<'de, const K: Keys> Deserialize<'de> for Message<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Message<K>, D::Error> {
+        struct MessageVisitor<const K: Keys>;
+        impl<'de, const K: Keys> Visitor<'de> for MessageVisitor<K> {
+            type Value = Message<K>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
             other_scalars!(Message::Other);
             other_string!(Message::Other);
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message<K>, A::Error> {
                 skip_seq(seq).map(|()| Message::Other("a list"))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message<K>, A::Error> {
                 let mut turn = Turn::default();
-                while let Some(key) = map.next_key::<MessageKey>()? {
+                while let Some(MessageKey::<K>(key)) = map.next_key()? {
                     match key {
-                        MessageKey::Role => turn.role = Some(map.next_value()?),
-                        MessageKey::Content => turn.content = Some(map.next_value()?),
-                        MessageKey::Weight => turn.weight = Some(map.next_value()?),
-                        MessageKey::From => turn.from = Some(map.next_value()?),
-                        MessageKey::Value => turn.value = Some(map.next_value()?),
-                        MessageKey::Other => {
+                        Key::Role => turn.role = Some(map.next_value()?),
+                        Key::Content => turn.content = Some(map.next_value()?),
+                        Key::Weight => turn.weight = Some(map.next_value()?),
+                        Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -219,40 +223,39 @@ impl<'de> Deserialize<'de> for Message {
                 Ok(Message::Object(turn))
             }
         }
-        deserializer.deserialize_any(MessageVisitor)
+        deserializer.deserialize_any(MessageVisitor::<K>)
     }
 }
 
 /// A key of a message object, read without being kept.
-enum MessageKey {
+enum Key {
     Role,
     Content,
     Weight,
-    From,
-    Value,
     Other,
 }
 
-impl<'de> Deserialize<'de> for MessageKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MessageKey, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = MessageKey;
+/// A key of a message object whose keys are `K`.
+struct MessageKey<const K: Keys>(Key);
+
+impl<'de, const K: Keys> Deserialize<'de> for MessageKey<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MessageKey<K>, D::Error> {
+        struct KeyVisitor<const K: Keys>;
+        impl<const K: Keys> Visitor<'_> for KeyVisitor<K> {
+            type Value = MessageKey<K>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a key")
             }
-            fn visit_str<E>(self, v: &str) -> Result<MessageKey, E> {
-                Ok(match v {
-                    "role" => MessageKey::Role,
-                    "content" => MessageKey::Content,
-                    "weight" => MessageKey::Weight,
-                    "from" => MessageKey::From,
-                    "value" => MessageKey::Value,
-                    _ => MessageKey::Other,
-                })
+            fn visit_str<E>(self, v: &str) -> Result<MessageKey<K>, E> {
+                Ok(MessageKey(match (K, v) {
+                    (OPENAI, "role") | (SHAREGPT, "from") => Key::Role,
+                    (OPENAI, "content") | (SHAREGPT, "value") => Key::Content,
+                    (_, "weight") => Key::Weight,
+                    _ => Key::Other,
+                }))
             }
         }
-        deserializer.deserialize_str(KeyVisitor)
+        deserializer.deserialize_str(KeyVisitor::<K>)
     }
 }
 
@@ -294,28 +297,28 @@ impl<'de> Deserialize<'de> for Weight {
     }
 }
 
-impl<'de> Deserialize<'de> for Messages {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Messages, D::Error> {
-        struct MessagesVisitor;
-        impl<'de> Visitor<'de> for MessagesVisitor {
-            type Value = Messages;
+impl<'de, const K: Keys> Deserialize<'de> for Messages<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Messages<K>, D::Error> {
+        struct MessagesVisitor<const K: Keys>;
+        impl<'de, const K: Keys> Visitor<'de> for MessagesVisitor<K> {
+            type Value = Messages<K>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
             other_scalars!(Messages::Other);
             other_string!(Messages::Other);
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages<K>, A::Error> {
                 let mut list = Vec::new();
                 while let Some(message) = seq.next_element()? {
                     list.push(message);
                 }
                 Ok(Messages::List(list))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Messages, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Messages<K>, A::Error> {
                 skip_map(map).map(|()| Messages::Other("an object"))
             }
         }
-        deserializer.deserialize_any(MessagesVisitor)
+        deserializer.deserialize_any(MessagesVisitor::<K>)
     }
 }
 
