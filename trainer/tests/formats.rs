@@ -252,3 +252,36 @@ fn bad_records_name_the_line_the_field_and_a_likely_spelling() {
     assert_eq!("sharegpt".parse::<Format>().unwrap(), Format::ShareGpt);
     assert_eq!("alpaca".parse::<Format>().unwrap(), Format::Alpaca);
 }
+
+#[test]
+fn a_weighted_chat_cut_to_max_seq_len_keeps_the_head_of_the_whole_one() {
+    let long = "long answer ".repeat(20_000);
+    let turn = ChatMessage::new;
+    let raw = RawSample::Chat {
+        messages: vec![
+            turn("user", "q"),
+            turn("assistant", "a"),
+            turn("user", "r"),
+            turn("assistant", &long),
+            turn("user", "s"),
+            turn("assistant", "b"),
+        ],
+        untrained: vec![1, 5],
+    };
+    let whole = by_hand(raw.clone(), &options());
+    for max_seq_len in [8, 60, 200] {
+        let opts = DataOptions {
+            max_seq_len,
+            ..options()
+        };
+        let (ids, mask) = by_hand(raw.clone(), &opts);
+        assert_eq!(ids, whole.0[..max_seq_len]);
+        assert_eq!(mask, whole.1[..max_seq_len]);
+    }
+    let a = [b("a"), vec![END]].concat();
+    let at = whole.0.windows(2).position(|w| w == a).unwrap();
+    assert!(
+        !whole.1[at] && !whole.1[at + 1],
+        "weight 0: a is not a target"
+    );
+}
