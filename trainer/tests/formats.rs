@@ -8,6 +8,7 @@
 //! records that are wrong.
 
 use trainer::data::format::encode_sample;
+use trainer::data::jsonl::alpaca_prompt;
 use trainer::data::{
     DataError, DataOptions, DataSource, Format, RawSample, Shape, TokenizedDataset, check_records,
     load_dataset,
@@ -75,14 +76,20 @@ fn alpaca_records_are_completions_of_instruction_and_input() {
         assert_eq!(ds.stats().shape, Some(Shape::Alpaca));
         assert_eq!(
             sample(&ds, 0),
-            by_hand(completion("Add.\n\n2 3", "5"), &opts)
+            by_hand(completion(&alpaca_prompt("Add.", "2 3"), "5"), &opts)
         );
-        assert_eq!(sample(&ds, 1), by_hand(completion("Say hi.", "hi"), &opts));
-        assert_eq!(sample(&ds, 2), by_hand(completion("Say no.", "no"), &opts));
+        assert_eq!(
+            sample(&ds, 1),
+            by_hand(completion(&alpaca_prompt("Say hi.", ""), "hi"), &opts)
+        );
+        assert_eq!(
+            sample(&ds, 2),
+            by_hand(completion(&alpaca_prompt("Say no.", ""), "no"), &opts)
+        );
     }
     // Exactly: the prompt masked, the output and EOS targets.
     let ds = load(content, &options()).unwrap();
-    let prompt = b("Add.\n\n2 3");
+    let prompt = b(&alpaca_prompt("Add.", "2 3"));
     let ids = [prompt.clone(), b("5"), vec![END]].concat();
     let mask: Vec<bool> = (0..ids.len()).map(|t| t >= prompt.len()).collect();
     assert_eq!(sample(&ds, 0), (ids, mask));

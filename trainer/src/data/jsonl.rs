@@ -13,6 +13,10 @@
 //! ([`super::source`]) or tokenizing ([`super::format`]).
 
 mod alpaca;
+
+pub use alpaca::{
+    WITH_INPUT as ALPACA_WITH_INPUT, WITHOUT_INPUT as ALPACA_WITHOUT_INPUT, alpaca_prompt,
+};
 mod chat;
 mod record;
 

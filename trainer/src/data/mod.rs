@@ -25,7 +25,7 @@
 //! | text | `{"text": "..."}` | every token, plus EOS appended |
 //! | completion | `{"prompt": "...", "completion": "..."}` | the completion's tokens plus EOS; the prompt is masked |
 //! | chat | `{"messages": [{"role": "system"\|"user"\|"assistant", "content": "...", "weight": 0\|1}, ...]}` | each assistant turn's tokens up to and including the EOS the template closes it with, except a turn with `"weight": 0` (never a target, even with `train_on_inputs`); system and user turns and the template's own markup are masked |
-//! | alpaca | `{"instruction": "...", "input": "...", "output": "..."}` (`instruction` or `output`) | a completion: prompt = instruction, then `"\n\n"` and the input when it is not empty (absent and `null` are empty); completion = output, right after the prompt |
+//! | alpaca | `{"instruction": "...", "input": "...", "output": "..."}` (`instruction` or `output`) | a completion: prompt = the Stanford Alpaca template (`jsonl::ALPACA_WITH_INPUT` when the input is not empty, `ALPACA_WITHOUT_INPUT` otherwise; absent and `null` are empty); completion = output |
 //! | sharegpt | `{"conversations": [{"from": "system"\|"human"\|"gpt", "value": "..."}, ...]}` | a chat: `human` (or `user`) is the user, `gpt` (or `assistant`) the assistant, `system` the system |
 //!
 //! A bad line names its field (`messages[1].weight must be 0 or 1 (got

@@ -1,15 +1,33 @@
 //! The Alpaca shape: `{"instruction", "input", "output"}` read as a
-//! completion. The prompt is the instruction, followed by `"\n\n"` and the
-//! input when the input is not empty (an absent or `null` input is empty);
-//! the completion is the output, which follows the prompt directly, as in
-//! the completion shape. Not here: decoding the JSON (`record`),
-//! tokenizing (`format`).
+//! completion whose prompt is the Stanford Alpaca template, as Axolotl's
+//! `alpaca` type writes it ([`WITH_INPUT`] when the input is not empty,
+//! [`WITHOUT_INPUT`] otherwise; an absent or `null` input is empty), so an
+//! adapter trained here answers the prompts people already send Alpaca
+//! models. The completion is the output. Not here: decoding the JSON
+//! (`record`), tokenizing (`format`).
 
 use super::record::{Field, Record};
 use super::{Format, RawSample, string_field};
 
-/// What separates the instruction from a non-empty input in the prompt.
-const INPUT_SEPARATOR: &str = "\n\n";
+/// The prompt of a record with an input (`{instruction}`, `{input}`).
+pub const WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+
+/// The prompt of a record without one (`{instruction}`).
+pub const WITHOUT_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
+
+/// The prompt of `instruction` and `input`.
+pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
+    if input.is_empty() {
+        WITHOUT_INPUT.replacen("{instruction}", instruction, 1)
+    } else {
+        // The input goes in after the instruction, so braces in the
+        // instruction are never read as a placeholder.
+        let (head, tail) = WITH_INPUT
+            .split_once("{instruction}")
+            .expect("the template names the instruction");
+        format!("{head}{instruction}{}", tail.replacen("{input}", input, 1))
+    }
+}
 
 /// `{"instruction", "input", "output"}` → a completion.
 pub(super) fn parse_alpaca(record: Record, format: Format) -> Result<RawSample, String> {
@@ -29,17 +47,8 @@ pub(super) fn parse_alpaca(record: Record, format: Format) -> Result<RawSample, 
     if output.is_empty() {
         return Err("\"output\" is empty".into());
     }
-    let prompt = if input.is_empty() {
-        instruction
-    } else {
-        let mut prompt = instruction;
-        prompt.reserve_exact(INPUT_SEPARATOR.len() + input.len());
-        prompt.push_str(INPUT_SEPARATOR);
-        prompt.push_str(&input);
-        prompt
-    };
     Ok(RawSample::Completion {
-        prompt,
+        prompt: alpaca_prompt(&instruction, &input),
         completion: output,
     })
 }
@@ -60,10 +69,22 @@ mod tests {
     }
 
     #[test]
-    fn the_input_follows_the_instruction_after_a_blank_line() {
+    fn the_prompt_is_the_alpaca_template() {
         assert_eq!(
             parse(r#"{"instruction": "Add.", "input": "2 3", "output": "5"}"#).unwrap(),
-            completion("Add.\n\n2 3", "5")
+            completion(
+                "Below is an instruction that describes a task, paired with an input that provides \
+                 further context. Write a response that appropriately completes the request.\n\n\
+                 ### Instruction:\nAdd.\n\n### Input:\n2 3\n\n### Response:\n",
+                "5"
+            )
+        );
+        // Braces in a record are text, not placeholders.
+        assert_eq!(
+            alpaca_prompt("Fill {input}.", "{instruction}"),
+            WITH_INPUT
+                .replacen("{instruction}", "Fill {input}.", 1)
+                .replacen("### Input:\n{input}", "### Input:\n{instruction}", 1)
         );
         for input in [r#""input": "", "#, r#""input": null, "#, ""] {
             assert_eq!(
@@ -71,7 +92,7 @@ mod tests {
                     r#"{{"instruction": "Hi.", {input}"output": "Hello"}}"#
                 ))
                 .unwrap(),
-                completion("Hi.", "Hello")
+                completion(&alpaca_prompt("Hi.", ""), "Hello")
             );
         }
     }
