@@ -15,6 +15,7 @@ mod config;
 mod file;
 mod hf_tensors;
 mod quant;
+mod writer;
 
 #[cfg(test)]
 mod fixture;
@@ -29,6 +30,10 @@ use crate::tokenizer::gguf::{GgufVocab, parts_from_gguf};
 use config::llama_config;
 use file::{GgufFile, MetaValue};
 use hf_tensors::hf_weights;
+pub use writer::{
+    GgufExport, GgufTensorType, GgufValue, gguf_tensor_name, tokenizer_metadata_from_gguf,
+    tokenizer_metadata_from_hf_dir, write_gguf,
+};
 
 /// What a GGUF file holds, in lorafleet's terms.
 pub struct GgufModel {
