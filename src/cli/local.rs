@@ -218,7 +218,58 @@ pub struct ExportArgs {
     /// adapter folder is already in PEFT's format).
     #[arg(long)]
     pub merged: bool,
-    /// Output folder.
+    /// What to write: a Hugging Face model folder, or one llama.cpp GGUF
+    /// file.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub format: ExportFormat,
+    /// How a GGUF file stores its matrices (default f16; norms are always
+    /// f32, and a q8_0 matrix whose rows are not whole blocks of 32 is f16).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub quant: Option<QuantArg>,
+    /// Output folder (hf), or the .gguf file (gguf).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+}
+
+impl ExportArgs {
+    /// How the GGUF file stores its matrices, or `None` for a HF folder;
+    /// an error names a `--quant` given without `--format gguf`.
+    pub fn gguf_tensor_type(&self) -> Result<Option<trainer::model::gguf::GgufTensorType>, String> {
+        match (self.format, self.quant) {
+            (ExportFormat::Hf, None) => Ok(None),
+            (ExportFormat::Hf, Some(_)) => {
+                Err("--quant applies to --format gguf; a HF folder is written in f32".into())
+            }
+            (ExportFormat::Gguf, quant) => Ok(Some(quant.unwrap_or(QuantArg::F16).tensor_type())),
+        }
+    }
+}
+
+/// `export --format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// config.json, model.safetensors and the tokenizer files.
+    Hf,
+    /// A GGUF v3 file llama.cpp loads.
+    Gguf,
+}
+
+/// `export --quant`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum QuantArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl QuantArg {
+    pub fn tensor_type(self) -> trainer::model::gguf::GgufTensorType {
+        use trainer::model::gguf::GgufTensorType;
+        match self {
+            QuantArg::F32 => GgufTensorType::F32,
+            QuantArg::F16 => GgufTensorType::F16,
+            QuantArg::Q8_0 => GgufTensorType::Q8_0,
+        }
+    }
 }
