@@ -1,5 +1,6 @@
 //! llama.cpp GGUF files read into a [`LlamaConfig`], an HF-named,
-//! HF-layout [`WeightMap`] and the embedded tokenizer.
+//! HF-layout [`WeightMap`] and the embedded tokenizer, and written from
+//! them (`writer`: a merged model as `export --format gguf` writes it).
 //!
 //! The container is parsed by `file` and tensors are dequantized to f32 by
 //! `quant`; `config` turns the `llama.*` keys into a config (and a llama3
@@ -8,8 +9,7 @@
 //! style to HF's `model.layers.{i}.self_attn.q_proj.weight` and undoes the
 //! Q/K row permutation of llama.cpp's converter. This module puts them
 //! together and reads the tokenizer metadata. Not here: building the
-//! tokenizer (`crate::tokenizer::gguf`), the model itself, or writing GGUF
-//! files.
+//! tokenizer (`crate::tokenizer::gguf`), the model itself.
 
 mod config;
 mod file;
