@@ -126,7 +126,10 @@ impl Fleet {
             // The user's own client config (a token, a CA) stays out: no
             // lorafleet/config.yaml is in the state's folder.
             .env_remove("LORAFLEET_CONFIG")
-            .env("XDG_CONFIG_HOME", self.state.parent().unwrap_or(&self.state))
+            .env(
+                "XDG_CONFIG_HOME",
+                self.state.parent().unwrap_or(&self.state),
+            )
             .env("RUST_BACKTRACE", "0")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(token) = token {
