@@ -433,9 +433,8 @@ mod tests {
         fn key(item: &String) -> &str {
             item
         }
-        let strings = |names: &[&str]| -> Vec<String> {
-            names.iter().map(ToString::to_string).collect()
-        };
+        let strings =
+            |names: &[&str]| -> Vec<String> { names.iter().map(ToString::to_string).collect() };
         let items = strings(&["a", "b", "c", "d"]);
         assert_eq!(
             page(items.clone(), None, None, key),
