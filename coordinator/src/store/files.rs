@@ -6,9 +6,12 @@
 //! them. The store only keeps rows; deciding when bytes may go is the
 //! server's.
 
-use sqlx::Row;
+use std::collections::HashMap;
+
+use sqlx::{AssertSqlSafe, Row};
 
 use super::ids::random_hex;
+use super::jobs::placeholders;
 use super::{
     DbRow, JobId, Page, Store, StoreError, TenantId, parse_json, to_i64, to_u64, unix_now,
 };
@@ -178,6 +181,35 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The API requests `jobs` were created from, for those that were:
+    /// one query for a page of jobs.
+    pub async fn job_requests(
+        &self,
+        jobs: &[JobId],
+    ) -> Result<HashMap<JobId, serde_json::Value>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Audited: only numbered placeholders are spliced in.
+        let sql = format!(
+            "SELECT job_id, request FROM job_requests WHERE job_id IN ({})",
+            placeholders(1, jobs.len())
+        );
+        let rows = jobs
+            .iter()
+            .fold(sqlx::query(AssertSqlSafe(sql)), |query, job| {
+                query.bind(job.as_str())
+            })
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let job = JobId::from(row.try_get::<String, _>("job_id")?);
+                Ok((job, parse_json("job request", row.try_get("request")?)?))
+            })
+            .collect()
     }
 
     /// The API request job `job` was created from, if it was.

@@ -136,6 +136,19 @@ impl Job {
     }
 }
 
+/// Sums over the jobs in one status, as [`Store::job_totals`] counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobTotals {
+    pub jobs: u64,
+    /// Attempts started.
+    pub attempts: u64,
+    /// Attempts after each job's first.
+    pub restarts: u64,
+    /// Failed attempts that count against `max_failures`.
+    pub failures: u64,
+    pub trained_tokens: u64,
+}
+
 /// A training step as [`Store::record_step`] keeps it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
@@ -449,6 +462,34 @@ impl Store {
         Ok(())
     }
 
+    /// Per status, the number of jobs and the sums of their attempts,
+    /// restarts, failures and trained tokens: one aggregate query, however
+    /// long the job history (what `/metrics` reads at each scrape).
+    pub async fn job_totals(&self) -> Result<Vec<(JobStatus, JobTotals)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS jobs, COALESCE(SUM(attempt), 0) AS attempts, \
+             COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0) AS restarts, \
+             COALESCE(SUM(failures), 0) AS failures, \
+             COALESCE(SUM(trained_tokens), 0) AS trained_tokens \
+             FROM jobs GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status = parse_word("job status", row.try_get("status")?, JobStatus::parse)?;
+                let totals = JobTotals {
+                    jobs: to_u64("jobs", row.try_get("jobs")?)?,
+                    attempts: to_u64("attempts", row.try_get("attempts")?)?,
+                    restarts: to_u64("restarts", row.try_get("restarts")?)?,
+                    failures: to_u64("failures", row.try_get("failures")?)?,
+                    trained_tokens: to_u64("trained_tokens", row.try_get("trained_tokens")?)?,
+                };
+                Ok((status, totals))
+            })
+            .collect()
+    }
+
     /// Records the loss of a validation pass as the job's latest.
     pub async fn record_eval(&self, id: &JobId, valid_loss: f64) -> Result<(), StoreError> {
         let result = sqlx::query("UPDATE jobs SET valid_loss = $1 WHERE id = $2")
@@ -479,7 +520,7 @@ fn status_set(statuses: &[JobStatus]) -> String {
 }
 
 /// `$first, $first+1, ...`: `count` numbered parameters.
-fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     let numbers: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
     numbers.join(", ")
 }

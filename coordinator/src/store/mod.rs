@@ -56,7 +56,9 @@ pub use checkpoints::{Checkpoint, NewCheckpoint};
 pub use events::{Event, Level, NewEvent};
 pub use files::{FileRecord, NewFile};
 pub use ids::{JobId, TenantId, WorkerId};
-pub use jobs::{Job, JobError, JobProgress, JobQuery, NewJob, Page, RestartPlan, StepReport};
+pub use jobs::{
+    Job, JobError, JobProgress, JobQuery, JobTotals, NewJob, Page, RestartPlan, StepReport,
+};
 pub use snapshot::StoreSnapshot;
 pub use status::JobStatus;
 pub use tenants::{Tenant, TokenHash, new_token};

@@ -197,11 +197,16 @@ async fn scrape(State(coordinator): State<Coordinator>, headers: HeaderMap) -> R
     };
     let store = coordinator.store();
     let rows = async {
-        let jobs = store.jobs_with_status(&JobStatus::ALL).await?;
+        let totals = store.job_totals().await?;
+        let unfinished: Vec<JobStatus> = JobStatus::ALL
+            .into_iter()
+            .filter(|status| !status.is_final())
+            .collect();
+        let jobs = store.jobs_with_status(&unfinished).await?;
         let workers = store.list_workers().await?;
-        Ok::<_, crate::store::StoreError>((jobs, workers))
+        Ok::<_, crate::store::StoreError>((totals, jobs, workers))
     };
-    let (jobs, workers) = match rows.await {
+    let (totals, jobs, workers) = match rows.await {
         Ok(rows) => rows,
         Err(error) => {
             tracing::error!("/metrics: the store failed: {error}");
@@ -213,7 +218,13 @@ async fn scrape(State(coordinator): State<Coordinator>, headers: HeaderMap) -> R
         }
     };
     let mut figures = Registry::with_prefix(PREFIX);
-    fleet::register(&mut figures, &jobs, &workers, scope == Scope::Everything);
+    fleet::register(
+        &mut figures,
+        &totals,
+        &jobs,
+        &workers,
+        scope == Scope::Everything,
+    );
     let connected: Gauge = Gauge::default();
     connected.set(coordinator.fleet().links.len() as i64);
     figures.register(

@@ -491,6 +491,27 @@ async fn lists_filter_by_status_and_jobs_keep_their_latest_figures() {
     assert_eq!(job.eta_seconds(), None, "only a running job has an ETA");
     let missing = store.record_eval(&JobId::from("job-none"), 1.0).await;
     assert!(missing.unwrap_err().is_not_found());
+
+    let totals = store.job_totals().await.unwrap();
+    let of = |status| totals.iter().find(|(s, _)| *s == status).unwrap().1;
+    assert_eq!(
+        (of(JobStatus::Queued).jobs, of(JobStatus::Cancelled).jobs),
+        (1, 1)
+    );
+    assert_eq!(of(JobStatus::Queued).trained_tokens, 128);
+    assert!(totals.iter().all(|(s, _)| *s != JobStatus::Running));
+
+    let request = serde_json::json!({"model": "tiny", "suffix": "s"});
+    store.put_job_request(&waiting.id, &request).await.unwrap();
+    let ids = [waiting.id.clone(), gone.id.clone()];
+    let requests = store.job_requests(&ids).await.unwrap();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the job made through the API has one"
+    );
+    assert_eq!(requests[&waiting.id], request);
+    assert_eq!(store.job_request(&gone.id).await.unwrap(), None);
 }
 
 #[tokio::test]

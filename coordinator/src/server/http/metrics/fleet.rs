@@ -2,10 +2,13 @@
 //! queue, workers by state, attempt totals, and the progress of every job
 //! not in a final state.
 //!
-//! A scrape costs two queries, whatever the fleet does meanwhile: every
-//! job row and every worker row. The per-job series are built only for
-//! jobs not in a final state (at most the jobs waiting or holding
-//! workers), the rest is one number per status.
+//! A scrape costs three queries, whatever the fleet does meanwhile: one
+//! aggregate over the jobs per status ([`Store::job_totals`], however long
+//! the history), the rows of the jobs not in a final state (at most the
+//! jobs waiting or holding workers: the per-job series) and the worker
+//! rows.
+//!
+//! [`Store::job_totals`]: crate::store::Store::job_totals
 //!
 //! Not here: who may see which figures, and the figures counted in memory
 //! (`metrics`).
@@ -18,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::store::{Job, JobStatus, Worker, WorkerState};
+use crate::store::{Job, JobStatus, JobTotals, Worker, WorkerState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -41,33 +44,48 @@ struct JobLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// Registers the fleet-wide figures of `jobs` and `workers` in `registry`,
-/// and with `per_job`, each unfinished job's progress.
-pub(super) fn register(registry: &mut Registry, jobs: &[Job], workers: &[Worker], per_job: bool) {
+/// Registers the fleet-wide figures (`totals` per status, `workers`) in
+/// `registry`, and with `per_job`, the progress of each of `unfinished`.
+pub(super) fn register(
+    registry: &mut Registry,
+    totals: &[(JobStatus, JobTotals)],
+    unfinished: &[Job],
+    workers: &[Worker],
+    per_job: bool,
+) {
+    let of = |status: JobStatus| {
+        totals
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, t)| *t)
+            .unwrap_or_default()
+    };
     let by_status: Family<StatusLabel, Gauge> = Family::default();
     for status in JobStatus::ALL {
-        let count = jobs.iter().filter(|job| job.status == status).count();
         by_status
             .get_or_create(&StatusLabel {
                 status: status.name(),
             })
-            .set(count as i64);
+            .set(saturate(of(status).jobs));
     }
     registry.register("jobs", "Jobs by status, every status listed", by_status);
     let waiting: Gauge = Gauge::default();
-    waiting.set(jobs.iter().filter(|job| job.status.is_waiting()).count() as i64);
+    let queue: u64 = JobStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_waiting())
+        .map(|status| of(status).jobs)
+        .sum();
+    waiting.set(saturate(queue));
     registry.register(
         "jobs_waiting",
         "Jobs waiting for workers (queued or restarting): the queue's length",
         waiting,
     );
-    let attempts: u64 = jobs.iter().map(|job| u64::from(job.attempt)).sum();
-    let restarts: u64 = jobs
-        .iter()
-        .map(|job| u64::from(job.attempt.saturating_sub(1)))
-        .sum();
-    let failures: u64 = jobs.iter().map(|job| u64::from(job.failures)).sum();
-    let trained: u64 = jobs.iter().map(|job| job.progress.trained_tokens).sum();
+    let sum = |field: fn(&JobTotals) -> u64| totals.iter().map(|(_, t)| field(t)).sum::<u64>();
+    let attempts = sum(|t| t.attempts);
+    let restarts = sum(|t| t.restarts);
+    let failures = sum(|t| t.failures);
+    let trained = sum(|t| t.trained_tokens);
     registry.register(
         "job_attempts_started",
         "Attempts started, over every job the store holds",
@@ -79,7 +97,7 @@ pub(super) fn register(registry: &mut Registry, jobs: &[Job], workers: &[Worker]
         ConstCounter::new(restarts),
     );
     let failed: Gauge = Gauge::default();
-    failed.set(failures as i64);
+    failed.set(saturate(failures));
     registry.register(
         "job_failures",
         "Failed attempts that count against the jobs' max_failures (a resume sets a job's back to 0)",
@@ -116,7 +134,7 @@ pub(super) fn register(registry: &mut Registry, jobs: &[Job], workers: &[Worker]
     );
 
     if per_job {
-        register_jobs(registry, jobs);
+        register_jobs(registry, unfinished);
     }
 }
 

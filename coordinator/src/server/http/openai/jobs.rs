@@ -266,11 +266,17 @@ pub(super) async fn list(
             true => ApiError::not_found(e.to_string()).param("after"),
             false => ApiError::internal(e.to_string()),
         })?;
-    let mut data = Vec::with_capacity(page.data.len());
-    for job in &page.data {
-        let request = stored_request(&coordinator, &job.id).await?;
-        data.push(job_object(&coordinator, job, request.as_ref()));
-    }
+    let ids: Vec<JobId> = page.data.iter().map(|job| job.id.clone()).collect();
+    let requests = coordinator
+        .store()
+        .job_requests(&ids)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let data = page
+        .data
+        .iter()
+        .map(|job| job_object(&coordinator, job, requests.get(&job.id)))
+        .collect();
     Ok(Json(list_object(data, page.has_more)))
 }
 
