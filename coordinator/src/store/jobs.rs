@@ -128,12 +128,41 @@ impl Job {
     /// Seconds until the last step at the last step's pace, while the job
     /// runs and both are known.
     pub fn eta_seconds(&self) -> Option<f64> {
-        if self.status != JobStatus::Running {
-            return None;
-        }
-        let left = self.total_steps?.saturating_sub(self.step);
-        Some(left as f64 * self.progress.step_seconds?)
+        eta_seconds(self.status, self.step, self.total_steps, &self.progress)
     }
+}
+
+/// What a job's row says of its progress, without its spec: what
+/// `/metrics` shows of each unfinished job ([`Store::job_figures`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobFigures {
+    pub id: JobId,
+    pub name: String,
+    pub tenant: TenantId,
+    pub status: JobStatus,
+    pub step: u64,
+    pub total_steps: Option<u64>,
+    pub progress: JobProgress,
+}
+
+impl JobFigures {
+    /// As [`Job::eta_seconds`].
+    pub fn eta_seconds(&self) -> Option<f64> {
+        eta_seconds(self.status, self.step, self.total_steps, &self.progress)
+    }
+}
+
+fn eta_seconds(
+    status: JobStatus,
+    step: u64,
+    total_steps: Option<u64>,
+    progress: &JobProgress,
+) -> Option<f64> {
+    if status != JobStatus::Running {
+        return None;
+    }
+    let left = total_steps?.saturating_sub(step);
+    Some(left as f64 * progress.step_seconds?)
 }
 
 /// Sums over the jobs in one status, as [`Store::job_totals`] counts them.
@@ -490,6 +519,35 @@ impl Store {
             .collect()
     }
 
+    /// The figures of every job in one of `statuses`, in submit order,
+    /// without reading their specs.
+    pub async fn job_figures(&self, statuses: &[JobStatus]) -> Result<Vec<JobFigures>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, tenant_id, status, step, total_steps, train_loss, valid_loss, \
+             step_seconds, tokens_per_s, trained_tokens FROM jobs \
+             WHERE instr($1, ',' || status || ',') > 0 ORDER BY seq",
+        )
+        .bind(status_set(statuses))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let total_steps: Option<i64> = row.try_get("total_steps")?;
+                Ok(JobFigures {
+                    id: JobId::from(row.try_get::<String, _>("id")?),
+                    name: row.try_get("name")?,
+                    tenant: TenantId::from_row(row.try_get("tenant_id")?),
+                    status: parse_word("job status", row.try_get("status")?, JobStatus::parse)?,
+                    step: to_u64("step", row.try_get("step")?)?,
+                    total_steps: total_steps
+                        .map(|steps| to_u64("total_steps", steps))
+                        .transpose()?,
+                    progress: progress_from_row(row)?,
+                })
+            })
+            .collect()
+    }
+
     /// Records the loss of a validation pass as the job's latest.
     pub async fn record_eval(&self, id: &JobId, valid_loss: f64) -> Result<(), StoreError> {
         let result = sqlx::query("UPDATE jobs SET valid_loss = $1 WHERE id = $2")
@@ -638,12 +696,16 @@ fn job_from_row(row: &DbRow) -> Result<Job, StoreError> {
         waiting_since: row.try_get("waiting_since")?,
         finished_at: row.try_get("finished_at")?,
         error,
-        progress: JobProgress {
-            train_loss: row.try_get("train_loss")?,
-            valid_loss: row.try_get("valid_loss")?,
-            step_seconds: row.try_get("step_seconds")?,
-            tokens_per_s: row.try_get("tokens_per_s")?,
-            trained_tokens: to_u64("trained_tokens", row.try_get("trained_tokens")?)?,
-        },
+        progress: progress_from_row(row)?,
+    })
+}
+
+fn progress_from_row(row: &DbRow) -> Result<JobProgress, StoreError> {
+    Ok(JobProgress {
+        train_loss: row.try_get("train_loss")?,
+        valid_loss: row.try_get("valid_loss")?,
+        step_seconds: row.try_get("step_seconds")?,
+        tokens_per_s: row.try_get("tokens_per_s")?,
+        trained_tokens: to_u64("trained_tokens", row.try_get("trained_tokens")?)?,
     })
 }

@@ -57,7 +57,8 @@ pub use events::{Event, Level, NewEvent};
 pub use files::{FileRecord, NewFile};
 pub use ids::{JobId, TenantId, WorkerId};
 pub use jobs::{
-    Job, JobError, JobProgress, JobQuery, JobTotals, NewJob, Page, RestartPlan, StepReport,
+    Job, JobError, JobFigures, JobProgress, JobQuery, JobTotals, NewJob, Page, RestartPlan,
+    StepReport,
 };
 pub use snapshot::StoreSnapshot;
 pub use status::JobStatus;

@@ -202,7 +202,7 @@ async fn scrape(State(coordinator): State<Coordinator>, headers: HeaderMap) -> R
             .into_iter()
             .filter(|status| !status.is_final())
             .collect();
-        let jobs = store.jobs_with_status(&unfinished).await?;
+        let jobs = store.job_figures(&unfinished).await?;
         let workers = store.list_workers().await?;
         Ok::<_, crate::store::StoreError>((totals, jobs, workers))
     };

@@ -501,6 +501,14 @@ async fn lists_filter_by_status_and_jobs_keep_their_latest_figures() {
     assert_eq!(of(JobStatus::Queued).trained_tokens, 128);
     assert!(totals.iter().all(|(s, _)| *s != JobStatus::Running));
 
+    let figures = store.job_figures(&[JobStatus::Queued]).await.unwrap();
+    assert_eq!(figures.len(), 1);
+    assert_eq!(
+        (figures[0].id.clone(), figures[0].step),
+        (waiting.id.clone(), 2)
+    );
+    assert_eq!(figures[0].progress, job.progress);
+
     let request = serde_json::json!({"model": "tiny", "suffix": "s"});
     store.put_job_request(&waiting.id, &request).await.unwrap();
     let ids = [waiting.id.clone(), gone.id.clone()];

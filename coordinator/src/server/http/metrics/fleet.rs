@@ -21,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::store::{Job, JobStatus, JobTotals, Worker, WorkerState};
+use crate::store::{JobFigures, JobStatus, JobTotals, Worker, WorkerState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -49,7 +49,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub(super) fn register(
     registry: &mut Registry,
     totals: &[(JobStatus, JobTotals)],
-    unfinished: &[Job],
+    unfinished: &[JobFigures],
     workers: &[Worker],
     per_job: bool,
 ) {
@@ -140,7 +140,7 @@ pub(super) fn register(
 
 /// Each unfinished job's progress, one series per job and figure; a
 /// figure not reported yet has no series.
-fn register_jobs(registry: &mut Registry, jobs: &[Job]) {
+fn register_jobs(registry: &mut Registry, jobs: &[JobFigures]) {
     let step: Family<JobLabels, Gauge> = Family::default();
     let total_steps: Family<JobLabels, Gauge> = Family::default();
     let train_loss: Family<JobLabels, FloatGauge> = Family::default();
