@@ -7,33 +7,52 @@
 use super::file::GgufFile;
 use crate::model::{HostTensor, LlamaConfig, ModelError, WeightMap};
 
+/// llama.cpp's names of the tensors outside the layers, and HF's.
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// llama.cpp's names of a layer's tensors (after `blk.{i}.`), and HF's
+/// (after `model.layers.{i}.`).
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// `name` renamed by the pairs: `from` picks which side of each pair it is
+/// read on (0: llama.cpp, 1: HF).
+fn rename(name: &str, from: usize) -> Option<String> {
+    let to = 1 - from;
+    let side = |pair: &(&'static str, &'static str)| if from == 0 { pair.0 } else { pair.1 };
+    let other = |pair: &(&'static str, &'static str)| if to == 0 { pair.0 } else { pair.1 };
+    if let Some(pair) = TOP_NAMES.iter().find(|pair| side(pair) == name) {
+        return Some(other(pair).to_string());
+    }
+    let prefixes = ["blk.", "model.layers."];
+    let (layer, suffix) = name.strip_prefix(prefixes[from])?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let pair = LAYER_NAMES.iter().find(|pair| side(pair) == suffix)?;
+    Some(format!("{}{layer}.{}", prefixes[to], other(pair)))
+}
+
 /// The HF name of a llama.cpp tensor, or `None` for tensors the model does
 /// not use (`rope_freqs.weight`, ...).
 pub(super) fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    let top = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = top {
-        return Some(name.to_string());
-    }
-    let (layer, suffix) = gguf_name.strip_prefix("blk.")?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf_suffix = match suffix {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf_suffix}"))
+    rename(gguf_name, 0)
+}
+
+/// The llama.cpp name of a HF tensor (the inverse of [`hf_tensor_name`]).
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    rename(hf_name, 1)
 }
 
 /// Every tensor the model uses, dequantized, renamed, in HF layout.

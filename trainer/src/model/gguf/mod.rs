@@ -29,9 +29,10 @@ use crate::tokenizer::TokenizerParts;
 use crate::tokenizer::gguf::{GgufVocab, parts_from_gguf};
 use config::llama_config;
 use file::{GgufFile, MetaValue};
+pub use hf_tensors::gguf_tensor_name;
 use hf_tensors::hf_weights;
 pub use writer::{
-    GgufExport, GgufTensorType, GgufValue, gguf_tensor_name, tokenizer_metadata_from_gguf,
+    GgufExport, GgufTensorType, GgufValue, tokenizer_metadata_from_gguf,
     tokenizer_metadata_from_hf_dir, write_gguf,
 };
 

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::config::llama3_rope_factor;
 use super::file::{GgufFile, MetaValue};
+use super::hf_tensors::gguf_tensor_name;
 use super::quant::{self, QK};
 use crate::model::{LlamaConfig, ModelError, WeightMap};
 use crate::tokenizer::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED};
@@ -84,34 +85,6 @@ pub struct GgufExport<'a> {
     pub tensor_type: GgufTensorType,
     /// `tokenizer.*` keys; empty for a file without a tokenizer.
     pub tokenizer: &'a [(String, GgufValue)],
-}
-
-/// The llama.cpp name of a HF tensor (the inverse of the reader's naming).
-pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
-    let top = match hf_name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(name) = top {
-        return Some(name.to_string());
-    }
-    let (layer, suffix) = hf_name.strip_prefix("model.layers.")?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let gguf_suffix = match suffix {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf_suffix}"))
 }
 
 /// One tensor as it goes into the file.

@@ -14,22 +14,15 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::super::{ApiError, Caller};
 use super::jobs::{fine_tuned_model, model_name};
-use super::list_object;
+use super::{Paging, list_object};
 use crate::server::Coordinator;
 use crate::store::{Checkpoint, Job};
-
-#[derive(Debug, Deserialize)]
-pub(super) struct ListCheckpoints {
-    after: Option<String>,
-    limit: Option<u32>,
-}
 
 /// The id of `job`'s checkpoint at `step`.
 fn checkpoint_id(job: &Job, step: u64) -> String {
@@ -41,7 +34,7 @@ pub(super) async fn list(
     State(coordinator): State<Coordinator>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<ListCheckpoints>,
+    Query(query): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let job = coordinator.owned_job(&caller.tenant, &id).await?;
     let mut checkpoints: Vec<Checkpoint> = coordinator
@@ -61,7 +54,7 @@ pub(super) async fn list(
         };
         checkpoints.drain(..=at);
     }
-    let limit = query.limit.unwrap_or(10).clamp(1, 100) as usize;
+    let limit = query.limit(10, 100) as usize;
     let has_more = checkpoints.len() > limit;
     checkpoints.truncate(limit);
     let request = coordinator

@@ -10,11 +10,10 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::{ApiError, Caller};
-use super::list_object;
+use super::{Paging, list_object};
 use crate::server::Coordinator;
 use crate::store::Event;
 
@@ -49,18 +48,12 @@ fn event_object(event: &Event) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct ListEvents {
-    after: Option<String>,
-    limit: Option<u32>,
-}
-
 /// `GET /v1/fine_tuning/jobs/{id}/events`.
 pub(super) async fn list(
     State(coordinator): State<Coordinator>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<ListEvents>,
+    Query(query): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let job = coordinator.owned_job(&caller.tenant, &id).await?;
     let before = match &query.after {
@@ -76,7 +69,7 @@ pub(super) async fn list(
                 })?,
         ),
     };
-    let limit = query.limit.unwrap_or(20).clamp(1, 1000);
+    let limit = query.limit(20, 1000);
     let page = coordinator
         .store()
         .events_before(&job.id, before, limit)

@@ -15,13 +15,12 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::{ApiError, Caller};
 use super::create::{CreateJob, JobPlace};
 use super::files::file_error;
-use super::list_object;
+use super::{Paging, list_object};
 use crate::api::{self, jobs_server::Jobs};
 use crate::server::Coordinator;
 use crate::store::{Job, JobId, JobQuery, JobStatus, unix_now};
@@ -240,22 +239,16 @@ pub(super) async fn create(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct ListJobs {
-    after: Option<String>,
-    limit: Option<u32>,
-}
-
 /// `GET /v1/fine_tuning/jobs`.
 pub(super) async fn list(
     State(coordinator): State<Coordinator>,
     caller: Caller,
-    Query(query): Query<ListJobs>,
+    Query(query): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     let query = JobQuery {
         tenant: Some(caller.tenant.id.clone()),
+        limit: query.limit(20, 100),
         after: query.after.map(JobId::from),
-        limit: query.limit.unwrap_or(20).clamp(1, 100),
         statuses: Vec::new(),
     };
     let page = coordinator

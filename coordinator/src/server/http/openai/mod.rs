@@ -55,6 +55,20 @@ pub(super) fn routes() -> Router<Coordinator> {
         .route("/v1/models", get(jobs::models))
 }
 
+/// A list's page: `after` (the last id of the previous page) and `limit`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Paging {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+impl Paging {
+    /// `limit`, or `default` without one, within 1..=`max`.
+    fn limit(&self, default: u32, max: u32) -> u32 {
+        self.limit.unwrap_or(default).clamp(1, max)
+    }
+}
+
 /// OpenAI's list object around `data`.
 pub(super) fn list_object(data: Vec<Value>, has_more: bool) -> Value {
     let first_id = data.first().map(|item| item["id"].clone());
