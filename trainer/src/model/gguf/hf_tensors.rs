@@ -108,13 +108,37 @@ pub(super) fn unpermute_qk_rows(
     head_dim: usize,
     cols: usize,
 ) -> Vec<f32> {
+    move_qk_rows(data, heads, head_dim, cols, false)
+}
+
+/// llama.cpp's converter permutation of q_proj / k_proj rows, the inverse
+/// of [`unpermute_qk_rows`]: HF row `s * head_dim / 2 + i` becomes GGUF row
+/// `2 i + s` within each head.
+pub(super) fn permute_qk_rows(
+    data: &[f32],
+    heads: usize,
+    head_dim: usize,
+    cols: usize,
+) -> Vec<f32> {
+    move_qk_rows(data, heads, head_dim, cols, true)
+}
+
+/// Moves each head's rows between the two layouts, `to_gguf` or back.
+fn move_qk_rows(
+    data: &[f32],
+    heads: usize,
+    head_dim: usize,
+    cols: usize,
+    to_gguf: bool,
+) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = vec![0.0f32; data.len()];
     for head in 0..heads {
         for i in 0..half {
             for s in 0..2 {
-                let from = (head * head_dim + 2 * i + s) * cols;
-                let to = (head * head_dim + s * half + i) * cols;
+                let hf = (head * head_dim + s * half + i) * cols;
+                let gguf = (head * head_dim + 2 * i + s) * cols;
+                let (from, to) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[to..to + cols].copy_from_slice(&data[from..from + cols]);
             }
         }

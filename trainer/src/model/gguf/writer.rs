@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::config::llama3_rope_factor;
 use super::file::{GgufFile, MetaValue};
-use super::hf_tensors::gguf_tensor_name;
+use super::hf_tensors::{gguf_tensor_name, permute_qk_rows};
 use super::quant::{self, QK};
 use crate::model::{LlamaConfig, ModelError, WeightMap};
 use crate::tokenizer::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED};
@@ -406,29 +406,6 @@ fn put_value(out: &mut Vec<u8>, value: &GgufValue) {
             items.iter().for_each(|x| out.extend(x.to_le_bytes()));
         }
     }
-}
-
-/// llama.cpp's converter permutation of q_proj / k_proj rows: within each
-/// head, GGUF row `2 i + s` is HF row `s * head_dim / 2 + i` (the inverse
-/// of the reader's `unpermute_qk_rows`).
-pub(super) fn permute_qk_rows(
-    data: &[f32],
-    heads: usize,
-    head_dim: usize,
-    cols: usize,
-) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0.0f32; data.len()];
-    for head in 0..heads {
-        for i in 0..half {
-            for s in 0..2 {
-                let from = (head * head_dim + s * half + i) * cols;
-                let to = (head * head_dim + 2 * i + s) * cols;
-                out[to..to + cols].copy_from_slice(&data[from..from + cols]);
-            }
-        }
-    }
-    out
 }
 
 /// ggml's reference `quantize_row_q8_0`: per block of 32, `d = amax / 127`
