@@ -37,7 +37,12 @@ pub fn bearer(token: &str) -> String {
 
 /// The token of an `authorization: Bearer <token>` header, if well formed.
 pub fn token_of<T>(request: &tonic::Request<T>) -> Option<&str> {
-    let value = request.metadata().get(AUTHORIZATION)?.to_str().ok()?;
+    token_in(request.metadata().get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `authorization` header's value `Bearer <token>`, if
+/// well formed (gRPC metadata and HTTP headers alike).
+pub fn token_in(value: &str) -> Option<&str> {
     let token = value.strip_prefix("Bearer ")?.trim();
     (!token.is_empty()).then_some(token)
 }

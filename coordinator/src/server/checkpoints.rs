@@ -124,16 +124,20 @@ impl Coordinator {
             .map_err(status_of)?;
         let checkpoint = pick_checkpoint(&checkpoints, step)
             .map_err(|message| Status::not_found(format!("job {}: {message}", job.id)))?;
-        let spec: std::sync::Arc<JobSpec> = self
-            .spec_of(job)
-            .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
-        let store = job_checkpoints(&spec, job.tenant.as_str(), &job.id)
-            .map_err(Status::failed_precondition)?;
+        let store = self.checkpoint_storage(job)?;
         let manifest = store
             .manifest(checkpoint.step)
             .await
             .map_err(|e| Status::data_loss(e.to_string()))?;
         Ok((store, manifest))
+    }
+
+    /// Where `job`'s checkpoints are, as its stored spec says.
+    pub(super) fn checkpoint_storage(&self, job: &Job) -> Result<CheckpointStore, Status> {
+        let spec: std::sync::Arc<JobSpec> = self
+            .spec_of(job)
+            .map_err(|e| Status::internal(format!("the stored spec no longer reads: {e}")))?;
+        job_checkpoints(&spec, job.tenant.as_str(), &job.id).map_err(Status::failed_precondition)
     }
 
     /// Streams file `name` (one the manifest lists, or the manifest

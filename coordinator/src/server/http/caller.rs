@@ -44,9 +44,7 @@ pub(crate) fn grpc_request<T>(token: &str, message: T) -> tonic::Request<T> {
 
 /// The token of an `Authorization: Bearer TOKEN` header.
 pub(crate) fn bearer_of(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ")?.trim();
-    (!token.is_empty()).then_some(token)
+    api::token_in(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 impl FromRequestParts<Coordinator> for Caller {

@@ -62,15 +62,23 @@ pub(super) async fn list(
         .job_request(&job.id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let model = model_name(&coordinator, &job, request.as_ref());
+    let spec = coordinator.spec_of(&job).ok();
+    let model = model_name(spec.as_deref(), request.as_ref());
     let suffix = request.as_ref().and_then(|r| r["suffix"].as_str());
+    let name = fine_tuned_model(&job, &model, suffix);
+    // One storage for the list; each checkpoint's manifest names its files.
+    let storage = coordinator.checkpoint_storage(&job);
     let mut data = Vec::with_capacity(checkpoints.len());
     for checkpoint in &checkpoints {
-        let files = match coordinator
-            .checkpoint_manifest(&job, &checkpoint.step.to_string())
-            .await
-        {
-            Ok((_, manifest)) => manifest
+        let manifest = match &storage {
+            Ok(storage) => storage
+                .manifest(checkpoint.step)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(status) => Err(status.message().to_string()),
+        };
+        let files = match manifest {
+            Ok(manifest) => manifest
                 .files
                 .iter()
                 .map(|file| {
@@ -85,17 +93,15 @@ pub(super) async fn list(
                     })
                 })
                 .collect(),
-            Err(status) => {
+            Err(error) => {
                 tracing::warn!(
-                    "job {}: checkpoint {} listed without files: {}",
+                    "job {}: checkpoint {} listed without files: {error}",
                     job.id,
-                    checkpoint.step,
-                    status.message()
+                    checkpoint.step
                 );
                 Vec::new()
             }
         };
-        let name = fine_tuned_model(&job, &model, suffix);
         data.push(json!({
             "object": "fine_tuning.job.checkpoint",
             "id": checkpoint_id(&job, checkpoint.step),

@@ -24,7 +24,7 @@ use super::{Paging, list_object};
 use crate::api::{self, jobs_server::Jobs};
 use crate::server::Coordinator;
 use crate::store::{Job, JobId, JobQuery, JobStatus, unix_now};
-use job::spec::{ModelSpec, TrainingLength};
+use job::spec::{JobSpec, ModelSpec, TrainingLength};
 
 /// OpenAI's word for a lorafleet status.
 fn openai_status(status: JobStatus) -> &'static str {
@@ -46,24 +46,24 @@ pub(super) fn fine_tuned_model(job: &Job, model: &str, suffix: Option<&str>) -> 
     }
 }
 
-/// The model name of `job`: the request's, else what its spec names.
-pub(super) fn model_name(coordinator: &Coordinator, job: &Job, request: Option<&Value>) -> String {
+/// The model name of a job: its request's, else what its spec names.
+pub(super) fn model_name(spec: Option<&JobSpec>, request: Option<&Value>) -> String {
     if let Some(model) = request.and_then(|r| r["model"].as_str()) {
         return model.to_string();
     }
-    match coordinator.spec_of(job).as_deref().map(|spec| &spec.model) {
-        Ok(ModelSpec::Preset(preset)) => preset.name().to_string(),
-        Ok(ModelSpec::Path(path)) => path.to_string(),
-        Err(_) => String::new(),
+    match spec.map(|spec| &spec.model) {
+        Some(ModelSpec::Preset(preset)) => preset.name().to_string(),
+        Some(ModelSpec::Path(path)) => path.to_string(),
+        None => String::new(),
     }
 }
 
 /// `job` as OpenAI's fine-tuning job object, with lorafleet's figures
 /// under `lorafleet`.
 pub(super) fn job_object(coordinator: &Coordinator, job: &Job, request: Option<&Value>) -> Value {
-    let model = model_name(coordinator, job, request);
-    let suffix = request.and_then(|r| r["suffix"].as_str());
     let spec = coordinator.spec_of(job).ok();
+    let model = model_name(spec.as_deref(), request);
+    let suffix = request.and_then(|r| r["suffix"].as_str());
     let hyperparameters = match request {
         Some(request) => request["hyperparameters"].clone(),
         None => match &spec {
