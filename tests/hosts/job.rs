@@ -227,15 +227,22 @@ pub struct JobWatch {
     pub attempt_seen: Vec<(u64, Duration)>,
     /// (time since submit, step) of each poll while running.
     pub steps: Vec<(Duration, u64)>,
-    /// Time since submit of every poll.
-    pub polls: Vec<Duration>,
+    /// Every poll as (time since submit when it was sent, when its answer
+    /// came): the state it shows was read somewhere in between.
+    pub polls: Vec<(Duration, Duration)>,
 }
 
 impl JobWatch {
-    /// The time of the last poll before `at`: what was seen then had not
-    /// yet changed into what was seen at `at`.
+    /// When the last poll answered before `at` was sent: what it showed
+    /// had not yet changed into what was seen at `at`, so the change came
+    /// after this time (the answer itself may lag the read by a loaded
+    /// machine's process start, so the send time is the safe bound).
     pub fn poll_before(&self, at: Duration) -> Option<Duration> {
-        self.polls.iter().rev().copied().find(|t| *t < at)
+        self.polls
+            .iter()
+            .rev()
+            .find(|(_, answered)| *answered < at)
+            .map(|(sent, _)| *sent)
     }
 
     /// The highest step seen running by `since_submit`.
@@ -272,10 +279,11 @@ pub fn run_job(
     };
     let limit = Duration::from_secs(240);
     loop {
+        let sent = submitted.elapsed();
         let status = fleet.json(&["status", &watch.id]);
         let now = submitted.elapsed();
         watch.last_poll = now;
-        watch.polls.push(now);
+        watch.polls.push((sent, now));
         watch.status = status["status"].as_str().unwrap_or_default().to_string();
         watch.attempt = status["attempt"].as_u64().unwrap_or(0);
         watch.failures = status["failures"].as_u64().unwrap_or(0);
@@ -391,9 +399,18 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The checkpoint manifests under `checkpoints/{name}` on the S3 server:
-/// (step, when it was last written).
-pub fn manifests(fleet: &HostFleet, name: &str) -> Vec<(u64, std::time::SystemTime)> {
+/// One committed checkpoint as storage holds it.
+#[derive(Debug)]
+pub struct StoredManifest {
+    pub step: u64,
+    /// When storage last wrote it.
+    pub written: std::time::SystemTime,
+    /// Who signed it ("job ID attempt N").
+    pub writer: String,
+}
+
+/// The manifests under `checkpoints/NAME` in the fleet's storage.
+pub fn manifests(fleet: &HostFleet, name: &str) -> Vec<StoredManifest> {
     let store = fleet.s3.store();
     let prefix = object_store::path::Path::from(format!("checkpoints/{name}"));
     fleet.lab.within(crate::fleet::STORAGE, move || {
@@ -408,17 +425,31 @@ pub fn manifests(fleet: &HostFleet, name: &str) -> Vec<(u64, std::time::SystemTi
                 .try_collect()
                 .await
                 .unwrap_or_default();
-            listed
-                .into_iter()
-                .filter(|meta| meta.location.filename() == Some("MANIFEST.json"))
-                .filter_map(|meta| {
-                    let step = meta
-                        .location
-                        .parts()
-                        .find_map(|p| p.as_ref().strip_prefix("step-")?.parse().ok())?;
-                    Some((step, std::time::SystemTime::from(meta.last_modified)))
-                })
-                .collect()
+            let mut found = Vec::new();
+            for meta in listed {
+                if meta.location.filename() != Some("MANIFEST.json") {
+                    continue;
+                }
+                let Some(step) = meta
+                    .location
+                    .parts()
+                    .find_map(|p| p.as_ref().strip_prefix("step-")?.parse().ok())
+                else {
+                    continue;
+                };
+                let got = object_store::ObjectStoreExt::get(store.as_ref(), &meta.location).await;
+                let body = match got {
+                    Ok(got) => got.bytes().await.unwrap_or_default(),
+                    Err(_) => continue,
+                };
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                found.push(StoredManifest {
+                    step,
+                    written: std::time::SystemTime::from(meta.last_modified),
+                    writer: json["writer"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            found
         })
     })
 }

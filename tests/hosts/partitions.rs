@@ -160,20 +160,42 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
         .filter_map(|e| e["data"]["step_time_s"].as_f64())
         .fold(baseline.step_s, f64::min);
     let step_floor = Duration::from_secs_f64(fastest_new / 2.0);
-    let ahead: Vec<(u64, f64)> = manifests(&fleet, name)
-        .into_iter()
-        .filter_map(|(step, written)| {
-            let at = written.duration_since(submitted).ok()?;
-            let earliest_new = moved + step_floor * step.saturating_sub(resume_step) as u32;
-            (at > moved && (step <= resume_step || at < earliest_new))
-                .then_some((step, at.as_secs_f64()))
+    let stored = manifests(&fleet, name);
+    // Signed: what storage keeps (the last few checkpoints) is signed by
+    // this job, and nothing the first attempt signed lies past the step the
+    // job resumed from (such a commit would have come after the
+    // coordinator chose where to resume, over the new attempt's).
+    let prefix = format!("job {} attempt ", watch.id);
+    assert!(
+        !stored.is_empty() && stored.iter().all(|m| m.writer.starts_with(&prefix)),
+        "every kept manifest is signed by an attempt of {}: {stored:?}",
+        watch.id
+    );
+    let late_first: Vec<u64> = stored
+        .iter()
+        .filter(|m| m.writer == format!("{prefix}1") && m.step > resume_step)
+        .map(|m| m.step)
+        .collect();
+    // Timed: an overwritten manifest keeps only its last signature, so the
+    // times are checked too. S3 dates are whole seconds (HTTP dates), so a
+    // manifest listed at t was written in [t, t + 1 s).
+    let granularity = Duration::from_secs(1);
+    let ahead: Vec<(u64, f64)> = stored
+        .iter()
+        .filter_map(|m| {
+            let at = m.written.duration_since(submitted).ok()?;
+            let earliest_new = moved + step_floor * m.step.saturating_sub(resume_step) as u32;
+            (at > moved && (m.step <= resume_step || at + granularity < earliest_new))
+                .then_some((m.step, at.as_secs_f64()))
         })
         .collect();
     assert!(
-        ahead.is_empty(),
+        ahead.is_empty() && late_first.is_empty(),
         "checkpoints written after the job moved that its new attempt (resuming from step \
          {resume_step}) could not have written by then (step, s after submit): {ahead:?}; \
-         {host} was cut from the coordinator at {:.1} s, attempt 2 was not yet seen at {:.1} s\n{}\n{}",
+         steps signed by attempt 1 past the resume step: {late_first:?}; \
+         {host} was cut from the coordinator at {:.1} s, attempt 2 was not yet seen by a \
+         status call sent at {:.1} s\n{}\n{}",
         cut_at.as_secs_f64(),
         moved.as_secs_f64(),
         story(&fleet, &watch.id),
