@@ -2,6 +2,7 @@
 workload (docs/PERFORMANCE.md), timed as `lorafleet bench train` times its own.
 
     python bench/peft_train.py --preset tiny --threads 1 [--steps 10] [--warmup-steps 3]
+        [--batch ROWS] [--seq TOKENS]
 
 Prints one JSON object with the keys of `lorafleet bench train --json`
 that apply: preset, threads, tokens_per_s, step_ms, peak_rss_mib.
@@ -17,9 +18,22 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 PRESETS = {
-    # hidden, layers, heads, intermediate, vocab, batch, seq
-    "tiny": (256, 4, 4, 688, 1024, 8, 128),
-    "small": (512, 8, 8, 1376, 32000, 4, 256),
+    # hidden, layers, heads, kv heads, intermediate, vocab, batch, seq, tied, rope theta
+    "tiny": (256, 4, 4, 4, 688, 1024, 8, 128, False, 10000.0),
+    "small": (512, 8, 8, 8, 1376, 32000, 4, 256, False, 10000.0),
+    # the published configs of HuggingFaceTB/SmolLM2-135M, -360M and meta-llama/Llama-3.2-1B
+    "smollm2-135m": (576, 30, 9, 3, 1536, 49152, 2, 512, True, 100000.0),
+    "smollm2-360m": (960, 32, 15, 5, 2560, 49152, 2, 512, True, 100000.0),
+    "llama-1b-shape": (2048, 16, 32, 8, 8192, 128256, 2, 512, True, 500000.0),
+}
+ROPE_SCALING = {
+    "llama-1b-shape": {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
 }
 
 
@@ -29,19 +43,25 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    hidden, layers, heads, inter, vocab, batch, seq = PRESETS[a.preset]
+    hidden, layers, heads, kv, inter, vocab, batch, seq, tied, theta = PRESETS[a.preset]
+    batch, seq = a.batch or batch, a.seq or seq
     config = LlamaConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=hidden // heads,
         intermediate_size=inter,
         vocab_size=vocab,
         max_position_embeddings=max(2048, seq),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
+        rope_theta=theta,
+        rope_scaling=ROPE_SCALING.get(a.preset),
     )
     model = LlamaForCausalLM(config).float()
     model = get_peft_model(
@@ -70,6 +90,8 @@ def main():
     print(json.dumps({
         "preset": a.preset,
         "threads": a.threads,
+        "batch": batch,
+        "seq_len": seq,
         "tokens_per_s": batch * seq / step_s,
         "step_ms": step_s * 1e3,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

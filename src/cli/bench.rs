@@ -28,6 +28,20 @@ pub enum BenchWorkload {
     Fleet(BenchFleetArgs),
     /// Checkpointing: step-time overhead of background checkpoints, and upload throughput.
     Checkpoint(BenchCheckpointArgs),
+    /// f32 matrix products on every thread: the peak `bench train`'s matmul_gflops is held to.
+    Sgemm(BenchSgemmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSgemmArgs {
+    /// Threads, each multiplying its own matrices (as training's shares do).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed runs per shape (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +126,12 @@ pub struct BenchTrainArgs {
     pub engine: EngineArg,
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Rows per step (default: 8 for tiny, 4 for small, 2 for the real shapes).
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: Option<u32>,
+    /// Tokens per row (default: 128 for tiny, 256 for small, 512 for the real shapes).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(2..=131072))]
+    pub seq: Option<u32>,
     #[arg(long, default_value_t = 3)]
     pub warmup_steps: usize,
     /// Timed steps (the median is reported).

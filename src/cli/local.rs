@@ -132,6 +132,15 @@ pub enum PresetArg {
     Small,
     /// tiny with grouped-query attention (2 KV heads)
     TinyGqa,
+    /// SmolLM2-135M's shape: hidden 576, 30 layers, 9/3 heads, vocab 49152, tied
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+    /// SmolLM2-360M's shape: hidden 960, 32 layers, 15/5 heads, vocab 49152, tied
+    #[value(name = "smollm2-360m")]
+    Smollm2_360m,
+    /// Llama-3.2-1B's shape: hidden 2048, 16 layers, 32/8 heads, vocab 128256, tied
+    #[value(name = "llama-1b-shape")]
+    Llama1bShape,
 }
 
 impl PresetArg {
@@ -141,6 +150,9 @@ impl PresetArg {
             PresetArg::Tiny => Preset::Tiny,
             PresetArg::Small => Preset::Small,
             PresetArg::TinyGqa => Preset::TinyGqa,
+            PresetArg::Smollm2_135m => Preset::Smollm2_135m,
+            PresetArg::Smollm2_360m => Preset::Smollm2_360m,
+            PresetArg::Llama1bShape => Preset::Llama1bShape,
         }
     }
 }

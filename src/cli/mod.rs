@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 pub use bench::{
     BenchAllreduceArgs, BenchArgs, BenchCheckpointArgs, BenchFleetArgs, BenchForwardArgs,
-    BenchTrainArgs, BenchWorkload,
+    BenchSgemmArgs, BenchTrainArgs, BenchWorkload,
 };
 pub use fleet::{ServeArgs, WorkerArgs};
 pub use jobs::{

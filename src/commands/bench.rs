@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use trainer::collective::TcpRing;
 
 use super::UsageError;
-use crate::cli::{BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchTrainArgs, BenchWorkload};
+use crate::cli::{
+    BenchAllreduceArgs, BenchArgs, BenchForwardArgs, BenchSgemmArgs, BenchTrainArgs, BenchWorkload,
+};
 use crate::ring::{join, nccl_beside, ring_config, run_local_ranks, run_local_ranks_with};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -19,7 +21,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWorkload::Allreduce(a) => allreduce(a),
         BenchWorkload::Fleet(a) => super::bench_fleet::run(a),
         BenchWorkload::Checkpoint(a) => super::bench_checkpoint::run(a),
+        BenchWorkload::Sgemm(a) => sgemm(a),
     }
+}
+
+fn sgemm(args: BenchSgemmArgs) -> anyhow::Result<()> {
+    trainer::device::set_cpu_threads(args.threads);
+    let r = trainer::bench::sgemm(args.runs);
+    if args.json {
+        println!("{}", serde_json::to_value(&r)?);
+        return Ok(());
+    }
+    for s in &r.shapes {
+        println!(
+            "sgemm  threads={} {}x{}x{}: {:.1} GFLOP/s",
+            r.threads, s.m, s.k, s.n, s.gflops
+        );
+    }
+    println!("sgemm  peak {:.1} GFLOP/s", r.peak_gflops);
+    Ok(())
+}
+
+/// The (rows, tokens per row) `bench train` runs: the preset's, or the flags'.
+fn train_shape(args: &BenchTrainArgs) -> (usize, usize) {
+    let (rows, seq) = trainer::bench::batch_shape(args.preset.preset());
+    (
+        args.batch.map_or(rows, |b| b as usize),
+        args.seq.map_or(seq, |s| s as usize),
+    )
 }
 
 /// The arguments a launcher passes on to its rank processes.
@@ -65,6 +94,7 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut collective = join(plan)?;
     let r = trainer::bench::train(
         preset,
+        train_shape(&args),
         args.engine.engine(),
         trainer::device::cpu_threads(),
         args.warmup_steps,
@@ -80,7 +110,7 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
 /// over rounds: this machine's speed drifts between processes).
 fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
     let preset = args.preset.preset();
-    let (batch, _) = trainer::bench::batch_shape(preset);
+    let (batch, seq) = train_shape(args);
     if args.world > batch {
         bail!(UsageError(format!(
             "--world {} is more ranks than the {batch} rows of a {} batch",
@@ -95,6 +125,10 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
         args.engine.engine().name().into(),
         "--threads".into(),
         args.threads.to_string(),
+        "--batch".into(),
+        batch.to_string(),
+        "--seq".into(),
+        seq.to_string(),
         "--warmup-steps".into(),
         args.warmup_steps.to_string(),
         "--steps".into(),
@@ -163,7 +197,7 @@ fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         println!("{r}");
     } else {
         println!(
-            "train  {} world={} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB",
+            "train  {} world={} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB, matrix products {:.1} GFLOP/s",
             r["preset"].as_str().unwrap_or("?"),
             r["world"],
             r["threads"],
@@ -173,7 +207,8 @@ fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
             r["tokens_per_s"].as_f64().unwrap_or(0.0),
             r["step_ms"].as_f64().unwrap_or(0.0),
             r["timed_steps"],
-            r["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            r["matmul_gflops"].as_f64().unwrap_or(0.0)
         );
         if let Some(e) = r["scaling_efficiency"].as_f64() {
             println!(

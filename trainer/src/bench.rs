@@ -5,7 +5,10 @@
 //! with the KV cache. Figures are medians over timed runs after warm-up;
 //! every timed run ends by reading the result back, so queued device work
 //! is counted. [`train`] measures one LoRA training step (forward, backward,
-//! AdamW) on the same batches.
+//! AdamW) on the same batches, and [`matmul`] holds it to this machine's
+//! sgemm speed.
+
+mod matmul;
 
 use std::time::Instant;
 
@@ -21,12 +24,16 @@ use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
 use crate::train::grad::{Engine, lora_gradients_with};
 use crate::train::optim::{AdamWConfig, AdamWState};
+pub use matmul::{SgemmReport, SgemmShape, sgemm, step_matmul_flops};
 
-/// The batch shape each preset is measured at (REFERENCE workloads).
+/// The batch shape (rows, tokens per row) each preset is measured at by
+/// default: the REFERENCE workloads for the small presets, two rows of 512
+/// tokens for the real shapes.
 pub fn batch_shape(preset: Preset) -> (usize, usize) {
     match preset {
         Preset::Tiny | Preset::TinyGqa => (8, 128),
         Preset::Small => (4, 256),
+        Preset::Smollm2_135m | Preset::Smollm2_360m | Preset::Llama1bShape => (2, 512),
     }
 }
 
@@ -138,6 +145,11 @@ pub struct TrainReport {
     pub warmup_steps: usize,
     pub timed_steps: usize,
     pub lora_parameters: usize,
+    /// [`step_matmul_flops`] of the global batch, in 1e9.
+    pub matmul_gflop_per_step: f64,
+    /// That work over the median step time: compare with `bench sgemm`'s
+    /// `peak_gflops` at the same threads.
+    pub matmul_gflops: f64,
 }
 
 /// Measures LoRA training steps on the reference workload: r = 8, alpha 16,
@@ -147,10 +159,11 @@ pub struct TrainReport {
 /// With a ring of N ranks, every rank draws the same global batch, trains
 /// on every N-th row of it and all-reduces the gradients each step (the
 /// data-parallel step of `train::run`); tokens/s is then the whole global
-/// batch's, from this rank's median step.
+/// batch's, from this rank's median step. `shape` is (rows, tokens per row).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     preset: Preset,
+    (batch, seq): (usize, usize),
     engine: Engine,
     threads: usize,
     warmup_steps: usize,
@@ -165,7 +178,6 @@ pub fn train(
     let mut params = lora.to_flat();
     let mut adam = AdamWState::new(params.len());
     let adam_config = AdamWConfig::default();
-    let (batch, seq) = batch_shape(preset);
     let vocab = model.config.vocab_size as i64;
     let mut rng = StdRng::seed_from_u64(2);
 
@@ -214,6 +226,7 @@ pub fn train(
         }
     }
     let step_s = median(&mut times);
+    let flops = step_matmul_flops(&model.config, batch, seq);
     Ok(TrainReport {
         preset: preset.name().to_string(),
         engine: engine.name().to_string(),
@@ -227,6 +240,8 @@ pub fn train(
         warmup_steps,
         timed_steps: times.len(),
         lora_parameters: lora.num_parameters(),
+        matmul_gflop_per_step: flops / 1e9,
+        matmul_gflops: flops / step_s / 1e9,
     })
 }
 

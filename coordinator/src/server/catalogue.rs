@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Without a config file (the development setup) the catalogue holds the
-//! random presets (`tiny`, `small`, `tiny-gqa`). Not here: turning a
+//! random presets (`trainer::model::Preset::NAMES`). Not here: turning a
 //! request into a spec (`http::openai::create`).
 
 use std::collections::BTreeMap;

@@ -65,7 +65,9 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
-/// Named model sizes that `init-model` and `preset:` specs create.
+/// Named model sizes that `init-model` and `preset:` specs create: small
+/// random models for tests, and the shapes of real checkpoints (random
+/// weights in the published configs) for benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// hidden 256, 4 layers, 4 heads, intermediate 688, vocab 1024.
@@ -74,18 +76,38 @@ pub enum Preset {
     Small,
     /// `tiny` with grouped-query attention: 4 query heads share 2 KV heads.
     TinyGqa,
+    /// SmolLM2-135M's shape: hidden 576, 30 layers, 9 heads sharing 3 KV
+    /// heads, intermediate 1536, vocab 49152, tied embeddings.
+    Smollm2_135m,
+    /// SmolLM2-360M's shape: hidden 960, 32 layers, 15 heads sharing 5 KV
+    /// heads, intermediate 2560, vocab 49152, tied embeddings.
+    Smollm2_360m,
+    /// Llama-3.2-1B's shape: hidden 2048, 16 layers, 32 heads sharing 8 KV
+    /// heads, intermediate 8192, vocab 128256, tied embeddings, llama3 RoPE.
+    Llama1bShape,
 }
 
 impl Preset {
-    pub const NAMES: &'static [&'static str] = &["tiny", "small", "tiny-gqa"];
+    pub const NAMES: &'static [&'static str] = &[
+        "tiny",
+        "small",
+        "tiny-gqa",
+        "smollm2-135m",
+        "smollm2-360m",
+        "llama-1b-shape",
+    ];
+
+    const ALL: [Preset; 6] = [
+        Preset::Tiny,
+        Preset::Small,
+        Preset::TinyGqa,
+        Preset::Smollm2_135m,
+        Preset::Smollm2_360m,
+        Preset::Llama1bShape,
+    ];
 
     pub fn parse(name: &str) -> Option<Preset> {
-        match name {
-            "tiny" => Some(Preset::Tiny),
-            "small" => Some(Preset::Small),
-            "tiny-gqa" => Some(Preset::TinyGqa),
-            _ => None,
-        }
+        Preset::ALL.into_iter().find(|p| p.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -93,16 +115,25 @@ impl Preset {
             Preset::Tiny => "tiny",
             Preset::Small => "small",
             Preset::TinyGqa => "tiny-gqa",
+            Preset::Smollm2_135m => "smollm2-135m",
+            Preset::Smollm2_360m => "smollm2-360m",
+            Preset::Llama1bShape => "llama-1b-shape",
         }
     }
 
+    /// The architecture; the real shapes follow the published
+    /// `config.json` of HuggingFaceTB/SmolLM2-135M, SmolLM2-360M and
+    /// meta-llama/Llama-3.2-1B.
     pub fn config(self) -> LlamaConfig {
         let (hidden, layers, heads, kv_heads, inter, vocab) = match self {
             Preset::Tiny => (256, 4, 4, 4, 688, 1024),
             Preset::Small => (512, 8, 8, 8, 1376, 32000),
             Preset::TinyGqa => (256, 4, 4, 2, 688, 1024),
+            Preset::Smollm2_135m => (576, 30, 9, 3, 1536, 49152),
+            Preset::Smollm2_360m => (960, 32, 15, 5, 2560, 49152),
+            Preset::Llama1bShape => (2048, 16, 32, 8, 8192, 128256),
         };
-        LlamaConfig {
+        let mut config = LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: inter,
@@ -117,7 +148,27 @@ impl Preset {
             tie_word_embeddings: false,
             bos_token_id: Some(crate::tokenizer::BOS_ID),
             eos_token_ids: vec![crate::tokenizer::EOS_ID],
+        };
+        match self {
+            Preset::Tiny | Preset::Small | Preset::TinyGqa => {}
+            Preset::Smollm2_135m | Preset::Smollm2_360m => {
+                config.max_position_embeddings = 8192;
+                config.rope_theta = 100_000.0;
+                config.tie_word_embeddings = true;
+            }
+            Preset::Llama1bShape => {
+                config.max_position_embeddings = 131_072;
+                config.rope_theta = 500_000.0;
+                config.rope_scaling = Some(RopeScaling {
+                    factor: 32.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                });
+                config.tie_word_embeddings = true;
+            }
         }
+        config
     }
 }
 
@@ -410,6 +461,43 @@ impl LlamaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parameters of a model of `c`'s shape (no biases; one head if tied).
+    fn parameters(c: &LlamaConfig) -> usize {
+        let (h, q, kv) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let layer = 2 * h * q + 2 * h * kv + 3 * h * c.intermediate_size + 2 * h;
+        let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * h };
+        c.vocab_size * h + c.num_hidden_layers * layer + h + head
+    }
+
+    #[test]
+    fn the_real_shapes_have_the_published_parameter_counts() {
+        // The totals the published checkpoints' safetensors hold.
+        for (preset, total) in [
+            (Preset::Smollm2_135m, 134_515_008),
+            (Preset::Smollm2_360m, 361_821_120),
+            (Preset::Llama1bShape, 1_235_814_400),
+        ] {
+            let c = preset.config();
+            assert_eq!(parameters(&c), total, "{}", preset.name());
+            assert_eq!(c.head_dim, 64, "{}", preset.name());
+            assert!(c.tie_word_embeddings);
+        }
+        assert!(Preset::Llama1bShape.config().rope_scaling.is_some());
+    }
+
+    #[test]
+    fn every_preset_name_parses_back() {
+        for name in Preset::NAMES {
+            assert_eq!(Preset::parse(name).map(Preset::name), Some(*name));
+        }
+        assert_eq!(Preset::NAMES.len(), Preset::ALL.len());
+        assert_eq!(Preset::parse("smollm2"), None);
+    }
 
     #[test]
     fn reads_classic_and_v5_rope_spellings() {
