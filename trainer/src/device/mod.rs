@@ -11,8 +11,10 @@
 //!
 //! On an accelerator the frozen base weights are kept in bf16
 //! ([`frozen_dtype`]) while activations, LoRA weights and the optimizer
-//! stay f32; on the CPU everything is f32. Not here: what runs on the
-//! device (`model`, `train`), or GPU collectives (`collective::nccl`).
+//! stay f32; on the CPU everything is f32 unless a job asks for 16-bit
+//! base weights ([`FrozenDType`], `model.dtype`, [`frozen_dtype_or`]).
+//! Not here: what runs on the device (`model`, `train`), or GPU
+//! collectives (`collective::nccl`).
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -126,6 +128,65 @@ pub fn frozen_dtype(device: &Device) -> FloatDType {
     }
 }
 
+/// The precision frozen base weights are asked to be kept in
+/// (`model.dtype`, `bench train --dtype`). Matrices only: norm weights,
+/// activations, LoRA weights, their gradients and the optimizer stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrozenDType {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FrozenDType {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [FrozenDType; 3] = [FrozenDType::F32, FrozenDType::Bf16, FrozenDType::F16];
+
+    /// The spelling in job specs and flags: `f32`, `bf16`, `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrozenDType::F32 => "f32",
+            FrozenDType::Bf16 => "bf16",
+            FrozenDType::F16 => "f16",
+        }
+    }
+
+    /// The value spelled `text` ([`Self::name`]), if any.
+    pub fn parse(text: &str) -> Option<FrozenDType> {
+        Self::ALL.into_iter().find(|d| d.name() == text)
+    }
+
+    /// Whether values are kept in 16 bits.
+    pub fn is_half(self) -> bool {
+        self != FrozenDType::F32
+    }
+
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            FrozenDType::F32 => FloatDType::F32,
+            FrozenDType::Bf16 => FloatDType::BF16,
+            FrozenDType::F16 => FloatDType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for FrozenDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The precision frozen matrices are kept in on `device`: `wanted` when
+/// given and the device supports it (f32 otherwise), else
+/// [`frozen_dtype`]'s default for the device.
+pub fn frozen_dtype_or(device: &Device, wanted: Option<FrozenDType>) -> FloatDType {
+    match wanted {
+        None => frozen_dtype(device),
+        Some(wanted) if device.supports_dtype(wanted.float_dtype()) => wanted.float_dtype(),
+        Some(_) => FloatDType::F32,
+    }
+}
+
 /// Sizes the CPU thread pool. Only the first call takes effect; returns
 /// whether this one did.
 pub fn set_cpu_threads(threads: usize) -> bool {
@@ -150,6 +211,17 @@ mod tests {
         assert!(!is_accelerator(&device));
         assert!(!is_accelerator(&device.clone().autodiff()));
         assert_eq!(frozen_dtype(&device), FloatDType::F32);
+    }
+
+    #[test]
+    fn an_explicit_frozen_dtype_wins_on_the_cpu() {
+        let device = device_for(ComputeBackend::Cpu).unwrap();
+        assert_eq!(frozen_dtype_or(&device, None), FloatDType::F32);
+        for d in FrozenDType::ALL {
+            assert_eq!(frozen_dtype_or(&device, Some(d)), d.float_dtype());
+            assert_eq!(FrozenDType::parse(d.name()), Some(d));
+        }
+        assert_eq!(FrozenDType::parse("fp16"), None);
     }
 
     #[cfg(not(feature = "cuda"))]

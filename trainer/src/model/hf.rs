@@ -1,7 +1,9 @@
 //! Hugging Face model folders: `config.json` plus `model.safetensors` or a
 //! sharded `model.safetensors.index.json`.
 //!
-//! Reading decodes F32, F16 and BF16 tensors to f32 into a [`WeightMap`];
+//! Reading decodes F32, F16 and BF16 tensors to f32 into a [`WeightMap`],
+//! or, for a map of 16-bit frozen weights ([`read_weights_as`]), each
+//! matrix straight to that type (a tensor already in it is copied as is);
 //! writing stores a `WeightMap` as one F32 `model.safetensors`. Files are
 //! memory-mapped, so a shard is never held in memory twice. Not here: the
 //! tokenizer files (`crate::tokenizer`) or building the model (`llama`).
@@ -13,7 +15,9 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use super::weights::StoredTensor;
 use super::{HostTensor, LlamaConfig, ModelError, WeightMap};
+use crate::device::FrozenDType;
 
 /// Reads `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
@@ -24,9 +28,16 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
 
 /// Reads every tensor of the folder's safetensors file(s), as f32.
 pub fn read_weights(dir: &Path) -> Result<WeightMap, ModelError> {
+    read_weights_as(dir, None)
+}
+
+/// Reads every tensor of the folder's safetensors file(s) into a map for
+/// frozen matrices in `dtype` ([`WeightMap::with_dtype`]): with a 16-bit
+/// type, each matrix is converted as it is read.
+pub fn read_weights_as(dir: &Path, dtype: Option<FrozenDType>) -> Result<WeightMap, ModelError> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let mut weights = WeightMap::new(dir.display().to_string());
+    let mut weights = WeightMap::with_dtype(dir.display().to_string(), dtype);
     if index.exists() {
         for shard in shard_files(&index)? {
             read_file_into(&dir.join(&shard), &mut weights)?;
@@ -87,8 +98,31 @@ fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelError
         file: name.clone(),
         message: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
     })?;
+    let wanted = weights.dtype().filter(|d| d.is_half());
     for (tname, view) in st.tensors() {
         let bytes = view.data();
+        let shape = view.shape().to_vec();
+        if shape.len() >= 2 {
+            match (view.dtype(), wanted) {
+                (Dtype::BF16, Some(FrozenDType::Bf16)) => {
+                    let data = bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    weights.insert_stored(tname, StoredTensor::Bf16 { shape, data });
+                    continue;
+                }
+                (Dtype::F16, Some(FrozenDType::F16)) => {
+                    let data = bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    weights.insert_stored(tname, StoredTensor::F16 { shape, data });
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -110,7 +144,7 @@ fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelError
                 });
             }
         };
-        weights.insert(tname, HostTensor::new(view.shape().to_vec(), data));
+        weights.insert(tname, HostTensor::new(shape, data));
     }
     Ok(())
 }

@@ -7,15 +7,25 @@
 //! `initializer_range` of 0.02 everywhere gives near-uniform logits that a
 //! frozen output head cannot sharpen, so LoRA on such a model barely
 //! learns.) The generator is seeded: a `(preset, seed)` pair always gives
-//! the same model.
+//! the same model. With 16-bit frozen weights ([`random_weights_as`]),
+//! each matrix is narrowed right after it is drawn: the same f32 values,
+//! rounded, and never the whole model in f32.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{HostTensor, LlamaConfig, WeightMap};
+use crate::device::FrozenDType;
 
 /// All tensors of a `LlamaForCausalLM` with `config`, HF names and layout.
 pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
+    random_weights_as(config, seed, None)
+}
+
+/// [`random_weights`] in a map for frozen matrices in `dtype`
+/// ([`WeightMap::with_dtype`]): the same draws, each matrix narrowed as
+/// soon as it is drawn.
+pub fn random_weights_as(config: &LlamaConfig, seed: u64, dtype: Option<FrozenDType>) -> WeightMap {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut normal = |shape: Vec<usize>, std: f32| {
         let n: usize = shape.iter().product();
@@ -28,7 +38,7 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> WeightMap {
     let inter = config.intermediate_size;
     let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
 
-    let mut w = WeightMap::new("random init");
+    let mut w = WeightMap::with_dtype("random init", dtype);
     w.insert(
         "model.embed_tokens.weight",
         normal(vec![config.vocab_size, h], 1.0),

@@ -17,7 +17,7 @@ use burn::tensor::module::embedding;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::rope::{self, Rope};
-use super::{HostTensor, LlamaConfig, ModelError, WeightMap};
+use super::{HostTensor, LlamaConfig, ModelError, StoredTensor, WeightMap};
 use crate::data::sampler::splitmix64;
 use crate::lora::LoraAdapter;
 
@@ -70,13 +70,18 @@ impl Projection {
 }
 
 /// `x · w` for a frozen weight `w` kept in a narrower type than `x` (bf16
-/// on an accelerator, `crate::device::frozen_dtype`): the product runs in
-/// `w`'s type and its result comes back as f32. With an f32 `w` it is the
-/// plain product.
+/// on an accelerator, `crate::device::frozen_dtype`; `model.dtype`): on an
+/// accelerator the product runs in `w`'s type and its result comes back
+/// as f32; on the CPU backend `w` is widened to f32 (exact) and the
+/// product runs in f32, as the fused step computes it. With an f32 `w` it
+/// is the plain product.
 pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let dtype = w.dtype();
     if dtype == DType::F32 {
         return x.matmul(w);
+    }
+    if !crate::device::is_accelerator(&w.device()) {
+        return x.matmul(w.cast(FloatDType::F32));
     }
     x.cast(dtype).matmul(w).cast(FloatDType::F32)
 }
@@ -326,6 +331,7 @@ impl Llama {
             file: weights.source.clone(),
             message,
         })?;
+        let dtype = crate::device::frozen_dtype_or(device, weights.dtype());
         let h = config.hidden_size;
         let q_out = config.num_attention_heads * config.head_dim;
         let kv_out = config.num_key_value_heads * config.head_dim;
@@ -336,8 +342,8 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let mut linear =
                 |name: &str, out: usize, inp: usize| -> Result<Projection, ModelError> {
-                    let t = weights.take(&format!("{p}.{name}.weight"), &[out, inp])?;
-                    Ok(linear_from_hf(t, device))
+                    let t = weights.take_stored(&format!("{p}.{name}.weight"), &[out, inp])?;
+                    Ok(linear_from_hf(t, device, dtype))
                 };
             let self_attn = Attention {
                 q_proj: linear("self_attn.q_proj", q_out, h)?,
@@ -366,18 +372,22 @@ impl Llama {
             });
         }
 
-        let embed = weights.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let embed = weights.take_stored("model.embed_tokens.weight", &[config.vocab_size, h])?;
         let head = if config.tie_word_embeddings {
-            weights.take("lm_head.weight", &[config.vocab_size, h]).ok();
-            transpose(&embed)
+            weights
+                .take_stored("lm_head.weight", &[config.vocab_size, h])
+                .ok();
+            embed.transposed()
         } else {
-            transpose(&weights.take("lm_head.weight", &[config.vocab_size, h])?)
+            weights
+                .take_stored("lm_head.weight", &[config.vocab_size, h])?
+                .transposed()
         };
         Ok(Llama {
-            embed_tokens: frozen(to_device(embed, device)),
+            embed_tokens: frozen(to_device(embed, device, dtype)),
             layers,
             norm: norm(weights, "model.norm", config, device)?,
-            lm_head: frozen(to_device(head, device)),
+            lm_head: frozen(to_device(head, device, dtype)),
             config: config.clone(),
             rope: Rope::new(config),
         })
@@ -464,9 +474,10 @@ fn norm(
 }
 
 /// A HF `[out, in]` weight as a frozen [`Projection`] (`[in, out]`).
-fn linear_from_hf(t: HostTensor, device: &Device) -> Projection {
+fn linear_from_hf(t: StoredTensor, device: &Device, dtype: FloatDType) -> Projection {
+    let t = t.transposed();
     Projection {
-        weight: frozen(to_device(transpose(&t), device)),
+        weight: frozen(to_device(t, device, dtype)),
         lora: None,
     }
 }
@@ -476,12 +487,22 @@ fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(t).set_require_grad(false)
 }
 
-/// A frozen matrix on `device`, in the precision frozen weights are kept
-/// in there (`crate::device::frozen_dtype`).
-fn to_device(t: HostTensor, device: &Device) -> Tensor<2> {
-    let [r, c] = [t.shape[0], t.shape[1]];
-    Tensor::<2>::from_data(TensorData::new(t.data, [r, c]), device)
-        .cast(crate::device::frozen_dtype(device))
+/// A frozen matrix on `device`, in `dtype` (the precision frozen weights
+/// are kept in there, `crate::device::frozen_dtype_or`). A tensor already
+/// in `dtype` goes there as it is.
+fn to_device(t: StoredTensor, device: &Device, dtype: FloatDType) -> Tensor<2> {
+    let shape = [t.shape()[0], t.shape()[1]];
+    let (data, stored) = match t {
+        StoredTensor::F32(t) => (TensorData::new(t.data, shape), DType::F32),
+        StoredTensor::Bf16 { data, .. } => (TensorData::new(data, shape), DType::BF16),
+        StoredTensor::F16 { data, .. } => (TensorData::new(data, shape), DType::F16),
+    };
+    let t = Tensor::<2>::from_data(data, (device, stored));
+    if stored == DType::from(dtype) {
+        t
+    } else {
+        t.cast(dtype)
+    }
 }
 
 /// Transposes a 2-D host tensor.

@@ -19,8 +19,9 @@ use std::path::Path;
 
 pub use config::{LlamaConfig, Preset, RopeScaling};
 pub use llama::{KvCache, Llama};
-pub use weights::{HostTensor, WeightMap};
+pub use weights::{HostTensor, StoredTensor, WeightMap};
 
+use crate::device::FrozenDType;
 use crate::tokenizer::TextTokenizer;
 
 /// A model read from disk, before it is put on a device.
@@ -34,9 +35,18 @@ pub struct ModelSource {
 impl ModelSource {
     /// Reads a HF model folder or a `.gguf` file.
     pub fn open(path: &Path) -> Result<ModelSource, ModelError> {
+        ModelSource::open_as(path, None)
+    }
+
+    /// [`ModelSource::open`] for a model whose frozen matrices are kept in
+    /// `dtype` (`None`: the device's default, [`crate::device::frozen_dtype`]).
+    /// From a HF folder each matrix is converted as it is read, so a 16-bit
+    /// model never exists in f32 as a whole; a GGUF file is decoded to f32
+    /// first, then narrowed one tensor at a time.
+    pub fn open_as(path: &Path, dtype: Option<FrozenDType>) -> Result<ModelSource, ModelError> {
         if path.is_dir() {
             let config = hf::read_config(path)?;
-            let weights = hf::read_weights(path)?;
+            let weights = hf::read_weights_as(path, dtype)?;
             let tokenizer = if path.join("tokenizer.json").exists() {
                 Some(
                     TextTokenizer::from_hf_dir(path).map_err(|e| ModelError::Format {
@@ -53,7 +63,8 @@ impl ModelSource {
                 tokenizer,
             })
         } else if path.extension().is_some_and(|e| e == "gguf") {
-            let g = gguf::load_gguf(path)?;
+            let mut g = gguf::load_gguf(path)?;
+            g.weights.set_dtype(dtype);
             Ok(ModelSource {
                 config: g.config,
                 weights: g.weights,
@@ -74,8 +85,14 @@ impl ModelSource {
 
     /// A random model of `preset`, with the built-in tokenizer.
     pub fn random(preset: Preset, seed: u64) -> ModelSource {
+        ModelSource::random_as(preset, seed, None)
+    }
+
+    /// [`ModelSource::random`] for a model whose frozen matrices are kept
+    /// in `dtype`: the same values, each matrix narrowed as it is drawn.
+    pub fn random_as(preset: Preset, seed: u64, dtype: Option<FrozenDType>) -> ModelSource {
         let config = preset.config();
-        let weights = init::random_weights(&config, seed);
+        let weights = init::random_weights_as(&config, seed, dtype);
         ModelSource {
             config,
             weights,
@@ -83,7 +100,9 @@ impl ModelSource {
         }
     }
 
-    /// Builds the burn model on `device`.
+    /// Builds the burn model on `device`, its frozen matrices in the type
+    /// the weights were read for ([`WeightMap::dtype`]), or the device's
+    /// default ([`crate::device::frozen_dtype_or`]).
     pub fn into_model(
         mut self,
         device: &burn::tensor::Device,

@@ -2,26 +2,31 @@
 //! fused step's version of `super::super::cross_entropy`, which the tests
 //! hold it to.
 //!
-//! Only target positions go through the head, a chunk of rows at a time,
-//! and each chunk's gradient comes from the closed form
+//! Only target positions go through the head, a chunk of rows at a time
+//! of at most `CHUNK_LOGITS` logits (170 rows at SmolLM2's 49,152), so a
+//! whole `[tokens × vocab]` block is never held; each chunk's gradient
+//! comes from the closed form
 //! `∂loss/∂logits = softmax − one_hot(target)`, pushed through the frozen
 //! head at once. Not here: the final norm (`super`).
 
-use super::kernels::{MatMut, MatRef, add_assign, exp_shifted, matmul, scale};
+use super::kernels::{
+    MatMut, MatRef, Values, WeightRef, add_assign, exp_shifted, matmul_weight, scale,
+};
 use crate::train::cross_entropy::{CHUNK_LOGITS, TargetRows};
 
 /// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
-/// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`), and with
+/// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`, in f32, bf16
+/// or f16), and with
 /// `grad_scale`, `grad_scale · ∂/∂hidden` (zero on rows that are not targets).
 pub fn cross_entropy(
     hidden: &[f32],
-    head: &[f32],
+    head: Values<'_>,
     width: usize,
     targets: &TargetRows,
     grad_scale: Option<f32>,
 ) -> (f64, Option<Vec<f32>>) {
     let vocab = head.len() / width;
-    let head = MatRef::new(head, width, vocab);
+    let head = WeightRef::new(head, width, vocab);
     let mut d_hidden = grad_scale.map(|_| vec![0.0f32; hidden.len()]);
     let chunk = (CHUNK_LOGITS / vocab).max(1);
     let mut loss_sum = 0.0f64;
@@ -37,7 +42,7 @@ pub fn cross_entropy(
             picked.extend_from_slice(&hidden[row * width..(row + 1) * width]);
         }
         logits.resize(n * vocab, 0.0);
-        matmul(
+        matmul_weight(
             MatMut::new(&mut logits, n, vocab),
             MatRef::new(&picked, n, width),
             head,
@@ -61,7 +66,7 @@ pub fn cross_entropy(
             continue;
         };
         d_picked.resize(n * width, 0.0);
-        matmul(
+        matmul_weight(
             MatMut::new(&mut d_picked, n, width),
             MatRef::new(&logits, n, vocab),
             head.t(),

@@ -1,11 +1,17 @@
 //! The numeric building blocks of the fused CPU step: matrix products on
-//! strided views (the `gemm` crate burn-flex also runs), and the
+//! strided views (the `gemm` crate burn-flex also runs), products with a
+//! frozen weight kept in bf16 or f16 ([`matmul_weight`]: widened a tile at
+//! a time into a reusable f32 buffer, then the same f32 product), and the
 //! element-wise passes (a vectorised `exp`, softmax rows, RMSNorm, RoPE,
 //! SiLU) compiled for AVX-512 and AVX2 as well as the baseline, with the
 //! variant chosen once at run time ([`simd_fn`]). Nothing here knows about
 //! layers or adapters.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// What the CPU can run, probed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +225,183 @@ pub fn matmul(out: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, scale: f32, accumul
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// The values of a frozen weight, in the type the model keeps them in.
+#[derive(Debug, Clone, Copy)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Values<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::Bf16(v) => v.len(),
+            Values::F16(v) => v.len(),
+        }
+    }
+
+    /// Writes values `start..start + dst.len()` into `dst`, widened to f32
+    /// (exact).
+    pub fn widen_into(&self, start: usize, dst: &mut [f32]) {
+        let end = start + dst.len();
+        match self {
+            Values::F32(v) => dst.copy_from_slice(&v[start..end]),
+            Values::Bf16(v) => widen_bf16(&v[start..end], dst),
+            // Vectorised with F16C where the CPU has it (checked at run time).
+            Values::F16(v) => v[start..end].convert_to_f32_slice(dst),
+        }
+    }
+
+    /// Value `i`, widened.
+    fn at(&self, i: usize) -> f32 {
+        match self {
+            Values::F32(v) => v[i],
+            Values::Bf16(v) => v[i].to_f32(),
+            Values::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+simd_fn! {
+    /// `dst = src` widened to f32: a bf16 is the high half of an f32's bits.
+    pub fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
+    }
+}
+
+/// A read-only matrix view of a frozen weight ([`Values`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WeightRef<'a> {
+    data: Values<'a>,
+    pub at: Layout,
+}
+
+impl<'a> WeightRef<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn new(data: Values<'a>, rows: usize, cols: usize) -> WeightRef<'a> {
+        let at = Layout::row_major(rows, cols, data.len());
+        WeightRef { data, at }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> WeightRef<'a> {
+        WeightRef {
+            at: self.at.transposed(),
+            ..self
+        }
+    }
+}
+
+/// Values in one tile of a 16-bit weight widened for [`matmul_weight`]:
+/// 1 MiB of f32, so that a tile stays in cache while gemm packs it.
+const TILE_VALUES: usize = 1 << 18;
+/// The most rows (inner dimension) a tile spans.
+const TILE_DEPTH: usize = 1024;
+
+thread_local! {
+    /// Each thread's tile buffer, kept between products.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out = scale · a · b`, or `out += scale · a · b` with `accumulate`, for
+/// a frozen weight `b`. An f32 `b` is [`matmul`] itself; a 16-bit one is
+/// widened a tile at a time (at most [`TILE_DEPTH`] rows of the inner
+/// dimension by about [`TILE_VALUES`]` / rows` columns, each value once
+/// per product) into a per-thread f32 buffer, and each tile's product is
+/// [`matmul`], accumulated over the inner dimension. The result equals the
+/// f32 product of the widened values up to the order of the f32 sums.
+pub fn matmul_weight(
+    out: MatMut<'_>,
+    a: MatRef<'_>,
+    b: WeightRef<'_>,
+    scale: f32,
+    accumulate: bool,
+) {
+    let y = b.at;
+    if let Values::F32(data) = b.data {
+        return matmul(out, a, MatRef { data, at: y }, scale, accumulate);
+    }
+    let (o, x) = (out.at, a.at);
+    assert_eq!(x.cols, y.rows, "inner dimensions");
+    assert_eq!((o.rows, o.cols), (x.rows, y.cols), "output shape");
+    y.check(b.data.len());
+    if o.is_empty() {
+        return;
+    }
+    if y.rows == 0 {
+        // Nothing to widen: the f32 product over an empty inner dimension.
+        let empty = MatRef::new(&[], 0, y.cols);
+        return matmul(out, a, empty, scale, accumulate);
+    }
+    let (k, n) = (y.rows, y.cols);
+    let depth = k.min(TILE_DEPTH);
+    let width = (TILE_VALUES / depth).max(16).min(n);
+    TILE.with(|tile| {
+        let mut tile = tile.borrow_mut();
+        if tile.len() < depth * width {
+            tile.resize(depth * width, 0.0);
+        }
+        let out_data = out.data;
+        for j0 in (0..n).step_by(width) {
+            let w = width.min(n - j0);
+            for k0 in (0..k).step_by(depth) {
+                let d = depth.min(k - k0);
+                let panel = widen_tile(b, k0, j0, d, w, &mut tile[..d * w]);
+                matmul(
+                    MatMut {
+                        data: &mut *out_data,
+                        at: o.block(0, j0, o.rows, w),
+                    },
+                    MatRef {
+                        at: x.block(0, k0, x.rows, d),
+                        ..a
+                    },
+                    panel,
+                    scale,
+                    accumulate || k0 > 0,
+                );
+            }
+        }
+    });
+}
+
+/// Rows `k0..k0 + d` and columns `j0..j0 + w` of `b`, widened into `tile`,
+/// as a view with the same orientation as `b` (so that each source run
+/// that is contiguous is read and written contiguously).
+fn widen_tile<'t>(
+    b: WeightRef<'_>,
+    k0: usize,
+    j0: usize,
+    d: usize,
+    w: usize,
+    tile: &'t mut [f32],
+) -> MatRef<'t> {
+    let y = b.at;
+    let start = |i: usize, j: usize| y.offset + (k0 + i) * y.rs + (j0 + j) * y.cs;
+    if y.cs == 1 {
+        for (i, row) in tile.chunks_exact_mut(w).enumerate() {
+            b.data.widen_into(start(i, 0), row);
+        }
+        MatRef::new(tile, d, w)
+    } else if y.rs == 1 {
+        for (j, col) in tile.chunks_exact_mut(d).enumerate() {
+            b.data.widen_into(start(0, j), col);
+        }
+        MatRef::new(tile, w, d).t()
+    } else {
+        for i in 0..d {
+            for j in 0..w {
+                tile[i * w + j] = b.data.at(start(i, j));
+            }
+        }
+        MatRef::new(tile, d, w)
     }
 }
 
@@ -500,6 +683,137 @@ mod tests {
                 assert!((out[i * n + j] - want).abs() < 1e-5, "({i}, {j})");
             }
         }
+    }
+
+    /// `m × k` values with a spread of magnitudes and signs.
+    fn values(n: usize, salt: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.731 + salt).sin() * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    /// The largest `|got − want|` relative to `Σ|a|·|b|` of that element:
+    /// what f32 sums in a different order can change.
+    fn worst_relative(got: &[f32], want: &[f32], bound: &[f32]) -> f32 {
+        got.iter()
+            .zip(want)
+            .zip(bound)
+            .map(|((g, w), b)| (g - w).abs() / b.max(f32::MIN_POSITIVE))
+            .fold(0.0, f32::max)
+    }
+
+    /// `|a| · |b|`, the scale of each element's rounding.
+    fn abs_product(a: &[f32], b_rows: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|x| (a[i * k + x] * b_rows[x * n + j]).abs())
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_with_a_16_bit_weight_are_the_f32_products_of_its_widened_values() {
+        // Shapes that cut into several tiles both ways (k > TILE_DEPTH,
+        // n > the tile width) and leave ragged edges.
+        for (m, k, n) in [(3, 5, 7), (37, 1500, 300), (9, 130, 2100)] {
+            let a = values(m * k, 0.3);
+            let w32 = values(k * n, 1.7);
+            let bf: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let hf: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            let cases: [(Values, Vec<f32>); 2] = [
+                (Values::Bf16(&bf), bf.iter().map(|v| v.to_f32()).collect()),
+                (Values::F16(&hf), hf.iter().map(|v| v.to_f32()).collect()),
+            ];
+            for (half, widened) in &cases {
+                let bound = abs_product(&a, widened, m, k, n);
+                let tol = 4.0 * k as f32 * f32::EPSILON;
+                // a · W, W row-major `[k, n]`, then += 0.5 · a · W.
+                let mut want = vec![0.0; m * n];
+                let mut got = vec![0.0; m * n];
+                for (scale, acc) in [(2.0, false), (0.5, true)] {
+                    let av = MatRef::new(&a, m, k);
+                    matmul(
+                        MatMut::new(&mut want, m, n),
+                        av,
+                        MatRef::new(widened, k, n),
+                        scale,
+                        acc,
+                    );
+                    matmul_weight(
+                        MatMut::new(&mut got, m, n),
+                        av,
+                        WeightRef::new(*half, k, n),
+                        scale,
+                        acc,
+                    );
+                }
+                let worst = worst_relative(&got, &want, &bound);
+                assert!(worst < tol, "{m}×{k}×{n}: {worst:e}");
+
+                // a' · Wᵀ for a' `[m, n]`: the weight read transposed.
+                let a2 = values(m * n, 2.9);
+                let mut want = vec![0.0; m * k];
+                let mut got = vec![0.0; m * k];
+                let av = MatRef::new(&a2, m, n);
+                matmul(
+                    MatMut::new(&mut want, m, k),
+                    av,
+                    MatRef::new(widened, k, n).t(),
+                    1.0,
+                    false,
+                );
+                matmul_weight(
+                    MatMut::new(&mut got, m, k),
+                    av,
+                    WeightRef::new(*half, k, n).t(),
+                    1.0,
+                    false,
+                );
+                let transposed: Vec<f32> =
+                    (0..n * k).map(|i| widened[(i % k) * n + i / k]).collect();
+                let bound = abs_product(&a2, &transposed, m, n, k);
+                let worst = worst_relative(&got, &want, &bound);
+                assert!(
+                    worst < 4.0 * n as f32 * f32::EPSILON,
+                    "{m}×{n}×{k} transposed: {worst:e}"
+                );
+            }
+            // An f32 weight goes through the plain product: bit for bit.
+            let mut want = vec![0.0; m * n];
+            let mut got = vec![0.0; m * n];
+            let av = MatRef::new(&a, m, k);
+            matmul(
+                MatMut::new(&mut want, m, n),
+                av,
+                MatRef::new(&w32, k, n),
+                1.0,
+                false,
+            );
+            matmul_weight(
+                MatMut::new(&mut got, m, n),
+                av,
+                WeightRef::new(Values::F32(&w32), k, n),
+                1.0,
+                false,
+            );
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn widening_is_exact() {
+        let v = values(1000, 0.1);
+        let bf: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        let hf: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+        let mut out = vec![0.0; 990];
+        Values::Bf16(&bf).widen_into(10, &mut out);
+        assert!(out.iter().zip(&bf[10..]).all(|(o, b)| *o == b.to_f32()));
+        Values::F16(&hf).widen_into(10, &mut out);
+        assert!(out.iter().zip(&hf[10..]).all(|(o, h)| *o == h.to_f32()));
     }
 
     #[test]

@@ -12,8 +12,8 @@
 
 use super::attention::{self, Heads};
 use super::kernels::{
-    MatMut, MatRef, add_assign, matmul, mul_assign, rms_norm, rms_norm_backward, rope, swiglu,
-    swiglu_backward,
+    MatMut, MatRef, Values, WeightRef, add_assign, matmul, matmul_weight, mul_assign, rms_norm,
+    rms_norm_backward, rope, swiglu, swiglu_backward,
 };
 use crate::model::llama::{DropoutSeeds, dropout_keep_mask};
 
@@ -39,10 +39,11 @@ pub struct Adapter<'w> {
     pub grad_at: usize,
 }
 
-/// A frozen projection `[in, out]` and its adapter, if it has one.
+/// A frozen projection `[in, out]` (f32, bf16 or f16) and its adapter,
+/// if it has one.
 #[derive(Debug, Clone, Copy)]
 pub struct Linear<'w> {
-    pub weight: &'w [f32],
+    pub weight: Values<'w>,
     pub inp: usize,
     pub out: usize,
     pub lora: Option<Adapter<'w>>,
@@ -58,8 +59,8 @@ struct LinearActivations {
 }
 
 impl Linear<'_> {
-    fn weight(&self) -> MatRef<'_> {
-        MatRef::new(self.weight, self.inp, self.out)
+    fn weight(&self) -> WeightRef<'_> {
+        WeightRef::new(self.weight, self.inp, self.out)
     }
 
     /// `out = x · W + scale · (x̃ · Aᵀ) · Bᵀ` for `tokens` rows.
@@ -71,7 +72,7 @@ impl Linear<'_> {
     ) -> (Vec<f32>, LinearActivations) {
         let mut out = vec![0.0f32; tokens * self.out];
         let xm = MatRef::new(x, tokens, self.inp);
-        matmul(
+        matmul_weight(
             MatMut::new(&mut out, tokens, self.out),
             xm,
             self.weight(),
@@ -145,7 +146,7 @@ impl Linear<'_> {
             );
         }
         let Some((dx, accumulate)) = dx else { return };
-        matmul(
+        matmul_weight(
             MatMut::new(dx, tokens, self.inp),
             dym,
             self.weight().t(),

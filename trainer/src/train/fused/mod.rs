@@ -2,7 +2,10 @@
 //! computed on host buffers with a backward pass derived by hand, for
 //! models whose weights live on the CPU backend (burn's `flex`).
 //!
-//! It reads the model's frozen weights in place (no copy) and the adapter
+//! It reads the model's frozen weights in place (no copy), whether the
+//! model keeps its matrices in f32, bf16 or f16 (`model.dtype`: a 16-bit
+//! matrix is widened a tile at a time inside each product,
+//! [`kernels::matmul_weight`]), and the adapter
 //! from the host [`LoraWeights`], so nothing is attached and no autodiff
 //! graph is built: one forward pass keeps the activations the backward
 //! pass needs ([`layer`]), attention skips the masked triangle
@@ -22,7 +25,7 @@ pub(crate) mod kernels;
 mod layer;
 
 use burn::backend::{BackendTypes, Flex};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, bf16, f16};
 
 use super::cross_entropy::TargetRows;
 use super::grad::StepGradients;
@@ -31,29 +34,51 @@ use crate::lora::{LoraWeights, TargetModule};
 use crate::model::Llama;
 use crate::model::llama::DropoutSeeds;
 use attention::Heads;
-use kernels::rms_norm;
+use kernels::{Values, rms_norm};
 use layer::{Adapter, LayerWeights, Linear, Pass};
 
 type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
 
-/// A frozen f32 tensor of the CPU backend, readable as a slice.
+/// A frozen tensor of the CPU backend in f32, bf16 or f16, readable as a
+/// slice.
 #[derive(Debug, Clone)]
 struct HostView(FlexTensor);
 
 impl HostView {
     fn of<const D: usize>(t: Tensor<D>) -> Option<HostView> {
         let p = t.inner().try_into_primitive::<Flex>().ok()?;
-        let p = if p.as_slice::<f32>().is_some() {
-            p
-        } else {
-            p.to_contiguous()
+        let contiguous = match p.dtype() {
+            DType::F32 => p.as_slice::<f32>().is_some(),
+            DType::BF16 => p.as_slice::<bf16>().is_some(),
+            DType::F16 => p.as_slice::<f16>().is_some(),
+            _ => return None,
         };
-        p.as_slice::<f32>()?;
-        Some(HostView(p))
+        let view = HostView(if contiguous { p } else { p.to_contiguous() });
+        view.try_values()?;
+        Some(view)
+    }
+
+    fn try_values(&self) -> Option<Values<'_>> {
+        let p = &self.0;
+        Some(match p.dtype() {
+            DType::F32 => Values::F32(p.as_slice()?),
+            DType::BF16 => Values::Bf16(p.as_slice()?),
+            DType::F16 => Values::F16(p.as_slice()?),
+            _ => return None,
+        })
+    }
+
+    fn values(&self) -> Values<'_> {
+        self.try_values().expect("checked in HostView::of")
+    }
+
+    /// An f32 view (norm weights).
+    fn f32(&self) -> Option<&[f32]> {
+        self.0.as_slice()
     }
 
     fn slice(&self) -> &[f32] {
-        self.0.as_slice().expect("checked in HostView::of")
+        self.f32().expect("checked in CpuWeights::of")
     }
 }
 
@@ -69,8 +94,10 @@ pub struct CpuWeights {
 }
 
 impl CpuWeights {
-    /// `None` when the model's weights are not on the CPU backend (or not f32).
+    /// `None` when the model's weights are not on the CPU backend, its
+    /// matrices are not in f32, bf16 or f16, or its norms are not f32.
     pub fn of(model: &Llama) -> Option<CpuWeights> {
+        let norm = |t: Tensor<1>| HostView::of(t).filter(|v| v.f32().is_some());
         let layers = model
             .layers
             .iter()
@@ -78,8 +105,8 @@ impl CpuWeights {
                 let a = &l.self_attn;
                 let m = &l.mlp;
                 let views = [
-                    HostView::of(l.input_layernorm.weight.val())?,
-                    HostView::of(l.post_attention_layernorm.weight.val())?,
+                    norm(l.input_layernorm.weight.val())?,
+                    norm(l.post_attention_layernorm.weight.val())?,
                     HostView::of(a.q_proj.weight.val())?,
                     HostView::of(a.k_proj.weight.val())?,
                     HostView::of(a.v_proj.weight.val())?,
@@ -93,7 +120,7 @@ impl CpuWeights {
             .collect::<Option<Vec<_>>>()?;
         Some(CpuWeights {
             embed: HostView::of(model.embed_tokens.val())?,
-            norm: HostView::of(model.norm.weight.val())?,
+            norm: norm(model.norm.weight.val())?,
             head: HostView::of(model.lm_head.val())?,
             layers,
         })
@@ -107,7 +134,7 @@ impl CpuWeights {
             let module = TargetModule::ALL[p];
             let (inp, out) = module.features(&model.config);
             Linear {
-                weight: views[2 + p].slice(),
+                weight: views[2 + p].values(),
                 inp,
                 out,
                 lora: None,
@@ -212,10 +239,10 @@ fn passes<'b>(
                 .collect(),
         });
 
-        let embed = weights.embed.slice();
-        let mut x = Vec::with_capacity(tokens * h);
-        for &id in &batch.input_ids {
-            x.extend_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+        let embed = weights.embed.values();
+        let mut x = vec![0.0f32; tokens * h];
+        for (row, &id) in x.chunks_exact_mut(h).zip(&batch.input_ids) {
+            embed.widen_into(id as usize * h, row);
         }
         let mut saved = Vec::with_capacity(layers.len());
         for (i, w) in layers.iter().enumerate() {
@@ -233,7 +260,7 @@ fn passes<'b>(
         let target_rows = TargetRows::shifted(&batch.input_ids, &batch.target_mask, seq);
         let (loss, d_normed) = head::cross_entropy(
             &normed,
-            weights.head.slice(),
+            weights.head.values(),
             h,
             &target_rows,
             grad_scale.map(|g| g as f32),

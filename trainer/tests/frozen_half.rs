@@ -1,0 +1,349 @@
+//! Frozen base weights kept in bf16 or f16 on the CPU (`model.dtype`): the
+//! fused CPU step runs on them (no fallback to the graph), agrees with the
+//! graph engine on the same 16-bit weights, and agrees with the f32 step
+//! on weights that 16 bits hold exactly; a 16-bit model loaded from disk
+//! matches transformers' logits of the same checkpoint; loading narrows
+//! each tensor as it is read or drawn.
+//!
+//! Tolerances. Widening bf16/f16 to f32 is exact and both engines then
+//! compute in f32 (on the CPU, `frozen_matmul` widens the weight too), so
+//! every comparison here is f32 rounding, not 16-bit rounding:
+//! - fused vs graph on the same 16-bit weights: the fused step's own
+//!   tolerance against the graph (`fused_step.rs`): loss sums to 1e-5
+//!   relative, each LoRA gradient to 1e-4 of its largest value;
+//! - fused 16-bit vs fused f32 on the same (16-bit-representable) values:
+//!   2e-6 relative (a handful of f32 ulps: only the order of sums may
+//!   differ, and on these shapes each product is one tile, so it does not);
+//! - transformers (f32 arithmetic on the bf16/f16 checkpoint upcast
+//!   exactly, `tests/fixtures/README.md`): logits to 1e-4 absolute, as
+//!   `hf_parity.rs`, and the fused loss to 1e-5 relative.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use trainer::data::{Batch, SampleRef};
+use trainer::device::FrozenDType;
+use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
+use trainer::model::init::{random_weights, random_weights_as};
+use trainer::model::{Llama, LlamaConfig, ModelSource, Preset, StoredTensor, WeightMap, hf};
+use trainer::train::fused::CpuWeights;
+use trainer::train::grad::{Engine, StepGradients, eval_loss_sum_with, lora_gradients_with};
+
+mod common;
+
+use common::{Reference, fixture, max_abs_diff};
+
+const HALVES: [FrozenDType; 2] = [FrozenDType::Bf16, FrozenDType::F16];
+
+fn config() -> LlamaConfig {
+    let mut config = Preset::Tiny.config();
+    config.hidden_size = 64;
+    config.num_hidden_layers = 3;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
+    config.head_dim = 16;
+    config.intermediate_size = 96;
+    config.vocab_size = 97;
+    config
+}
+
+fn model(mut weights: WeightMap, device: &Device) -> Llama {
+    Llama::from_weights(&config(), &mut weights, device).unwrap()
+}
+
+/// Every matrix of `weights` rounded to `dtype` and widened back: f32
+/// values that `dtype` holds exactly.
+fn representable(weights: WeightMap, dtype: FrozenDType) -> WeightMap {
+    let names: Vec<String> = weights.names().map(str::to_string).collect();
+    let mut weights = weights;
+    let mut out = WeightMap::new("rounded");
+    for name in names {
+        let t = weights.get(&name).unwrap().clone();
+        let shape = t.shape.clone();
+        weights.take(&name, &shape).unwrap();
+        let t = if shape.len() >= 2 {
+            StoredTensor::narrowed(t, dtype).into_f32()
+        } else {
+            t
+        };
+        out.insert(name, t);
+    }
+    out
+}
+
+/// A batch of `rows × seq` with a two-token prompt per row and padding at
+/// the end of odd rows.
+fn batch(rows: usize, seq: usize, pad: usize, first: usize) -> Batch {
+    Batch {
+        input_ids: (0..rows * seq)
+            .map(|i| ((i * 31 + first) % 97) as i64)
+            .collect(),
+        target_mask: (0..rows * seq)
+            .map(|i| {
+                let (r, t) = (i / seq, i % seq);
+                if t < 2 || (r % 2 == 1 && t >= seq - pad) {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect(),
+        rows,
+        seq_len: seq,
+        lengths: (0..rows)
+            .map(|r| if r % 2 == 1 { seq - pad } else { seq })
+            .collect(),
+        sample_ids: (0..rows)
+            .map(|i| SampleRef {
+                epoch: 0,
+                index: first + i,
+                position: first + i,
+            })
+            .collect(),
+    }
+}
+
+/// Adapters on every projection with non-zero `B`.
+fn adapters(config: &LlamaConfig, dropout: f64) -> LoraWeights {
+    let mut lora_config = LoraConfig::new(4, 8.0, &TargetModule::ALL);
+    lora_config.dropout = dropout;
+    let mut lora = LoraWeights::init(&lora_config, config, 5);
+    for (i, pair) in lora.pairs.values_mut().enumerate() {
+        for (j, b) in pair.b.data.iter_mut().enumerate() {
+            *b = (((i * 7 + j) % 13) as f32 - 6.0) * 0.01;
+        }
+    }
+    lora
+}
+
+fn gradients(
+    engine: Engine,
+    model: &mut Llama,
+    lora: &LoraWeights,
+    batches: &[Batch],
+) -> StepGradients {
+    let device = Device::flex().autodiff();
+    let targets: usize = batches.iter().map(|b| b.num_targets()).sum();
+    lora_gradients_with(engine, model, lora, batches, targets as f64, 3, &device)
+}
+
+/// Every LoRA gradient of `got` within `tolerance` of the largest of
+/// `want`'s tensor of the same name.
+fn assert_grads_close(
+    got: &StepGradients,
+    want: &StepGradients,
+    lora: &LoraWeights,
+    tolerance: f32,
+    what: &str,
+) {
+    assert_eq!(got.targets, want.targets);
+    let (mut g, mut w) = (lora.clone(), lora.clone());
+    g.set_flat(&got.grads);
+    w.set_flat(&want.grads);
+    for ((site, gp), wp) in g.pairs.iter().zip(w.pairs.values()) {
+        for (name, a, b) in [("A", &gp.a.data, &wp.a.data), ("B", &gp.b.data, &wp.b.data)] {
+            let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "{what}: {}.{name} is zero", site.hf_name());
+            let diff = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= tolerance * scale,
+                "{what}: {}.{name} differs by {diff:e} (largest {scale:e})",
+                site.hf_name()
+            );
+        }
+    }
+}
+
+fn batches() -> [Batch; 2] {
+    // 70 positions: a full attention block and a partial one.
+    [batch(3, 70, 5, 0), batch(2, 9, 3, 40)]
+}
+
+#[test]
+fn the_fused_step_runs_on_16_bit_weights_and_matches_the_graph_on_them() {
+    let device = Device::flex().autodiff();
+    for dtype in HALVES {
+        let mut m = model(random_weights_as(&config(), 11, Some(dtype)), &device);
+        let attn = &m.layers[0].self_attn;
+        assert_eq!(
+            attn.q_proj.weight.val().dtype(),
+            DType::from(dtype.float_dtype())
+        );
+        assert_eq!(
+            m.embed_tokens.val().dtype(),
+            DType::from(dtype.float_dtype())
+        );
+        assert!(
+            CpuWeights::of(&m).is_some(),
+            "{dtype}: the fused step declined the model"
+        );
+        let lora = adapters(&m.config, 0.1);
+        let batches = batches();
+        let fused = gradients(Engine::Fused, &mut m, &lora, &batches);
+        let graph = gradients(Engine::Graph, &mut m, &lora, &batches);
+        let rel = (fused.loss_sum - graph.loss_sum).abs() / graph.loss_sum.abs();
+        assert!(
+            rel < 1e-5,
+            "{dtype}: loss sums {} vs {}",
+            fused.loss_sum,
+            graph.loss_sum
+        );
+        assert_grads_close(&fused, &graph, &lora, 1e-4, dtype.name());
+
+        // Evaluation too.
+        let (f, n) = eval_loss_sum_with(Engine::Fused, &mut m, &lora, &batches, &device);
+        let (g, _) = eval_loss_sum_with(Engine::Graph, &mut m, &lora, &batches, &device);
+        assert_eq!(n, fused.targets);
+        assert!((f - g).abs() / g < 1e-5, "{dtype}: eval {f} vs {g}");
+    }
+}
+
+#[test]
+fn the_fused_step_on_16_bit_weights_equals_it_on_the_same_values_in_f32() {
+    let device = Device::flex().autodiff();
+    for dtype in HALVES {
+        let exact = representable(random_weights(&config(), 11), dtype);
+        let mut wide = model(representable(random_weights(&config(), 11), dtype), &device);
+        let mut narrow_weights = WeightMap::with_dtype("narrow", Some(dtype));
+        for name in exact.names() {
+            narrow_weights.insert(name, exact.get(name).unwrap().clone());
+        }
+        let mut narrow = model(narrow_weights, &device);
+        assert_eq!(
+            narrow.lm_head.val().dtype(),
+            DType::from(dtype.float_dtype())
+        );
+        assert_eq!(wide.lm_head.val().dtype(), DType::F32);
+
+        let lora = adapters(&wide.config, 0.1);
+        let batches = batches();
+        let want = gradients(Engine::Fused, &mut wide, &lora, &batches);
+        let got = gradients(Engine::Fused, &mut narrow, &lora, &batches);
+        let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
+        assert!(
+            rel <= 2e-6,
+            "{dtype}: loss sums {} vs {}",
+            got.loss_sum,
+            want.loss_sum
+        );
+        assert_grads_close(&got, &want, &lora, 2e-6, dtype.name());
+    }
+}
+
+#[test]
+fn narrowing_as_drawn_gives_the_f32_draws_rounded() {
+    let config = config();
+    let wide = random_weights(&config, 4);
+    for dtype in HALVES {
+        let narrow = random_weights_as(&config, 4, Some(dtype));
+        assert_eq!(narrow.dtype(), Some(dtype));
+        assert_eq!(narrow.len(), wide.len());
+        for name in wide.names() {
+            let w = wide.get(name).unwrap();
+            let n = narrow.get_stored(name).unwrap();
+            if w.shape.len() >= 2 {
+                assert_eq!(n.dtype(), dtype, "{name}");
+                assert_eq!(*n, StoredTensor::narrowed(w.clone(), dtype), "{name}");
+            } else {
+                // Norm weights stay f32.
+                assert_eq!(n, &StoredTensor::F32(w.clone()), "{name}");
+            }
+        }
+    }
+    // The f32 path is untouched: the same values bit for bit, in f32.
+    let again = random_weights_as(&config, 4, None);
+    for name in wide.names() {
+        assert_eq!(again.get(name), wide.get(name), "{name}");
+    }
+}
+
+#[test]
+fn a_16_bit_checkpoint_is_read_straight_into_16_bits() {
+    for (variant, dtype) in [("bf16", FrozenDType::Bf16), ("f16", FrozenDType::F16)] {
+        let dir = fixture(&format!("llama/{variant}"));
+        let wide = hf::read_weights(&dir).unwrap();
+        let narrow = hf::read_weights_as(&dir, Some(dtype)).unwrap();
+        for name in wide.names() {
+            let w = wide.get(name).unwrap();
+            let n = narrow.get_stored(name).unwrap();
+            if w.shape.len() >= 2 {
+                // Widening was exact, so narrowing back gives the file's values.
+                assert_eq!(*n, StoredTensor::narrowed(w.clone(), dtype), "{name}");
+            } else {
+                assert_eq!(n, &StoredTensor::F32(w.clone()), "{name}");
+            }
+        }
+    }
+}
+
+/// The fixture's logits, and its input as a batch whose every position
+/// after the first is a target.
+fn reference(dir: &std::path::Path) -> (Vec<usize>, Vec<i64>, Vec<f64>) {
+    let expected = Reference::open(&dir.join("expected.safetensors"));
+    let (shape, ids) = expected.ids("input_ids");
+    let (_, logits) = expected.get("logits");
+    (shape, ids, logits)
+}
+
+#[test]
+fn a_16_bit_model_matches_transformers_on_its_checkpoint() {
+    for (variant, dtype) in [("bf16", FrozenDType::Bf16), ("f16", FrozenDType::F16)] {
+        let dir = fixture(&format!("llama/{variant}"));
+        let device = Device::flex();
+        let source = ModelSource::open_as(&dir, Some(dtype)).unwrap();
+        let (mut model, _) = source.into_model(&device).unwrap();
+        let want_dtype = DType::from(dtype.float_dtype());
+        assert_eq!(model.layers[1].mlp.up_proj.weight.val().dtype(), want_dtype);
+        assert_eq!(model.lm_head.val().dtype(), want_dtype);
+
+        // Logits of the graph forward pass.
+        let (shape, ids, want) = reference(&dir);
+        let (rows, seq) = (shape[0], shape[1]);
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [rows, seq]), &device);
+        let logits: Vec<f32> = model.forward(input).into_data().try_into_vec().unwrap();
+        let diff = max_abs_diff(&logits, &want);
+        eprintln!("{variant}: max abs logit difference {diff:e}");
+        assert!(diff <= 1e-4, "{variant}: logits differ by {diff:e}");
+
+        // The fused step's loss on the same input, against the
+        // cross-entropy of transformers' logits (B = 0: the base model).
+        let vocab = model.config.vocab_size;
+        let mut want_loss = 0.0f64;
+        for r in 0..rows {
+            for t in 0..seq - 1 {
+                let row = &want[(r * seq + t) * vocab..(r * seq + t + 1) * vocab];
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                want_loss += lse - row[ids[r * seq + t + 1] as usize];
+            }
+        }
+        let batch = Batch {
+            input_ids: ids,
+            target_mask: (0..rows * seq)
+                .map(|i| if i % seq == 0 { 0.0 } else { 1.0 })
+                .collect(),
+            rows,
+            seq_len: seq,
+            lengths: vec![seq; rows],
+            sample_ids: (0..rows)
+                .map(|i| SampleRef {
+                    epoch: 0,
+                    index: i,
+                    position: i,
+                })
+                .collect(),
+        };
+        let lora = LoraWeights::init(
+            &LoraConfig::new(4, 8.0, &TargetModule::ALL),
+            &model.config,
+            1,
+        );
+        assert!(CpuWeights::of(&model).is_some());
+        let (got, n) = eval_loss_sum_with(Engine::Fused, &mut model, &lora, [&batch], &device);
+        assert_eq!(n, rows * (seq - 1));
+        let rel = (got - want_loss).abs() / want_loss;
+        eprintln!("{variant}: fused loss {got} vs transformers' {want_loss} ({rel:e})");
+        assert!(rel < 1e-5, "{variant}: fused loss {got} vs {want_loss}");
+    }
+}
