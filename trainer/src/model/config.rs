@@ -470,7 +470,11 @@ mod tests {
             c.num_key_value_heads * c.head_dim,
         );
         let layer = 2 * h * q + 2 * h * kv + 3 * h * c.intermediate_size + 2 * h;
-        let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * h };
+        let head = if c.tie_word_embeddings {
+            0
+        } else {
+            c.vocab_size * h
+        };
         c.vocab_size * h + c.num_hidden_layers * layer + h + head
     }
 
