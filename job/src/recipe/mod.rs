@@ -32,7 +32,7 @@ use trainer::train::data_parallel::{TrainError, agree, checksum, fingerprint};
 use trainer::train::{RunEnd, SampledSteps, TrainState};
 
 pub use checkpoints::{RunCheckpoints, next_checkpoint, write_state};
-pub use inputs::{JobInputs, RunPlan, compute_backend, model_source};
+pub use inputs::{JobInputs, RunPlan, compute_backend, frozen_dtype, model_source};
 pub use sink::{Discard, EventObserver, EventSink};
 
 use crate::JobEvent;

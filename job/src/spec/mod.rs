@@ -51,6 +51,8 @@
 //! model:                       # exactly one of:
 //!   path: ./models/tiny        #   HF folder, .gguf file or URL
 //!   preset: tiny               #   tiny | small | tiny-gqa (random, seeded by training.seed)
+//!   dtype: ~                   # f32 | bf16 | f16: the frozen base weights' precision
+//!                              #   (default f32 on cpu, bf16 on cuda; LoRA, activations, optimizer stay f32)
 //! dataset:
 //!   train: data/train.jsonl    # required; path or URL
 //!   validation: data/val.jsonl # optional; or validation_fraction in (0, 0.5]
@@ -134,7 +136,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 pub use types::{
-    Backend, CheckpointSpec, DatasetFormat, DatasetSpec, JobSpec, LoraSpec, ModelSpec, OutputSpec,
+    Backend, CheckpointSpec, DatasetFormat, DatasetSpec, JobSpec, LoraSpec, ModelDType, ModelSpec,
+    OutputSpec,
     PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength, TrainingSpec,
     URL_SCHEMES, Validation, Warmup, Workers, defaults,
 };

@@ -26,7 +26,7 @@ pub(super) const ROOT: Schema = Schema {
 };
 
 pub(super) const MODEL: Schema = Schema {
-    keys: &["path", "preset"],
+    keys: &["path", "preset", "dtype"],
     aliases: &[],
 };
 
@@ -173,6 +173,8 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("adapter", "lora.init_adapter"),
     ("modules", "lora.target_modules"),
     ("rslora", "lora.use_rslora"),
+    ("torch_dtype", "model.dtype"),
+    ("precision", "model.dtype"),
 ];
 
 /// The message for a key that `schema` does not have.

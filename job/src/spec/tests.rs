@@ -1325,3 +1325,88 @@ fn a_seed_takes_any_u64() {
         "{problem}"
     );
 }
+
+// ----- model.dtype -------------------------------------------------------------
+
+#[test]
+fn model_dtype_is_f32_bf16_or_f16_and_absent_by_default() {
+    let yaml = |model: &str| {
+        format!("name: t\nmodel:\n{model}dataset:\n  train: d\ntraining:\n  max_steps: 1\n")
+    };
+    assert_eq!(ok(&yaml("  preset: tiny\n")).model_dtype, None);
+    for (text, want) in [
+        ("f32", ModelDType::F32),
+        ("bf16", ModelDType::Bf16),
+        ("f16", ModelDType::F16),
+    ] {
+        let spec = ok(&yaml(&format!("  preset: tiny\n  dtype: {text}\n")));
+        assert_eq!(spec.model_dtype, Some(want));
+        assert_eq!(spec.model, ModelSpec::Preset(Preset::Tiny));
+        // Written back as `model.dtype`, and read back the same.
+        let saved = spec.to_yaml();
+        assert!(saved.contains(&format!("dtype: {text}")), "{saved}");
+        assert_eq!(
+            JobSpec::from_yaml(&saved, "saved.yaml", "/x").unwrap(),
+            spec
+        );
+    }
+    // With a path, before it, and empty (the default).
+    let spec = ok(&yaml("  dtype: bf16\n  path: models/m\n"));
+    assert_eq!(spec.model, ModelSpec::Path(path("/specs/models/m")));
+    assert_eq!(spec.model_dtype, Some(ModelDType::Bf16));
+    assert_eq!(ok(&yaml("  preset: tiny\n  dtype:\n")).model_dtype, None);
+    // Not given: not written either.
+    assert!(!ok(&yaml("  preset: tiny\n")).to_yaml().contains("dtype"));
+}
+
+#[test]
+fn a_misspelt_model_dtype_gets_a_suggestion_at_its_value() {
+    assert_eq!(
+        problem(
+            "name: t\nmodel:\n  preset: tiny\n  dtype: bf61\ndataset: {train: d}\ntraining: {max_steps: 1}\n"
+        ),
+        "job.yaml:4:10: model.dtype: unknown value \"bf61\"; did you mean bf16? allowed: f32, bf16, f16"
+    );
+    assert_eq!(
+        problem(
+            "name: t\nmodel: {preset: tiny, dtype: fp32}\ndataset: {train: d}\ntraining: {max_steps: 1}\n"
+        ),
+        "job.yaml:2:30: model.dtype: unknown value \"fp32\"; did you mean f32? allowed: f32, bf16, f16"
+    );
+    // The key misspelt, and a familiar word for it.
+    assert_eq!(
+        problem(
+            "name: t\nmodel:\n  preset: tiny\n  dtpye: bf16\ndataset: {train: d}\ntraining: {max_steps: 1}\n"
+        ),
+        "job.yaml:4:3: model.dtpye: unknown key; did you mean dtype? allowed keys: path, preset, dtype"
+    );
+    assert_eq!(
+        problem(
+            "name: t\nmodel:\n  preset: tiny\n  torch_dtype: bf16\ndataset: {train: d}\ntraining: {max_steps: 1}\n"
+        ),
+        "job.yaml:4:3: model.torch_dtype: unknown key; did you mean dtype? allowed keys: path, preset, dtype"
+    );
+    // Alone, it does not say where the weights come from.
+    let found =
+        problems("name: t\nmodel:\n  dtype: bf16\ndataset: {train: d}\ntraining: {max_steps: 1}\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("model: missing; set model.path"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn model_dtype_can_be_overridden_on_the_command_line() {
+    let text = "name: t\nmodel:\n  preset: tiny\ndataset: {train: d}\ntraining: {max_steps: 1}\n";
+    let loaded = JobSpec::from_yaml_with_overrides(
+        text,
+        "job.yaml",
+        "/specs",
+        &["model.dtype=f16"],
+        Path::new("/cwd"),
+    )
+    .unwrap();
+    assert_eq!(loaded.spec.model_dtype, Some(ModelDType::F16));
+}

@@ -80,18 +80,58 @@ pub const URL_SCHEMES: &[&str] = &[
     "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl", "file", "memory", "http", "https",
 ];
 
-/// A parsed job spec. Field names are the YAML keys.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A parsed job spec. Field names are the YAML keys, but for
+/// `model_dtype`, which is `model.dtype` (beside [`ModelSpec`], which
+/// names where the weights come from).
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobSpec {
     /// Free text; the job id is assigned at submit.
     pub name: String,
     pub model: ModelSpec,
+    /// `model.dtype`: the precision the frozen base weights are kept in;
+    /// `None` (not given): f32 on the CPU, the accelerator's default
+    /// (`trainer::device::frozen_dtype`) on a GPU.
+    pub model_dtype: Option<ModelDType>,
     pub dataset: DatasetSpec,
     pub lora: LoraSpec,
     pub training: TrainingSpec,
     pub resources: ResourcesSpec,
     pub checkpoint: CheckpointSpec,
     pub output: OutputSpec,
+}
+
+/// Field by field as derived, with `model_dtype` written as `model.dtype`
+/// (and left out when not given, like every optional key without a
+/// default).
+impl Serialize for JobSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        #[derive(Serialize)]
+        struct Model<'a> {
+            #[serde(flatten)]
+            source: &'a ModelSpec,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dtype: Option<ModelDType>,
+        }
+
+        let mut s = serializer.serialize_struct("JobSpec", 8)?;
+        s.serialize_field("name", &self.name)?;
+        s.serialize_field(
+            "model",
+            &Model {
+                source: &self.model,
+                dtype: self.model_dtype,
+            },
+        )?;
+        s.serialize_field("dataset", &self.dataset)?;
+        s.serialize_field("lora", &self.lora)?;
+        s.serialize_field("training", &self.training)?;
+        s.serialize_field("resources", &self.resources)?;
+        s.serialize_field("checkpoint", &self.checkpoint)?;
+        s.serialize_field("output", &self.output)?;
+        s.end()
+    }
 }
 
 /// A local path, already resolved against the spec file's folder, or a URL
@@ -214,6 +254,19 @@ word_enum! {
         Alpaca = "alpaca",
         /// `{"conversations": [{"from": ..., "value": ...}, ...]}`: a chat.
         ShareGpt = "sharegpt",
+    }
+}
+
+word_enum! {
+    /// `model.dtype`: the precision the frozen base weights (the model's
+    /// matrices) are kept in. Norm weights, activations, LoRA weights,
+    /// their gradients and the optimizer stay f32.
+    ModelDType {
+        F32 = "f32",
+        /// bfloat16: f32's range, 8 significant bits; half the memory.
+        Bf16 = "bf16",
+        /// IEEE half: 11 significant bits, values up to 65504; half the memory.
+        F16 = "f16",
     }
 }
 

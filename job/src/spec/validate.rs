@@ -15,9 +15,9 @@ use super::schema::{
     CHECKPOINT, DATASET, LORA, MODEL, OUTPUT, RESOURCES, ROOT, TRAINING, unknown_value,
 };
 use super::types::{
-    Backend, CheckpointSpec, DatasetFormat, DatasetSpec, JobSpec, LoraSpec, ModelSpec, OutputSpec,
-    PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength, TrainingSpec,
-    Validation, Warmup, Workers, defaults,
+    Backend, CheckpointSpec, DatasetFormat, DatasetSpec, JobSpec, LoraSpec, ModelDType, ModelSpec,
+    OutputSpec, PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength,
+    TrainingSpec, Validation, Warmup, Workers, defaults,
 };
 use super::yaml::{Kind, Node, Pos};
 
@@ -95,7 +95,7 @@ impl Reader<'_> {
     fn job(&mut self, root: &Node) -> Option<JobSpec> {
         let top = self.section(String::new(), root.pos, Some(root), &ROOT);
         let name = self.name(&top);
-        let model = self.model(&top);
+        let (model, model_dtype) = self.model(&top);
         let dataset = self.dataset(&top);
         let lora = self.lora(&top);
         let resources = self.resources(&top);
@@ -119,6 +119,7 @@ impl Reader<'_> {
         Some(JobSpec {
             name: name?,
             model: model?,
+            model_dtype,
             dataset: dataset.spec?,
             lora,
             training: training.spec?,
@@ -165,9 +166,13 @@ impl Reader<'_> {
         }
     }
 
-    fn model(&mut self, top: &Section) -> Option<ModelSpec> {
+    /// `model`: where the weights come from, and `model.dtype` if given.
+    fn model(&mut self, top: &Section) -> (Option<ModelSpec>, Option<ModelDType>) {
         let section = self.child(top, "model", &MODEL);
-        match self.one_of(&section, "path", "preset") {
+        let dtype = self
+            .word(&section, "dtype", ModelDType::NAMES, ModelDType::parse)
+            .given();
+        let source = match self.one_of(&section, "path", "preset") {
             Some("path") => self
                 .path_or_url(&section, "path")
                 .given()
@@ -189,7 +194,8 @@ impl Reader<'_> {
                 }
                 None
             }
-        }
+        };
+        (source, dtype)
     }
 
     fn dataset(&mut self, top: &Section) -> DatasetRead {
