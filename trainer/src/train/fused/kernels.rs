@@ -477,24 +477,6 @@ fn exp_minus(row: &mut [f32], max: f32) -> f32 {
 }
 
 simd_fn! {
-    /// Softmax of `row` in place over its first `len` values (the causal
-    /// ones), after multiplying them by `scale`; the rest become 0.
-    pub fn softmax_prefix(row: &mut [f32], len: usize, scale: f32) {
-        let (live, masked) = row.split_at_mut(len);
-        let mut max = f32::NEG_INFINITY;
-        for v in live.iter_mut() {
-            *v *= scale;
-            max = max.max(*v);
-        }
-        let inv = 1.0 / exp_minus(live, max);
-        for v in live.iter_mut() {
-            *v *= inv;
-        }
-        masked.fill(0.0);
-    }
-}
-
-simd_fn! {
     /// Replaces `row` by `e^(row − max)` and returns `(max, Σ e^(row − max))`:
     /// an unnormalised softmax and what its log-sum-exp needs.
     pub fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
@@ -519,19 +501,6 @@ simd_fn! {
         for a in a.iter_mut() {
             *a *= k;
         }
-    }
-}
-
-simd_fn! {
-    /// The backward pass of [`softmax_prefix`] on one row: `dp` holds
-    /// `∂/∂p` and becomes `∂/∂(scores)` before the scale, over the first
-    /// `len` values (`p ⊙ (dp − Σ p·dp)`); the rest become 0.
-    pub fn softmax_prefix_backward(p: &[f32], dp: &mut [f32], len: usize) {
-        let c = dot(&p[..len], &dp[..len]);
-        for (d, &p) in dp[..len].iter_mut().zip(&p[..len]) {
-            *d = p * (*d - c);
-        }
-        dp[len..].fill(0.0);
     }
 }
 
@@ -642,6 +611,26 @@ simd_fn! {
     pub fn mul_assign(a: &mut [f32], b: &[f32]) {
         for (a, &b) in a.iter_mut().zip(b) {
             *a *= b;
+        }
+    }
+}
+
+simd_fn! {
+    /// Replaces each `v` of `row` by `e^(v − shift)`.
+    pub fn exp_sub(row: &mut [f32], shift: f32) {
+        for v in row.iter_mut() {
+            *v = exp(*v - shift);
+        }
+    }
+}
+
+simd_fn! {
+    /// A softmax row's backward pass given `d = Σ p·dp` (computed
+    /// elsewhere, as when the row is split into blocks): `dp` holds
+    /// `∂/∂p` and becomes `p ⊙ (dp − d)`.
+    pub fn softmax_grad(p: &[f32], dp: &mut [f32], d: f32) {
+        for (dp, &p) in dp.iter_mut().zip(p) {
+            *dp = p * (*dp - d);
         }
     }
 }

@@ -223,7 +223,7 @@ pub struct LayerActivations {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    probs: Vec<f32>,
+    lse: Vec<f32>,
     o: Vec<f32>,
     h: Vec<f32>,
     inv2: Vec<f32>,
@@ -270,9 +270,9 @@ pub fn forward(
     let v = project(V, &n1);
     rope(&mut q, s.heads, s.dim, s.seq, pass.cos, pass.sin, false);
     rope(&mut k, s.kv_heads, s.dim, s.seq, pass.cos, pass.sin, false);
-    let mut probs = vec![0.0f32; s.rows * s.heads * s.seq * s.seq];
+    let mut lse = vec![0.0f32; s.rows * s.heads * s.seq];
     let mut o = vec![0.0f32; t * s.heads * s.dim];
-    attention::forward(&s, &q, &k, &v, &mut probs, &mut o);
+    attention::forward(&s, &q, &k, &v, &mut o, &mut lse);
     let mut h = project(O, &o);
     add_assign(&mut h, &x);
 
@@ -292,7 +292,7 @@ pub fn forward(
         q,
         k,
         v,
-        probs,
+        lse,
         o,
         h,
         inv2,
@@ -371,7 +371,7 @@ pub fn backward(
     let mut dk = vec![0.0f32; a.k.len()];
     let mut dv = vec![0.0f32; a.v.len()];
     attention::backward(
-        &s, &a.q, &a.k, &a.v, &a.probs, &d_o, &mut dq, &mut dk, &mut dv,
+        &s, &a.q, &a.k, &a.v, &a.o, &a.lse, &d_o, &mut dq, &mut dk, &mut dv,
     );
     rope(&mut dq, s.heads, s.dim, s.seq, pass.cos, pass.sin, true);
     rope(&mut dk, s.kv_heads, s.dim, s.seq, pass.cos, pass.sin, true);
