@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# LoRA training step of lorafleet against PyTorch + transformers + PEFT on
-# the reference workloads (docs/PERFORMANCE.md), in one run on this machine,
-# as ratios. Each cell runs ours and theirs alternately, ROUNDS times, and
-# reports the medians.
+# LoRA training step of lorafleet against PyTorch + transformers + PEFT, in
+# one run on this machine, as ratios (docs/PERFORMANCE.md). Each cell runs
+# ours and theirs alternately, ROUNDS times, and reports the medians. The
+# same run measures this machine's f32 matrix-product peak (ours:
+# `lorafleet bench sgemm`, one product per thread as training's shares run;
+# PyTorch's: bench/torch_sgemm.py, one product on all threads) and reads
+# each step's matrix products (`matmul_gflop_per_step`) as a fraction of the
+# higher of the two.
 #
-#   bench/compare_pytorch.sh [PRESETS] [THREADS] [ROUNDS]
-#   (defaults: "tiny small", "1 2", 3)
+#   bench/compare_pytorch.sh [CELLS] [THREADS] [ROUNDS]
+#   CELLS: presets, each with an optional :SEQ (tokens per row) and :ROWS,
+#     e.g. "tiny small smollm2-135m:512 smollm2-135m:2048:2" (default: "tiny small")
+#   THREADS: default "1 2"; ROUNDS: default 3
 #
 # PyTorch comes from the reference venv (.venv-ref, made from
 # tests/fixtures/requirements.txt if missing; PYTHON=... to use another).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-presets="${1:-tiny small}"
+cells="${1:-tiny small}"
 threads="${2:-1 2}"
 rounds="${3:-3}"
 
@@ -19,28 +25,50 @@ rounds="${3:-3}"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-for preset in $presets; do
-    steps=10
-    [ "$preset" = small ] && steps=4
+for t in $threads; do
+    "$bin" bench sgemm --threads "$t" --json > "$out/sgemm-ours-$t.json"
+    OMP_NUM_THREADS="$t" "$PYTHON" bench/torch_sgemm.py --threads "$t" > "$out/sgemm-torch-$t.json"
+done
+
+for cell in $cells; do
+    IFS=: read -r preset seq rows <<< "$cell"
+    seq_flag=()
+    [ -n "${seq:-}" ] && seq_flag+=(--seq "$seq")
+    [ -n "${rows:-}" ] && seq_flag+=(--batch "$rows")
+    # Warm-up and timed steps: fewer on the larger shapes (a step there takes seconds).
+    case "$preset" in
+        tiny) steps=(--warmup-steps 3 --steps 10) ;;
+        small) steps=(--warmup-steps 3 --steps 4) ;;
+        *) steps=(--warmup-steps 1 --steps 2) ;;
+    esac
     for t in $threads; do
         for _ in $(seq "$rounds"); do
-            "$bin" bench train --preset "$preset" --threads "$t" --steps "$steps" --json \
-                >> "$out/ours-$preset-$t.jsonl"
+            "$bin" bench train --preset "$preset" "${seq_flag[@]}" --threads "$t" "${steps[@]}" --json \
+                >> "$out/ours-$cell-$t.jsonl"
             OMP_NUM_THREADS="$t" "$PYTHON" -W ignore bench/peft_train.py --preset "$preset" \
-                --threads "$t" --steps "$steps" >> "$out/peft-$preset-$t.jsonl"
+                "${seq_flag[@]}" --threads "$t" "${steps[@]}" >> "$out/peft-$cell-$t.jsonl"
         done
     done
 done
 
-python3 - "$out" "$presets" "$threads" <<'PY'
+python3 - "$out" "$cells" "$threads" <<'PY'
 import json, pathlib, statistics, sys
-out, presets, threads = pathlib.Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
+out, cells, threads = pathlib.Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
 load = lambda name: [json.loads(l) for l in (out / name).read_text().splitlines()]
 med = lambda rows, key: statistics.median(r[key] for r in rows)
-print(f"{'preset':<6} {'thr':>3} {'lorafleet':>10} {'PyTorch':>9} {'ratio':>6} {'RSS ours':>9} {'RSS PyTorch':>11}   (tokens/s, MiB; medians)")
-for p in presets:
+for t in threads:
+    ours, torch = (json.loads((out / f"sgemm-{w}-{t}.json").read_text()) for w in ("ours", "torch"))
+    print(f"sgemm peak, {t} thread(s): lorafleet {ours['peak_gflops']:.1f}, PyTorch {torch['peak_gflops']:.1f} GFLOP/s")
+print()
+print(f"{'cell':<20} {'thr':>3} {'lorafleet':>10} {'PyTorch':>9} {'ratio':>6} {'RSS ours':>9} {'RSS PyTorch':>11} {'peak% ours':>10} {'peak% PyTorch':>13}")
+print("   (tokens/s and MiB, medians; peak% = the step's matrix products per second over the higher sgemm peak)")
+for c in cells:
     for t in threads:
-        ours, ref = load(f"ours-{p}-{t}.jsonl"), load(f"peft-{p}-{t}.jsonl")
+        ours, ref = load(f"ours-{c}-{t}.jsonl"), load(f"peft-{c}-{t}.jsonl")
         a, b = med(ours, "tokens_per_s"), med(ref, "tokens_per_s")
-        print(f"{p:<6} {t:>3} {a:10.0f} {b:9.0f} {a / b:5.2f}x {med(ours, 'peak_rss_mib'):9.0f} {med(ref, 'peak_rss_mib'):11.0f}")
+        peak = max(json.loads((out / f"sgemm-{w}-{t}.json").read_text())["peak_gflops"] for w in ("ours", "torch"))
+        per_token = ours[0]["matmul_gflop_per_step"] / (ours[0]["batch"] * ours[0]["seq_len"])
+        label = f"{c} ({ours[0]['batch']}x{ours[0]['seq_len']})"
+        print(f"{label:<20} {t:>3} {a:10.0f} {b:9.0f} {a / b:5.2f}x {med(ours, 'peak_rss_mib'):9.0f} "
+              f"{med(ref, 'peak_rss_mib'):11.0f} {100 * a * per_token / peak:9.0f}% {100 * b * per_token / peak:12.0f}%")
 PY

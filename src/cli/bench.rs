@@ -132,6 +132,10 @@ pub struct BenchTrainArgs {
     /// Tokens per row (default: 128 for tiny, 256 for small, 512 for the real shapes).
     #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(2..=131072))]
     pub seq: Option<u32>,
+    /// The frozen base weights' type (LoRA, gradients and AdamW stay f32);
+    /// default: f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
     #[arg(long, default_value_t = 3)]
     pub warmup_steps: usize,
     /// Timed steps (the median is reported).

@@ -25,6 +25,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
+#[cfg(not(feature = "flex"))]
+fn sgemm(_: BenchSgemmArgs) -> anyhow::Result<()> {
+    bail!("bench sgemm measures the CPU backend's kernel, and this build has none (feature `flex`)")
+}
+
+#[cfg(feature = "flex")]
 fn sgemm(args: BenchSgemmArgs) -> anyhow::Result<()> {
     trainer::device::set_cpu_threads(args.threads);
     let r = trainer::bench::sgemm(args.runs);
@@ -95,6 +101,9 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let r = trainer::bench::train(
         preset,
         train_shape(&args),
+        args.dtype
+            .as_deref()
+            .and_then(trainer::device::FrozenDType::parse),
         args.engine.engine(),
         trainer::device::cpu_threads(),
         args.warmup_steps,
@@ -118,7 +127,7 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
             preset.name()
         )));
     }
-    let workload = vec![
+    let mut workload = vec![
         "--preset".to_string(),
         preset.name().into(),
         "--engine".into(),
@@ -135,6 +144,9 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
         args.steps.to_string(),
         "--json".into(),
     ];
+    if let Some(dtype) = &args.dtype {
+        workload.extend(["--dtype".into(), dtype.clone()]);
+    }
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let parse = |text: &str| -> anyhow::Result<serde_json::Value> {
         serde_json::from_str(text.trim())
@@ -197,8 +209,9 @@ fn print_train(r: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         println!("{r}");
     } else {
         println!(
-            "train  {} world={} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB, matrix products {:.1} GFLOP/s",
+            "train  {} {} world={} threads={} batch {}x{} LoRA r=8 q,v ({} values): {:.0} tokens/s ({:.1} ms per step, median of {}), peak RSS {:.0} MiB, matrix products {:.1} GFLOP/s",
             r["preset"].as_str().unwrap_or("?"),
+            r["dtype"].as_str().unwrap_or("?"),
             r["world"],
             r["threads"],
             r["batch"],

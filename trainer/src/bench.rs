@@ -19,12 +19,15 @@ use serde::Serialize;
 
 use crate::collective::{Collective, CollectiveError};
 use crate::data::{Batch, SampleRef};
+use crate::device::FrozenDType;
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
 use crate::train::grad::{Engine, lora_gradients_with};
 use crate::train::optim::{AdamWConfig, AdamWState};
-pub use matmul::{SgemmReport, SgemmShape, sgemm, step_matmul_flops};
+#[cfg(feature = "flex")]
+pub use matmul::sgemm;
+pub use matmul::{SgemmReport, SgemmShape, step_matmul_flops};
 
 /// The batch shape (rows, tokens per row) each preset is measured at by
 /// default: the REFERENCE workloads for the small presets, two rows of 512
@@ -133,6 +136,8 @@ pub struct TrainReport {
     pub preset: String,
     /// `fused` or `graph` (the engine asked for).
     pub engine: String,
+    /// The frozen weights' type asked for (`default`: f32 on the CPU).
+    pub dtype: String,
     pub world: usize,
     pub threads: usize,
     pub batch: usize,
@@ -164,6 +169,7 @@ pub struct TrainReport {
 pub fn train(
     preset: Preset,
     (batch, seq): (usize, usize),
+    dtype: Option<FrozenDType>,
     engine: Engine,
     threads: usize,
     warmup_steps: usize,
@@ -172,7 +178,7 @@ pub fn train(
     collective: &mut dyn Collective,
 ) -> Result<TrainReport, BenchError> {
     let device = device.clone().autodiff();
-    let (mut model, _) = ModelSource::random(preset, 0).into_model(&device)?;
+    let (mut model, _) = ModelSource::random_as(preset, 0, dtype).into_model(&device)?;
     let config = LoraConfig::new(8, 16.0, &[TargetModule::QProj, TargetModule::VProj]);
     let mut lora = LoraWeights::init(&config, &model.config, 0);
     let mut params = lora.to_flat();
@@ -230,6 +236,7 @@ pub fn train(
     Ok(TrainReport {
         preset: preset.name().to_string(),
         engine: engine.name().to_string(),
+        dtype: dtype.map_or("default", FrozenDType::name).to_string(),
         world,
         threads,
         batch,

@@ -50,7 +50,8 @@
 //! name: my-job                 # required, one line of free text
 //! model:                       # exactly one of:
 //!   path: ./models/tiny        #   HF folder, .gguf file or URL
-//!   preset: tiny               #   tiny | small | tiny-gqa (random, seeded by training.seed)
+//!   preset: tiny               #   tiny | small | tiny-gqa, or a real shape: smollm2-135m |
+//!                              #   smollm2-360m | llama-1b-shape (random, seeded by training.seed)
 //!   dtype: ~                   # f32 | bf16 | f16: the frozen base weights' precision
 //!                              #   (default f32 on cpu, bf16 on cuda; LoRA, activations, optimizer stay f32)
 //! dataset:

@@ -562,7 +562,7 @@ fn words_must_be_known_with_a_suggestion() {
     );
     assert_eq!(
         problem("name: t\nmodel: {preset: huge}\ndataset: {train: d}\ntraining: {max_steps: 1}\n"),
-        "job.yaml:2:17: model.preset: unknown value \"huge\"; allowed: tiny, small, tiny-gqa"
+        "job.yaml:2:17: model.preset: unknown value \"huge\"; allowed: tiny, small, tiny-gqa, smollm2-135m, smollm2-360m, llama-1b-shape"
     );
     assert_eq!(
         problem(
@@ -785,7 +785,7 @@ fn missing_required_keys() {
         problems("resources: {workers: 1}\n"),
         [
             "job.yaml:1:1: name: missing; set a free-text name for the job",
-            "job.yaml:1:1: model: missing; set model.path (a Hugging Face folder, .gguf file or URL) or model.preset (tiny, small, tiny-gqa)",
+            "job.yaml:1:1: model: missing; set model.path (a Hugging Face folder, .gguf file or URL) or model.preset (tiny, small, tiny-gqa, smollm2-135m, smollm2-360m, llama-1b-shape)",
             "job.yaml:1:1: dataset.train: missing; set the path or URL of the training data",
             "job.yaml:1:1: training.max_steps: missing; set training.max_steps or training.epochs",
         ]
@@ -794,7 +794,7 @@ fn missing_required_keys() {
     assert_eq!(
         problems("name: t\nmodel: {}\ndataset:\n  format: text\ntraining:\n  seed: 1\n"),
         [
-            "job.yaml:2:1: model: missing; set model.path (a Hugging Face folder, .gguf file or URL) or model.preset (tiny, small, tiny-gqa)",
+            "job.yaml:2:1: model: missing; set model.path (a Hugging Face folder, .gguf file or URL) or model.preset (tiny, small, tiny-gqa, smollm2-135m, smollm2-360m, llama-1b-shape)",
             "job.yaml:3:1: dataset.train: missing; set the path or URL of the training data",
             "job.yaml:5:1: training.max_steps: missing; set training.max_steps or training.epochs",
         ]

@@ -6,13 +6,9 @@
 //!
 //! Not here: timing the step itself (`super::train`).
 
-use std::time::Instant;
-
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::model::LlamaConfig;
-use crate::train::fused::kernels::{MatMut, MatRef, matmul};
 
 /// The multiply-adds (×2) of one training step's matrix products on
 /// `rows × seq` tokens, every token a target, frozen base weights:
@@ -61,13 +57,19 @@ pub struct SgemmReport {
 
 /// The shapes measured: square, and a projection of the real presets
 /// (512 tokens through SmolLM2-360M's up projection and Llama-3.2-1B's).
+#[cfg(feature = "flex")]
 const SHAPES: [(usize, usize, usize); 3] =
     [(1024, 1024, 1024), (512, 960, 2560), (512, 2048, 8192)];
 
 /// f32 matrix products on every thread of the CPU pool at once, each
 /// thread multiplying its own matrices single-threaded, as the fused
 /// step's shares do: the medians of `runs` timed runs per shape.
+#[cfg(feature = "flex")]
 pub fn sgemm(runs: usize) -> SgemmReport {
+    use crate::train::fused::kernels::{MatMut, MatRef, matmul};
+    use rayon::prelude::*;
+    use std::time::Instant;
+
     let threads = rayon::current_num_threads();
     let shapes = SHAPES
         .iter()
