@@ -132,3 +132,28 @@ impl TrainState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_losses_read_back_bit_for_bit() {
+        // A loss whose shortest decimal form a fast float parser reads
+        // back one unit in the last place off (it happened in a resumed run).
+        let loss = f64::from_bits(4620328510902329110);
+        let metrics = StepMetrics {
+            step: 1,
+            epoch: 0,
+            loss,
+            learning_rate: 2e-4,
+            grad_norm: 0.1,
+            target_tokens: 10,
+            tokens_per_s: 1.0,
+            step_time_s: 0.1,
+        };
+        let text = serde_json::to_string(&metrics).unwrap();
+        let back: StepMetrics = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.loss.to_bits(), loss.to_bits(), "{text}");
+    }
+}
