@@ -1,29 +1,24 @@
 //! Frozen base weights kept in bf16, as on a GPU (`device::frozen_dtype`),
 //! run on the CPU backend: the graph engine's loss and LoRA gradients stay
 //! within bf16 rounding of the f32 ones, and the LoRA gradients stay f32.
-//! This is the GPU step's arithmetic without a GPU; `scripts/gpu-check`
-//! runs it on one.
+//! On the CPU `frozen_matmul` widens the bf16 weights to f32 inside each
+//! product; on a GPU the products run in bf16 (`scripts/gpu-check` runs
+//! this file there).
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
-use trainer::data::{Batch, SampleRef};
+use trainer::data::Batch;
 use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
-use trainer::model::init::random_weights;
+use trainer::model::Llama;
 use trainer::model::llama::{Projection, frozen_matmul};
-use trainer::model::{Llama, Preset};
 use trainer::train::grad::{Engine, eval_loss_sum_with, lora_gradients_with};
 
+mod common;
+
+use common::engines::{batch_of, small_model};
+
 fn model(device: &Device) -> Llama {
-    let mut config = Preset::Tiny.config();
-    config.hidden_size = 64;
-    config.num_hidden_layers = 2;
-    config.num_attention_heads = 4;
-    config.num_key_value_heads = 2;
-    config.head_dim = 16;
-    config.intermediate_size = 96;
-    config.vocab_size = 97;
-    let mut weights = random_weights(&config, 3);
-    Llama::from_weights(&config, &mut weights, device).unwrap()
+    small_model(2, 97, 3, device)
 }
 
 fn narrow(p: &mut Param<Tensor<2>>) {
@@ -47,25 +42,12 @@ fn to_bf16(model: &mut Llama) {
     narrow(&mut model.lm_head);
 }
 
+/// `rows × seq` tokens, every position after a two-token prompt a target.
 fn batch(rows: usize, seq: usize) -> Batch {
-    Batch {
-        input_ids: (0..rows * seq)
-            .map(|i| ((i * 29 + 3) % 97) as i64)
-            .collect(),
-        target_mask: (0..rows * seq)
-            .map(|i| if i % seq < 2 { 0.0 } else { 1.0 })
-            .collect(),
-        rows,
-        seq_len: seq,
-        lengths: vec![seq; rows],
-        sample_ids: (0..rows)
-            .map(|i| SampleRef {
-                epoch: 0,
-                index: i,
-                position: i,
-            })
-            .collect(),
-    }
+    let ids = (0..rows * seq)
+        .map(|i| ((i * 29 + 3) % 97) as i64)
+        .collect();
+    batch_of(ids, seq, &vec![seq; rows], 2, 0)
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

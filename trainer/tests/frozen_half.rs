@@ -19,30 +19,26 @@
 //!   `hf_parity.rs`, and the fused loss to 1e-5 relative.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use trainer::data::{Batch, SampleRef};
+use trainer::data::Batch;
 use trainer::device::FrozenDType;
 use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
 use trainer::model::init::{random_weights, random_weights_as};
-use trainer::model::{Llama, LlamaConfig, ModelSource, Preset, StoredTensor, WeightMap, hf};
+use trainer::model::{Llama, LlamaConfig, ModelSource, StoredTensor, WeightMap, hf};
 use trainer::train::fused::CpuWeights;
-use trainer::train::grad::{Engine, StepGradients, eval_loss_sum_with, lora_gradients_with};
+use trainer::train::grad::{Engine, eval_loss_sum_with};
 
 mod common;
 
+use common::engines::{
+    GRAD_TOLERANCE, LOSS_TOLERANCE, adapters, assert_grads_close, assert_losses_close, batch_of,
+    gradients, padded_batch as batch, small_config,
+};
 use common::{Reference, fixture, max_abs_diff};
 
 const HALVES: [FrozenDType; 2] = [FrozenDType::Bf16, FrozenDType::F16];
 
 fn config() -> LlamaConfig {
-    let mut config = Preset::Tiny.config();
-    config.hidden_size = 64;
-    config.num_hidden_layers = 3;
-    config.num_attention_heads = 4;
-    config.num_key_value_heads = 2;
-    config.head_dim = 16;
-    config.intermediate_size = 96;
-    config.vocab_size = 97;
-    config
+    small_config(3, 97)
 }
 
 fn model(mut weights: WeightMap, device: &Device) -> Llama {
@@ -69,90 +65,9 @@ fn representable(weights: WeightMap, dtype: FrozenDType) -> WeightMap {
     out
 }
 
-/// A batch of `rows × seq` with a two-token prompt per row and padding at
-/// the end of odd rows.
-fn batch(rows: usize, seq: usize, pad: usize, first: usize) -> Batch {
-    Batch {
-        input_ids: (0..rows * seq)
-            .map(|i| ((i * 31 + first) % 97) as i64)
-            .collect(),
-        target_mask: (0..rows * seq)
-            .map(|i| {
-                let (r, t) = (i / seq, i % seq);
-                if t < 2 || (r % 2 == 1 && t >= seq - pad) {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
-            .collect(),
-        rows,
-        seq_len: seq,
-        lengths: (0..rows)
-            .map(|r| if r % 2 == 1 { seq - pad } else { seq })
-            .collect(),
-        sample_ids: (0..rows)
-            .map(|i| SampleRef {
-                epoch: 0,
-                index: first + i,
-                position: first + i,
-            })
-            .collect(),
-    }
-}
-
 /// Adapters on every projection with non-zero `B`.
-fn adapters(config: &LlamaConfig, dropout: f64) -> LoraWeights {
-    let mut lora_config = LoraConfig::new(4, 8.0, &TargetModule::ALL);
-    lora_config.dropout = dropout;
-    let mut lora = LoraWeights::init(&lora_config, config, 5);
-    for (i, pair) in lora.pairs.values_mut().enumerate() {
-        for (j, b) in pair.b.data.iter_mut().enumerate() {
-            *b = (((i * 7 + j) % 13) as f32 - 6.0) * 0.01;
-        }
-    }
-    lora
-}
-
-fn gradients(
-    engine: Engine,
-    model: &mut Llama,
-    lora: &LoraWeights,
-    batches: &[Batch],
-) -> StepGradients {
-    let device = Device::flex().autodiff();
-    let targets: usize = batches.iter().map(|b| b.num_targets()).sum();
-    lora_gradients_with(engine, model, lora, batches, targets as f64, 3, &device)
-}
-
-/// Every LoRA gradient of `got` within `tolerance` of the largest of
-/// `want`'s tensor of the same name.
-fn assert_grads_close(
-    got: &StepGradients,
-    want: &StepGradients,
-    lora: &LoraWeights,
-    tolerance: f32,
-    what: &str,
-) {
-    assert_eq!(got.targets, want.targets);
-    let (mut g, mut w) = (lora.clone(), lora.clone());
-    g.set_flat(&got.grads);
-    w.set_flat(&want.grads);
-    for ((site, gp), wp) in g.pairs.iter().zip(w.pairs.values()) {
-        for (name, a, b) in [("A", &gp.a.data, &wp.a.data), ("B", &gp.b.data, &wp.b.data)] {
-            let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            assert!(scale > 0.0, "{what}: {}.{name} is zero", site.hf_name());
-            let diff = a
-                .iter()
-                .zip(b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                diff <= tolerance * scale,
-                "{what}: {}.{name} differs by {diff:e} (largest {scale:e})",
-                site.hf_name()
-            );
-        }
-    }
+fn all_adapters(config: &LlamaConfig, dropout: f64) -> LoraWeights {
+    adapters(config, &TargetModule::ALL, dropout)
 }
 
 fn batches() -> [Batch; 2] {
@@ -178,18 +93,12 @@ fn the_fused_step_runs_on_16_bit_weights_and_matches_the_graph_on_them() {
             CpuWeights::of(&m).is_some(),
             "{dtype}: the fused step declined the model"
         );
-        let lora = adapters(&m.config, 0.1);
+        let lora = all_adapters(&m.config, 0.1);
         let batches = batches();
         let fused = gradients(Engine::Fused, &mut m, &lora, &batches);
         let graph = gradients(Engine::Graph, &mut m, &lora, &batches);
-        let rel = (fused.loss_sum - graph.loss_sum).abs() / graph.loss_sum.abs();
-        assert!(
-            rel < 1e-5,
-            "{dtype}: loss sums {} vs {}",
-            fused.loss_sum,
-            graph.loss_sum
-        );
-        assert_grads_close(&fused, &graph, &lora, 1e-4, dtype.name());
+        assert_losses_close(&fused, &graph, LOSS_TOLERANCE, dtype.name());
+        assert_grads_close(&fused, &graph, &lora, GRAD_TOLERANCE, dtype.name());
 
         // Evaluation too.
         let (f, n) = eval_loss_sum_with(Engine::Fused, &mut m, &lora, &batches, &device);
@@ -216,17 +125,11 @@ fn the_fused_step_on_16_bit_weights_equals_it_on_the_same_values_in_f32() {
         );
         assert_eq!(wide.lm_head.val().dtype(), DType::F32);
 
-        let lora = adapters(&wide.config, 0.1);
+        let lora = all_adapters(&wide.config, 0.1);
         let batches = batches();
         let want = gradients(Engine::Fused, &mut wide, &lora, &batches);
         let got = gradients(Engine::Fused, &mut narrow, &lora, &batches);
-        let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
-        assert!(
-            rel <= 2e-6,
-            "{dtype}: loss sums {} vs {}",
-            got.loss_sum,
-            want.loss_sum
-        );
+        assert_losses_close(&got, &want, 2e-6, dtype.name());
         assert_grads_close(&got, &want, &lora, 2e-6, dtype.name());
     }
 }
@@ -318,22 +221,7 @@ fn a_16_bit_model_matches_transformers_on_its_checkpoint() {
                 want_loss += lse - row[ids[r * seq + t + 1] as usize];
             }
         }
-        let batch = Batch {
-            input_ids: ids,
-            target_mask: (0..rows * seq)
-                .map(|i| if i % seq == 0 { 0.0 } else { 1.0 })
-                .collect(),
-            rows,
-            seq_len: seq,
-            lengths: vec![seq; rows],
-            sample_ids: (0..rows)
-                .map(|i| SampleRef {
-                    epoch: 0,
-                    index: i,
-                    position: i,
-                })
-                .collect(),
-        };
+        let batch = batch_of(ids, seq, &vec![seq; rows], 1, 0);
         let lora = LoraWeights::init(
             &LoraConfig::new(4, 8.0, &TargetModule::ALL),
             &model.config,

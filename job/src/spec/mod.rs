@@ -138,9 +138,8 @@ use std::path::{Path, PathBuf};
 
 pub use types::{
     Backend, CheckpointSpec, DatasetFormat, DatasetSpec, JobSpec, LoraSpec, ModelDType, ModelSpec,
-    OutputSpec,
-    PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength, TrainingSpec,
-    URL_SCHEMES, Validation, Warmup, Workers, defaults,
+    OutputSpec, PathOrUrl, ResourcesSpec, Schedule, TargetModule, TargetModules, TrainingLength,
+    TrainingSpec, URL_SCHEMES, Validation, Warmup, Workers, defaults,
 };
 pub use validate::limits;
 

@@ -1,7 +1,10 @@
 //! Helpers shared by the parity tests: reading the reference files that
-//! transformers and PEFT wrote, and comparing numbers.
+//! transformers and PEFT wrote, and comparing numbers; [`engines`] for the
+//! tests that hold the fused step to the graph.
 
 #![allow(dead_code)]
+
+pub mod engines;
 
 use std::path::{Path, PathBuf};
 
