@@ -136,6 +136,10 @@ pub struct BenchTrainArgs {
     /// default: f32 on the CPU, bf16 on a GPU.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
+    /// Keep only each layer's input and run its forward pass again in the
+    /// backward pass (a spec's `training.gradient_checkpointing`).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     #[arg(long, default_value_t = 3)]
     pub warmup_steps: usize,
     /// Timed steps (the median is reported).

@@ -104,7 +104,14 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         args.dtype
             .as_deref()
             .and_then(trainer::device::FrozenDType::parse),
-        args.engine.engine(),
+        trainer::train::grad::StepMode {
+            engine: args.engine.engine(),
+            activations: if args.gradient_checkpointing {
+                trainer::train::grad::Activations::Recomputed
+            } else {
+                trainer::train::grad::Activations::Kept
+            },
+        },
         trainer::device::cpu_threads(),
         args.warmup_steps,
         args.steps,
@@ -146,6 +153,9 @@ fn train_ranks(args: &BenchTrainArgs) -> anyhow::Result<()> {
     ];
     if let Some(dtype) = &args.dtype {
         workload.extend(["--dtype".into(), dtype.clone()]);
+    }
+    if args.gradient_checkpointing {
+        workload.push("--gradient-checkpointing".into());
     }
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let parse = |text: &str| -> anyhow::Result<serde_json::Value> {

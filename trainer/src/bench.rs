@@ -23,7 +23,7 @@ use crate::device::FrozenDType;
 use crate::generate::{GenerateOptions, generate};
 use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
-use crate::train::grad::{Engine, lora_gradients_with};
+use crate::train::grad::{Activations, StepMode, lora_gradients_with};
 use crate::train::optim::{AdamWConfig, AdamWState};
 #[cfg(feature = "flex")]
 pub use matmul::sgemm;
@@ -138,6 +138,8 @@ pub struct TrainReport {
     pub engine: String,
     /// The frozen weights' type asked for (`default`: f32 on the CPU).
     pub dtype: String,
+    /// Whether each layer's forward pass ran again in the backward pass.
+    pub gradient_checkpointing: bool,
     pub world: usize,
     pub threads: usize,
     pub batch: usize,
@@ -170,7 +172,7 @@ pub fn train(
     preset: Preset,
     (batch, seq): (usize, usize),
     dtype: Option<FrozenDType>,
-    engine: Engine,
+    mode: StepMode,
     threads: usize,
     warmup_steps: usize,
     timed_steps: usize,
@@ -216,7 +218,7 @@ pub fn train(
         let denominator = (batch * seq) as f64;
         let start = Instant::now();
         let mut g = lora_gradients_with(
-            engine,
+            mode,
             &mut model,
             &lora,
             std::slice::from_ref(&micro),
@@ -235,8 +237,9 @@ pub fn train(
     let flops = step_matmul_flops(&model.config, batch, seq);
     Ok(TrainReport {
         preset: preset.name().to_string(),
-        engine: engine.name().to_string(),
+        engine: mode.engine.name().to_string(),
         dtype: dtype.map_or("default", FrozenDType::name).to_string(),
+        gradient_checkpointing: mode.activations == Activations::Recomputed,
         world,
         threads,
         batch,

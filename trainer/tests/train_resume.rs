@@ -7,6 +7,7 @@ use trainer::collective::Solo;
 use trainer::data::{Sampler, TokenizedDataset, TokenizedSample};
 use trainer::lora::{LoraConfig, LoraWeights, TargetModule};
 use trainer::model::{Llama, ModelSource, Preset};
+use trainer::train::grad::Activations;
 use trainer::train::optim::AdamWConfig;
 use trainer::train::schedule::Schedule;
 use trainer::train::{SampledSteps, TrainConfig, TrainState, run, run::Silent};
@@ -42,6 +43,7 @@ fn config() -> TrainConfig {
         eval_every: 2,
         seed: 5,
         sync_check_every: 2,
+        activations: Activations::Kept,
     }
 }
 
@@ -151,4 +153,27 @@ fn training_lowers_the_loss_and_only_moves_the_adapter() {
             .all(|p| p.b.data.iter().any(|&x| x != 0.0))
     );
     assert_eq!(state.adam.exp_avg.len(), state.lora.num_parameters());
+}
+
+/// `training.gradient_checkpointing`: each layer's forward pass runs again
+/// in the backward pass, with the same dropout masks, so the run is the
+/// same run.
+#[test]
+fn recomputing_activations_repeats_the_run_bit_for_bit() {
+    let data = dataset();
+    let kept = config();
+    let (mut model, device, mut straight) = setup();
+    train(&mut model, &device, &kept, &data, &mut straight, None);
+
+    let recomputed = TrainConfig {
+        activations: Activations::Recomputed,
+        ..config()
+    };
+    let (mut model, device, mut again) = setup();
+    train(&mut model, &device, &recomputed, &data, &mut again, None);
+
+    assert_eq!(again.step, 6);
+    assert_eq!(losses(&again), losses(&straight), "step losses");
+    assert_eq!(again.lora, straight.lora, "final adapter");
+    assert_eq!(again.adam, straight.adam, "optimizer moments");
 }

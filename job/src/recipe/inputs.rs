@@ -9,6 +9,7 @@ use trainer::device::{ComputeBackend, FrozenDType};
 use trainer::lora::{LoraConfig, TargetModule};
 use trainer::model::ModelSource;
 use trainer::train::TrainConfig;
+use trainer::train::grad::Activations;
 use trainer::train::optim::AdamWConfig;
 
 use super::RecipeError;
@@ -142,6 +143,11 @@ impl JobInputs {
             eval_every: t.eval_every as usize,
             seed,
             sync_check_every: TrainConfig::DEFAULT_SYNC_CHECK_EVERY,
+            activations: if t.gradient_checkpointing {
+                Activations::Recomputed
+            } else {
+                Activations::Kept
+            },
         };
         let output_dir = match &spec.output.dir {
             Some(PathOrUrl::Path(p)) => p.clone(),

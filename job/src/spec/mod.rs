@@ -82,6 +82,7 @@
 //!   adam_beta1: 0.9            # [0, 1)
 //!   adam_beta2: 0.999          # [0, 1)
 //!   adam_epsilon: 1.0e-8       # > 0
+//!   gradient_checkpointing: false # recompute each layer's activations in the backward pass
 //! resources:
 //!   workers: 1                 # 1 ..= 4096, or a range "min..max" (both ends included)
 //!   backend: cpu               # cpu | cuda | tch

@@ -82,8 +82,14 @@ pub(super) const TRAINING: Schema = Schema {
         "adam_beta1",
         "adam_beta2",
         "adam_epsilon",
+        "gradient_checkpointing",
     ],
-    aliases: &[("num_epochs", "epochs"), ("eval_steps", "eval_every")],
+    aliases: &[
+        ("num_epochs", "epochs"),
+        ("eval_steps", "eval_every"),
+        ("enable_activation_checkpointing", "gradient_checkpointing"),
+        ("activation_checkpointing", "gradient_checkpointing"),
+    ],
 };
 
 pub(super) const RESOURCES: Schema = Schema {

@@ -76,6 +76,7 @@ training:
   adam_beta1: 0.8
   adam_beta2: 0.95
   adam_epsilon: 1e-6
+  gradient_checkpointing: true
 resources:
   workers: \"1..4\"
   backend: cuda
@@ -139,6 +140,7 @@ fn full_spec_parses_with_all_values() {
             adam_beta1: 0.8,
             adam_beta2: 0.95,
             adam_epsilon: 1e-6,
+            gradient_checkpointing: true,
         }
     );
     assert_eq!(
@@ -206,6 +208,7 @@ fn defaults_fill_everything_optional() {
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
+            gradient_checkpointing: false,
         }
     );
     assert_eq!(
@@ -651,7 +654,7 @@ fn unknown_keys_say_what_is_allowed_with_a_suggestion() {
     );
     assert_eq!(
         problem(&with(&format!("{tail}  lr: 0.1\n"))),
-        "job.yaml:8:3: training.lr: unknown key; did you mean learning_rate? allowed keys: max_steps, epochs, global_batch_size, micro_batch_size, learning_rate, schedule, warmup_steps, warmup_ratio, weight_decay, max_grad_norm, eval_every, seed, adam_beta1, adam_beta2, adam_epsilon"
+        "job.yaml:8:3: training.lr: unknown key; did you mean learning_rate? allowed keys: max_steps, epochs, global_batch_size, micro_batch_size, learning_rate, schedule, warmup_steps, warmup_ratio, weight_decay, max_grad_norm, eval_every, seed, adam_beta1, adam_beta2, adam_epsilon, gradient_checkpointing"
     );
     assert_eq!(
         problem(&with(&format!("{tail}learning_rate: 0.1\n"))),
@@ -1409,4 +1412,35 @@ fn model_dtype_can_be_overridden_on_the_command_line() {
     )
     .unwrap();
     assert_eq!(loaded.spec.model_dtype, Some(ModelDType::F16));
+}
+
+// ----- training.gradient_checkpointing ------------------------------------------
+
+#[test]
+fn gradient_checkpointing_is_off_by_default_and_written_back_only_when_on() {
+    let base = "name: t\nmodel: {preset: tiny}\ndataset: {train: d}\ntraining:\n  max_steps: 1\n";
+    let off = ok(base);
+    assert!(!off.training.gradient_checkpointing);
+    assert!(!off.to_yaml().contains("gradient_checkpointing"));
+    let on = ok(&format!("{base}  gradient_checkpointing: true\n"));
+    assert!(on.training.gradient_checkpointing);
+    let saved = on.to_yaml();
+    assert!(saved.contains("gradient_checkpointing: true"), "{saved}");
+    assert_eq!(ok(&saved), on);
+    // torchtune's spelling is read as the same key.
+    let torchtune = ok(&format!("{base}  enable_activation_checkpointing: true\n"));
+    assert!(torchtune.training.gradient_checkpointing);
+}
+
+#[test]
+fn a_gradient_checkpointing_that_is_not_a_boolean_is_located() {
+    let base = "name: t\nmodel: {preset: tiny}\ndataset: {train: d}\ntraining:\n  max_steps: 1\n";
+    assert_eq!(
+        problem(&format!("{base}  gradient_checkpointing: 1\n")),
+        "job.yaml:6:27: training.gradient_checkpointing: expected true or false, got 1"
+    );
+    assert_eq!(
+        problem(&format!("{base}  gradient_checkpionting: true\n")),
+        "job.yaml:6:3: training.gradient_checkpionting: unknown key; did you mean gradient_checkpointing? allowed keys: max_steps, epochs, global_batch_size, micro_batch_size, learning_rate, schedule, warmup_steps, warmup_ratio, weight_decay, max_grad_norm, eval_every, seed, adam_beta1, adam_beta2, adam_epsilon, gradient_checkpointing"
+    );
 }

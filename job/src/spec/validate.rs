@@ -456,6 +456,7 @@ impl Reader<'_> {
         let epsilon = self.float(&section, "adam_epsilon", "in (0, 1]", |v| {
             v > 0.0 && v <= 1.0
         });
+        let checkpointing = self.boolean(&section, "gradient_checkpointing");
 
         // The global batch splits evenly over micro-batches on every worker.
         let micro_ok = !matches!(micro, Field::Invalid);
@@ -526,6 +527,7 @@ impl Reader<'_> {
             adam_beta1: beta1.or(defaults::ADAM_BETA1),
             adam_beta2: beta2.or(defaults::ADAM_BETA2),
             adam_epsilon: epsilon.or(defaults::ADAM_EPSILON),
+            gradient_checkpointing: checkpointing.or(defaults::GRADIENT_CHECKPOINTING),
         });
         TrainingRead {
             spec,

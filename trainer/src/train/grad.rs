@@ -98,9 +98,41 @@ impl Engine {
     }
 }
 
-/// [`lora_gradients`] with the engine chosen.
+/// What a step keeps of its forward pass for its backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Every layer's activations: the fastest.
+    #[default]
+    Kept,
+    /// Only each layer's input; each layer's forward pass runs again just
+    /// before its backward pass (`training.gradient_checkpointing`). In the
+    /// fused step the activations held drop from every layer's to one
+    /// layer's plus the layers' inputs, for about a third more arithmetic,
+    /// and the gradients are the same bit for bit. The graph engine (GPU
+    /// workers) keeps every layer's activations either way.
+    Recomputed,
+}
+
+/// How a step's gradients are computed: the engine, and what it keeps
+/// for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMode {
+    pub engine: Engine,
+    pub activations: Activations,
+}
+
+impl From<Engine> for StepMode {
+    fn from(engine: Engine) -> StepMode {
+        StepMode {
+            engine,
+            activations: Activations::Kept,
+        }
+    }
+}
+
+/// [`lora_gradients`] with the engine (and what it keeps) chosen.
 pub fn lora_gradients_with(
-    engine: Engine,
+    mode: impl Into<StepMode>,
     model: &mut Llama,
     lora: &LoraWeights,
     batches: &[Batch],
@@ -108,6 +140,10 @@ pub fn lora_gradients_with(
     seed: u64,
     device: &Device,
 ) -> StepGradients {
+    let StepMode {
+        engine,
+        activations,
+    } = mode.into();
     let threads = crate::device::cpu_threads();
     let shares = |parts: usize| -> Vec<Vec<Batch>> {
         (0..parts)
@@ -126,7 +162,15 @@ pub fn lora_gradients_with(
     {
         let model = &*model;
         let run = |share: &[Batch]| {
-            super::fused::share_gradients(model, &weights, lora, share, denominator, seed)
+            super::fused::share_gradients(
+                model,
+                &weights,
+                lora,
+                share,
+                denominator,
+                seed,
+                activations,
+            )
         };
         let parts = share_count(batches, threads, fused_share_tokens(threads));
         if parts <= 1 {
@@ -135,7 +179,7 @@ pub fn lora_gradients_with(
         let results: Vec<StepGradients> = shares(parts).par_iter().map(|s| run(s)).collect();
         return add_in_order(results, lora.num_parameters());
     }
-    let _ = engine;
+    let _ = (engine, activations);
     // An accelerator takes the whole batch at once: shares exist to fill CPU cores.
     if crate::device::is_accelerator(device) {
         return share_gradients(model, lora, batches, denominator, seed, device);

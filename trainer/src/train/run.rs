@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use super::data_parallel::{TrainError, agree, all_reduce_step, checksum, eval_share};
-use super::grad::{eval_loss_sum, lora_gradients};
+use super::grad::{Activations, Engine, StepMode, eval_loss_sum, lora_gradients_with};
 use super::optim::{AdamWConfig, clip_grad_norm};
 use super::schedule::Schedule;
 use super::state::{EvalMetrics, StepMetrics, TrainState};
@@ -42,6 +42,9 @@ pub struct TrainConfig {
     /// With several ranks, compare a checksum of the LoRA weights every
     /// this many steps (and after the last); 0 only after the last.
     pub sync_check_every: usize,
+    /// What each step keeps for its backward pass
+    /// (`training.gradient_checkpointing` recomputes).
+    pub activations: Activations,
 }
 
 impl TrainConfig {
@@ -116,7 +119,12 @@ pub fn run(
         let started = Instant::now();
         let batches = data.step_batches(state.step);
         let denominator = batches.global_targets.max(1) as f64;
-        let mut g = lora_gradients(
+        let mode = StepMode {
+            engine: Engine::Fused,
+            activations: config.activations,
+        };
+        let mut g = lora_gradients_with(
+            mode,
             model,
             &state.lora,
             &batches.micro_batches,

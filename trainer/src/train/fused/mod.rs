@@ -35,7 +35,9 @@ use crate::model::Llama;
 use crate::model::llama::DropoutSeeds;
 use attention::Heads;
 use kernels::{Values, rms_norm};
-use layer::{Adapter, LayerWeights, Linear, Pass};
+use layer::{Adapter, LayerActivations, LayerWeights, Linear, Pass};
+
+use super::grad::Activations;
 
 type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
 
@@ -169,6 +171,12 @@ impl CpuWeights {
 /// [`super::grad::lora_gradients`] of `batches` on the calling thread, on
 /// the CPU: the gradient of `Σ loss_sum / denominator` for every LoRA
 /// value, laid out as `LoraWeights::to_flat`.
+///
+/// With [`Activations::Recomputed`] only each layer's input is kept
+/// through the forward pass, and the layer's forward pass runs again just
+/// before its backward pass: the same arithmetic in the same order, so the
+/// same gradients bit for bit, holding one layer's activations instead of
+/// every layer's.
 pub fn share_gradients(
     model: &Llama,
     weights: &CpuWeights,
@@ -176,8 +184,14 @@ pub fn share_gradients(
     batches: &[Batch],
     denominator: f64,
     seed: u64,
+    activations: Activations,
 ) -> StepGradients {
-    passes(model, weights, lora, batches, Some(1.0 / denominator), seed)
+    let backward = Backward {
+        grad_scale: 1.0 / denominator,
+        seed,
+        activations,
+    };
+    passes(model, weights, lora, batches, Some(backward))
 }
 
 /// The sum of the targets' cross-entropy over `batches` and their number,
@@ -188,20 +202,39 @@ pub fn loss_sum<'b>(
     lora: &LoraWeights,
     batches: impl IntoIterator<Item = &'b Batch>,
 ) -> (f64, usize) {
-    let r = passes(model, weights, lora, batches, None, 0);
+    let r = passes(model, weights, lora, batches, None);
     (r.loss_sum, r.targets)
 }
 
-/// Forward passes over `batches`, and with `grad_scale` the backward
-/// passes of `grad_scale · Σ loss_sum` (training: dropout applies).
+/// What a training pass does after its forward pass.
+struct Backward {
+    /// The gradient is that of `grad_scale · Σ loss_sum`.
+    grad_scale: f64,
+    /// Seeds the dropout masks, with each row's sample identity.
+    seed: u64,
+    activations: Activations,
+}
+
+/// A layer's forward pass as kept for its backward pass.
+enum Kept {
+    Activations(Box<LayerActivations>),
+    /// The layer's input, to run its forward pass again.
+    Input(Vec<f32>),
+}
+
+/// Forward passes over `batches`, and with `backward` the backward passes
+/// (training: dropout applies).
 fn passes<'b>(
     model: &Llama,
     weights: &CpuWeights,
     lora: &LoraWeights,
     batches: impl IntoIterator<Item = &'b Batch>,
-    grad_scale: Option<f64>,
-    seed: u64,
+    backward: Option<Backward>,
 ) -> StepGradients {
+    let grad_scale = backward.as_ref().map(|b| b.grad_scale);
+    let recompute = backward
+        .as_ref()
+        .is_some_and(|b| b.activations == Activations::Recomputed);
     let config = &model.config;
     let layers: Vec<LayerWeights> = (0..config.num_hidden_layers)
         .map(|i| weights.layer(model, lora, i))
@@ -230,14 +263,18 @@ fn passes<'b>(
             sin: &sin,
             dropout: lora.config.dropout,
         };
-        let training = grad_scale.is_some();
-        let seeds = (training && lora.config.dropout > 0.0).then(|| DropoutSeeds {
-            seeds: batch
-                .sample_ids
-                .iter()
-                .map(|r| r.dropout_seed(seed))
-                .collect(),
-        });
+        let training = backward.is_some();
+        let seeds = backward
+            .as_ref()
+            .filter(|_| lora.config.dropout > 0.0)
+            .map(|b| DropoutSeeds {
+                seeds: batch
+                    .sample_ids
+                    .iter()
+                    .map(|r| r.dropout_seed(b.seed))
+                    .collect(),
+            });
+        let layer_seeds = |i: usize| seeds.as_ref().map(|s| s.mixed((i as u64 + 1) << 8));
 
         let embed = weights.embed.values();
         let mut x = vec![0.0f32; tokens * h];
@@ -246,10 +283,13 @@ fn passes<'b>(
         }
         let mut saved = Vec::with_capacity(layers.len());
         for (i, w) in layers.iter().enumerate() {
-            let layer_seeds = seeds.as_ref().map(|s| s.mixed((i as u64 + 1) << 8));
-            let (next, a) = layer::forward(w, &pass, x, layer_seeds.as_ref());
+            let input = (training && recompute).then(|| x.clone());
+            let (next, a) = layer::forward(w, &pass, x, layer_seeds(i).as_ref());
             if training {
-                saved.push(a);
+                saved.push(match input {
+                    Some(input) => Kept::Input(input),
+                    None => Kept::Activations(Box::new(a)),
+                });
             }
             x = next;
         }
@@ -275,7 +315,10 @@ fn passes<'b>(
             continue;
         };
         for i in (lowest..layers.len()).rev() {
-            let a = saved.pop().expect("one per layer");
+            let a = match saved.pop().expect("one per layer") {
+                Kept::Activations(a) => *a,
+                Kept::Input(x) => layer::forward(&layers[i], &pass, x, layer_seeds(i).as_ref()).1,
+            };
             match layer::backward(&layers[i], &pass, &a, &dy, i > lowest, &mut grads) {
                 Some(dx) => dy = dx,
                 None => break,
