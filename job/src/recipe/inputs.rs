@@ -190,6 +190,12 @@ mod tests {
     /// Trains the tiny preset for three steps with `dtype` and returns the
     /// run (its model and its log).
     fn run(dir: &std::path::Path, dtype: &str) -> JobRun {
+        run_with(dir, dtype, "")
+    }
+
+    /// [`run`] with `training` keys added to the spec's `training:` map
+    /// (each with a leading `, `).
+    fn run_with(dir: &std::path::Path, dtype: &str, training: &str) -> JobRun {
         let data = dir.join("train.jsonl");
         let lines: String = (0..16)
             .map(|i| format!("{{\"text\": \"sample {i}: the quick brown fox jumps over the lazy dog {i}\"}}\n"))
@@ -199,7 +205,7 @@ mod tests {
             "name: half-{dtype}\nmodel: {{preset: tiny, dtype: {dtype}}}\n\
              dataset: {{train: train.jsonl, max_seq_len: 32}}\n\
              lora: {{r: 4, target_modules: all-linear}}\n\
-             training: {{max_steps: 3, micro_batch_size: 2, learning_rate: 1.0e-3}}\n\
+             training: {{max_steps: 3, micro_batch_size: 2, learning_rate: 1.0e-3{training}}}\n\
              checkpoint: {{every_steps: 0, storage: runs-{dtype}}}\n"
         );
         let spec = JobSpec::from_yaml(&yaml, "job.yaml", dir).unwrap();
@@ -248,5 +254,24 @@ mod tests {
             assert!(diff < 1e-2, "step {}: {} vs {}", a.step, a.loss, b.loss);
         }
         assert_eq!(narrow.state.log.len(), 3);
+    }
+
+    #[test]
+    fn a_job_with_gradient_checkpointing_recomputes_and_trains_the_same_run() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let recomputed = run_with(one.path(), "f32", ", gradient_checkpointing: true");
+        assert_eq!(recomputed.plan.train.activations, Activations::Recomputed);
+        let kept = run(two.path(), "f32");
+        assert_eq!(kept.plan.train.activations, Activations::Kept);
+        let losses = |r: &JobRun| {
+            r.state
+                .log
+                .iter()
+                .map(|m| m.loss.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(recomputed.state.log.len(), 3);
+        assert_eq!(losses(&recomputed), losses(&kept));
+        assert_eq!(recomputed.state.lora, kept.state.lora);
     }
 }
