@@ -79,8 +79,24 @@ impl Linear<'_> {
             1.0,
             false,
         );
+        let saved = self.saved(x, tokens, mask);
+        if let Some(ad) = self.lora {
+            matmul(
+                MatMut::new(&mut out, tokens, self.out),
+                MatRef::new(&saved.xa, tokens, ad.r),
+                MatRef::new(ad.b, self.out, ad.r).t(),
+                ad.scale,
+                true,
+            );
+        }
+        (out, saved)
+    }
+
+    /// Only what [`Self::backward`] needs of [`Self::forward`] (the masked
+    /// input and `x̃ · Aᵀ`), without the output.
+    fn saved(&self, x: &[f32], tokens: usize, mask: Option<Vec<f32>>) -> LinearActivations {
         let Some(ad) = self.lora else {
-            return (out, LinearActivations::default());
+            return LinearActivations::default();
         };
         let dropout = mask.map(|mask| {
             let mut masked = mask.clone();
@@ -96,14 +112,7 @@ impl Linear<'_> {
             1.0,
             false,
         );
-        matmul(
-            MatMut::new(&mut out, tokens, self.out),
-            MatRef::new(&xa, tokens, ad.r),
-            MatRef::new(ad.b, self.out, ad.r).t(),
-            ad.scale,
-            true,
-        );
-        (out, LinearActivations { xa, dropout })
+        LinearActivations { xa, dropout }
     }
 
     /// Adds the adapter's gradients into `grads` and, with `dx`, writes (or
@@ -242,12 +251,36 @@ pub fn forward(
     x: Vec<f32>,
     dropout: Option<&DropoutSeeds>,
 ) -> (Vec<f32>, LayerActivations) {
+    let (out, saved) = run(w, pass, x, dropout, true);
+    (out.expect("asked for"), saved)
+}
+
+/// What [`forward`] keeps for the backward pass, computed again from the
+/// layer's input with the same dropout seeds: the same values, without
+/// the output's last product (the down projection's frozen weight).
+pub fn recompute(
+    w: &LayerWeights,
+    pass: &Pass,
+    x: Vec<f32>,
+    dropout: Option<&DropoutSeeds>,
+) -> LayerActivations {
+    run(w, pass, x, dropout, false).1
+}
+
+/// [`forward`], with the output only if `output`.
+fn run(
+    w: &LayerWeights,
+    pass: &Pass,
+    x: Vec<f32>,
+    dropout: Option<&DropoutSeeds>,
+    output: bool,
+) -> (Option<Vec<f32>>, LayerActivations) {
     let t = pass.tokens();
     let s = pass.heads;
     let mut linear: [LinearActivations; 7] = Default::default();
-    let mut project = |i: usize, input: &[f32]| {
+    let mask = |i: usize| {
         let p = &w.proj[i];
-        let mask = dropout
+        dropout
             .filter(|_| p.lora.is_some() && pass.dropout > 0.0)
             .map(|seeds| {
                 dropout_keep_mask(
@@ -256,8 +289,10 @@ pub fn forward(
                     pass.dropout,
                     &seeds.mixed(i as u64 + 1),
                 )
-            });
-        let (out, saved) = p.forward(input, t, mask);
+            })
+    };
+    let mut project = |i: usize, input: &[f32]| {
+        let (out, saved) = w.proj[i].forward(input, t, mask(i));
         linear[i] = saved;
         out
     };
@@ -283,8 +318,14 @@ pub fn forward(
     let up = project(UP, &n2);
     let mut act = vec![0.0f32; gate.len()];
     swiglu(&gate, &up, &mut act);
-    let mut out = project(DOWN, &act);
-    add_assign(&mut out, &h);
+    let out = if output {
+        let mut out = project(DOWN, &act);
+        add_assign(&mut out, &h);
+        Some(out)
+    } else {
+        linear[DOWN] = w.proj[DOWN].saved(&act, t, mask(DOWN));
+        None
+    };
     let saved = LayerActivations {
         x,
         inv1,

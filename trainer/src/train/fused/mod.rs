@@ -317,7 +317,7 @@ fn passes<'b>(
         for i in (lowest..layers.len()).rev() {
             let a = match saved.pop().expect("one per layer") {
                 Kept::Activations(a) => *a,
-                Kept::Input(x) => layer::forward(&layers[i], &pass, x, layer_seeds(i).as_ref()).1,
+                Kept::Input(x) => layer::recompute(&layers[i], &pass, x, layer_seeds(i).as_ref()),
             };
             match layer::backward(&layers[i], &pass, &a, &dy, i > lowest, &mut grads) {
                 Some(dx) => dy = dx,
