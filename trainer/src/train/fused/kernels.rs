@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use super::bf16_gemm;
+
 /// What the CPU can run, probed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimdLevel {
@@ -71,16 +73,18 @@ macro_rules! simd_fn {
 /// `offset + i·rs + j·cs`.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
-    offset: usize,
+    pub(super) offset: usize,
     pub rows: usize,
     pub cols: usize,
-    rs: usize,
-    cs: usize,
+    /// Row stride.
+    pub(super) rs: usize,
+    /// Column stride.
+    pub(super) cs: usize,
 }
 
 impl Layout {
     /// Row-major `rows × cols` at the start of a buffer of `len` values.
-    fn row_major(rows: usize, cols: usize, len: usize) -> Layout {
+    pub(super) fn row_major(rows: usize, cols: usize, len: usize) -> Layout {
         assert!(len >= rows * cols, "matrix of {rows}×{cols} in {len}");
         Layout {
             offset: 0,
@@ -91,7 +95,7 @@ impl Layout {
         }
     }
 
-    fn transposed(self) -> Layout {
+    pub(super) fn transposed(self) -> Layout {
         Layout {
             rows: self.cols,
             cols: self.rows,
@@ -101,7 +105,7 @@ impl Layout {
         }
     }
 
-    fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> Layout {
+    pub(super) fn block(self, r: usize, c: usize, rows: usize, cols: usize) -> Layout {
         assert!(
             r + rows <= self.rows && c + cols <= self.cols,
             "block out of range"
@@ -114,12 +118,12 @@ impl Layout {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.rows == 0 || self.cols == 0
     }
 
     /// Panics unless every element lies inside a buffer of `len` values.
-    fn check(&self, len: usize) {
+    pub(super) fn check(&self, len: usize) {
         if !self.is_empty() {
             let last = self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
             assert!(last < len, "matrix view out of its buffer");
@@ -130,7 +134,7 @@ impl Layout {
 /// A read-only matrix view.
 #[derive(Debug, Clone, Copy)]
 pub struct MatRef<'a> {
-    data: &'a [f32],
+    pub(super) data: &'a [f32],
     pub at: Layout,
 }
 
@@ -161,7 +165,7 @@ impl<'a> MatRef<'a> {
 /// A writable matrix view.
 #[derive(Debug)]
 pub struct MatMut<'a> {
-    data: &'a mut [f32],
+    pub(super) data: &'a mut [f32],
     pub at: Layout,
 }
 
@@ -279,7 +283,7 @@ simd_fn! {
 /// A read-only matrix view of a frozen weight ([`Values`]).
 #[derive(Debug, Clone, Copy)]
 pub struct WeightRef<'a> {
-    data: Values<'a>,
+    pub(super) data: Values<'a>,
     pub at: Layout,
 }
 
@@ -299,7 +303,7 @@ impl<'a> WeightRef<'a> {
     }
 }
 
-/// Values in one tile of a 16-bit weight widened for [`matmul_weight`]:
+/// Values in one tile of a 16-bit weight widened for [`matmul_widened`]:
 /// 1 MiB of f32, so that a tile stays in cache while gemm packs it.
 const TILE_VALUES: usize = 1 << 18;
 /// The most rows (inner dimension) a tile spans.
@@ -311,13 +315,36 @@ thread_local! {
 }
 
 /// `out = scale · a · b`, or `out += scale · a · b` with `accumulate`, for
-/// a frozen weight `b`. An f32 `b` is [`matmul`] itself; a 16-bit one is
-/// widened a tile at a time (at most [`TILE_DEPTH`] rows of the inner
-/// dimension by about [`TILE_VALUES`]` / rows` columns, each value once
-/// per product) into a per-thread f32 buffer, and each tile's product is
+/// a frozen weight `b`, in the precision that weight's type asks for:
+/// - f32: [`matmul`] itself;
+/// - bf16: `a` rounded to bf16 (to nearest even, as torch's
+///   `.to(torch.bfloat16)`) times `b`, summed in f32 — what a bf16 product
+///   under torch's autocast computes — by [`bf16_gemm::matmul`]
+///   (`vdpbf16ps` where the CPU has AVX512-BF16, else the same values
+///   widened through [`matmul_widened`]);
+/// - f16: `b` widened exactly to f32 and multiplied with `a` as it is
+///   ([`matmul_widened`]).
+pub fn matmul_weight(
+    out: MatMut<'_>,
+    a: MatRef<'_>,
+    b: WeightRef<'_>,
+    scale: f32,
+    accumulate: bool,
+) {
+    match b.data {
+        Values::F32(data) => matmul(out, a, MatRef { data, at: b.at }, scale, accumulate),
+        Values::Bf16(data) => bf16_gemm::matmul(out, a, data, b.at, scale, accumulate),
+        Values::F16(_) => matmul_widened(out, a, b, scale, accumulate),
+    }
+}
+
+/// `out = scale · a · b`, or `out += scale · a · b` with `accumulate`, with
+/// `b` widened to f32 a tile at a time (at most [`TILE_DEPTH`] rows of the
+/// inner dimension by about [`TILE_VALUES`]` / rows` columns, each value
+/// once per product) into a per-thread buffer, and each tile's product
 /// [`matmul`], accumulated over the inner dimension. The result equals the
 /// f32 product of the widened values up to the order of the f32 sums.
-pub fn matmul_weight(
+pub(super) fn matmul_widened(
     out: MatMut<'_>,
     a: MatRef<'_>,
     b: WeightRef<'_>,
@@ -704,8 +731,12 @@ mod tests {
         out
     }
 
+    /// An f16 weight is widened and multiplied with the activations as they
+    /// are; with a bf16 weight the activations are rounded to bf16 first
+    /// (the products of a bf16 autocast): either way the result is the f32
+    /// product of those values, up to the order of the sums.
     #[test]
-    fn products_with_a_16_bit_weight_are_the_f32_products_of_its_widened_values() {
+    fn products_with_a_16_bit_weight_are_the_f32_products_of_the_values_it_multiplies() {
         // Shapes that cut into several tiles both ways (k > TILE_DEPTH,
         // n > the tile width) and leave ragged edges.
         for (m, k, n) in [(3, 5, 7), (37, 1500, 300), (9, 130, 2100)] {
@@ -713,12 +744,28 @@ mod tests {
             let w32 = values(k * n, 1.7);
             let bf: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
             let hf: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
-            let cases: [(Values, Vec<f32>); 2] = [
-                (Values::Bf16(&bf), bf.iter().map(|v| v.to_f32()).collect()),
-                (Values::F16(&hf), hf.iter().map(|v| v.to_f32()).collect()),
+            let a2_given = values(m * n, 2.9);
+            let rounded =
+                |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+            // The weight, its values widened, and the two activations it
+            // multiplies (`a`, `a'`) as it multiplies them.
+            type Case<'v> = (Values<'v>, Vec<f32>, Vec<f32>, Vec<f32>);
+            let cases: [Case; 2] = [
+                (
+                    Values::Bf16(&bf),
+                    bf.iter().map(|v| v.to_f32()).collect(),
+                    rounded(&a),
+                    rounded(&a2_given),
+                ),
+                (
+                    Values::F16(&hf),
+                    hf.iter().map(|v| v.to_f32()).collect(),
+                    a.clone(),
+                    a2_given.clone(),
+                ),
             ];
-            for (half, widened) in &cases {
-                let bound = abs_product(&a, widened, m, k, n);
+            for (half, widened, a_used, a2_used) in &cases {
+                let bound = abs_product(a_used, widened, m, k, n);
                 let tol = 4.0 * k as f32 * f32::EPSILON;
                 // a · W, W row-major `[k, n]`, then += 0.5 · a · W.
                 let mut want = vec![0.0; m * n];
@@ -727,7 +774,7 @@ mod tests {
                     let av = MatRef::new(&a, m, k);
                     matmul(
                         MatMut::new(&mut want, m, n),
-                        av,
+                        MatRef::new(a_used, m, k),
                         MatRef::new(widened, k, n),
                         scale,
                         acc,
@@ -744,13 +791,12 @@ mod tests {
                 assert!(worst < tol, "{m}×{k}×{n}: {worst:e}");
 
                 // a' · Wᵀ for a' `[m, n]`: the weight read transposed.
-                let a2 = values(m * n, 2.9);
                 let mut want = vec![0.0; m * k];
                 let mut got = vec![0.0; m * k];
-                let av = MatRef::new(&a2, m, n);
+                let av = MatRef::new(&a2_given, m, n);
                 matmul(
                     MatMut::new(&mut want, m, k),
-                    av,
+                    MatRef::new(a2_used, m, n),
                     MatRef::new(widened, k, n).t(),
                     1.0,
                     false,
@@ -764,7 +810,7 @@ mod tests {
                 );
                 let transposed: Vec<f32> =
                     (0..n * k).map(|i| widened[(i % k) * n + i / k]).collect();
-                let bound = abs_product(&a2, &transposed, m, n, k);
+                let bound = abs_product(a2_used, &transposed, m, n, k);
                 let worst = worst_relative(&got, &want, &bound);
                 assert!(
                     worst < 4.0 * n as f32 * f32::EPSILON,

@@ -20,6 +20,7 @@
 //! (`super::grad`).
 
 mod attention;
+pub(crate) mod bf16_gemm;
 mod head;
 pub(crate) mod kernels;
 mod layer;
