@@ -9,8 +9,11 @@
 # higher of the two.
 #
 #   bench/compare_pytorch.sh [CELLS] [THREADS] [ROUNDS]
-#   CELLS: presets, each with an optional :SEQ (tokens per row) and :ROWS,
-#     e.g. "tiny small smollm2-135m:512 smollm2-135m:2048:2" (default: "tiny small")
+#   CELLS: presets, each with an optional :SEQ (tokens per row), :ROWS and
+#     :DTYPE of the frozen weights (f32 or bf16, passed to both as --dtype; an
+#     empty field keeps the default), e.g.
+#     "tiny small smollm2-135m:512 smollm2-135m:2048:2 smollm2-135m:512:2:bf16"
+#     (default: "tiny small")
 #   THREADS: default "1 2"; ROUNDS: default 3
 #
 # PyTorch comes from the reference venv (.venv-ref, made from
@@ -31,10 +34,11 @@ for t in $threads; do
 done
 
 for cell in $cells; do
-    IFS=: read -r preset seq rows <<< "$cell"
+    IFS=: read -r preset seq rows dtype <<< "$cell"
     seq_flag=()
     [ -n "${seq:-}" ] && seq_flag+=(--seq "$seq")
     [ -n "${rows:-}" ] && seq_flag+=(--batch "$rows")
+    [ -n "${dtype:-}" ] && seq_flag+=(--dtype "$dtype")
     # Warm-up and timed steps: fewer on the larger shapes (a step there takes seconds).
     case "$preset" in
         tiny) steps=(--warmup-steps 3 --steps 10) ;;
@@ -60,7 +64,7 @@ for t in threads:
     ours, torch = (json.loads((out / f"sgemm-{w}-{t}.json").read_text()) for w in ("ours", "torch"))
     print(f"sgemm peak, {t} thread(s): lorafleet {ours['peak_gflops']:.1f}, PyTorch {torch['peak_gflops']:.1f} GFLOP/s")
 print()
-print(f"{'cell':<20} {'thr':>3} {'lorafleet':>10} {'PyTorch':>9} {'ratio':>6} {'RSS ours':>9} {'RSS PyTorch':>11} {'peak% ours':>10} {'peak% PyTorch':>13}")
+print(f"{'cell':<20} {'thr':>3} {'lorafleet':>10} {'PyTorch':>9} {'ratio':>6} {'RSS ours':>9} {'RSS PyTorch':>11} {'peak% ours':>10} {'peak% PyTorch':>13} {'dtype':>5}")
 print("   (tokens/s and MiB, medians; peak% = the step's matrix products per second over the higher sgemm peak)")
 for c in cells:
     for t in threads:
@@ -70,5 +74,6 @@ for c in cells:
         per_token = ours[0]["matmul_gflop_per_step"] / (ours[0]["batch"] * ours[0]["seq_len"])
         label = f"{c} ({ours[0]['batch']}x{ours[0]['seq_len']})"
         print(f"{label:<20} {t:>3} {a:10.0f} {b:9.0f} {a / b:5.2f}x {med(ours, 'peak_rss_mib'):9.0f} "
-              f"{med(ref, 'peak_rss_mib'):11.0f} {100 * a * per_token / peak:9.0f}% {100 * b * per_token / peak:12.0f}%")
+              f"{med(ref, 'peak_rss_mib'):11.0f} {100 * a * per_token / peak:9.0f}% {100 * b * per_token / peak:12.0f}% "
+              f"{ref[0].get('dtype', 'f32'):>5}")
 PY

@@ -2,10 +2,13 @@
 workload (docs/PERFORMANCE.md), timed as `lorafleet bench train` times its own.
 
     python bench/peft_train.py --preset tiny --threads 1 [--steps 10] [--warmup-steps 3]
-        [--batch ROWS] [--seq TOKENS]
+        [--batch ROWS] [--seq TOKENS] [--dtype f32|bf16]
+
+`--dtype bf16` creates the model in torch.bfloat16 (weights and
+activations); PEFT keeps the LoRA adapters in f32, as it does by default.
 
 Prints one JSON object with the keys of `lorafleet bench train --json`
-that apply: preset, threads, tokens_per_s, step_ms, peak_rss_mib.
+that apply: preset, dtype, threads, tokens_per_s, step_ms, peak_rss_mib.
 """
 import argparse
 import json
@@ -45,6 +48,7 @@ def main():
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--batch", type=int)
     p.add_argument("--seq", type=int)
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -64,6 +68,8 @@ def main():
         rope_scaling=ROPE_SCALING.get(a.preset),
     )
     model = LlamaForCausalLM(config).float()
+    if a.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     model = get_peft_model(
         model,
         LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
@@ -89,6 +95,7 @@ def main():
     step_s = statistics.median(times)
     print(json.dumps({
         "preset": a.preset,
+        "dtype": a.dtype,
         "threads": a.threads,
         "batch": batch,
         "seq_len": seq,

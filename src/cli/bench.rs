@@ -28,7 +28,7 @@ pub enum BenchWorkload {
     Fleet(BenchFleetArgs),
     /// Checkpointing: step-time overhead of background checkpoints, and upload throughput.
     Checkpoint(BenchCheckpointArgs),
-    /// f32 matrix products on every thread: the peak `bench train`'s matmul_gflops is held to.
+    /// Matrix products on every thread (f32, or `--dtype` weights): the peak `bench train`'s matmul_gflops is held to.
     Sgemm(BenchSgemmArgs),
 }
 
@@ -40,6 +40,10 @@ pub struct BenchSgemmArgs {
     /// Timed runs per shape (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// The weight's type: f32, bf16 (activations rounded to bf16, f32 sums,
+    /// as the fused step multiplies a bf16 model's weights) or f16 (widened).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
     #[arg(long)]
     pub json: bool,
 }

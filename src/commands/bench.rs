@@ -33,18 +33,20 @@ fn sgemm(_: BenchSgemmArgs) -> anyhow::Result<()> {
 #[cfg(feature = "flex")]
 fn sgemm(args: BenchSgemmArgs) -> anyhow::Result<()> {
     trainer::device::set_cpu_threads(args.threads);
-    let r = trainer::bench::sgemm(args.runs);
+    let dtype = trainer::device::FrozenDType::parse(&args.dtype)
+        .with_context(|| format!("unknown --dtype {}", args.dtype))?;
+    let r = trainer::bench::sgemm(args.runs, dtype);
     if args.json {
         println!("{}", serde_json::to_value(&r)?);
         return Ok(());
     }
     for s in &r.shapes {
         println!(
-            "sgemm  threads={} {}x{}x{}: {:.1} GFLOP/s",
-            r.threads, s.m, s.k, s.n, s.gflops
+            "sgemm  {} threads={} {}x{}x{}: {:.1} GFLOP/s",
+            r.dtype, r.threads, s.m, s.k, s.n, s.gflops
         );
     }
-    println!("sgemm  peak {:.1} GFLOP/s", r.peak_gflops);
+    println!("sgemm  {} peak {:.1} GFLOP/s", r.dtype, r.peak_gflops);
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! Frozen base weights kept in bf16, as on a GPU (`device::frozen_dtype`),
 //! run on the CPU backend: the graph engine's loss and LoRA gradients stay
 //! within bf16 rounding of the f32 ones, and the LoRA gradients stay f32.
-//! On the CPU `frozen_matmul` widens the bf16 weights to f32 inside each
-//! product; on a GPU the products run in bf16 (`scripts/gpu-check` runs
-//! this file there).
+//! Either way a product with a bf16 weight takes bf16 inputs and sums in
+//! f32, as torch's bf16 autocast: on the CPU `frozen_matmul` rounds the
+//! activations to bf16 and widens both sides to f32 inside each product;
+//! on a GPU the products run in bf16 (`scripts/gpu-check` runs this file
+//! there).
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -130,4 +132,18 @@ fn products_with_a_bf16_weight_come_back_in_f32() {
         narrow.into_data().try_to_vec::<f32>().unwrap(),
         plain.into_data().try_to_vec::<f32>().unwrap()
     );
+}
+
+#[test]
+fn products_with_a_bf16_weight_take_the_activations_rounded_to_bf16() {
+    let device = trainer::device::default_device();
+    // 1 + 2⁻¹⁰ rounds to 1 in bf16, 1 + 3·2⁻⁸ (a tie) to 1 + 2⁻⁶; an f32
+    // weight multiplies them as they are.
+    let x = Tensor::<2>::from_floats([[1.0 + 2f32.powi(-10), 1.0 + 3.0 * 2f32.powi(-8)]], &device);
+    let w = Tensor::<2>::from_floats([[1.0], [1.0]], &device);
+    let narrow = frozen_matmul(x.clone(), w.clone().cast(FloatDType::BF16));
+    let got = narrow.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(got, [2.0 + 2f32.powi(-6)]);
+    let plain = frozen_matmul(x, w).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(plain, [2.0 + 2f32.powi(-10) + 3.0 * 2f32.powi(-8)]);
 }

@@ -2,12 +2,14 @@
 //! operations a LoRA step's matrix products need ([`step_matmul_flops`]),
 //! and how fast this machine multiplies f32 matrices with the kernel the
 //! fused step uses ([`sgemm`]), so that a step's speed can be read as a
-//! fraction of what the hardware allows.
+//! fraction of what the hardware allows; with a 16-bit weight, the
+//! products the fused step runs on a bf16 or f16 model.
 //!
 //! Not here: timing the step itself (`super::train`).
 
 use serde::Serialize;
 
+use crate::device::FrozenDType;
 use crate::model::LlamaConfig;
 
 /// The multiply-adds (×2) of one training step's matrix products on
@@ -49,6 +51,9 @@ pub struct SgemmShape {
 /// Results of [`sgemm`] (the `bench sgemm --json` object).
 #[derive(Debug, Clone, Serialize)]
 pub struct SgemmReport {
+    /// The weight's type (`b`): `f32`, `bf16` (activations rounded to
+    /// bf16, f32 sums) or `f16` (widened to f32).
+    pub dtype: String,
     pub threads: usize,
     /// The best shape's figure: the peak a step's products are held to.
     pub peak_gflops: f64,
@@ -61,12 +66,16 @@ pub struct SgemmReport {
 const SHAPES: [(usize, usize, usize); 3] =
     [(1024, 1024, 1024), (512, 960, 2560), (512, 2048, 8192)];
 
-/// f32 matrix products on every thread of the CPU pool at once, each
-/// thread multiplying its own matrices single-threaded, as the fused
-/// step's shares do: the medians of `runs` timed runs per shape.
+/// Matrix products on every thread of the CPU pool at once, each thread
+/// multiplying its own matrices single-threaded, as the fused step's
+/// shares do: the medians of `runs` timed runs per shape. `dtype` is the
+/// type the weight (the right-hand matrix) is kept in, multiplied as the
+/// fused step multiplies a frozen weight of that type
+/// (`kernels::matmul_weight`); f32 is the plain f32 product.
 #[cfg(feature = "flex")]
-pub fn sgemm(runs: usize) -> SgemmReport {
-    use crate::train::fused::kernels::{MatMut, MatRef, matmul};
+pub fn sgemm(runs: usize, dtype: FrozenDType) -> SgemmReport {
+    use crate::train::fused::kernels::{MatMut, MatRef, Values, WeightRef, matmul_weight};
+    use half::{bf16, f16};
     use rayon::prelude::*;
     use std::time::Instant;
 
@@ -76,13 +85,26 @@ pub fn sgemm(runs: usize) -> SgemmReport {
         .map(|&(m, k, n)| {
             let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) / 7.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i % 11) as f32 - 5.0) / 9.0).collect();
+            let b_bf16: Vec<bf16>;
+            let b_f16: Vec<f16>;
+            let weight = match dtype {
+                FrozenDType::F32 => Values::F32(&b),
+                FrozenDType::Bf16 => {
+                    b_bf16 = b.iter().map(|&v| bf16::from_f32(v)).collect();
+                    Values::Bf16(&b_bf16)
+                }
+                FrozenDType::F16 => {
+                    b_f16 = b.iter().map(|&v| f16::from_f32(v)).collect();
+                    Values::F16(&b_f16)
+                }
+            };
             let mut outs: Vec<Vec<f32>> = (0..threads).map(|_| vec![0.0; m * n]).collect();
             let mut product = || {
                 outs.par_iter_mut().for_each(|out| {
-                    matmul(
+                    matmul_weight(
                         MatMut::new(out, m, n),
                         MatRef::new(&a, m, k),
-                        MatRef::new(&b, k, n),
+                        WeightRef::new(weight, k, n),
                         1.0,
                         false,
                     )
@@ -106,6 +128,7 @@ pub fn sgemm(runs: usize) -> SgemmReport {
         })
         .collect::<Vec<_>>();
     SgemmReport {
+        dtype: dtype.name().to_string(),
         threads,
         peak_gflops: shapes.iter().map(|s| s.gflops).fold(0.0, f64::max),
         shapes,

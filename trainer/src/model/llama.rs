@@ -72,15 +72,22 @@ impl Projection {
 /// `x · w` for a frozen weight `w` kept in a narrower type than `x` (bf16
 /// on an accelerator, `crate::device::frozen_dtype`; `model.dtype`): on an
 /// accelerator the product runs in `w`'s type and its result comes back
-/// as f32; on the CPU backend `w` is widened to f32 (exact) and the
-/// product runs in f32, as the fused step computes it. With an f32 `w` it
-/// is the plain product.
+/// as f32. On the CPU backend the product runs in f32 on the same values
+/// the fused step multiplies: with a bf16 `w`, `x` rounded to bf16 (to
+/// nearest even) and both widened back (exact), so each term is a product
+/// of bf16 values, as under torch's bf16 autocast; with an f16 `w`, `w`
+/// widened and `x` as it is. With an f32 `w` it is the plain product.
 pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let dtype = w.dtype();
     if dtype == DType::F32 {
         return x.matmul(w);
     }
     if !crate::device::is_accelerator(&w.device()) {
+        let x = if dtype == DType::BF16 {
+            x.cast(FloatDType::BF16).cast(FloatDType::F32)
+        } else {
+            x
+        };
         return x.matmul(w.cast(FloatDType::F32));
     }
     x.cast(dtype).matmul(w).cast(FloatDType::F32)
