@@ -17,6 +17,9 @@
 //! Not here: products with f32 or f16 weights, and choosing which product
 //! a weight gets (`super::kernels::matmul_weight`).
 
+// Off x86-64 only the portable product runs: the packing helpers are unused.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
