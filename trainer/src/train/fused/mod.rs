@@ -3,9 +3,10 @@
 //! models whose weights live on the CPU backend (burn's `flex`).
 //!
 //! It reads the model's frozen weights in place (no copy), whether the
-//! model keeps its matrices in f32, bf16 or f16 (`model.dtype`: a 16-bit
-//! matrix is widened a tile at a time inside each product,
-//! [`kernels::matmul_weight`]), and the adapter
+//! model keeps its matrices in f32, bf16 or f16 (`model.dtype`; a bf16
+//! matrix multiplies activations rounded to bf16 with f32 sums, as torch
+//! does in bf16, and an f16 one is widened a tile at a time inside each
+//! product: [`kernels::matmul_weight`]), and the adapter
 //! from the host [`LoraWeights`], so nothing is attached and no autodiff
 //! graph is built: one forward pass keeps the activations the backward
 //! pass needs ([`layer`]), attention skips the masked triangle
