@@ -592,24 +592,17 @@ mod tests {
             // An empty inner dimension: zeros, or the output kept.
             let mut out = [3.0; 6];
             let empty = Layout::row_major(0, 3, 0);
-            product(
-                MatMut::new(&mut out, 2, 3),
-                MatRef::new(&[], 2, 0),
-                &[],
-                empty,
-                1.0,
-                true,
-            );
-            assert_eq!(out, [3.0; 6], "{name}");
-            product(
-                MatMut::new(&mut out, 2, 3),
-                MatRef::new(&[], 2, 0),
-                &[],
-                empty,
-                1.0,
-                false,
-            );
-            assert_eq!(out, [0.0; 6], "{name}");
+            for (accumulate, want) in [(true, [3.0; 6]), (false, [0.0; 6])] {
+                product(
+                    MatMut::new(&mut out, 2, 3),
+                    MatRef::new(&[], 2, 0),
+                    &[],
+                    empty,
+                    1.0,
+                    accumulate,
+                );
+                assert_eq!(out, want, "{name}, accumulate {accumulate}");
+            }
         }
     }
 
