@@ -24,8 +24,11 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use half::bf16;
+use half::slice::HalfFloatSliceExt;
 
-use super::kernels::{Layout, MatMut, MatRef, Values, WeightRef, matmul_widened};
+use super::kernels::{
+    Layout, MatMut, MatRef, Values, WeightRef, matmul as matmul_f32, matmul_widened,
+};
 
 /// Rows of `a` (and of `out`) in the microkernel's block of sums: one
 /// broadcast feeds [`VECTORS`] products, so six rows keep the 24 sums in
@@ -166,7 +169,11 @@ pub fn packed(
     if o.is_empty() {
         return;
     }
-    let b: &[u16] = bytemuck_bf16(data);
+    if x.cols == 0 {
+        // Nothing to multiply: the f32 product over an empty inner dimension.
+        return matmul_f32(out, a, MatRef::new(&[], 0, y.cols), scale, accumulate);
+    }
+    let b: &[u16] = data.reinterpret_cast();
     #[cfg(target_arch = "x86_64")]
     PACKS.with(|packs| {
         let mut packs = packs.borrow_mut();
@@ -180,17 +187,11 @@ pub fn packed(
     });
 }
 
-/// The bits of bf16 values.
-fn bytemuck_bf16(data: &[bf16]) -> &[u16] {
-    // SAFETY: `bf16` is `repr(transparent)` over `u16`, so the slices have
-    // the same layout and length.
-    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u16>(), data.len()) }
-}
-
 /// The blocked product: for each block of `NC` columns and [`KC_PAIRS`]
 /// pairs of the inner dimension, `b`'s block is packed once, then each
 /// block of [`MC`] rows of `a` is packed and multiplied with it panel by
-/// panel. The views were checked against their buffers.
+/// panel. The views were checked against their buffers, and the inner
+/// dimension is not empty.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
@@ -207,15 +208,6 @@ fn blocked(
     b_pack: &mut Vec<u32>,
 ) {
     let (m, k, n) = (x.rows, x.cols, y.cols);
-    if k == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                let at = o.offset + i * o.rs + j * o.cs;
-                out[at] = if accumulate { out[at] } else { 0.0 };
-            }
-        }
-        return;
-    }
     let kc = even_blocks(k, 2 * KC_PAIRS, 2);
     let mc = even_blocks(m, MC, MR);
     let nc = even_blocks(n, NC, NR);
