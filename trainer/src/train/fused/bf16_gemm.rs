@@ -3,7 +3,10 @@
 //! `.to(torch.bfloat16)`), `b` a bf16 view in either orientation, the sums
 //! in f32 — what a bf16 `torch.mm` under autocast computes.
 //!
-//! Where the CPU has AVX512-BF16 (probed once, [`has_dot_bf16`]) this is a
+//! Where the CPU and kernel offer AMX ([`super::bf16_amx::available`]) the
+//! product runs on the tile unit ([`super::bf16_amx`], with this module's
+//! packers). Otherwise, where the CPU has AVX512-BF16 (probed once,
+//! [`has_dot_bf16`]), this is a
 //! packed, cache-blocked product ([`packed`]): blocks of `a` are rounded
 //! and packed into rows of bf16 pairs, blocks of `b` into panels of
 //! [`NR`] columns of bf16 pairs, and a register-blocked microkernel
@@ -37,7 +40,7 @@ const MR: usize = 6;
 /// Vectors of 16 f32 sums per row of the microkernel's block.
 const VECTORS: usize = 4;
 /// Columns of `b` (and of `out`) in the microkernel's block.
-const NR: usize = 16 * VECTORS;
+pub(super) const NR: usize = 16 * VECTORS;
 /// The most bf16 pairs of the inner dimension a packed block holds (so
 /// up to `2 · KC_PAIRS` values of `k`): a panel of `b`, `KC_PAIRS × NR`
 /// pairs (24 KiB), stays in L1 while the rows of `a` stream past it.
@@ -91,7 +94,9 @@ pub fn matmul(
     scale: f32,
     accumulate: bool,
 ) {
-    if has_dot_bf16() {
+    if super::bf16_amx::available() {
+        super::bf16_amx::matmul(out, a, data, at, scale, accumulate);
+    } else if has_dot_bf16() {
         packed(out, a, data, at, scale, accumulate);
     } else {
         portable(out, a, data, at, scale, accumulate);
@@ -144,7 +149,7 @@ pub fn portable(
 /// The size of the blocks that cut `len` into as few blocks of at most
 /// `most` as possible, as even as possible, each a multiple of `unit`
 /// (but the last).
-fn even_blocks(len: usize, most: usize, unit: usize) -> usize {
+pub(super) fn even_blocks(len: usize, most: usize, unit: usize) -> usize {
     let count = len.div_ceil(most);
     len.div_ceil(count).div_ceil(unit) * unit
 }
@@ -219,11 +224,11 @@ fn blocked(
         for k0 in (0..k).step_by(kc) {
             let d = kc.min(k - k0);
             let pairs = d.div_ceil(2);
-            pack_b(b, y, k0, d, j0, w, b_pack);
+            pack_b(b, y, k0, d, j0, w, b_pack, KC_PAIRS);
             let add = accumulate || k0 > 0;
             for i0 in (0..m).step_by(mc) {
                 let h = mc.min(m - i0);
-                pack_a(a, x, i0, h, k0, d, a_pack);
+                pack_a(a, x, i0, h, k0, d, a_pack, KC_PAIRS, MR);
                 for jp in 0..w.div_ceil(NR) {
                     let cols = NR.min(w - jp * NR);
                     let panel = &b_pack[jp * KC_PAIRS * NR..][..KC_PAIRS * NR];
@@ -232,7 +237,7 @@ fn blocked(
                         let strip = &a_pack[ip * MR * KC_PAIRS..][..MR * KC_PAIRS];
                         tile_product(pairs, strip, panel, &mut tile);
                         let block = o.block(i0 + ip * MR, j0 + jp * NR, rows, cols);
-                        store_tile(out, block, &tile, scale, add);
+                        store_tile(out, block, tile.as_flattened(), NR, scale, add);
                     }
                 }
             }
@@ -241,33 +246,42 @@ fn blocked(
 }
 
 /// Packs rows `i0..i0 + h` and columns `k0..k0 + d` of `a` rounded to bf16:
-/// strips of [`MR`] rows, row `i` of a strip at `i · KC_PAIRS`, each value
-/// a pair `(a[i][2p], a[i][2p + 1])` in the low and high half (zero past
-/// `d` and past `h`).
-#[inline(always)]
-fn pack_a(a: &[f32], x: Layout, i0: usize, h: usize, k0: usize, d: usize, pack: &mut [u32]) {
+/// strips of `unit` rows, row `i` of a strip at `i · depth` (`depth` pairs
+/// per row), each value a pair `(a[i][2p], a[i][2p + 1])` in the low and
+/// high half. Pairs past `d` up to the next multiple of [`PAIR_BLOCK`],
+/// and rows past `h` up to the next multiple of `unit`, are zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_a(
+    a: &[f32],
+    x: Layout,
+    i0: usize,
+    h: usize,
+    k0: usize,
+    d: usize,
+    pack: &mut [u32],
+    depth: usize,
+    unit: usize,
+) {
     let pairs = d.div_ceil(2);
+    let padded = padded_pairs(pairs, depth);
     for (r, dst) in pack
-        .chunks_exact_mut(KC_PAIRS)
-        .take(h.div_ceil(MR) * MR)
+        .chunks_exact_mut(depth)
+        .take(h.div_ceil(unit) * unit)
         .enumerate()
     {
-        let dst = &mut dst[..pairs];
+        let dst = &mut dst[..padded];
         if r >= h {
             dst.fill(0);
             continue;
         }
+        dst[pairs..].fill(0);
+        let dst = &mut dst[..pairs];
         let start = x.offset + (i0 + r) * x.rs + k0 * x.cs;
         let pair = |lo: f32, hi: f32| u32::from(bf16_bits(lo)) | u32::from(bf16_bits(hi)) << 16;
         if x.cs == 1 {
-            let row = &a[start..start + d];
-            let mut chunks = row.chunks_exact(2);
-            for (p, c) in dst.iter_mut().zip(&mut chunks) {
-                *p = pair(c[0], c[1]);
-            }
-            if let [last] = chunks.remainder() {
-                dst[pairs - 1] = pair(*last, 0.0);
-            }
+            round_pairs(&a[start..start + d], dst);
         } else {
             for (p, v) in dst.iter_mut().enumerate() {
                 let lo = a[start + 2 * p * x.cs];
@@ -282,16 +296,69 @@ fn pack_a(a: &[f32], x: Layout, i0: usize, h: usize, k0: usize, d: usize, pack: 
     }
 }
 
+/// `dst[p] = (bf16(src[2p]), bf16(src[2p + 1]))` in the low and high half,
+/// the last high half zero when `src` has an odd length; sixteen values
+/// at a time with AVX-512 ([`bf16_bits`] lane by lane, NaN included).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn round_pairs(src: &[f32], dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(dst.len(), src.len().div_ceil(2));
+    let full = src.len() / 16;
+    let (one, bias, nan) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7FFF),
+        _mm512_set1_epi32(0x7FC0),
+    );
+    for c in 0..full {
+        // SAFETY: `16 · c + 16 ≤ src.len()`, and `8 · c + 8 ≤ dst.len()`.
+        let v = unsafe { _mm512_loadu_ps(src.as_ptr().add(16 * c)) };
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(bias, lsb)));
+        let rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), nan);
+        let halves = _mm512_cvtepi32_epi16(rounded);
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(8 * c).cast(), halves) };
+    }
+    let rest = &src[16 * full..];
+    for (p, v) in dst[8 * full..].iter_mut().enumerate() {
+        let lo = bf16_bits(rest[2 * p]);
+        let hi = rest.get(2 * p + 1).map_or(0, |&v| bf16_bits(v));
+        *v = u32::from(lo) | u32::from(hi) << 16;
+    }
+}
+
+/// Pairs of the inner dimension a packed block is zero-padded to a
+/// multiple of: one AMX tile row holds sixteen pairs.
+const PAIR_BLOCK: usize = 16;
+
+/// `pairs` rounded up to a multiple of [`PAIR_BLOCK`], at most `depth`.
+fn padded_pairs(pairs: usize, depth: usize) -> usize {
+    (pairs.div_ceil(PAIR_BLOCK) * PAIR_BLOCK).min(depth)
+}
+
 /// Packs rows `k0..k0 + d` and columns `j0..j0 + w` of `b`: panels of
-/// [`NR`] columns, `KC_PAIRS × NR` values each, pair `p` of column `j` at
+/// [`NR`] columns, `depth × NR` values each, pair `p` of column `j` at
 /// `p · NR + j` holding `(b[2p][j], b[2p + 1][j])` in the low and high
-/// half (zero past `d` and past `w`).
+/// half (zero past `w`, and past `d` up to the next multiple of
+/// [`PAIR_BLOCK`] pairs).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pack_b(b: &[u16], y: Layout, k0: usize, d: usize, j0: usize, w: usize, pack: &mut [u32]) {
+pub(super) fn pack_b(
+    b: &[u16],
+    y: Layout,
+    k0: usize,
+    d: usize,
+    j0: usize,
+    w: usize,
+    pack: &mut [u32],
+    depth: usize,
+) {
     let pairs = d.div_ceil(2);
+    let padded = padded_pairs(pairs, depth);
     let at = |i: usize, j: usize| y.offset + (k0 + i) * y.rs + (j0 + j) * y.cs;
     for (jp, panel) in pack
-        .chunks_exact_mut(KC_PAIRS * NR)
+        .chunks_exact_mut(depth * NR)
         .take(w.div_ceil(NR))
         .enumerate()
     {
@@ -300,6 +367,7 @@ fn pack_b(b: &[u16], y: Layout, k0: usize, d: usize, j0: usize, w: usize, pack: 
         if cols < NR {
             panel[..pairs * NR].fill(0);
         }
+        panel[pairs * NR..padded * NR].fill(0);
         if y.cs == 1 {
             // Rows are contiguous: interleave two rows at a time.
             for (p, dst) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
@@ -382,10 +450,18 @@ fn tile_product(pairs: usize, strip: &[u32], panel: &[u32], tile: &mut [[f32; NR
 }
 
 /// `out[block] = scale · tile` (or `+=` with `add`) for the block's rows and
-/// columns (a corner of the tile at a ragged edge).
+/// columns (a corner of the tile at a ragged edge), the tile's rows
+/// `stride` values apart.
 #[inline(always)]
-fn store_tile(out: &mut [f32], block: Layout, tile: &[[f32; NR]; MR], scale: f32, add: bool) {
-    for (i, sums) in tile.iter().enumerate().take(block.rows) {
+pub(super) fn store_tile(
+    out: &mut [f32],
+    block: Layout,
+    tile: &[f32],
+    stride: usize,
+    scale: f32,
+    add: bool,
+) {
+    for (i, sums) in tile.chunks(stride).enumerate().take(block.rows) {
         let start = block.offset + i * block.rs;
         let sums = &sums[..block.cols];
         if block.cs == 1 {
@@ -462,10 +538,18 @@ mod tests {
 
     type Product = fn(MatMut<'_>, MatRef<'_>, &[bf16], Layout, f32, bool);
 
-    /// The products to check: the dispatcher (the packed product on a CPU
-    /// with AVX512-BF16, the portable one elsewhere) and the portable one.
-    fn products() -> [(&'static str, Product); 2] {
-        [("matmul", matmul), ("portable", portable)]
+    /// The products to check: the dispatcher, the portable product, and
+    /// those of the AMX and AVX512-BF16 products this CPU can run.
+    fn products() -> Vec<(&'static str, Product)> {
+        let mut products: Vec<(&'static str, Product)> =
+            vec![("matmul", matmul), ("portable", portable)];
+        if super::super::bf16_amx::available() {
+            products.push(("amx", super::super::bf16_amx::matmul));
+        }
+        if has_dot_bf16() {
+            products.push(("packed", packed));
+        }
+        products
     }
 
     /// Odd inner dimensions, edges that are no multiple of a block, one

@@ -21,6 +21,7 @@
 //! (`super::grad`).
 
 mod attention;
+pub(crate) mod bf16_amx;
 pub(crate) mod bf16_gemm;
 mod head;
 pub(crate) mod kernels;

@@ -1,0 +1,279 @@
+//! Products with a frozen weight kept in bf16 on Intel AMX: the same
+//! product as [`super::bf16_gemm::matmul`] (`out = scale · bf16(a) · b`,
+//! or `+=`, `a` rounded to bf16 to nearest even, the sums in f32), with
+//! the matrix multiply of the tile unit (`tdpbf16ps`), which on Sapphire
+//! Rapids and later multiplies a 16 × 32 bf16 tile by a 32 × 16 one into
+//! 16 × 16 f32 sums in one instruction.
+//!
+//! Blocks of `a` and `b` are packed by the AVX-512 product's packers
+//! ([`super::bf16_gemm::pack_a`], [`super::bf16_gemm::pack_b`]): rows of
+//! bf16 pairs for `a`, panels of [`NR`] columns of bf16 pairs for `b`,
+//! which are the layouts AMX reads (a tile row of `a` is 32 values of one
+//! row; a tile row of `b` is one pair of rows, 16 columns wide). Each
+//! block of 32 × 32 sums lives in four tile registers for the whole block
+//! of the inner dimension and is then scaled into `out`.
+//!
+//! The tile registers are configured at the start of each product and
+//! released at its end, so a product runs on the calling thread and
+//! leaves no AMX state behind. Linux hands AMX to a process only when it
+//! asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks once.
+//! Rust's AMX intrinsics are unstable, so the tile instructions are
+//! written as inline assembly. Not here: choosing which product a weight
+//! gets (`super::bf16_gemm::matmul`).
+
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+
+use super::bf16_gemm::{NR, even_blocks, store_tile};
+use super::kernels::{Layout, MatMut, MatRef, matmul as matmul_f32};
+
+/// Rows (and columns) of a tile of sums; a block of sums is two by two
+/// tiles.
+const TILE: usize = 16;
+/// Rows and columns of a block of sums: four tile registers.
+const BLOCK: usize = 2 * TILE;
+/// The most bf16 pairs of the inner dimension a packed block holds (a
+/// multiple of 16, one tile row): a strip of 32 rows of `a` is 32 KiB and
+/// a panel of `b` 64 KiB, both kept in L2 while the block's sums stay in
+/// the tile registers.
+const KC_PAIRS: usize = 256;
+/// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
+const MC: usize = 8 * BLOCK;
+/// The most columns of `b` packed at once (a multiple of [`NR`]).
+const NC: usize = 1024;
+
+/// Whether this CPU and kernel let the process use AMX with bf16 (and
+/// AVX-512, which packs the blocks): probed, and permission asked of
+/// Linux, once.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            use std::arch::x86_64::__cpuid_count;
+            if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+                return false;
+            }
+            let leaf7 = __cpuid_count(7, 0);
+            let (amx_bf16, amx_tile) = ((leaf7.edx >> 22) & 1, (leaf7.edx >> 24) & 1);
+            amx_bf16 == 1 && amx_tile == 1 && request_tile_data()
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
+}
+
+/// Asks Linux for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`), which it grants to the whole process; false if
+/// the kernel refuses or predates it.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let result: i64;
+    // SAFETY: arch_prctl with this request reads no memory and changes
+    // only which extended states the process may use.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => result,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result == 0
+}
+
+thread_local! {
+    /// Each thread's packed blocks of `a` and `b`, and its block of sums.
+    static PACKS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `out = scale · bf16(a) · b`, or `out += …` with `accumulate`, `b` the
+/// bf16 values `data` laid out as `at`, on AMX: the CPU and kernel must
+/// allow it ([`available`]; panics otherwise).
+pub fn matmul(
+    out: MatMut<'_>,
+    a: MatRef<'_>,
+    data: &[bf16],
+    at: Layout,
+    scale: f32,
+    accumulate: bool,
+) {
+    let (o, x, y) = (out.at, a.at, at);
+    assert_eq!(x.cols, y.rows, "inner dimensions");
+    assert_eq!((o.rows, o.cols), (x.rows, y.cols), "output shape");
+    x.check(a.data.len());
+    y.check(data.len());
+    o.check(out.data.len());
+    assert!(available(), "this CPU or kernel offers no AMX");
+    if o.is_empty() {
+        return;
+    }
+    if x.cols == 0 {
+        // Nothing to multiply: the f32 product over an empty inner dimension.
+        return matmul_f32(out, a, MatRef::new(&[], 0, y.cols), scale, accumulate);
+    }
+    let b: &[u16] = data.reinterpret_cast();
+    #[cfg(target_arch = "x86_64")]
+    PACKS.with(|packs| {
+        let mut packs = packs.borrow_mut();
+        let (a_pack, b_pack) = &mut *packs;
+        // SAFETY: the CPU has AMX-BF16 and AVX-512 F and BW, and the
+        // process may use the tile data (checked above).
+        unsafe {
+            blocked(
+                out.data, o, a.data, x, b, y, scale, accumulate, a_pack, b_pack,
+            )
+        }
+    });
+}
+
+/// The tile configuration `ldtilecfg` reads (palette 1): the eight tile
+/// registers 16 rows of 64 bytes each, the rest of the fields zero.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// The blocked product: for each block of [`NC`] columns and [`KC_PAIRS`]
+/// pairs of the inner dimension, `b`'s block is packed once, then each
+/// block of [`MC`] rows of `a` is packed and multiplied with it, 32 × 32
+/// sums at a time. The views were checked against their buffers, and the
+/// inner dimension is not empty.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked(
+    out: &mut [f32],
+    o: Layout,
+    a: &[f32],
+    x: Layout,
+    b: &[u16],
+    y: Layout,
+    scale: f32,
+    accumulate: bool,
+    a_pack: &mut Vec<u32>,
+    b_pack: &mut Vec<u32>,
+) {
+    use super::bf16_gemm::{pack_a, pack_b};
+    let (m, k, n) = (x.rows, x.cols, y.cols);
+    let kc = even_blocks(k, 2 * KC_PAIRS, 2 * TILE);
+    let mc = even_blocks(m, MC, BLOCK);
+    let nc = even_blocks(n, NC, NR);
+    a_pack.resize(mc.div_ceil(BLOCK) * BLOCK * KC_PAIRS, 0);
+    b_pack.resize(nc.div_ceil(NR) * NR * KC_PAIRS, 0);
+    let config = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+    // SAFETY: the configuration is a valid palette-1 one (8 tiles of 16
+    // rows of 64 bytes); the caller checked that AMX may be used.
+    unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+    let mut sums = [0.0f32; BLOCK * BLOCK];
+    for j0 in (0..n).step_by(nc) {
+        let w = nc.min(n - j0);
+        for k0 in (0..k).step_by(kc) {
+            let d = kc.min(k - k0);
+            let steps = d.div_ceil(2 * TILE);
+            pack_b(b, y, k0, d, j0, w, b_pack, KC_PAIRS);
+            let add = accumulate || k0 > 0;
+            for i0 in (0..m).step_by(mc) {
+                let h = mc.min(m - i0);
+                pack_a(a, x, i0, h, k0, d, a_pack, KC_PAIRS, BLOCK);
+                for jb in 0..w.div_ceil(BLOCK) {
+                    let cols = BLOCK.min(w - jb * BLOCK);
+                    // Columns `32 · jb ..` sit in panel `jb / 2`, at 32 · (jb % 2).
+                    let panel = &b_pack[(jb * BLOCK / NR) * KC_PAIRS * NR + (jb * BLOCK) % NR..];
+                    for ib in 0..h.div_ceil(BLOCK) {
+                        let rows = BLOCK.min(h - ib * BLOCK);
+                        let strip = &a_pack[ib * BLOCK * KC_PAIRS..][..BLOCK * KC_PAIRS];
+                        assert!(panel.len() >= (steps * TILE - 1) * NR + BLOCK);
+                        // SAFETY: the strip holds 32 rows of KC_PAIRS pairs
+                        // and the panel `steps · 16` pair rows of NR from
+                        // this offset (asserted), zero-padded to whole
+                        // tiles by the packers; the sums hold 32 × 32.
+                        unsafe { block_product(steps, strip, panel, &mut sums) };
+                        let block = o.block(i0 + ib * BLOCK, j0 + jb * BLOCK, rows, cols);
+                        store_tile(out, block, &sums, BLOCK, scale, add);
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: releases the tile state this product configured.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// 32 × 32 sums of `steps` tile steps of 32 values of the inner dimension:
+/// rows of `strip` (pairs, [`KC_PAIRS`] per row) times columns of `panel`
+/// (pair rows [`NR`] wide, from its start), into `sums` (rows of 32).
+///
+/// # Safety
+/// The tile registers are configured as in [`blocked`]; `strip` holds 32
+/// rows of `KC_PAIRS` pairs, `panel` at least `16 · steps` pair rows of 32
+/// columns `NR` apart, and `steps · 16 ≤ KC_PAIRS`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: &mut [f32]) {
+    debug_assert!(steps >= 1 && steps * TILE <= KC_PAIRS && sums.len() >= BLOCK * BLOCK);
+    let a_stride = KC_PAIRS * 4;
+    let b_stride = NR * 4;
+    // SAFETY: per the function's contract; the tiles are loaded and
+    // stored only within the strip, the panel and the sums.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm5, [{a2} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, 64",
+            "add {a2}, 64",
+            "add {b}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {sc}*1], tmm0",
+            "tilestored [{c} + {sc}*1 + 64], tmm1",
+            "tilestored [{c2} + {sc}*1], tmm2",
+            "tilestored [{c2} + {sc}*1 + 64], tmm3",
+            a = inout(reg) strip.as_ptr() => _,
+            a2 = inout(reg) strip.as_ptr().add(TILE * KC_PAIRS) => _,
+            b = inout(reg) panel.as_ptr() => _,
+            n = inout(reg) steps => _,
+            sa = in(reg) a_stride,
+            sb = in(reg) b_stride,
+            bstep = in(reg) TILE * b_stride,
+            c = in(reg) sums.as_mut_ptr(),
+            c2 = in(reg) sums.as_mut_ptr().add(TILE * BLOCK),
+            sc = in(reg) BLOCK * 4,
+            options(nostack),
+        );
+    }
+}
