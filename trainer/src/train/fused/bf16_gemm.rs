@@ -28,6 +28,8 @@ use std::sync::OnceLock;
 
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 use super::kernels::{
     Layout, MatMut, MatRef, Values, WeightRef, matmul as matmul_f32, matmul_widened,
@@ -342,8 +344,9 @@ fn padded_pairs(pairs: usize, depth: usize) -> usize {
 /// `p · NR + j` holding `(b[2p][j], b[2p + 1][j])` in the low and high
 /// half (zero past `w`, and past `d` up to the next multiple of
 /// [`PAIR_BLOCK`] pairs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 pub(super) fn pack_b(
     b: &[u16],
     y: Layout,
@@ -385,15 +388,33 @@ pub(super) fn pack_b(
                 }
             }
         } else if y.rs == 1 {
-            // Columns are contiguous: each pair is two neighbours.
-            for j in 0..cols {
-                let col = &b[at(0, c0 + j)..][..d];
-                let mut chunks = col.chunks_exact(2);
-                for (p, c) in (&mut chunks).enumerate() {
-                    panel[p * NR + j] = u32::from(c[0]) | u32::from(c[1]) << 16;
-                }
-                if let [last] = chunks.remainder() {
-                    panel[(pairs - 1) * NR + j] = u32::from(*last);
+            // Columns are contiguous: each pair is two neighbours, so a
+            // column's pairs are a row of u32 and the panel is their
+            // transpose, sixteen by sixteen.
+            for j in (0..cols).step_by(16) {
+                let width = 16.min(cols - j);
+                for p in (0..pairs).step_by(16) {
+                    let values = (2 * 16).min(d - 2 * p);
+                    let rows: [__m512i; 16] = std::array::from_fn(|c| {
+                        if c >= width {
+                            return _mm512_setzero_si512();
+                        }
+                        let column = &b[at(2 * p, c0 + j + c)..][..values];
+                        // SAFETY: the mask covers the `values` u16 of `column`.
+                        unsafe {
+                            _mm512_maskz_loadu_epi16(
+                                ((1u64 << values) - 1) as u32,
+                                column.as_ptr().cast(),
+                            )
+                        }
+                    });
+                    let rows = transpose16(rows);
+                    for (q, row) in rows.iter().enumerate().take(values.div_ceil(2)) {
+                        let dst = &mut panel[(p + q) * NR + j..][..16];
+                        // SAFETY: `dst` holds sixteen u32 (a panel row is
+                        // NR = 64 wide and `j + 16 ≤ NR`).
+                        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *row) };
+                    }
                 }
             }
         } else {
@@ -410,6 +431,52 @@ pub(super) fn pack_b(
             }
         }
     }
+}
+
+/// The transpose of a 16 × 16 block of u32, one row per vector: four
+/// rounds of shuffles (32-bit, 64-bit, then 128-bit lanes twice).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // t: rows 2i and 2i + 1 interleaved in 32 bits within each 128-bit lane.
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4g + e]: in lane l, element 4l + e of rows 4g .. 4g + 4.
+    let u: [__m512i; 16] = std::array::from_fn(|i| {
+        let (g, e) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + e / 2], t[4 * g + 2 + e / 2]);
+        if e % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // Output row 4l + e gathers lane l of u[e], u[4 + e], u[8 + e], u[12 + e].
+    std::array::from_fn(|row| {
+        let (l, e) = (row / 4, row % 4);
+        let (v, w) = if l % 2 == 0 {
+            (
+                _mm512_shuffle_i32x4::<0x88>(u[e], u[4 + e]),
+                _mm512_shuffle_i32x4::<0x88>(u[8 + e], u[12 + e]),
+            )
+        } else {
+            (
+                _mm512_shuffle_i32x4::<0xDD>(u[e], u[4 + e]),
+                _mm512_shuffle_i32x4::<0xDD>(u[8 + e], u[12 + e]),
+            )
+        };
+        if l < 2 {
+            _mm512_shuffle_i32x4::<0x88>(v, w)
+        } else {
+            _mm512_shuffle_i32x4::<0xDD>(v, w)
+        }
+    })
 }
 
 /// The microkernel: `tile = Σ_p strip[·][p] · panel[p][·]` over the first
