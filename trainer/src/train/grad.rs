@@ -172,7 +172,8 @@ pub fn lora_gradients_with(
                 activations,
             )
         };
-        let parts = share_count(batches, threads, fused_share_tokens(threads));
+        let share_tokens = fused_share_tokens(threads, weights.products_on_tiles());
+        let parts = share_count(batches, threads, share_tokens);
         if parts <= 1 {
             return run(batches);
         }
@@ -227,10 +228,16 @@ const GRAPH_SHARE_TOKENS: usize = 256;
 /// more threads, shares run side by side and share the caches, so smaller
 /// ones win. Measured on the reference workloads (`bench train`): at one
 /// thread 512 gave 5-15% over 128 and 256; at two threads 128 gave 15-25%
-/// over 256.
+/// over 256. Products on AMX tiles multiply so fast that packing the
+/// weights is a large part of each one, and at two threads 512 gave 3-14%
+/// over 128 there.
 #[cfg(feature = "flex")]
-fn fused_share_tokens(threads: usize) -> usize {
-    if threads <= 1 { 512 } else { 128 }
+fn fused_share_tokens(threads: usize, products_on_tiles: bool) -> usize {
+    if threads <= 1 || products_on_tiles {
+        512
+    } else {
+        128
+    }
 }
 
 /// Into how many row shares [`lora_gradients`] cuts each batch: enough for

@@ -43,6 +43,8 @@ const MR: usize = 6;
 const VECTORS: usize = 4;
 /// Columns of `b` (and of `out`) in the microkernel's block.
 pub(super) const NR: usize = 16 * VECTORS;
+// The packers write a panel row 32 columns at a time.
+const _: () = assert!(NR.is_multiple_of(32));
 /// The most bf16 pairs of the inner dimension a packed block holds (so
 /// up to `2 · KC_PAIRS` values of `k`): a panel of `b`, `KC_PAIRS × NR`
 /// pairs (24 KiB), stays in L1 while the rows of `a` stream past it.
@@ -372,18 +374,43 @@ pub(super) fn pack_b(
         }
         panel[pairs * NR..padded * NR].fill(0);
         if y.cs == 1 {
-            // Rows are contiguous: interleave two rows at a time.
+            // Rows are contiguous: interleave two rows at a time, 32
+            // columns (two vectors of sixteen pairs) per step.
+            let first: [u16; 32] = std::array::from_fn(|i| (i / 2 + 32 * (i % 2)) as u16);
+            let second: [u16; 32] = std::array::from_fn(|i| (16 + i / 2 + 32 * (i % 2)) as u16);
+            // SAFETY: each array is 64 bytes.
+            let (first, second) = unsafe {
+                (
+                    _mm512_loadu_si512(first.as_ptr().cast()),
+                    _mm512_loadu_si512(second.as_ptr().cast()),
+                )
+            };
+            let load = |row: usize, c: usize, n: usize| {
+                let src = &b[at(row, c0 + c)..][..n];
+                // SAFETY: the mask covers the `n ≤ 32` u16 of `src`.
+                unsafe { _mm512_maskz_loadu_epi16(((1u64 << n) - 1) as u32, src.as_ptr().cast()) }
+            };
             for (p, dst) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
-                let lo = &b[at(2 * p, c0)..][..cols];
-                let dst = &mut dst[..cols];
-                if 2 * p + 1 < d {
-                    let hi = &b[at(2 * p + 1, c0)..][..cols];
-                    for ((v, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-                        *v = u32::from(l) | u32::from(h) << 16;
-                    }
-                } else {
-                    for (v, &l) in dst.iter_mut().zip(lo) {
-                        *v = u32::from(l);
+                for c in (0..cols).step_by(32) {
+                    let n = 32.min(cols - c);
+                    let lo = load(2 * p, c, n);
+                    let hi = if 2 * p + 1 < d {
+                        load(2 * p + 1, c, n)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    // Columns past `cols` come out zero, and `c + 32 ≤ NR`.
+                    let dst = &mut dst[c..c + 32];
+                    // SAFETY: `dst` holds 32 u32, two vectors.
+                    unsafe {
+                        _mm512_storeu_si512(
+                            dst.as_mut_ptr().cast(),
+                            _mm512_permutex2var_epi16(lo, first, hi),
+                        );
+                        _mm512_storeu_si512(
+                            dst.as_mut_ptr().add(16).cast(),
+                            _mm512_permutex2var_epi16(lo, second, hi),
+                        );
                     }
                 }
             }

@@ -99,6 +99,17 @@ pub struct CpuWeights {
 }
 
 impl CpuWeights {
+    /// Whether the projections' products run on AMX tiles (bf16 weights on
+    /// a CPU and kernel that offer AMX): those are fast enough that
+    /// packing the weights for each product is a large part of their cost,
+    /// so a step wants fewer, larger shares.
+    pub fn products_on_tiles(&self) -> bool {
+        matches!(
+            self.layers.first().map(|l| l[2].values()),
+            Some(Values::Bf16(_))
+        ) && bf16_amx::available()
+    }
+
     /// `None` when the model's weights are not on the CPU backend, its
     /// matrices are not in f32, bf16 or f16, or its norms are not f32.
     pub fn of(model: &Llama) -> Option<CpuWeights> {
