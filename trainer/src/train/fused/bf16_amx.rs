@@ -21,7 +21,10 @@
 //! written as inline assembly. Not here: choosing which product a weight
 //! gets (`super::bf16_gemm::matmul`).
 
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_imports, unused_variables)
+)]
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -188,7 +191,7 @@ unsafe fn blocked(
     // SAFETY: the configuration is a valid palette-1 one (8 tiles of 16
     // rows of 64 bytes); the caller checked that AMX may be used.
     unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
-    let mut sums = [0.0f32; BLOCK * BLOCK];
+    let mut scratch = [0.0f32; BLOCK * BLOCK];
     for j0 in (0..n).step_by(nc) {
         let w = nc.min(n - j0);
         for k0 in (0..k).step_by(kc) {
@@ -207,13 +210,34 @@ unsafe fn blocked(
                         let rows = BLOCK.min(h - ib * BLOCK);
                         let strip = &a_pack[ib * BLOCK * KC_PAIRS..][..BLOCK * KC_PAIRS];
                         assert!(panel.len() >= (steps * TILE - 1) * NR + BLOCK);
+                        let block = o.block(i0 + ib * BLOCK, j0 + jb * BLOCK, rows, cols);
+                        // A whole block of rows of `out` with nothing to
+                        // scale takes the sums straight from the tiles
+                        // (and, with `add`, starts from what it holds).
+                        let direct = scale == 1.0 && o.cs == 1 && rows == BLOCK && cols == BLOCK;
+                        let sums = if direct {
+                            let rows = &mut out[block.offset..][..(BLOCK - 1) * o.rs + BLOCK];
+                            Sums {
+                                data: rows.as_mut_ptr(),
+                                stride: o.rs,
+                                load: add,
+                            }
+                        } else {
+                            Sums {
+                                data: scratch.as_mut_ptr(),
+                                stride: BLOCK,
+                                load: false,
+                            }
+                        };
                         // SAFETY: the strip holds 32 rows of KC_PAIRS pairs
                         // and the panel `steps · 16` pair rows of NR from
                         // this offset (asserted), zero-padded to whole
-                        // tiles by the packers; the sums hold 32 × 32.
-                        unsafe { block_product(steps, strip, panel, &mut sums) };
-                        let block = o.block(i0 + ib * BLOCK, j0 + jb * BLOCK, rows, cols);
-                        store_tile(out, block, &sums, BLOCK, scale, add);
+                        // tiles by the packers; the sums' 32 rows of 32
+                        // lie in `out` (the slice above) or the scratch.
+                        unsafe { block_product(steps, strip, panel, sums) };
+                        if !direct {
+                            store_tile(out, block, &scratch, BLOCK, scale, add);
+                        }
                     }
                 }
             }
@@ -223,24 +247,42 @@ unsafe fn blocked(
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// Where a block's 32 × 32 sums go: rows `stride` f32 apart from `data`,
+/// and whether the tiles start from what is there (else from zero).
+struct Sums {
+    data: *mut f32,
+    stride: usize,
+    load: bool,
+}
+
 /// 32 × 32 sums of `steps` tile steps of 32 values of the inner dimension:
 /// rows of `strip` (pairs, [`KC_PAIRS`] per row) times columns of `panel`
-/// (pair rows [`NR`] wide, from its start), into `sums` (rows of 32).
+/// (pair rows [`NR`] wide, from its start), into `sums`.
 ///
 /// # Safety
 /// The tile registers are configured as in [`blocked`]; `strip` holds 32
 /// rows of `KC_PAIRS` pairs, `panel` at least `16 · steps` pair rows of 32
-/// columns `NR` apart, and `steps · 16 ≤ KC_PAIRS`.
+/// columns `NR` apart, `steps · 16 ≤ KC_PAIRS`, and `sums` names 32 rows
+/// of 32 f32 that may be read and written.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: &mut [f32]) {
-    debug_assert!(steps >= 1 && steps * TILE <= KC_PAIRS && sums.len() >= BLOCK * BLOCK);
+unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: Sums) {
+    debug_assert!(steps >= 1 && steps * TILE <= KC_PAIRS);
     let a_stride = KC_PAIRS * 4;
     let b_stride = NR * 4;
+    let c_stride = sums.stride * 4;
     // SAFETY: per the function's contract; the tiles are loaded and
     // stored only within the strip, the panel and the sums.
     unsafe {
         std::arch::asm!(
+            "test {load}, {load}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {sc}*1]",
+            "tileloadd tmm1, [{c} + {sc}*1 + 64]",
+            "tileloadd tmm2, [{c2} + {sc}*1]",
+            "tileloadd tmm3, [{c2} + {sc}*1 + 64]",
+            "jmp 2f",
+            "3:",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
@@ -263,6 +305,7 @@ unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: &mut [
             "tilestored [{c} + {sc}*1 + 64], tmm1",
             "tilestored [{c2} + {sc}*1], tmm2",
             "tilestored [{c2} + {sc}*1 + 64], tmm3",
+            load = in(reg) usize::from(sums.load),
             a = inout(reg) strip.as_ptr() => _,
             a2 = inout(reg) strip.as_ptr().add(TILE * KC_PAIRS) => _,
             b = inout(reg) panel.as_ptr() => _,
@@ -270,9 +313,9 @@ unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: &mut [
             sa = in(reg) a_stride,
             sb = in(reg) b_stride,
             bstep = in(reg) TILE * b_stride,
-            c = in(reg) sums.as_mut_ptr(),
-            c2 = in(reg) sums.as_mut_ptr().add(TILE * BLOCK),
-            sc = in(reg) BLOCK * 4,
+            c = in(reg) sums.data,
+            c2 = in(reg) sums.data.add(TILE * sums.stride),
+            sc = in(reg) c_stride,
             options(nostack),
         );
     }

@@ -692,6 +692,30 @@ mod tests {
     }
 
     #[test]
+    fn unscaled_products_over_whole_blocks_accumulate_in_place() {
+        // Whole 32 × 32 blocks with scale 1, where the tiles read and
+        // write `out` directly, over one block of the inner dimension and
+        // over two.
+        for (m, k, n) in [(64, 300, 96), (64, 600, 96)] {
+            let a = values(m * k, 1.1);
+            let w = to_bf16(&values(k * n, 0.4));
+            let at = WeightRef::new(Values::Bf16(&w), k, n).at;
+            let b = |x: usize, j: usize| w[x * n + j].to_f32();
+            for (name, product) in products() {
+                let mut got = vec![f32::NAN; m * n];
+                let av = MatRef::new(&a, m, k);
+                product(MatMut::new(&mut got, m, n), av, &w, at, 1.0, false);
+                let (want, bound) = reference(&a, m, k, n, b, 1.0);
+                assert_close(&got, &want, &bound, k, &format!("{name} {m}×{k}×{n}"));
+                product(MatMut::new(&mut got, m, n), av, &w, at, 1.0, true);
+                let (want, bound) = reference(&a, m, k, n, b, 2.0);
+                let what = format!("{name} {m}×{k}×{n} accumulated");
+                assert_close(&got, &want, &bound, k, &what);
+            }
+        }
+    }
+
+    #[test]
     fn strided_activations_and_outputs_are_read_and_written_in_place() {
         // aᵀ read from a `[k, m]` buffer, the output written transposed
         // into an `[n, m]` one, and a block of a wider weight.
