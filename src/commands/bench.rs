@@ -47,6 +47,7 @@ fn sgemm(args: BenchSgemmArgs) -> anyhow::Result<()> {
         );
     }
     println!("sgemm  {} peak {:.1} GFLOP/s", r.dtype, r.peak_gflops);
+    println!("sgemm  {} kernel {}", r.dtype, r.kernel);
     Ok(())
 }
 

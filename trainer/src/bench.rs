@@ -25,9 +25,9 @@ use crate::lora::{LoraConfig, LoraWeights, TargetModule};
 use crate::model::{ModelError, ModelSource, Preset};
 use crate::train::grad::{Activations, StepMode, lora_gradients_with};
 use crate::train::optim::{AdamWConfig, AdamWState};
-#[cfg(feature = "flex")]
-pub use matmul::sgemm;
 pub use matmul::{SgemmReport, SgemmShape, step_matmul_flops};
+#[cfg(feature = "flex")]
+pub use matmul::{frozen_kernel, sgemm};
 
 /// The batch shape (rows, tokens per row) each preset is measured at by
 /// default: the REFERENCE workloads for the small presets, two rows of 512
@@ -140,6 +140,10 @@ pub struct TrainReport {
     pub dtype: String,
     /// Whether each layer's forward pass ran again in the backward pass.
     pub gradient_checkpointing: bool,
+    /// The kernel that multiplied the frozen weights: [`frozen_kernel`]'s
+    /// name in the fused step on the CPU, `graph` in the graph engine or
+    /// on an accelerator.
+    pub frozen_kernel: String,
     pub world: usize,
     pub threads: usize,
     pub batch: usize,
@@ -240,6 +244,7 @@ pub fn train(
         engine: mode.engine.name().to_string(),
         dtype: dtype.map_or("default", FrozenDType::name).to_string(),
         gradient_checkpointing: mode.activations == Activations::Recomputed,
+        frozen_kernel: frozen_kernel_of(mode, dtype, &device).to_string(),
         world,
         threads,
         batch,
@@ -253,6 +258,16 @@ pub fn train(
         matmul_gflop_per_step: flops / 1e9,
         matmul_gflops: flops / step_s / 1e9,
     })
+}
+
+/// [`TrainReport::frozen_kernel`].
+fn frozen_kernel_of(mode: StepMode, dtype: Option<FrozenDType>, device: &Device) -> &'static str {
+    #[cfg(feature = "flex")]
+    if mode.engine == crate::train::grad::Engine::Fused && !crate::device::is_accelerator(device) {
+        return frozen_kernel(dtype.unwrap_or(FrozenDType::F32));
+    }
+    let _ = (mode, dtype, device);
+    "graph"
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM`), 0 where unknown.

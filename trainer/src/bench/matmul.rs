@@ -55,9 +55,28 @@ pub struct SgemmReport {
     /// bf16, f32 sums) or `f16` (widened to f32).
     pub dtype: String,
     pub threads: usize,
+    /// The kernel that ran ([`frozen_kernel`]): `f32`, `bf16_amx`,
+    /// `bf16_avx512`, `bf16_widened` or `f16_widened`.
+    pub kernel: String,
     /// The best shape's figure: the peak a step's products are held to.
     pub peak_gflops: f64,
     pub shapes: Vec<SgemmShape>,
+}
+
+/// The kernel the fused step multiplies a frozen weight of `dtype` with on
+/// this CPU (`kernels::matmul_weight`): `f32`; for bf16, `bf16_amx` (AMX
+/// tiles), `bf16_avx512` (`vdpbf16ps`) or `bf16_widened` (exact widening
+/// to f32, where the CPU has neither); `f16_widened`.
+#[cfg(feature = "flex")]
+pub fn frozen_kernel(dtype: FrozenDType) -> &'static str {
+    use crate::train::fused::{bf16_amx, bf16_gemm};
+    match dtype {
+        FrozenDType::F32 => "f32",
+        FrozenDType::Bf16 if bf16_amx::available() => "bf16_amx",
+        FrozenDType::Bf16 if bf16_gemm::has_dot_bf16() => "bf16_avx512",
+        FrozenDType::Bf16 => "bf16_widened",
+        FrozenDType::F16 => "f16_widened",
+    }
 }
 
 /// The shapes measured: square, and a projection of the real presets
@@ -130,6 +149,7 @@ pub fn sgemm(runs: usize, dtype: FrozenDType) -> SgemmReport {
     SgemmReport {
         dtype: dtype.name().to_string(),
         threads,
+        kernel: frozen_kernel(dtype).to_string(),
         peak_gflops: shapes.iter().map(|s| s.gflops).fold(0.0, f64::max),
         shapes,
     }

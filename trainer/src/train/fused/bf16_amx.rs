@@ -41,10 +41,12 @@ const TILE: usize = 16;
 /// Rows and columns of a block of sums: four tile registers.
 const BLOCK: usize = 2 * TILE;
 /// The most bf16 pairs of the inner dimension a packed block holds (a
-/// multiple of 16, one tile row): a strip of 32 rows of `a` is 32 KiB and
-/// a panel of `b` 64 KiB, both kept in L2 while the block's sums stay in
-/// the tile registers.
-const KC_PAIRS: usize = 256;
+/// multiple of 16, one tile row): 1,536 values, so the projections of
+/// SmolLM2-size models take their whole inner dimension in one block and
+/// each block of sums is loaded and stored once. A strip of 32 rows of `a`
+/// is then 96 KiB and a panel of `b` 192 KiB, both kept in L2 (measured
+/// on SmolLM2-135M's step, 1.2× over blocks of 512 values).
+const KC_PAIRS: usize = 768;
 /// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
 const MC: usize = 8 * BLOCK;
 /// The most columns of `b` packed at once (a multiple of [`NR`]).

@@ -28,7 +28,14 @@ pub fn cross_entropy(
     let vocab = head.len() / width;
     let head = WeightRef::new(head, width, vocab);
     let mut d_hidden = grad_scale.map(|_| vec![0.0f32; hidden.len()]);
-    let chunk = (CHUNK_LOGITS / vocab).max(1);
+    // As few chunks as the bound allows, of even sizes: each chunk packs
+    // the whole head for its products, so a last chunk of a few rows
+    // would cost nearly as much as a full one.
+    let most = (CHUNK_LOGITS / vocab).max(1);
+    let chunk = targets
+        .len()
+        .div_ceil(targets.len().div_ceil(most).max(1))
+        .max(1);
     let mut loss_sum = 0.0f64;
     let mut picked = Vec::new();
     let mut logits = Vec::new();
