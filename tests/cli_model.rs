@@ -277,3 +277,33 @@ fn bench_forward_json_has_the_documented_keys() {
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_sgemm_json_names_the_kernel_that_multiplied_the_weights() {
+    for (dtype, kernels) in [
+        ("f32", &["f32"][..]),
+        ("bf16", &["bf16_amx", "bf16_avx512", "bf16_widened"][..]),
+    ] {
+        let out = lorafleet(&[
+            "bench",
+            "sgemm",
+            "--dtype",
+            dtype,
+            "--threads",
+            "1",
+            "--runs",
+            "1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["dtype"], dtype);
+        let kernel = v["kernel"].as_str().unwrap_or_default();
+        assert!(kernels.contains(&kernel), "{dtype}: kernel {kernel:?}");
+        assert!(v["peak_gflops"].as_f64().unwrap() > 0.0);
+    }
+}
