@@ -255,7 +255,7 @@ fn gguf_with_an_unsupported_tensor_type_is_a_clear_error() {
 
 #[test]
 fn bench_forward_json_has_the_documented_keys() {
-    let out = lorafleet(&[
+    let v = lorafleet_json(&[
         "bench",
         "forward",
         "--preset",
@@ -266,12 +266,6 @@ fn bench_forward_json_has_the_documented_keys() {
         "1",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["preset"], "tiny");
     assert_eq!(v["threads"], 1);
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
@@ -284,7 +278,7 @@ fn bench_sgemm_json_names_the_kernel_that_multiplied_the_weights() {
         ("f32", &["f32"][..]),
         ("bf16", &["bf16_amx", "bf16_avx512", "bf16_widened"][..]),
     ] {
-        let out = lorafleet(&[
+        let v = lorafleet_json(&[
             "bench",
             "sgemm",
             "--dtype",
@@ -295,15 +289,20 @@ fn bench_sgemm_json_names_the_kernel_that_multiplied_the_weights() {
             "1",
             "--json",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["dtype"], dtype);
         let kernel = v["kernel"].as_str().unwrap_or_default();
         assert!(kernels.contains(&kernel), "{dtype}: kernel {kernel:?}");
         assert!(v["peak_gflops"].as_f64().unwrap() > 0.0);
     }
+}
+
+/// The JSON a successful `lorafleet` command printed.
+fn lorafleet_json(args: &[&str]) -> serde_json::Value {
+    let out = lorafleet(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

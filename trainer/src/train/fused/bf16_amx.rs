@@ -26,14 +26,12 @@
     allow(dead_code, unused_imports, unused_variables)
 )]
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use half::bf16;
-use half::slice::HalfFloatSliceExt;
 
-use super::bf16_gemm::{NR, even_blocks, store_tile};
-use super::kernels::{Layout, MatMut, MatRef, matmul as matmul_f32};
+use super::bf16_gemm::{NR, even_blocks, store_tile, with_packs};
+use super::kernels::{Layout, MatMut, MatRef};
 
 /// Rows (and columns) of a tile of sums; a block of sums is two by two
 /// tiles.
@@ -43,9 +41,10 @@ const BLOCK: usize = 2 * TILE;
 /// The most bf16 pairs of the inner dimension a packed block holds (a
 /// multiple of 16, one tile row): 1,536 values, so the projections of
 /// SmolLM2-size models take their whole inner dimension in one block and
-/// each block of sums is loaded and stored once. A strip of 32 rows of `a`
-/// is then 96 KiB and a panel of `b` 192 KiB, both kept in L2 (measured
-/// on SmolLM2-135M's step, 1.2× over blocks of 512 values).
+/// each block of sums is loaded and stored once (on SmolLM2-135M's step,
+/// 343-355 tok/s against 311-322 with 256 pairs and 334-339 with 384; the
+/// tiny preset, whose 688-value inner dimension then no longer fits L1 with
+/// its panel, loses about a fifth).
 const KC_PAIRS: usize = 768;
 /// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
 const MC: usize = 8 * BLOCK;
@@ -100,11 +99,6 @@ fn request_tile_data() -> bool {
     result == 0
 }
 
-thread_local! {
-    /// Each thread's packed blocks of `a` and `b`, and its block of sums.
-    static PACKS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// `out = scale · bf16(a) · b`, or `out += …` with `accumulate`, `b` the
 /// bf16 values `data` laid out as `at`, on AMX: the CPU and kernel must
 /// allow it ([`available`]; panics otherwise).
@@ -116,33 +110,24 @@ pub fn matmul(
     scale: f32,
     accumulate: bool,
 ) {
-    let (o, x, y) = (out.at, a.at, at);
-    assert_eq!(x.cols, y.rows, "inner dimensions");
-    assert_eq!((o.rows, o.cols), (x.rows, y.cols), "output shape");
-    x.check(a.data.len());
-    y.check(data.len());
-    o.check(out.data.len());
     assert!(available(), "this CPU or kernel offers no AMX");
-    if o.is_empty() {
-        return;
-    }
-    if x.cols == 0 {
-        // Nothing to multiply: the f32 product over an empty inner dimension.
-        return matmul_f32(out, a, MatRef::new(&[], 0, y.cols), scale, accumulate);
-    }
-    let b: &[u16] = data.reinterpret_cast();
-    #[cfg(target_arch = "x86_64")]
-    PACKS.with(|packs| {
-        let mut packs = packs.borrow_mut();
-        let (a_pack, b_pack) = &mut *packs;
-        // SAFETY: the CPU has AMX-BF16 and AVX-512 F and BW, and the
-        // process may use the tile data (checked above).
-        unsafe {
-            blocked(
-                out.data, o, a.data, x, b, y, scale, accumulate, a_pack, b_pack,
-            )
-        }
-    });
+    let (o, x) = (out.at, a.at);
+    with_packs(
+        out,
+        a,
+        data,
+        at,
+        scale,
+        accumulate,
+        |out, b, a_pack, b_pack| {
+            // SAFETY: the CPU has AMX-BF16 and AVX-512 F and BW, and the
+            // process may use the tile data (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                blocked(out, o, a.data, x, b, at, scale, accumulate, a_pack, b_pack)
+            }
+        },
+    );
 }
 
 /// The tile configuration `ldtilecfg` reads (palette 1): the eight tile
@@ -179,10 +164,13 @@ unsafe fn blocked(
     use super::bf16_gemm::{pack_a, pack_b};
     let (m, k, n) = (x.rows, x.cols, y.cols);
     let kc = even_blocks(k, 2 * KC_PAIRS, 2 * TILE);
+    // Pairs per packed row: the block's own depth, so that a short inner
+    // dimension keeps its packed rows close together.
+    let depth = kc / 2;
     let mc = even_blocks(m, MC, BLOCK);
     let nc = even_blocks(n, NC, NR);
-    a_pack.resize(mc.div_ceil(BLOCK) * BLOCK * KC_PAIRS, 0);
-    b_pack.resize(nc.div_ceil(NR) * NR * KC_PAIRS, 0);
+    a_pack.resize(mc.div_ceil(BLOCK) * BLOCK * depth, 0);
+    b_pack.resize(nc.div_ceil(NR) * NR * depth, 0);
     let config = TileConfig {
         palette: 1,
         start_row: 0,
@@ -199,18 +187,18 @@ unsafe fn blocked(
         for k0 in (0..k).step_by(kc) {
             let d = kc.min(k - k0);
             let steps = d.div_ceil(2 * TILE);
-            pack_b(b, y, k0, d, j0, w, b_pack, KC_PAIRS);
+            pack_b(b, y, k0, d, j0, w, b_pack, depth);
             let add = accumulate || k0 > 0;
             for i0 in (0..m).step_by(mc) {
                 let h = mc.min(m - i0);
-                pack_a(a, x, i0, h, k0, d, a_pack, KC_PAIRS, BLOCK);
+                pack_a(a, x, i0, h, k0, d, a_pack, depth, BLOCK);
                 for jb in 0..w.div_ceil(BLOCK) {
                     let cols = BLOCK.min(w - jb * BLOCK);
                     // Columns `32 · jb ..` sit in panel `jb / 2`, at 32 · (jb % 2).
-                    let panel = &b_pack[(jb * BLOCK / NR) * KC_PAIRS * NR + (jb * BLOCK) % NR..];
+                    let panel = &b_pack[(jb * BLOCK / NR) * depth * NR + (jb * BLOCK) % NR..];
                     for ib in 0..h.div_ceil(BLOCK) {
                         let rows = BLOCK.min(h - ib * BLOCK);
-                        let strip = &a_pack[ib * BLOCK * KC_PAIRS..][..BLOCK * KC_PAIRS];
+                        let strip = &a_pack[ib * BLOCK * depth..][..BLOCK * depth];
                         assert!(panel.len() >= (steps * TILE - 1) * NR + BLOCK);
                         let block = o.block(i0 + ib * BLOCK, j0 + jb * BLOCK, rows, cols);
                         // A whole block of rows of `out` with nothing to
@@ -231,12 +219,12 @@ unsafe fn blocked(
                                 load: false,
                             }
                         };
-                        // SAFETY: the strip holds 32 rows of KC_PAIRS pairs
+                        // SAFETY: the strip holds 32 rows of `depth` pairs
                         // and the panel `steps · 16` pair rows of NR from
                         // this offset (asserted), zero-padded to whole
                         // tiles by the packers; the sums' 32 rows of 32
                         // lie in `out` (the slice above) or the scratch.
-                        unsafe { block_product(steps, strip, panel, sums) };
+                        unsafe { block_product(steps, strip, depth, panel, sums) };
                         if !direct {
                             store_tile(out, block, &scratch, BLOCK, scale, add);
                         }
@@ -258,19 +246,19 @@ struct Sums {
 }
 
 /// 32 × 32 sums of `steps` tile steps of 32 values of the inner dimension:
-/// rows of `strip` (pairs, [`KC_PAIRS`] per row) times columns of `panel`
+/// rows of `strip` (`depth` pairs per row) times columns of `panel`
 /// (pair rows [`NR`] wide, from its start), into `sums`.
 ///
 /// # Safety
 /// The tile registers are configured as in [`blocked`]; `strip` holds 32
-/// rows of `KC_PAIRS` pairs, `panel` at least `16 · steps` pair rows of 32
-/// columns `NR` apart, `steps · 16 ≤ KC_PAIRS`, and `sums` names 32 rows
+/// rows of `depth` pairs, `panel` at least `16 · steps` pair rows of 32
+/// columns `NR` apart, `steps · 16 ≤ depth`, and `sums` names 32 rows
 /// of 32 f32 that may be read and written.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: Sums) {
-    debug_assert!(steps >= 1 && steps * TILE <= KC_PAIRS);
-    let a_stride = KC_PAIRS * 4;
+unsafe fn block_product(steps: usize, strip: &[u32], depth: usize, panel: &[u32], sums: Sums) {
+    debug_assert!(steps >= 1 && steps * TILE <= depth && strip.len() >= BLOCK * depth);
+    let a_stride = depth * 4;
     let b_stride = NR * 4;
     let c_stride = sums.stride * 4;
     // SAFETY: per the function's contract; the tiles are loaded and
@@ -309,7 +297,7 @@ unsafe fn block_product(steps: usize, strip: &[u32], panel: &[u32], sums: Sums) 
             "tilestored [{c2} + {sc}*1 + 64], tmm3",
             load = in(reg) usize::from(sums.load),
             a = inout(reg) strip.as_ptr() => _,
-            a2 = inout(reg) strip.as_ptr().add(TILE * KC_PAIRS) => _,
+            a2 = inout(reg) strip.as_ptr().add(TILE * depth) => _,
             b = inout(reg) panel.as_ptr() => _,
             n = inout(reg) steps => _,
             sa = in(reg) a_stride,

@@ -168,13 +168,44 @@ pub fn packed(
     scale: f32,
     accumulate: bool,
 ) {
+    assert!(has_dot_bf16(), "the CPU has no AVX512-BF16");
+    let (o, x) = (out.at, a.at);
+    with_packs(
+        out,
+        a,
+        data,
+        at,
+        scale,
+        accumulate,
+        |out, b, a_pack, b_pack| {
+            // SAFETY: the CPU has AVX512-F, BW and BF16 (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                blocked(out, o, a.data, x, b, at, scale, accumulate, a_pack, b_pack)
+            }
+        },
+    );
+}
+
+/// What every packed product does around its blocked loop: checks the
+/// views against their buffers, answers an empty output or an empty inner
+/// dimension itself, and otherwise hands `blocked` the output's buffer,
+/// the weight's bits and this thread's packing buffers for `a` and `b`.
+pub(super) fn with_packs(
+    out: MatMut<'_>,
+    a: MatRef<'_>,
+    data: &[bf16],
+    at: Layout,
+    scale: f32,
+    accumulate: bool,
+    blocked: impl FnOnce(&mut [f32], &[u16], &mut Vec<u32>, &mut Vec<u32>),
+) {
     let (o, x, y) = (out.at, a.at, at);
     assert_eq!(x.cols, y.rows, "inner dimensions");
     assert_eq!((o.rows, o.cols), (x.rows, y.cols), "output shape");
     x.check(a.data.len());
     y.check(data.len());
     o.check(out.data.len());
-    assert!(has_dot_bf16(), "the CPU has no AVX512-BF16");
     if o.is_empty() {
         return;
     }
@@ -182,17 +213,10 @@ pub fn packed(
         // Nothing to multiply: the f32 product over an empty inner dimension.
         return matmul_f32(out, a, MatRef::new(&[], 0, y.cols), scale, accumulate);
     }
-    let b: &[u16] = data.reinterpret_cast();
-    #[cfg(target_arch = "x86_64")]
     PACKS.with(|packs| {
         let mut packs = packs.borrow_mut();
         let (a_pack, b_pack) = &mut *packs;
-        // SAFETY: the CPU has AVX512-F, BW and BF16 (asserted above).
-        unsafe {
-            blocked(
-                out.data, o, a.data, x, b, y, scale, accumulate, a_pack, b_pack,
-            )
-        }
+        blocked(out.data, data.reinterpret_cast(), a_pack, b_pack);
     });
 }
 
