@@ -330,7 +330,6 @@ pub(super) fn pack_a(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn round_pairs(src: &[f32], dst: &mut [u32]) {
-    use std::arch::x86_64::*;
     assert_eq!(dst.len(), src.len().div_ceil(2));
     let full = src.len() / 16;
     let (one, bias, nan) = (
@@ -412,7 +411,7 @@ pub(super) fn pack_b(
             let load = |row: usize, c: usize, n: usize| {
                 let src = &b[at(row, c0 + c)..][..n];
                 // SAFETY: the mask covers the `n ≤ 32` u16 of `src`.
-                unsafe { _mm512_maskz_loadu_epi16(((1u64 << n) - 1) as u32, src.as_ptr().cast()) }
+                unsafe { _mm512_maskz_loadu_epi16(first_lanes(n), src.as_ptr().cast()) }
             };
             for (p, dst) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
                 for c in (0..cols).step_by(32) {
@@ -453,10 +452,7 @@ pub(super) fn pack_b(
                         let column = &b[at(2 * p, c0 + j + c)..][..values];
                         // SAFETY: the mask covers the `values` u16 of `column`.
                         unsafe {
-                            _mm512_maskz_loadu_epi16(
-                                ((1u64 << values) - 1) as u32,
-                                column.as_ptr().cast(),
-                            )
+                            _mm512_maskz_loadu_epi16(first_lanes(values), column.as_ptr().cast())
                         }
                     });
                     let rows = transpose16(rows);
@@ -482,6 +478,12 @@ pub(super) fn pack_b(
             }
         }
     }
+}
+
+/// The mask of the first `n ≤ 32` lanes of a vector of 32 u16.
+fn first_lanes(n: usize) -> u32 {
+    debug_assert!(n <= 32);
+    ((1u64 << n) - 1) as u32
 }
 
 /// The transpose of a 16 × 16 block of u32, one row per vector: four
@@ -538,7 +540,6 @@ fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
 fn tile_product(pairs: usize, strip: &[u32], panel: &[u32], tile: &mut [[f32; NR]; MR]) {
-    use std::arch::x86_64::*;
     assert!(pairs <= KC_PAIRS && strip.len() >= MR * KC_PAIRS && panel.len() >= KC_PAIRS * NR);
     let mut sums = [[_mm512_setzero_ps(); VECTORS]; MR];
     let (a, b) = (strip.as_ptr(), panel.as_ptr());
@@ -719,8 +720,8 @@ mod tests {
     fn unscaled_products_over_whole_blocks_accumulate_in_place() {
         // Whole 32 × 32 blocks with scale 1, where the tiles read and
         // write `out` directly, over one block of the inner dimension and
-        // over two.
-        for (m, k, n) in [(64, 300, 96), (64, 600, 96)] {
+        // over two (AMX's blocks hold up to 1,536 values).
+        for (m, k, n) in [(64, 300, 96), (64, 1600, 96)] {
             let a = values(m * k, 1.1);
             let w = to_bf16(&values(k * n, 0.4));
             let at = WeightRef::new(Values::Bf16(&w), k, n).at;
