@@ -11,7 +11,9 @@
 //! which are the layouts AMX reads (a tile row of `a` is 32 values of one
 //! row; a tile row of `b` is one pair of rows, 16 columns wide). Each
 //! block of 32 × 32 sums lives in four tile registers for the whole block
-//! of the inner dimension and is then scaled into `out`.
+//! of the inner dimension; a whole block with nothing to scale is loaded
+//! from and stored to `out` directly, any other goes through a scratch
+//! block and is scaled into `out`.
 //!
 //! The tile registers are configured at the start of each product and
 //! released at its end, so a product runs on the calling thread and
