@@ -7,9 +7,10 @@
 //!
 //! Blocks of `a` and `b` are packed by the AVX-512 product's packers
 //! ([`super::bf16_gemm::pack_a`], [`super::bf16_gemm::pack_b`]): rows of
-//! bf16 pairs for `a`, panels of [`NR`] columns of bf16 pairs for `b`,
+//! bf16 pairs for `a`, panels of [`BLOCK`] columns of bf16 pairs for `b`,
 //! which are the layouts AMX reads (a tile row of `a` is 32 values of one
-//! row; a tile row of `b` is one pair of rows, 16 columns wide). Each
+//! row; a tile row of `b` is one pair of rows, 16 columns wide), so that
+//! the two tiles of `b` a block of sums takes are side by side. Each
 //! block of 32 × 32 sums lives in four tile registers for the whole block
 //! of the inner dimension; a whole block with nothing to scale is loaded
 //! from and stored to `out` directly, any other goes through a scratch
@@ -32,7 +33,7 @@ use std::sync::OnceLock;
 
 use half::bf16;
 
-use super::bf16_gemm::{NR, even_blocks, store_tile, with_packs};
+use super::bf16_gemm::{even_blocks, store_tile, with_packs};
 use super::kernels::{Layout, MatMut, MatRef};
 
 /// Rows (and columns) of a tile of sums; a block of sums is two by two
@@ -50,7 +51,7 @@ const BLOCK: usize = 2 * TILE;
 const KC_PAIRS: usize = 768;
 /// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
 const MC: usize = 8 * BLOCK;
-/// The most columns of `b` packed at once (a multiple of [`NR`]).
+/// The most columns of `b` packed at once (a multiple of [`BLOCK`]).
 const NC: usize = 1024;
 
 /// Whether this CPU and kernel let the process use AMX with bf16 (and
@@ -170,9 +171,9 @@ unsafe fn blocked(
     // dimension keeps its packed rows close together.
     let depth = kc / 2;
     let mc = even_blocks(m, MC, BLOCK);
-    let nc = even_blocks(n, NC, NR);
+    let nc = even_blocks(n, NC, BLOCK);
     a_pack.resize(mc.div_ceil(BLOCK) * BLOCK * depth, 0);
-    b_pack.resize(nc.div_ceil(NR) * NR * depth, 0);
+    b_pack.resize(nc.div_ceil(BLOCK) * BLOCK * depth, 0);
     let config = TileConfig {
         palette: 1,
         start_row: 0,
@@ -189,19 +190,17 @@ unsafe fn blocked(
         for k0 in (0..k).step_by(kc) {
             let d = kc.min(k - k0);
             let steps = d.div_ceil(2 * TILE);
-            pack_b(b, y, k0, d, j0, w, b_pack, depth);
+            pack_b::<BLOCK>(b, y, k0, d, j0, w, b_pack, depth);
             let add = accumulate || k0 > 0;
             for i0 in (0..m).step_by(mc) {
                 let h = mc.min(m - i0);
                 pack_a(a, x, i0, h, k0, d, a_pack, depth, BLOCK);
                 for jb in 0..w.div_ceil(BLOCK) {
                     let cols = BLOCK.min(w - jb * BLOCK);
-                    // Columns `32 · jb ..` sit in panel `jb / 2`, at 32 · (jb % 2).
-                    let panel = &b_pack[(jb * BLOCK / NR) * depth * NR + (jb * BLOCK) % NR..];
+                    let panel = &b_pack[jb * depth * BLOCK..][..depth * BLOCK];
                     for ib in 0..h.div_ceil(BLOCK) {
                         let rows = BLOCK.min(h - ib * BLOCK);
                         let strip = &a_pack[ib * BLOCK * depth..][..BLOCK * depth];
-                        assert!(panel.len() >= (steps * TILE - 1) * NR + BLOCK);
                         let block = o.block(i0 + ib * BLOCK, j0 + jb * BLOCK, rows, cols);
                         // A whole block of rows of `out` with nothing to
                         // scale takes the sums straight from the tiles
@@ -222,8 +221,8 @@ unsafe fn blocked(
                             }
                         };
                         // SAFETY: the strip holds 32 rows of `depth` pairs
-                        // and the panel `steps · 16` pair rows of NR from
-                        // this offset (asserted), zero-padded to whole
+                        // and the panel `depth ≥ steps · 16` pair rows of
+                        // 32 columns, zero-padded to whole
                         // tiles by the packers; the sums' 32 rows of 32
                         // lie in `out` (the slice above) or the scratch.
                         unsafe { block_product(steps, strip, depth, panel, sums) };
@@ -248,20 +247,21 @@ struct Sums {
 }
 
 /// 32 × 32 sums of `steps` tile steps of 32 values of the inner dimension:
-/// rows of `strip` (`depth` pairs per row) times columns of `panel`
-/// (pair rows [`NR`] wide, from its start), into `sums`.
+/// rows of `strip` (`depth` pairs per row) times the columns of `panel`
+/// (pair rows [`BLOCK`] wide), into `sums`.
 ///
 /// # Safety
 /// The tile registers are configured as in [`blocked`]; `strip` holds 32
-/// rows of `depth` pairs, `panel` at least `16 · steps` pair rows of 32
-/// columns `NR` apart, `steps · 16 ≤ depth`, and `sums` names 32 rows
+/// rows of `depth` pairs, `panel` `depth` pair rows of 32 columns,
+/// `steps · 16 ≤ depth`, and `sums` names 32 rows
 /// of 32 f32 that may be read and written.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block_product(steps: usize, strip: &[u32], depth: usize, panel: &[u32], sums: Sums) {
-    debug_assert!(steps >= 1 && steps * TILE <= depth && strip.len() >= BLOCK * depth);
+    assert!(steps >= 1 && steps * TILE <= depth);
+    assert!(strip.len() >= BLOCK * depth && panel.len() >= BLOCK * depth);
     let a_stride = depth * 4;
-    let b_stride = NR * 4;
+    let b_stride = BLOCK * 4;
     let c_stride = sums.stride * 4;
     // SAFETY: per the function's contract; the tiles are loaded and
     // stored only within the strip, the panel and the sums.
@@ -279,13 +279,15 @@ unsafe fn block_product(steps: usize, strip: &[u32], depth: usize, panel: &[u32]
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            // Each load is followed by the products it allows, so the
+            // unit multiplies while the next tiles load.
             "2:",
             "tileloadd tmm4, [{a} + {sa}*1]",
-            "tileloadd tmm5, [{a2} + {sa}*1]",
             "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a2} + {sa}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
             "add {a}, 64",

@@ -43,8 +43,6 @@ const MR: usize = 6;
 const VECTORS: usize = 4;
 /// Columns of `b` (and of `out`) in the microkernel's block.
 pub(super) const NR: usize = 16 * VECTORS;
-// The packers write a panel row 32 columns at a time.
-const _: () = assert!(NR.is_multiple_of(32));
 /// The most bf16 pairs of the inner dimension a packed block holds (so
 /// up to `2 · KC_PAIRS` values of `k`): a panel of `b`, `KC_PAIRS × NR`
 /// pairs (24 KiB), stays in L1 while the rows of `a` stream past it.
@@ -252,7 +250,7 @@ fn blocked(
         for k0 in (0..k).step_by(kc) {
             let d = kc.min(k - k0);
             let pairs = d.div_ceil(2);
-            pack_b(b, y, k0, d, j0, w, b_pack, KC_PAIRS);
+            pack_b::<NR>(b, y, k0, d, j0, w, b_pack, KC_PAIRS);
             let add = accumulate || k0 > 0;
             for i0 in (0..m).step_by(mc) {
                 let h = mc.min(m - i0);
@@ -365,14 +363,15 @@ fn padded_pairs(pairs: usize, depth: usize) -> usize {
 }
 
 /// Packs rows `k0..k0 + d` and columns `j0..j0 + w` of `b`: panels of
-/// [`NR`] columns, `depth × NR` values each, pair `p` of column `j` at
-/// `p · NR + j` holding `(b[2p][j], b[2p + 1][j])` in the low and high
-/// half (zero past `w`, and past `d` up to the next multiple of
-/// [`PAIR_BLOCK`] pairs).
+/// `PANEL` columns (a multiple of 32: [`NR`] for the AVX-512 microkernel,
+/// two tiles' width for AMX), `depth × PANEL` values each, pair `p` of
+/// column `j` at `p · PANEL + j` holding `(b[2p][j], b[2p + 1][j])` in the
+/// low and high half (zero past `w`, and past `d` up to the next multiple
+/// of [`PAIR_BLOCK`] pairs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn pack_b(
+pub(super) fn pack_b<const PANEL: usize>(
     b: &[u16],
     y: Layout,
     k0: usize,
@@ -382,38 +381,41 @@ pub(super) fn pack_b(
     pack: &mut [u32],
     depth: usize,
 ) {
+    const { assert!(PANEL.is_multiple_of(32)) };
     let pairs = d.div_ceil(2);
     let padded = padded_pairs(pairs, depth);
     let at = |i: usize, j: usize| y.offset + (k0 + i) * y.rs + (j0 + j) * y.cs;
-    for (jp, panel) in pack
-        .chunks_exact_mut(depth * NR)
-        .take(w.div_ceil(NR))
-        .enumerate()
-    {
-        let cols = NR.min(w - jp * NR);
-        let c0 = jp * NR;
-        if cols < NR {
-            panel[..pairs * NR].fill(0);
+    let pack = &mut pack[..w.div_ceil(PANEL) * depth * PANEL];
+    for (jp, panel) in pack.chunks_exact_mut(depth * PANEL).enumerate() {
+        if PANEL.min(w - jp * PANEL) < PANEL {
+            panel[..pairs * PANEL].fill(0);
         }
-        panel[pairs * NR..padded * NR].fill(0);
+        panel[pairs * PANEL..padded * PANEL].fill(0);
+    }
+    // Where `vpermt2w` takes each u16 of the two interleaved vectors of a
+    // pair of rows from: the first sixteen columns, then the next.
+    let first: [u16; 32] = std::array::from_fn(|i| (i / 2 + 32 * (i % 2)) as u16);
+    let second: [u16; 32] = std::array::from_fn(|i| (16 + i / 2 + 32 * (i % 2)) as u16);
+    // SAFETY: each array is 64 bytes.
+    let (first, second) = unsafe {
+        (
+            _mm512_loadu_si512(first.as_ptr().cast()),
+            _mm512_loadu_si512(second.as_ptr().cast()),
+        )
+    };
+    // Pairs `p0..p1` of panel `jp`.
+    let fill = |jp: usize, panel: &mut [u32], p0: usize, p1: usize| {
+        let cols = PANEL.min(w - jp * PANEL);
+        let c0 = jp * PANEL;
         if y.cs == 1 {
             // Rows are contiguous: interleave two rows at a time, 32
             // columns (two vectors of sixteen pairs) per step.
-            let first: [u16; 32] = std::array::from_fn(|i| (i / 2 + 32 * (i % 2)) as u16);
-            let second: [u16; 32] = std::array::from_fn(|i| (16 + i / 2 + 32 * (i % 2)) as u16);
-            // SAFETY: each array is 64 bytes.
-            let (first, second) = unsafe {
-                (
-                    _mm512_loadu_si512(first.as_ptr().cast()),
-                    _mm512_loadu_si512(second.as_ptr().cast()),
-                )
-            };
             let load = |row: usize, c: usize, n: usize| {
                 let src = &b[at(row, c0 + c)..][..n];
                 // SAFETY: the mask covers the `n ≤ 32` u16 of `src`.
                 unsafe { _mm512_maskz_loadu_epi16(first_lanes(n), src.as_ptr().cast()) }
             };
-            for (p, dst) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
+            for (p, dst) in panel.chunks_exact_mut(PANEL).enumerate().take(p1).skip(p0) {
                 for c in (0..cols).step_by(32) {
                     let n = 32.min(cols - c);
                     let lo = load(2 * p, c, n);
@@ -422,7 +424,7 @@ pub(super) fn pack_b(
                     } else {
                         _mm512_setzero_si512()
                     };
-                    // Columns past `cols` come out zero, and `c + 32 ≤ NR`.
+                    // Columns past `cols` come out zero, and `c + 32 ≤ PANEL`.
                     let dst = &mut dst[c..c + 32];
                     // SAFETY: `dst` holds 32 u32, two vectors.
                     unsafe {
@@ -443,7 +445,7 @@ pub(super) fn pack_b(
             // transpose, sixteen by sixteen.
             for j in (0..cols).step_by(16) {
                 let width = 16.min(cols - j);
-                for p in (0..pairs).step_by(16) {
+                for p in (p0..p1).step_by(16) {
                     let values = (2 * 16).min(d - 2 * p);
                     let rows: [__m512i; 16] = std::array::from_fn(|c| {
                         if c >= width {
@@ -457,15 +459,15 @@ pub(super) fn pack_b(
                     });
                     let rows = transpose16(rows);
                     for (q, row) in rows.iter().enumerate().take(values.div_ceil(2)) {
-                        let dst = &mut panel[(p + q) * NR + j..][..16];
+                        let dst = &mut panel[(p + q) * PANEL + j..][..16];
                         // SAFETY: `dst` holds sixteen u32 (a panel row is
-                        // NR = 64 wide and `j + 16 ≤ NR`).
+                        // PANEL wide and `j + 16 ≤ PANEL`).
                         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *row) };
                     }
                 }
             }
         } else {
-            for p in 0..pairs {
+            for p in p0..p1 {
                 for j in 0..cols {
                     let lo = b[at(2 * p, c0 + j)];
                     let hi = if 2 * p + 1 < d {
@@ -473,9 +475,24 @@ pub(super) fn pack_b(
                     } else {
                         0
                     };
-                    panel[p * NR + j] = u32::from(lo) | u32::from(hi) << 16;
+                    panel[p * PANEL + j] = u32::from(lo) | u32::from(hi) << 16;
                 }
             }
+        }
+    };
+    if y.cs == 1 {
+        // Sixteen pairs of rows of every panel at a time, so that each
+        // row of `b` is read front to back rather than a panel's width
+        // at a time, a row apart.
+        for p0 in (0..pairs).step_by(PAIR_BLOCK) {
+            let p1 = pairs.min(p0 + PAIR_BLOCK);
+            for (jp, panel) in pack.chunks_exact_mut(depth * PANEL).enumerate() {
+                fill(jp, panel, p0, p1);
+            }
+        }
+    } else {
+        for (jp, panel) in pack.chunks_exact_mut(depth * PANEL).enumerate() {
+            fill(jp, panel, 0, pairs);
         }
     }
 }
