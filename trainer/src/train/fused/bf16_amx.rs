@@ -41,14 +41,19 @@ use super::kernels::{Layout, MatMut, MatRef};
 const TILE: usize = 16;
 /// Rows and columns of a block of sums: four tile registers.
 const BLOCK: usize = 2 * TILE;
-/// The most bf16 pairs of the inner dimension a packed block holds (a
-/// multiple of 16, one tile row): 1,536 values, so the projections of
-/// SmolLM2-size models take their whole inner dimension in one block and
-/// each block of sums is loaded and stored once (on SmolLM2-135M's step,
-/// 343-355 tok/s against 311-322 with 256 pairs and 334-339 with 384; the
-/// tiny preset, whose 688-value inner dimension then no longer fits L1 with
-/// its panel, loses about a fifth).
-const KC_PAIRS: usize = 768;
+/// The most values of the inner dimension a packed block holds when the
+/// inner dimension is at most [`KC_LONG`] (a multiple of 32, one tile row
+/// of pairs): a block's strip of `a` and panel of `b` are then 32 KiB
+/// each, close to L1, where the tiles reload them from.
+const KC_SHORT: usize = 512;
+/// The most values of the inner dimension a packed block holds past
+/// that: a long inner dimension (the backward pass through a head of
+/// 49,152 tokens) takes a third as many blocks, so its sums are loaded and
+/// stored a third as often. Measured on SmolLM2-135M's bf16 step (one
+/// thread, 2 × 512 tokens, alternating runs): 446-458 tok/s against
+/// 420-433 with 1,536-value blocks throughout and 389-399 with 512 throughout;
+/// the tiny preset, 19,955-20,380 against 17,999-18,182 with 1,536.
+const KC_LONG: usize = 1536;
 /// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
 const MC: usize = 8 * BLOCK;
 /// The most columns of `b` packed at once (a multiple of [`BLOCK`]).
@@ -144,8 +149,8 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// The blocked product: for each block of [`NC`] columns and [`KC_PAIRS`]
-/// pairs of the inner dimension, `b`'s block is packed once, then each
+/// The blocked product: for each block of [`NC`] columns and of
+/// [`KC_SHORT`] or [`KC_LONG`] values of the inner dimension, `b`'s block is packed once, then each
 /// block of [`MC`] rows of `a` is packed and multiplied with it, 32 × 32
 /// sums at a time. The views were checked against their buffers, and the
 /// inner dimension is not empty.
@@ -166,7 +171,8 @@ unsafe fn blocked(
 ) {
     use super::bf16_gemm::{pack_a, pack_b};
     let (m, k, n) = (x.rows, x.cols, y.cols);
-    let kc = even_blocks(k, 2 * KC_PAIRS, 2 * TILE);
+    let most = if k <= KC_LONG { KC_SHORT } else { KC_LONG };
+    let kc = even_blocks(k, most, 2 * TILE);
     // Pairs per packed row: the block's own depth, so that a short inner
     // dimension keeps its packed rows close together.
     let depth = kc / 2;
