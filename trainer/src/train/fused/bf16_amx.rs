@@ -47,12 +47,13 @@ const BLOCK: usize = 2 * TILE;
 /// each, close to L1, where the tiles reload them from.
 const KC_SHORT: usize = 512;
 /// The most values of the inner dimension a packed block holds past
-/// that: a long inner dimension (the backward pass through a head of
-/// 49,152 tokens) takes a third as many blocks, so its sums are loaded and
-/// stored a third as often. Measured on SmolLM2-135M's bf16 step (one
-/// thread, 2 × 512 tokens, alternating runs): 446-458 tok/s against
-/// 420-433 with 1,536-value blocks throughout and 389-399 with 512 throughout;
-/// the tiny preset, 19,955-20,380 against 17,999-18,182 with 1,536.
+/// that: a long inner dimension (the backward pass through the head of a
+/// 49,152-token vocabulary) takes a third as many blocks, so its sums are
+/// loaded and stored a third as often. Measured on SmolLM2-135M's bf16
+/// step (one thread, 2 × 512 tokens, alternating runs): 446-458 tok/s
+/// against 420-433 with 1,536-value blocks throughout and 389-399 with 512
+/// throughout; the tiny preset, 19,955-20,380 against 17,999-18,182 with
+/// 1,536 throughout.
 const KC_LONG: usize = 1536;
 /// The most rows of `a` packed at once (a multiple of [`BLOCK`]).
 const MC: usize = 8 * BLOCK;
@@ -150,9 +151,9 @@ struct TileConfig {
 }
 
 /// The blocked product: for each block of [`NC`] columns and of
-/// [`KC_SHORT`] or [`KC_LONG`] values of the inner dimension, `b`'s block is packed once, then each
-/// block of [`MC`] rows of `a` is packed and multiplied with it, 32 × 32
-/// sums at a time. The views were checked against their buffers, and the
+/// [`KC_SHORT`] or [`KC_LONG`] values of the inner dimension, `b`'s block
+/// is packed once, then each block of [`MC`] rows of `a` is packed and
+/// multiplied with it, 32 × 32 sums at a time. The views were checked against their buffers, and the
 /// inner dimension is not empty.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
