@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 
 use half::bf16;
 
-use super::bf16_gemm::{even_blocks, store_tile, with_packs};
+use super::bf16_gemm::{PackedProduct, even_blocks, store_tile, with_packs};
 use super::kernels::{Layout, MatMut, MatRef};
 
 /// Rows (and columns) of a tile of sums; a block of sums is two by two
@@ -120,23 +120,14 @@ pub fn matmul(
     accumulate: bool,
 ) {
     assert!(available(), "this CPU or kernel offers no AMX");
-    let (o, x) = (out.at, a.at);
-    with_packs(
-        out,
-        a,
-        data,
-        at,
-        scale,
-        accumulate,
-        |out, b, a_pack, b_pack| {
-            // SAFETY: the CPU has AMX-BF16 and AVX-512 F and BW, and the
-            // process may use the tile data (asserted above).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                blocked(out, o, a.data, x, b, at, scale, accumulate, a_pack, b_pack)
-            }
-        },
-    );
+    with_packs(out, a, data, at, scale, accumulate, |product| {
+        // SAFETY: the CPU has AMX-BF16 and AVX-512 F and BW, and the
+        // process may use the tile data (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            blocked(product)
+        }
+    });
 }
 
 /// The tile configuration `ldtilecfg` reads (palette 1): the eight tile
@@ -157,19 +148,19 @@ struct TileConfig {
 /// inner dimension is not empty.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn blocked(
-    out: &mut [f32],
-    o: Layout,
-    a: &[f32],
-    x: Layout,
-    b: &[u16],
-    y: Layout,
-    scale: f32,
-    accumulate: bool,
-    a_pack: &mut Vec<u32>,
-    b_pack: &mut Vec<u32>,
-) {
+unsafe fn blocked(product: PackedProduct<'_>) {
+    let PackedProduct {
+        out,
+        o,
+        a,
+        x,
+        b,
+        y,
+        scale,
+        accumulate,
+        a_pack,
+        b_pack,
+    } = product;
     use super::bf16_gemm::{pack_a, pack_b};
     let (m, k, n) = (x.rows, x.cols, y.cols);
     let most = if k <= KC_LONG { KC_SHORT } else { KC_LONG };

@@ -167,28 +167,37 @@ pub fn packed(
     accumulate: bool,
 ) {
     assert!(has_dot_bf16(), "the CPU has no AVX512-BF16");
-    let (o, x) = (out.at, a.at);
-    with_packs(
-        out,
-        a,
-        data,
-        at,
-        scale,
-        accumulate,
-        |out, b, a_pack, b_pack| {
-            // SAFETY: the CPU has AVX512-F, BW and BF16 (asserted above).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                blocked(out, o, a.data, x, b, at, scale, accumulate, a_pack, b_pack)
-            }
-        },
-    );
+    with_packs(out, a, data, at, scale, accumulate, |product| {
+        // SAFETY: the CPU has AVX512-F, BW and BF16 (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            blocked(product)
+        }
+    });
+}
+
+/// A product as [`with_packs`] hands it to a kernel's blocked loop:
+/// `out` (laid out as `o`) `= scale · bf16(a) · b` (or `+=` with
+/// `accumulate`), `a` laid out as `x`, `b` the weight's bf16 bits laid out
+/// as `y`, the views checked against their buffers and the inner dimension
+/// not empty; and this thread's packing buffers for `a` and `b`.
+pub(super) struct PackedProduct<'a> {
+    pub out: &'a mut [f32],
+    pub o: Layout,
+    pub a: &'a [f32],
+    pub x: Layout,
+    pub b: &'a [u16],
+    pub y: Layout,
+    pub scale: f32,
+    pub accumulate: bool,
+    pub a_pack: &'a mut Vec<u32>,
+    pub b_pack: &'a mut Vec<u32>,
 }
 
 /// What every packed product does around its blocked loop: checks the
 /// views against their buffers, answers an empty output or an empty inner
-/// dimension itself, and otherwise hands `blocked` the output's buffer,
-/// the weight's bits and this thread's packing buffers for `a` and `b`.
+/// dimension itself, and otherwise hands `blocked` the product with this
+/// thread's packing buffers.
 pub(super) fn with_packs(
     out: MatMut<'_>,
     a: MatRef<'_>,
@@ -196,7 +205,7 @@ pub(super) fn with_packs(
     at: Layout,
     scale: f32,
     accumulate: bool,
-    blocked: impl FnOnce(&mut [f32], &[u16], &mut Vec<u32>, &mut Vec<u32>),
+    blocked: impl FnOnce(PackedProduct<'_>),
 ) {
     let (o, x, y) = (out.at, a.at, at);
     assert_eq!(x.cols, y.rows, "inner dimensions");
@@ -214,7 +223,18 @@ pub(super) fn with_packs(
     PACKS.with(|packs| {
         let mut packs = packs.borrow_mut();
         let (a_pack, b_pack) = &mut *packs;
-        blocked(out.data, data.reinterpret_cast(), a_pack, b_pack);
+        blocked(PackedProduct {
+            out: out.data,
+            o,
+            a: a.data,
+            x,
+            b: data.reinterpret_cast(),
+            y,
+            scale,
+            accumulate,
+            a_pack,
+            b_pack,
+        });
     });
 }
 
@@ -225,19 +245,19 @@ pub(super) fn with_packs(
 /// dimension is not empty.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-fn blocked(
-    out: &mut [f32],
-    o: Layout,
-    a: &[f32],
-    x: Layout,
-    b: &[u16],
-    y: Layout,
-    scale: f32,
-    accumulate: bool,
-    a_pack: &mut Vec<u32>,
-    b_pack: &mut Vec<u32>,
-) {
+fn blocked(product: PackedProduct<'_>) {
+    let PackedProduct {
+        out,
+        o,
+        a,
+        x,
+        b,
+        y,
+        scale,
+        accumulate,
+        a_pack,
+        b_pack,
+    } = product;
     let (m, k, n) = (x.rows, x.cols, y.cols);
     let kc = even_blocks(k, 2 * KC_PAIRS, 2);
     let mc = even_blocks(m, MC, MR);
