@@ -2,7 +2,8 @@
 //! a lost worker restarts its job, `max_failures` is exact with a backoff
 //! between attempts, a drained worker hands its job on without a failure,
 //! and an elastic job shrinks when a worker is lost and grows back when one
-//! returns; a checkpoint whose event was lost is found in storage, a
+//! returns; a checkpoint whose event was lost is found in storage (also
+//! one committed after its attempt ended, which the next resumes from), a
 //! batch of events sent twice is stored once, and a worker cannot report
 //! the coordinator's own events.
 
@@ -397,6 +398,57 @@ async fn a_worker_cannot_report_the_coordinators_events_or_garbage() {
     let now = get(&mut jobs, &job.id).await;
     assert_eq!(status(&now), "running");
     assert_eq!(now.step, 2, "the malformed step 9 moved nothing");
+    drop((worker, jobs, conn));
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_attempt_resumes_from_a_checkpoint_committed_after_the_one_before_ended() {
+    let tc = TestCoordinator::start().await;
+    let conn = tc.connect(TENANT).await;
+    let mut jobs = conn.jobs();
+    let mut worker = SimWorker::join(&tc, "", "late").await;
+    let spec = tc
+        .spec("late", 1, 0)
+        .replace("max_steps: 2", "max_steps: 10")
+        + "  max_failures: 0\n";
+    let job = tc.submit(&mut jobs, &spec).await.unwrap();
+    let first = worker.next_assignment().await;
+    worker.report(&first, "running").await;
+    tc.commit_checkpoint(&job.id, 4).await;
+    worker.checkpoint_event(&first, 4, "step-000000004").await;
+    worker.report(&first, "failed").await;
+    wait_status(&mut jobs, &job.id, "failed").await;
+    // A rank cut off from the coordinator commits once more before its
+    // fence stops it; the event never arrives.
+    tc.commit_checkpoint(&job.id, 6).await;
+
+    jobs.resume(api::JobRef { id: job.id.clone() })
+        .await
+        .unwrap();
+    let second = worker.next_assignment_after_stops().await;
+    assert_eq!(second.attempt, 2);
+    let resumed = events_of(&mut jobs, &job.id, "job.resumed").await;
+    assert!(
+        resumed[0].message.contains("step 6"),
+        "{}",
+        resumed[0].message
+    );
+    let starting = events_of(&mut jobs, &job.id, "job.starting").await;
+    assert_eq!(starting.len(), 2, "{starting:?}");
+    assert!(
+        data(&starting[0]).get("resume_step").is_none(),
+        "a first attempt resumes nothing: {:?}",
+        starting[0]
+    );
+    assert_eq!(data(&starting[1])["resume_step"], 6, "{:?}", starting[1]);
+    assert!(
+        starting[1].message.contains("checkpoint at step 6"),
+        "{}",
+        starting[1].message
+    );
+    worker.finish(&second).await;
+    wait_status(&mut jobs, &job.id, "succeeded").await;
     drop((worker, jobs, conn));
     tc.shutdown().await;
 }

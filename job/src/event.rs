@@ -210,7 +210,9 @@ pub struct StatusChange {
     /// With `job.starting`: the gang's worker ids in rank order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<String>,
-    /// With `job.restarting`: what comes next.
+    /// With `job.restarting`: what comes next, as known then. With the
+    /// `job.starting` of a later attempt: the checkpoint it resumes from,
+    /// chosen once the ranks of the attempt before had stopped.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartNext>,
 }
@@ -218,7 +220,11 @@ pub struct StatusChange {
 /// How a restarting job goes on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RestartNext {
-    /// The checkpoint it resumes from (`None`: from the start).
+    /// The checkpoint it resumes from (`None`: from the start). With
+    /// `job.restarting` this is the newest checkpoint committed when the
+    /// attempt ended; a rank cut off from the coordinator may commit a
+    /// newer one until its fence stops it, and the next attempt's
+    /// `job.starting` names the one it resumes from.
     pub resume_step: Option<u64>,
     /// Seconds it waits first.
     pub backoff_s: f64,

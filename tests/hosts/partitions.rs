@@ -149,9 +149,23 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
     let restarting = story_events
         .iter()
         .position(|e| e["type"] == "job.restarting");
+    // The step the next attempt resumed from, as its `job.starting` names
+    // it: chosen once the cut rank was fenced, so it counts what that rank
+    // committed until then.
     let resume_step = restarting
-        .and_then(|at| story_events[at]["data"]["resume_step"].as_u64())
+        .and_then(|at| {
+            story_events[at..]
+                .iter()
+                .find(|e| e["type"] == "job.starting")
+        })
+        .and_then(|e| e["data"]["resume_step"].as_u64())
         .unwrap_or(0);
+    let named_at_restart =
+        restarting.and_then(|at| story_events[at]["data"]["resume_step"].as_u64());
+    eprintln!(
+        "{}: job.restarting named step {named_at_restart:?}, the next attempt resumed from {resume_step}",
+        watch.id
+    );
     // The floor is half a step of the faster of the undisturbed job and
     // the new attempt itself (the machine's load changes between them).
     let fastest_new = story_events[restarting.unwrap_or(0)..]
@@ -163,8 +177,8 @@ fn a_worker_cut_from_the_coordinator_past_the_bound_stops_its_rank_before_the_jo
     let stored = manifests(&fleet, name);
     // Signed: what storage keeps (the last few checkpoints) is signed by
     // this job, and nothing the first attempt signed lies past the step the
-    // job resumed from (such a commit would have come after the
-    // coordinator chose where to resume, over the new attempt's).
+    // job resumed from (such a commit would have come after the new
+    // attempt was placed: a second writer).
     let prefix = format!("job {} attempt ", watch.id);
     assert!(
         !stored.is_empty() && stored.iter().all(|m| m.writer.starts_with(&prefix)),

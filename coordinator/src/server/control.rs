@@ -111,6 +111,18 @@ impl Coordinator {
         }
         let mut placed = 0;
         for placement in schedule.placements {
+            // A later attempt resumes from the newest checkpoint in
+            // storage: the ranks of the one before may have committed some
+            // that their events never reported (cut off, they ran on until
+            // their fences stopped them, which placement waited for).
+            match store.get_job(&placement.job).await {
+                Ok(job) if job.attempt > 0 => self.reconcile_or_log(&job).await,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!("placing job {}: {error}", placement.job);
+                    continue;
+                }
+            }
             let attempt = match store
                 .start_attempt(&placement.job, &placement.workers)
                 .await

@@ -192,6 +192,9 @@ impl Jobs for Coordinator {
                 job.id, job.status
             )));
         }
+        // Storage may hold newer checkpoints than their events told (a
+        // rank cut off from the coordinator commits until it is fenced).
+        self.reconcile_or_log(&job).await;
         let latest = self
             .store()
             .latest_checkpoint(&job.id)

@@ -5,7 +5,8 @@
 //! goes from `idle` to `busy` at its rank, the attempt is written with a
 //! fresh secret (the ring's handshake key, handed to exactly these ranks;
 //! the store keeps only its SHA-256),
-//! and `job.starting` is logged. If any worker is not idle, not of the job's
+//! and `job.starting` is logged (for a later attempt, with the checkpoint
+//! it resumes from: the newest one recorded then). If any worker is not idle, not of the job's
 //! backend or unknown, nothing is written. [`Store::finish_attempt`] closes
 //! an attempt, counts a failure, and frees the gang; what the job does next
 //! (succeed, restart, fail) is a separate [`Store::move_job`].
@@ -17,13 +18,14 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use job::JobEvent;
-use job::event::StatusChange;
+use job::event::{RestartNext, StatusChange};
 
 use super::events::{self, NewEvent};
 use super::jobs::{fetch_job, update_status};
 use super::workers::{worker_columns, worker_from_row};
 use super::{
-    Connection, DbRow, JobId, JobStatus, Store, StoreError, WorkerId, parse_json, to_u32, unix_now,
+    Connection, DbRow, JobId, JobStatus, Store, StoreError, WorkerId, parse_json, to_u32, to_u64,
+    unix_now,
 };
 
 /// One placement of a job.
@@ -132,13 +134,37 @@ impl Store {
         .bind(attempt.started_at)
         .execute(&mut *tx)
         .await?;
+        // A later attempt resumes from the newest checkpoint recorded now,
+        // which may be newer than the one `job.restarting` named: the
+        // ranks of the attempt before could commit one until they stopped.
+        let restart = if number > 1 {
+            let newest: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(step) FROM checkpoints WHERE job_id = $1")
+                    .bind(job.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            Some(RestartNext {
+                resume_step: newest.map(|step| to_u64("step", step)).transpose()?,
+                backoff_s: 0.0,
+                failures: moved.failures,
+                max_failures: moved.max_failures,
+            })
+        } else {
+            None
+        };
+        let mut message = format!("job {job} is starting attempt {number} on {size} workers");
+        match restart.as_ref().map(|r| r.resume_step) {
+            Some(Some(step)) => message.push_str(&format!(", from its checkpoint at step {step}")),
+            Some(None) => message.push_str(", from the start (no checkpoint yet)"),
+            None => {}
+        }
         let starting = JobEvent::JobStarting(StatusChange {
             status: JobStatus::Starting.name().into(),
             attempt: Some(number),
             workers: worker_names.iter().map(|w| w.to_string()).collect(),
+            restart,
             ..StatusChange::default()
         });
-        let message = format!("job {job} is starting attempt {number} on {size} workers");
         let event = NewEvent::of(job, &starting).with_message(message);
         events::insert(&mut tx, &event).await?;
         tx.commit().await?;
