@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 
+#[cfg(feature = "flex")]
 use crate::device::FrozenDType;
 use crate::model::LlamaConfig;
 
