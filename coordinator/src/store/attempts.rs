@@ -4,10 +4,10 @@
 //! to `starting` with its attempt number raised, every worker of the gang
 //! goes from `idle` to `busy` at its rank, the attempt is written with a
 //! fresh secret (the ring's handshake key, handed to exactly these ranks;
-//! the store keeps only its SHA-256),
-//! and `job.starting` is logged (for a later attempt, with the checkpoint
-//! it resumes from: the newest one recorded then). If any worker is not idle, not of the job's
-//! backend or unknown, nothing is written. [`Store::finish_attempt`] closes
+//! the store keeps only its SHA-256), and `job.starting` is logged (for a
+//! later attempt, with the checkpoint it resumes from: the newest one
+//! recorded then). If any worker is not idle, not of the job's backend or
+//! unknown, nothing is written. [`Store::finish_attempt`] closes
 //! an attempt, counts a failure, and frees the gang; what the job does next
 //! (succeed, restart, fail) is a separate [`Store::move_job`].
 
