@@ -10,9 +10,18 @@
 //! head at once. Not here: the final norm (`super`).
 
 use super::kernels::{
-    MatMut, MatRef, Values, WeightRef, add_assign, exp_shifted, matmul_weight, scale,
+    MatMut, MatRef, Values, WeightRef, add_assign, exp_shifted, matmul_weight, scale_above,
 };
 use crate::train::cross_entropy::{CHUNK_LOGITS, TargetRows};
+
+/// Probabilities below this (2⁻⁶⁴) enter the gradient as zero. A model
+/// sure of its predictions gives most of a 49,152-token vocabulary
+/// probabilities far below it; scaled into the gradient they become
+/// subnormal numbers, and the product through the head ran 4.7× slower on
+/// them (SmolLM2-135M's shape, f32). Their sum is at most
+/// `vocab · 2⁻⁶⁴` of the row's largest entry, under 2⁻⁴⁶ for any
+/// vocabulary below 2¹⁸: far below f32's rounding of the sums.
+const PROBABILITY_FLOOR: f32 = f32::from_bits((127 - 64) << 23);
 
 /// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
 /// `hidden` (`[tokens, width]`; `head` is `[width, vocab]`, in f32, bf16
@@ -65,7 +74,7 @@ pub fn cross_entropy(
             loss_sum += (weight * (logsumexp - target_logit)) as f64;
             if let Some(g) = grad_scale {
                 let k = weight * g;
-                scale(row, k / sum);
+                scale_above(row, k / sum, sum * PROBABILITY_FLOOR);
                 row[target] -= k;
             }
         }
@@ -89,4 +98,77 @@ pub fn cross_entropy(
         }
     }
     (loss_sum, d_hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loss and `∂loss/∂hidden` in f64, straight from the definition.
+    fn reference(hidden: &[f32], head: &[f32], width: usize, t: &TargetRows) -> (f64, Vec<f64>) {
+        let vocab = head.len() / width;
+        let mut loss = 0.0;
+        let mut grad = vec![0.0f64; hidden.len()];
+        for ((&row, &target), &weight) in t.rows.iter().zip(&t.targets).zip(&t.weights) {
+            let h = &hidden[row as usize * width..][..width];
+            let logits: Vec<f64> = (0..vocab)
+                .map(|v| {
+                    (0..width)
+                        .map(|i| h[i] as f64 * head[i * vocab + v] as f64)
+                        .sum()
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            loss += weight as f64 * (sum.ln() + max - logits[target as usize]);
+            for (v, l) in logits.iter().enumerate() {
+                let d = (l - max).exp() / sum - f64::from(v == target as usize);
+                for i in 0..width {
+                    grad[row as usize * width + i] +=
+                        weight as f64 * d * head[i * vocab + v] as f64;
+                }
+            }
+        }
+        (loss, grad)
+    }
+
+    #[test]
+    fn a_confident_model_gets_the_gradient_of_every_probability_that_matters() {
+        // Logits spread over about ±150, as a model sure of its next
+        // token gives them: most probabilities underflow f32 altogether,
+        // many more would be subnormal once scaled into the gradient, and
+        // a few lie on either side of the floor.
+        let (width, vocab, tokens) = (16, 600, 6);
+        let head: Vec<f32> = (0..width * vocab)
+            .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 4.0)
+            .collect();
+        let hidden: Vec<f32> = (0..tokens * width)
+            .map(|i| ((i * 104_729 % 997) as f32 / 997.0 - 0.5) * 12.0)
+            .collect();
+        let targets = TargetRows {
+            rows: vec![0, 1, 2, 3, 5],
+            targets: vec![3, 599, 250, 17, 440],
+            weights: vec![1.0, 1.0, 0.5, 1.0, 1.0],
+        };
+        let (want_loss, want_grad) = reference(&hidden, &head, width, &targets);
+        let g = 1.0 / 4.5;
+        let (loss, grad) = cross_entropy(&hidden, Values::F32(&head), width, &targets, Some(g));
+        let grad = grad.expect("asked for");
+        assert!(
+            (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
+            "loss {loss} against {want_loss}"
+        );
+        let largest = want_grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (i, (&got, &want)) in grad.iter().zip(&want_grad).enumerate() {
+            let want = want * g as f64;
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * largest * g as f64,
+                "d_hidden[{i}] {got} against {want}"
+            );
+        }
+        assert!(
+            grad[4 * width..5 * width].iter().all(|&v| v == 0.0),
+            "row 4 is not a target"
+        );
+    }
 }
