@@ -7,7 +7,8 @@
 //! whole `[tokens × vocab]` block is never held; each chunk's gradient
 //! comes from the closed form
 //! `∂loss/∂logits = softmax − one_hot(target)`, pushed through the frozen
-//! head at once. Not here: the final norm (`super`).
+//! head at once, with the probabilities too small to matter set to zero
+//! ([`PROBABILITY_FLOOR`]). Not here: the final norm (`super`).
 
 use super::kernels::{
     MatMut, MatRef, Values, WeightRef, add_assign, exp_shifted, matmul_weight, scale_above,
