@@ -135,10 +135,10 @@ mod tests {
 
     #[test]
     fn a_confident_model_gets_the_gradient_of_every_probability_that_matters() {
-        // Logits spread over about ±150, as a model sure of its next
-        // token gives them: most probabilities underflow f32 altogether,
-        // many more would be subnormal once scaled into the gradient, and
-        // a few lie on either side of the floor.
+        // Logits up to 130 below each row's largest, as a model sure of
+        // its next token gives them: each row has probabilities that
+        // underflow to zero, probabilities between zero and the floor,
+        // and probabilities above it.
         let (width, vocab, tokens) = (16, 600, 6);
         let head: Vec<f32> = (0..width * vocab)
             .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 4.0)
