@@ -19,9 +19,11 @@ use crate::train::cross_entropy::{CHUNK_LOGITS, TargetRows};
 /// sure of its predictions gives most of a 49,152-token vocabulary
 /// probabilities far below it; scaled into the gradient they become
 /// subnormal numbers, and the product through the head ran 4.7× slower on
-/// them (SmolLM2-135M's shape, f32). Their sum is at most
-/// `vocab · 2⁻⁶⁴` of the row's largest entry, under 2⁻⁴⁶ for any
-/// vocabulary below 2¹⁸: far below f32's rounding of the sums.
+/// them (SmolLM2-135M's shape, f32). A row's gradient is
+/// `k · (softmax − one_hot)`; what the floor drops from it is at most
+/// `vocab · 2⁻⁶⁴ · k` in all, under 2⁻⁴⁶ · k for any vocabulary below
+/// 2¹⁸, while rounding the target's entry `p · k − k` to f32 alone is
+/// already about 2⁻²⁴ · k.
 const PROBABILITY_FLOOR: f32 = f32::from_bits((127 - 64) << 23);
 
 /// `Σ weight · −log softmax(hidden · head)[target]` over the target rows of
