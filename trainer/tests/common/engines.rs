@@ -159,7 +159,7 @@ pub fn assert_grads_close(
             let diff = a
                 .iter()
                 .zip(b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                .fold(0.0f32, |m, (x, y)| super::worse(m, (x - y).abs()));
             worst = worst.max(diff / largest);
             assert!(
                 diff <= tolerance * largest,

@@ -60,11 +60,19 @@ impl Reference {
     }
 }
 
-/// Largest absolute difference between `got` and `want`.
+/// Largest absolute difference between `got` and `want`: NaN if either
+/// holds a NaN, so that no tolerance passes it.
 pub fn max_abs_diff(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "lengths differ");
     got.iter()
         .zip(want)
         .map(|(&a, &b)| (a as f64 - b).abs())
-        .fold(0.0, f64::max)
+        .fold(0.0, worse)
+}
+
+/// The larger of two differences, NaN if either is (`f64::max` would
+/// drop a NaN and let a broken value pass a tolerance).
+pub fn worse<F: Into<f64> + Copy + PartialOrd>(m: F, d: F) -> F {
+    let nan = |x: F| x.into().is_nan();
+    if nan(m) || (!nan(d) && m >= d) { m } else { d }
 }
