@@ -13,6 +13,7 @@
 use super::kernels::{
     MatMut, MatRef, Values, WeightRef, add_assign, exp_shifted, matmul_weight, scale_above,
 };
+use super::spare;
 use crate::train::cross_entropy::{CHUNK_LOGITS, TargetRows};
 
 /// Probabilities below this (2⁻⁶⁴) enter the gradient as zero. A model
@@ -39,7 +40,7 @@ pub fn cross_entropy(
 ) -> (f64, Option<Vec<f32>>) {
     let vocab = head.len() / width;
     let head = WeightRef::new(head, width, vocab);
-    let mut d_hidden = grad_scale.map(|_| vec![0.0f32; hidden.len()]);
+    let mut d_hidden = grad_scale.map(|_| spare::zeroed(hidden.len()));
     // As few chunks as the bound allows, of even sizes: each chunk packs
     // the whole head for its products, so a last chunk of a few rows
     // would cost nearly as much as a full one.
@@ -50,8 +51,11 @@ pub fn cross_entropy(
         .max(1);
     let mut loss_sum = 0.0f64;
     let mut picked = Vec::new();
-    let mut logits = Vec::new();
-    let mut d_picked = Vec::new();
+    let mut logits = spare::for_output(chunk.min(targets.len()) * vocab);
+    let mut d_picked = match grad_scale {
+        Some(_) => spare::for_output(chunk.min(targets.len()) * width),
+        None => Vec::new(),
+    };
     for start in (0..targets.len()).step_by(chunk) {
         let end = (start + chunk).min(targets.len());
         let n = end - start;
@@ -60,9 +64,9 @@ pub fn cross_entropy(
             let row = row as usize;
             picked.extend_from_slice(&hidden[row * width..(row + 1) * width]);
         }
-        logits.resize(n * vocab, 0.0);
+        let logits = &mut logits[..n * vocab];
         matmul_weight(
-            MatMut::new(&mut logits, n, vocab),
+            MatMut::new(logits, n, vocab),
             MatRef::new(&picked, n, width),
             head,
             1.0,
@@ -84,10 +88,10 @@ pub fn cross_entropy(
         let Some(d_hidden) = d_hidden.as_mut() else {
             continue;
         };
-        d_picked.resize(n * width, 0.0);
+        let d_picked = &mut d_picked[..n * width];
         matmul_weight(
-            MatMut::new(&mut d_picked, n, width),
-            MatRef::new(&logits, n, vocab),
+            MatMut::new(d_picked, n, width),
+            MatRef::new(logits, n, vocab),
             head.t(),
             1.0,
             false,
@@ -100,6 +104,8 @@ pub fn cross_entropy(
             );
         }
     }
+    spare::give_back(logits);
+    spare::give_back(d_picked);
     (loss_sum, d_hidden)
 }
 

@@ -15,6 +15,7 @@ use super::kernels::{
     MatMut, MatRef, Values, WeightRef, add_assign, matmul, matmul_weight, mul_assign, rms_norm,
     rms_norm_backward, rope, swiglu, swiglu_backward,
 };
+use super::spare;
 use crate::model::llama::{DropoutSeeds, dropout_keep_mask};
 
 /// Index of each projection in [`LayerWeights::proj`] (`TargetModule::ALL` order).
@@ -70,7 +71,7 @@ impl Linear<'_> {
         tokens: usize,
         mask: Option<Vec<f32>>,
     ) -> (Vec<f32>, LinearActivations) {
-        let mut out = vec![0.0f32; tokens * self.out];
+        let mut out = spare::for_output(tokens * self.out);
         let xm = MatRef::new(x, tokens, self.inp);
         matmul_weight(
             MatMut::new(&mut out, tokens, self.out),
@@ -104,7 +105,7 @@ impl Linear<'_> {
             (mask, masked)
         });
         let input = dropout.as_ref().map_or(x, |(_, masked)| masked);
-        let mut xa = vec![0.0f32; tokens * ad.r];
+        let mut xa = spare::for_output(tokens * ad.r);
         matmul(
             MatMut::new(&mut xa, tokens, ad.r),
             MatRef::new(input, tokens, self.inp),
@@ -130,7 +131,7 @@ impl Linear<'_> {
         let mut dyb = Vec::new();
         if let Some(ad) = self.lora {
             let input = saved.dropout.as_ref().map_or(x, |(_, masked)| masked);
-            dyb = vec![0.0f32; tokens * ad.r];
+            dyb = spare::for_output(tokens * ad.r);
             matmul(
                 MatMut::new(&mut dyb, tokens, ad.r),
                 dym,
@@ -154,7 +155,10 @@ impl Linear<'_> {
                 true,
             );
         }
-        let Some((dx, accumulate)) = dx else { return };
+        let Some((dx, accumulate)) = dx else {
+            spare::give_back(dyb);
+            return;
+        };
         matmul_weight(
             MatMut::new(dx, tokens, self.inp),
             dym,
@@ -174,14 +178,16 @@ impl Linear<'_> {
             };
             match &saved.dropout {
                 Some((mask, _)) => {
-                    let mut tmp = vec![0.0f32; tokens * self.inp];
+                    let mut tmp = spare::for_output(tokens * self.inp);
                     through_a(&mut tmp, false);
                     mul_assign(&mut tmp, mask);
                     add_assign(dx, &tmp);
+                    spare::give_back(tmp);
                 }
                 None => through_a(dx, true),
             }
         }
+        spare::give_back(dyb);
     }
 }
 
@@ -243,6 +249,37 @@ pub struct LayerActivations {
     linear: [LinearActivations; 7],
 }
 
+impl LayerActivations {
+    /// Gives every buffer to this thread's next passes ([`spare`]).
+    pub fn give_back(self) {
+        let LayerActivations {
+            x,
+            inv1,
+            n1,
+            q,
+            k,
+            v,
+            lse,
+            o,
+            h,
+            inv2,
+            n2,
+            gate,
+            up,
+            act,
+            linear,
+        } = self;
+        let linear = linear.into_iter().flat_map(|l| {
+            let (mask, masked) = l.dropout.unzip();
+            [Some(l.xa), mask, masked].into_iter().flatten()
+        });
+        [x, inv1, n1, q, k, v, lse, o, h, inv2, n2, gate, up, act]
+            .into_iter()
+            .chain(linear)
+            .for_each(spare::give_back);
+    }
+}
+
 /// The layer's output for input `x` (`[tokens, hidden]`), and what its
 /// backward pass needs. `dropout` holds this layer's per-row seeds.
 pub fn forward(
@@ -297,26 +334,26 @@ fn run(
         out
     };
 
-    let mut inv1 = vec![0.0f32; t];
-    let mut n1 = vec![0.0f32; t * pass.hidden];
+    let mut inv1 = spare::for_output(t);
+    let mut n1 = spare::for_output(t * pass.hidden);
     rms_norm(&x, w.input_norm, pass.eps, &mut n1, &mut inv1);
     let mut q = project(Q, &n1);
     let mut k = project(K, &n1);
     let v = project(V, &n1);
     rope(&mut q, s.heads, s.dim, s.seq, pass.cos, pass.sin, false);
     rope(&mut k, s.kv_heads, s.dim, s.seq, pass.cos, pass.sin, false);
-    let mut lse = vec![0.0f32; s.rows * s.heads * s.seq];
-    let mut o = vec![0.0f32; t * s.heads * s.dim];
+    let mut lse = spare::for_output(s.rows * s.heads * s.seq);
+    let mut o = spare::for_output(t * s.heads * s.dim);
     attention::forward(&s, &q, &k, &v, &mut o, &mut lse);
     let mut h = project(O, &o);
     add_assign(&mut h, &x);
 
-    let mut inv2 = vec![0.0f32; t];
-    let mut n2 = vec![0.0f32; t * pass.hidden];
+    let mut inv2 = spare::for_output(t);
+    let mut n2 = spare::for_output(t * pass.hidden);
     rms_norm(&h, w.post_norm, pass.eps, &mut n2, &mut inv2);
     let gate = project(GATE, &n2);
     let up = project(UP, &n2);
-    let mut act = vec![0.0f32; gate.len()];
+    let mut act = spare::for_output(gate.len());
     swiglu(&gate, &up, &mut act);
     let out = if output {
         let mut out = project(DOWN, &act);
@@ -361,7 +398,8 @@ pub fn backward(
     let attention_needed = need_dx || w.adapted(Q) || w.adapted(K) || w.adapted(V);
     let dh_needed = attention_needed || w.adapted(O);
     let d_act_needed = dh_needed || w.adapted(GATE) || w.adapted(UP);
-    let buf = |n: usize, needed: bool| needed.then(|| vec![0.0f32; n]);
+    // Each is first written by a product that does not accumulate.
+    let buf = |n: usize, needed: bool| needed.then(|| spare::for_output(n));
 
     // MLP.
     let mut d_act = buf(a.act.len(), d_act_needed);
@@ -374,8 +412,12 @@ pub fn backward(
         grads,
     );
     let d_act = d_act?;
-    let (mut d_gate, mut d_up) = (vec![0.0f32; d_act.len()], vec![0.0f32; d_act.len()]);
+    let (mut d_gate, mut d_up) = (
+        spare::for_output(d_act.len()),
+        spare::for_output(d_act.len()),
+    );
     swiglu_backward(&a.gate, &a.up, &d_act, &mut d_gate, &mut d_up);
+    spare::give_back(d_act);
     let mut dn2 = buf(t * pass.hidden, dh_needed);
     w.proj[GATE].backward(
         &a.n2,
@@ -393,9 +435,13 @@ pub fn backward(
         dn2.as_deref_mut().map(|d| (d, true)),
         grads,
     );
+    spare::give_back(d_gate);
+    spare::give_back(d_up);
     let dn2 = dn2?;
-    let mut dh = dy.to_vec();
+    let mut dh = spare::for_output(dy.len());
+    dh.copy_from_slice(dy);
     rms_norm_backward(&a.h, w.post_norm, &a.inv2, &dn2, &mut dh);
+    spare::give_back(dn2);
 
     // Attention.
     let mut d_o = buf(a.o.len(), attention_needed);
@@ -408,12 +454,13 @@ pub fn backward(
         grads,
     );
     let d_o = d_o?;
-    let mut dq = vec![0.0f32; a.q.len()];
-    let mut dk = vec![0.0f32; a.k.len()];
-    let mut dv = vec![0.0f32; a.v.len()];
+    let mut dq = spare::for_output(a.q.len());
+    let mut dk = spare::zeroed(a.k.len());
+    let mut dv = spare::zeroed(a.v.len());
     attention::backward(
         &s, &a.q, &a.k, &a.v, &a.o, &a.lse, &d_o, &mut dq, &mut dk, &mut dv,
     );
+    spare::give_back(d_o);
     rope(&mut dq, s.heads, s.dim, s.seq, pass.cos, pass.sin, true);
     rope(&mut dk, s.kv_heads, s.dim, s.seq, pass.cos, pass.sin, true);
     let mut dn1 = buf(t * pass.hidden, need_dx);
@@ -427,7 +474,11 @@ pub fn backward(
             grads,
         );
     }
+    for d in [dq, dk, dv] {
+        spare::give_back(d);
+    }
     let dn1 = dn1?;
     rms_norm_backward(&a.x, w.input_norm, &a.inv1, &dn1, &mut dh);
+    spare::give_back(dn1);
     Some(dh)
 }

@@ -26,6 +26,7 @@ pub(crate) mod bf16_gemm;
 mod head;
 pub(crate) mod kernels;
 mod layer;
+mod spare;
 
 use burn::backend::{BackendTypes, Flex};
 use burn::tensor::{DType, Tensor, bf16, f16};
@@ -249,6 +250,8 @@ fn passes<'b>(
     let recompute = backward
         .as_ref()
         .is_some_and(|b| b.activations == Activations::Recomputed);
+    // Recycled buffers, except where the products run on AMX tiles (`spare`).
+    let _recycling = spare::Recycling::set(!weights.products_on_tiles());
     let config = &model.config;
     let layers: Vec<LayerWeights> = (0..config.num_hidden_layers)
         .map(|i| weights.layer(model, lora, i))
@@ -291,24 +294,30 @@ fn passes<'b>(
         let layer_seeds = |i: usize| seeds.as_ref().map(|s| s.mixed((i as u64 + 1) << 8));
 
         let embed = weights.embed.values();
-        let mut x = vec![0.0f32; tokens * h];
+        let mut x = spare::for_output(tokens * h);
         for (row, &id) in x.chunks_exact_mut(h).zip(&batch.input_ids) {
             embed.widen_into(id as usize * h, row);
         }
         let mut saved = Vec::with_capacity(layers.len());
         for (i, w) in layers.iter().enumerate() {
-            let input = (training && recompute).then(|| x.clone());
+            let input = (training && recompute).then(|| {
+                let mut input = spare::for_output(x.len());
+                input.copy_from_slice(&x);
+                input
+            });
             let (next, a) = layer::forward(w, &pass, x, layer_seeds(i).as_ref());
-            if training {
-                saved.push(match input {
-                    Some(input) => Kept::Input(input),
-                    None => Kept::Activations(Box::new(a)),
-                });
+            match (training, input) {
+                (true, Some(input)) => {
+                    saved.push(Kept::Input(input));
+                    a.give_back();
+                }
+                (true, None) => saved.push(Kept::Activations(Box::new(a))),
+                (false, _) => a.give_back(),
             }
             x = next;
         }
-        let mut inv = vec![0.0f32; tokens];
-        let mut normed = vec![0.0f32; tokens * h];
+        let mut inv = spare::for_output(tokens);
+        let mut normed = spare::for_output(tokens * h);
         rms_norm(&x, weights.norm.slice(), pass.eps, &mut normed, &mut inv);
 
         let target_rows = TargetRows::shifted(&batch.input_ids, &batch.target_mask, seq);
@@ -321,9 +330,17 @@ fn passes<'b>(
         );
         loss_sum += loss;
         targets += batch.num_targets();
-        let Some(d_normed) = d_normed else { continue };
-        let mut dy = vec![0.0f32; tokens * h];
+        spare::give_back(normed);
+        let Some(d_normed) = d_normed else {
+            spare::give_back(x);
+            spare::give_back(inv);
+            continue;
+        };
+        let mut dy = spare::zeroed(tokens * h);
         kernels::rms_norm_backward(&x, weights.norm.slice(), &inv, &d_normed, &mut dy);
+        for v in [x, inv, d_normed] {
+            spare::give_back(v);
+        }
 
         let Some(lowest) = lowest_adapted else {
             continue;
@@ -333,8 +350,10 @@ fn passes<'b>(
                 Kept::Activations(a) => *a,
                 Kept::Input(x) => layer::recompute(&layers[i], &pass, x, layer_seeds(i).as_ref()),
             };
-            match layer::backward(&layers[i], &pass, &a, &dy, i > lowest, &mut grads) {
-                Some(dx) => dy = dx,
+            let dx = layer::backward(&layers[i], &pass, &a, &dy, i > lowest, &mut grads);
+            a.give_back();
+            match dx {
+                Some(dx) => spare::give_back(std::mem::replace(&mut dy, dx)),
                 None => break,
             }
         }
