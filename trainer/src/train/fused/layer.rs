@@ -252,31 +252,15 @@ pub struct LayerActivations {
 impl LayerActivations {
     /// Gives every buffer to this thread's next passes ([`spare`]).
     pub fn give_back(self) {
-        let LayerActivations {
-            x,
-            inv1,
-            n1,
-            q,
-            k,
-            v,
-            lse,
-            o,
-            h,
-            inv2,
-            n2,
-            gate,
-            up,
-            act,
-            linear,
-        } = self;
-        let linear = linear.into_iter().flat_map(|l| {
+        let linear = self.linear.into_iter().flat_map(|l| {
             let (mask, masked) = l.dropout.unzip();
             [Some(l.xa), mask, masked].into_iter().flatten()
         });
-        [x, inv1, n1, q, k, v, lse, o, h, inv2, n2, gate, up, act]
-            .into_iter()
-            .chain(linear)
-            .for_each(spare::give_back);
+        let own = [
+            self.x, self.inv1, self.n1, self.q, self.k, self.v, self.lse, self.o, self.h,
+            self.inv2, self.n2, self.gate, self.up, self.act,
+        ];
+        own.into_iter().chain(linear).for_each(spare::give_back);
     }
 }
 
