@@ -110,6 +110,9 @@ pub fn run(
     observer: &mut dyn TrainObserver,
     stop_at: Option<usize>,
 ) -> Result<RunEnd, TrainError> {
+    // However the run ends, the fused step's spare buffers go with it.
+    #[cfg(feature = "flex")]
+    let _spare = ReleasesSpareBuffers;
     let eval_batches = data.eval_batches();
     if state.step == 0 && state.evals.is_empty() && !eval_batches.is_empty() {
         evaluate(model, device, &eval_batches, collective, state, observer)?;
@@ -184,6 +187,17 @@ pub fn run(
         }
     }
     Ok(RunEnd::Reached)
+}
+
+/// Frees the fused step's spare buffers when dropped.
+#[cfg(feature = "flex")]
+struct ReleasesSpareBuffers;
+
+#[cfg(feature = "flex")]
+impl Drop for ReleasesSpareBuffers {
+    fn drop(&mut self) {
+        super::fused::release_spare_buffers();
+    }
 }
 
 /// Validation over the ranks: each takes every N-th batch, the sums are

@@ -221,6 +221,13 @@ pub fn loss_sum<'b>(
     (r.loss_sum, r.targets)
 }
 
+/// Frees the buffers that this thread and every thread of the CPU pool
+/// keep for their next pass (`spare`).
+pub fn release_spare_buffers() {
+    spare::release();
+    rayon::broadcast(|_| spare::release());
+}
+
 /// What a training pass does after its forward pass.
 struct Backward {
     /// The gradient is that of `grad_scale · Σ loss_sum`.

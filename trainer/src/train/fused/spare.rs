@@ -22,8 +22,10 @@
 //!
 //! Each thread keeps the buffers given back to it until its next pass
 //! takes them, at most [`KEPT_BUFFERS`] of them: about one pass's
-//! activations, which the next pass on that thread needs again. Not
-//! here: what goes in the buffers (`super::layer`, `super`).
+//! activations, which the next pass on that thread needs again. A
+//! training run frees them all when it ends ([`release`], through
+//! `super::release_spare_buffers`), so a worker between jobs holds none.
+//! Not here: what goes in the buffers (`super::layer`, `super`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -119,6 +121,11 @@ pub fn give_back(v: Vec<f32>) {
     });
 }
 
+/// Frees every buffer this thread keeps.
+pub fn release() {
+    KEPT.take();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +170,9 @@ mod tests {
         assert_ne!(for_output(500).as_ptr(), at);
         let _on = Recycling::set(true);
         assert_eq!(for_output(500).as_ptr(), at);
+        give_back(vec![0.0; 500]);
+        release();
+        assert_eq!(KEPT.with_borrow(|k| (k.count, k.by_len.len())), (0, 0));
     }
 
     #[test]
@@ -179,6 +189,22 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn the_end_of_a_run_frees_what_every_thread_of_the_pool_kept() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let kept = || pool.broadcast(|_| KEPT.with_borrow(|k| k.count));
+        pool.broadcast(|_| {
+            let _on = Recycling::set(true);
+            give_back(vec![1.0; 64]);
+        });
+        assert_eq!(kept(), [1, 1]);
+        pool.install(super::super::release_spare_buffers);
+        assert_eq!(kept(), [0, 0]);
     }
 
     #[test]
