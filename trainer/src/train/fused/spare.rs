@@ -146,9 +146,11 @@ mod tests {
         assert!(zeros.iter().all(|&x| x == 0.0));
         give_back(zeros);
         // Too short for the request, or far too long: new memory.
-        assert_ne!(for_output(901).as_ptr(), at);
-        assert_ne!(for_output(100).as_ptr(), at);
-        assert_eq!(for_output(900).as_ptr(), at);
+        let (longer, shorter) = (for_output(901), for_output(100));
+        assert_ne!(longer.as_ptr(), at);
+        assert_ne!(shorter.as_ptr(), at);
+        let same = for_output(900);
+        assert_eq!(same.as_ptr(), at);
     }
 
     #[test]
@@ -167,9 +169,11 @@ mod tests {
         };
         // The scopes restored the setting: off, as a thread starts.
         assert!(!RECYCLING.get());
-        assert_ne!(for_output(500).as_ptr(), at);
+        let fresh = for_output(500);
+        assert_ne!(fresh.as_ptr(), at);
         let _on = Recycling::set(true);
-        assert_eq!(for_output(500).as_ptr(), at);
+        let reused = for_output(500);
+        assert_eq!(reused.as_ptr(), at);
         give_back(vec![0.0; 500]);
         release();
         assert_eq!(KEPT.with_borrow(|k| (k.count, k.by_len.len())), (0, 0));
