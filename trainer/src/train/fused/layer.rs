@@ -422,8 +422,7 @@ pub fn backward(
     spare::give_back(d_gate);
     spare::give_back(d_up);
     let dn2 = dn2?;
-    let mut dh = spare::for_output(dy.len());
-    dh.copy_from_slice(dy);
+    let mut dh = spare::copy_of(dy);
     rms_norm_backward(&a.h, w.post_norm, &a.inv2, &dn2, &mut dh);
     spare::give_back(dn2);
 

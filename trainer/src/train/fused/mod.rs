@@ -307,11 +307,7 @@ fn passes<'b>(
         }
         let mut saved = Vec::with_capacity(layers.len());
         for (i, w) in layers.iter().enumerate() {
-            let input = (training && recompute).then(|| {
-                let mut input = spare::for_output(x.len());
-                input.copy_from_slice(&x);
-                input
-            });
+            let input = (training && recompute).then(|| spare::copy_of(&x));
             let (next, a) = layer::forward(w, &pass, x, layer_seeds(i).as_ref());
             match (training, input) {
                 (true, Some(input)) => {

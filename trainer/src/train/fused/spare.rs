@@ -96,6 +96,13 @@ pub fn for_output(len: usize) -> Vec<f32> {
     v
 }
 
+/// A buffer holding a copy of `src`.
+pub fn copy_of(src: &[f32]) -> Vec<f32> {
+    let mut v = for_output(src.len());
+    v.copy_from_slice(src);
+    v
+}
+
 /// A buffer of `len` zeros, for sums added into.
 pub fn zeroed(len: usize) -> Vec<f32> {
     match reused(len) {
