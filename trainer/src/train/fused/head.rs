@@ -51,9 +51,10 @@ pub fn cross_entropy(
         .max(1);
     let mut loss_sum = 0.0f64;
     let mut picked = Vec::new();
-    let mut logits = spare::for_output(chunk.min(targets.len()) * vocab);
+    let largest_chunk = chunk.min(targets.len());
+    let mut logits = spare::for_output(largest_chunk * vocab);
     let mut d_picked = match grad_scale {
-        Some(_) => spare::for_output(chunk.min(targets.len()) * width),
+        Some(_) => spare::for_output(largest_chunk * width),
         None => Vec::new(),
     };
     for start in (0..targets.len()).step_by(chunk) {

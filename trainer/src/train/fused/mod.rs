@@ -360,6 +360,7 @@ fn passes<'b>(
                 None => break,
             }
         }
+        spare::give_back(dy);
     }
     StepGradients {
         loss_sum,

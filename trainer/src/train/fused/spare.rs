@@ -38,7 +38,14 @@ pub const KEPT_BUFFERS: usize = 2_048;
 struct Kept {
     /// By length: buffers of that many values.
     by_len: BTreeMap<usize, Vec<Vec<f32>>>,
-    count: usize,
+}
+
+impl Kept {
+    /// How many buffers wait, summed over the lengths kept (a few dozen
+    /// lengths in a model's pass).
+    fn count(&self) -> usize {
+        self.by_len.values().map(Vec::len).sum()
+    }
 }
 
 thread_local! {
@@ -80,7 +87,6 @@ fn reused(len: usize) -> Option<Vec<f32>> {
         if same.is_empty() {
             kept.by_len.remove(&found);
         }
-        kept.count -= 1;
         v.truncate(len);
         Some(v)
     })
@@ -121,8 +127,7 @@ pub fn give_back(v: Vec<f32>) {
         return;
     }
     KEPT.with_borrow_mut(|kept| {
-        if kept.count < KEPT_BUFFERS {
-            kept.count += 1;
+        if kept.count() < KEPT_BUFFERS {
             kept.by_len.entry(v.len()).or_default().push(v);
         }
     });
@@ -183,7 +188,7 @@ mod tests {
         assert_eq!(reused.as_ptr(), at);
         give_back(vec![0.0; 500]);
         release();
-        assert_eq!(KEPT.with_borrow(|k| (k.count, k.by_len.len())), (0, 0));
+        assert_eq!(KEPT.with_borrow(|k| (k.count(), k.by_len.len())), (0, 0));
     }
 
     #[test]
@@ -193,9 +198,9 @@ mod tests {
             for _ in 0..KEPT_BUFFERS + 10 {
                 give_back(vec![1.0; 4]);
             }
-            assert_eq!(KEPT.with_borrow(|k| k.count), KEPT_BUFFERS);
+            assert_eq!(KEPT.with_borrow(Kept::count), KEPT_BUFFERS);
             let taken: Vec<_> = (0..KEPT_BUFFERS + 1).map(|_| for_output(4)).collect();
-            assert_eq!(KEPT.with_borrow(|k| (k.count, k.by_len.len())), (0, 0));
+            assert_eq!(KEPT.with_borrow(|k| (k.count(), k.by_len.len())), (0, 0));
             assert_eq!(taken.len(), KEPT_BUFFERS + 1);
         })
         .join()
@@ -208,7 +213,7 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let kept = || pool.broadcast(|_| KEPT.with_borrow(|k| k.count));
+        let kept = || pool.broadcast(|_| KEPT.with_borrow(Kept::count));
         pool.broadcast(|_| {
             let _on = Recycling::set(true);
             give_back(vec![1.0; 64]);
